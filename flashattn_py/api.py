@@ -1,0 +1,40 @@
+"""The public functional API."""
+from __future__ import annotations
+
+import torch
+
+from . import backends, checks
+from .autograd import AttentionFunction
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    return_lse: bool = False,
+    backend: str = "auto",
+    layout: str = "bshd",
+):
+    """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
+
+    q: (batch, seqlen_q, nheads_q, head_dim); k, v: (batch, seqlen_k, nheads_kv, head_dim), with
+    nheads_q divisible by nheads_kv (GQA/MQA). ``layout="bhsd"`` takes and returns
+    (batch, nheads, seqlen, head_dim) instead; any strides work, only a last dim that is not
+    contiguous is copied. ``causal`` aligns bottom-right when seqlen_q != seqlen_k; ``window_size``
+    = (left, right) keys around the aligned diagonal, -1 = unbounded. Queries that see no key give 0.
+    Returns out (same layout, dtype as q), plus lse (batch, nheads_q, seqlen_q) fp32 if return_lse.
+    backend: "auto" (Triton on CUDA, the memory-efficient PyTorch path on CPU), "triton", "torch",
+    "reference" (float64 naive, materializes scores).
+    """
+    q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
+    params = checks.attention_params(q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+    impl = backends.select(backend, q.device)
+    # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out, lse = AttentionFunction.apply(q, k, v, params, impl)
+    out = checks.to_bshd(out, layout)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,39 @@
+"""Backend selection: name -> module implementing forward/backward (see autograd.py)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+
+
+def _triton_backend(device: torch.device):
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "backend='triton' got CPU tensors; Triton runs on CPU only through its interpreter: "
+            "set TRITON_INTERPRET=1 in the environment before the first Triton call "
+            "(e.g. `TRITON_INTERPRET=1 python script.py`), or use backend='auto' for the PyTorch CPU path"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"backend='triton' needs CUDA tensors (or CPU with TRITON_INTERPRET=1), got {device}")
+    from . import triton_backend
+
+    return triton_backend
+
+
+def select(backend: str, device: torch.device):
+    """Resolve a backend name for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "triton":
+        return _triton_backend(device)
+    if backend == "torch":
+        from . import torch_backend
+
+        return torch_backend
+    from . import reference_backend
+
+    return reference_backend

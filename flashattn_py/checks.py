@@ -1,0 +1,129 @@
+"""Input validation and normalization: the one place that decides what a call means.
+
+`attention_params` turns (q, k, v, options) into an `AttentionParams`, the normalized description
+of the call that the reference, the PyTorch path and the Triton launcher all read, so backends can
+not disagree about shapes, scale or masks. Every error names the argument and what was expected.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import masks
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+HEAD_DIM_ALIGNMENT = 8
+LAYOUTS = ("bshd", "bhsd")
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    batch: int
+    seqlen_q: int
+    seqlen_k: int
+    nheads_q: int
+    nheads_kv: int
+    head_dim: int
+    softmax_scale: float
+    window: tuple[int, int]  # (left, right) with causal folded in; -1 = unbounded
+    dtype: torch.dtype
+
+    @property
+    def group_size(self) -> int:
+        """Query heads sharing one key/value head (1 = MHA, nheads_q = MQA)."""
+        return self.nheads_q // self.nheads_kv
+
+    @property
+    def has_window(self) -> bool:
+        return self.window != (masks.UNBOUNDED, masks.UNBOUNDED)
+
+
+def _check_tensor(name: str, t, expected_rank: int = 4) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != expected_rank:
+        raise ValueError(
+            f"{name} must have {expected_rank} dims (batch, seqlen, nheads, head_dim), got shape {tuple(t.shape)}"
+        )
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; expected one of float16, bfloat16, float32")
+
+
+def check_window_size(window_size) -> tuple[int, int]:
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError(f"window_size must be a pair (left, right) of ints, got {window_size!r}")
+    left, right = window_size
+    for side, value in (("left", left), ("right", right)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"window_size {side} must be an int, got {type(value).__name__}")
+        if value < -1:
+            raise ValueError(f"window_size {side} must be >= 0, or -1 for unbounded; got {value}")
+    return int(left), int(right)
+
+
+def to_bshd(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A (batch, seqlen, nheads, head_dim) view of t; never copies."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return t if layout == "bshd" else t.transpose(1, 2)
+
+
+def attention_params(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window_size=(-1, -1),
+) -> AttentionParams:
+    """Validate bshd q, k, v and options; return the normalized description of the call."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
+    batch, seqlen_q, nheads_q, head_dim = q.shape
+    _, seqlen_k, nheads_kv, _ = k.shape
+    if k.shape[0] != batch or v.shape[0] != batch:
+        raise ValueError(f"batch sizes differ: q {batch}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[3] != head_dim:
+        raise ValueError(f"k has head_dim {k.shape[3]} but q has {head_dim}; q, k and v must share head_dim")
+    if v.shape[3] != head_dim:
+        raise ValueError(f"v has head_dim {v.shape[3]} but q has {head_dim}; q, k and v must share head_dim")
+    if v.shape[1] != seqlen_k:
+        raise ValueError(f"k has seqlen {seqlen_k} but v has {v.shape[1]}; k and v must share seqlen")
+    if v.shape[2] != nheads_kv:
+        raise ValueError(f"k has {nheads_kv} heads but v has {v.shape[2]}; k and v must share nheads")
+    if head_dim == 0 or head_dim % HEAD_DIM_ALIGNMENT or head_dim > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head_dim must be a multiple of {HEAD_DIM_ALIGNMENT} in [8, {MAX_HEAD_DIM}], got {head_dim}"
+        )
+    if nheads_kv == 0 or nheads_q % nheads_kv:
+        raise ValueError(
+            f"q has {nheads_q} heads and k/v have {nheads_kv}; GQA/MQA needs nheads_q divisible by nheads_kv"
+        )
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+    elif not math.isfinite(softmax_scale):
+        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
+    window = masks.normalize_window(causal, check_window_size(window_size))
+    return AttentionParams(
+        batch=batch,
+        seqlen_q=seqlen_q,
+        seqlen_k=seqlen_k,
+        nheads_q=nheads_q,
+        nheads_kv=nheads_kv,
+        head_dim=head_dim,
+        softmax_scale=float(softmax_scale),
+        window=window,
+        dtype=q.dtype,
+    )

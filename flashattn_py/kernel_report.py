@@ -1,0 +1,113 @@
+"""Static facts about a Triton kernel, compiled for a named GPU without a GPU.
+
+CI has no GPU, so we cannot launch our kernels there or read
+``CompiledKernel.n_regs`` (that needs a CUDA driver). What we can do is what
+DESIGN.md asks for: compile each kernel ahead of time for sm_80 / sm_90a and
+check the static facts -- it uses tensor cores (``mma.sync`` / ``wgmma``), it
+does not spill, and how many registers and how much shared memory it needs.
+
+Triton's compiler runs entirely on the host: given an explicit ``GPUTarget``
+it produces PTX and runs the ptxas bundled in the wheel, no driver needed.
+"""
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+from triton.compiler import ASTSource
+
+# Tensor-core instructions we count in the PTX. 'wgmma.mma_async' does not
+# contain 'mma.sync', so plain substring counts do not double count.
+MMA_PATTERNS = ("mma.sync", "wgmma.mma_async", "ldmatrix")
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    name: str  # kernel name
+    arch: int  # 80 or 90
+    registers: int  # per thread, from ptxas -v
+    spill_stores: int  # bytes, from ptxas -v
+    spill_loads: int  # bytes, from ptxas -v
+    shared_bytes: int  # shared memory the kernel needs (metadata.shared)
+    mma_instructions: dict[str, int]  # static counts in the PTX text
+
+
+def compile_facts(fn, signature: dict[str, str], constexprs: dict[str, object], arch: int,
+                  num_warps: int = 4, num_stages: int = 2,
+                  divisible_by_16: Iterable[str] | None = None) -> KernelFacts:
+    """Compile ``fn`` for ``sm_{arch}`` (sm_90a for 90) and report static facts.
+
+    ``signature`` maps runtime argument names to Triton types ("*fp16",
+    "i32", "fp32", ...). Constexpr arguments go in ``constexprs``; they may
+    also be listed in ``signature`` as "constexpr" (what Triton's own launcher
+    does), and are added there if missing.
+
+    ``divisible_by_16`` names the arguments to specialise as multiples of 16,
+    as Triton's launcher does at run time (pointers of torch tensors, strides
+    and sizes that are multiples of 16). Loads are only vectorised with these
+    hints, so without them the facts would not match a real launch. Default:
+    every pointer argument; pass the names explicitly to add ints (strides).
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+    if isinstance(fn, InterpretedFunction):
+        # @triton.jit returns an interpreter wrapper when TRITON_INTERPRET=1 was
+        # set at import time; that object has no AST source to compile.
+        raise RuntimeError(
+            f"{fn.__name__} was imported with TRITON_INTERPRET=1, so it is an interpreter "
+            "function; static compilation needs the kernel module imported without "
+            "TRITON_INTERPRET=1 (e.g. in a subprocess with that variable removed).")
+    if not isinstance(fn, triton.runtime.JITFunction):
+        raise TypeError(f"expected a @triton.jit function, got {type(fn).__name__}")
+
+    signature = {**signature, **{k: "constexpr" for k in constexprs}}
+    if divisible_by_16 is None:
+        divisible_by_16 = [k for k, ty in signature.items() if ty.startswith("*")]
+    # Same attribute format the launcher builds via backend.parse_attr("D").
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in divisible_by_16}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": num_warps, "num_stages": num_stages})
+    ptx = kernel.asm.get("ptx")
+    if ptx is None:  # TRITON_STORE_BINARY_ONLY=1 drops the PTX from the cache
+        raise RuntimeError("compiled kernel has no PTX; unset TRITON_STORE_BINARY_ONLY")
+
+    registers, spill_stores, spill_loads = _ptxas_usage(ptx, arch)
+    return KernelFacts(
+        name=kernel.metadata.name,
+        arch=arch,
+        registers=registers,
+        spill_stores=spill_stores,
+        spill_loads=spill_loads,
+        shared_bytes=kernel.metadata.shared,
+        mma_instructions={p: ptx.count(p) for p in MMA_PATTERNS},
+    )
+
+
+def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int, int]:
+    """Run Triton's bundled ptxas with -v; return (registers, spill stores, spill loads)."""
+    # Same binary and --gpu-name Triton itself uses for this arch (sm_90a for 90,
+    # which is what enables wgmma), plus the register-allocation flag Triton
+    # passes, so the counts match what the launched kernel would get.
+    ptxas = get_ptxas(arch).path
+    gpu = sm_arch_from_capability(arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_file = Path(tmp) / "kernel.ptx"
+        ptx_file.write_text(ptx)
+        cmd = [ptxas, "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", str(ptx_file),
+               "-o", str(Path(tmp) / "kernel.cubin")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptxas failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    log = proc.stderr
+    # "ptxas info    : Used 128 registers, used 1 barriers, ..."
+    # "ptxas info    : 0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if regs is None or spills is None:
+        raise RuntimeError(f"could not parse ptxas -v output:\n{log}")
+    return int(regs.group(1)), int(spills.group(1)), int(spills.group(2))

@@ -1,0 +1,60 @@
+"""The naive reference: materialized scores, plain torch ops, float64 by default.
+
+Tests compare every backend with it. Running it in float16/bfloat16 (``compute_dtype``) gives the
+"naive implementation in low precision" whose error sets the tolerance for the fused kernels.
+Differentiable with plain autograd; a query that sees no key yields output 0, lse -inf and zero
+gradients (the row max is replaced by 0 and the normalizer by 1 so no 0/0 or inf-inf appears).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import checks, masks
+from .checks import AttentionParams
+
+
+def attention_from_params(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """bshd q, k, v -> (out bshd in compute_dtype, lse (batch, nheads_q, seqlen_q) in compute_dtype)."""
+    q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    # GQA/MQA: query head h reads key/value head h // group_size.
+    k = k.repeat_interleave(params.group_size, dim=2)
+    v = v.repeat_interleave(params.group_size, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * params.softmax_scale
+    visible = masks.visible_keys(
+        torch.arange(params.seqlen_q, device=q.device),
+        torch.arange(params.seqlen_k, device=q.device),
+        params.seqlen_q,
+        params.seqlen_k,
+        params.window,
+    )
+    scores = scores.masked_fill(~visible, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(scores - row_max)
+    normalizer = weights.sum(dim=-1, keepdim=True)
+    seen_any = normalizer > 0
+    out = (weights @ v.transpose(1, 2)) / torch.where(seen_any, normalizer, torch.ones_like(normalizer))
+    lse = torch.where(seen_any, row_max + torch.log(torch.where(seen_any, normalizer, 1.0)), float("-inf"))
+    return out.transpose(1, 2), lse.squeeze(-1)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window_size=(-1, -1),
+    return_lse: bool = False,
+    layout: str = "bshd",
+    compute_dtype: torch.dtype = torch.float64,
+):
+    """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype."""
+    q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
+    params = checks.attention_params(q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+    out, lse = attention_from_params(q, k, v, params, compute_dtype)
+    out = checks.to_bshd(out, layout)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,23 @@
+"""backend="reference": the float64 naive reference behind the same autograd Function as the kernels.
+
+Materializes the (seqlen_q, seqlen_k) scores: for checking and tiny inputs, not for real sizes.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .checks import AttentionParams
+
+
+def forward(q, k, v, params: AttentionParams):
+    out, lse = reference.attention_from_params(q, k, v, params, torch.float64)
+    return out.to(q.dtype), lse.to(torch.float32)
+
+
+def backward(dout, q, k, v, out, lse, params: AttentionParams):
+    with torch.enable_grad():
+        leaves = [t.detach().to(torch.float64).requires_grad_() for t in (q, k, v)]
+        ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64)
+        grads = torch.autograd.grad(ref_out, leaves, dout.to(torch.float64))
+    return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))

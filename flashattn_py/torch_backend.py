@@ -1,0 +1,93 @@
+"""Memory-efficient attention in plain PyTorch: the CPU path of backend="auto" (also runs on GPU).
+
+Queries are processed in chunks so only a (chunk, seqlen_k) slice of scores exists at a time, and the
+backward recomputes those slices from the saved lse instead of keeping them: memory stays linear in
+seqlen, as with the fused kernels. fp16/bf16 inputs are computed in fp32 and rounded at the end.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import buffers, masks
+from .checks import AttentionParams
+
+# Scores held at once (elements of a chunk of the score matrix): 2^24 fp32 = 64 MiB.
+_SCORE_ELEMENTS_PER_CHUNK = 1 << 24
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunks(params: AttentionParams):
+    per_query = max(1, params.batch * params.nheads_q * params.seqlen_k)
+    size = max(1, _SCORE_ELEMENTS_PER_CHUNK // per_query)
+    for start in range(0, params.seqlen_q, size):
+        yield start, min(params.seqlen_q, start + size)
+
+
+def _grouped(t: torch.Tensor, params: AttentionParams) -> torch.Tensor:
+    """bshd query-side tensor -> (batch, seqlen, nheads_kv, group, head_dim), heads of a group together."""
+    b, s, _, d = t.shape
+    return t.reshape(b, s, params.nheads_kv, params.group_size, d)
+
+
+def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
+    """Scaled scores (b, hkv, g, chunk, sk) for queries [start, end) and their visibility mask."""
+    scores = torch.einsum("bqhgd,bkhd->bhgqk", q_chunk, k) * params.softmax_scale
+    visible = masks.visible_keys(
+        torch.arange(start, end, device=k.device),
+        torch.arange(params.seqlen_k, device=k.device),
+        params.seqlen_q,
+        params.seqlen_k,
+        params.window,
+    )
+    return scores, visible
+
+
+def forward(q, k, v, params: AttentionParams):
+    cdt = _compute_dtype(q.dtype)
+    out = buffers.empty_like(q)
+    lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    qg, kc, vc = _grouped(q, params).to(cdt), k.to(cdt), v.to(cdt)
+    lse_g = lse.view(params.batch, params.nheads_kv, params.group_size, params.seqlen_q)
+    for start, end in _chunks(params):
+        scores, visible = _scores_and_mask(qg[:, start:end], kc, params, start, end)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        chunk_lse = torch.logsumexp(scores, dim=-1)  # -inf for rows that see no key
+        safe_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
+        probs = torch.exp(scores - safe_lse[..., None])  # exactly 0 where masked
+        chunk_out = torch.einsum("bhgqk,bkhd->bqhgd", probs, vc)
+        out[:, start:end] = chunk_out.reshape(out[:, start:end].shape).to(out.dtype)
+        lse_g[..., start:end] = chunk_lse.to(torch.float32)
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, params: AttentionParams):
+    cdt = _compute_dtype(q.dtype)
+    qg, kc, vc = _grouped(q, params).to(cdt), k.to(cdt), v.to(cdt)
+    dout_g = _grouped(dout, params).to(cdt)
+    lse_g = lse.view(params.batch, params.nheads_kv, params.group_size, params.seqlen_q).to(cdt)
+    # delta_i = sum_d dO_i . O_i, the softmax-backward row correction (rowsum(P * dP)).
+    delta = (dout_g * _grouped(out, params).to(cdt)).sum(-1).permute(0, 2, 3, 1)
+    dq = buffers.empty_like(q)
+    dk_acc = torch.zeros_like(kc)
+    dv_acc = torch.zeros_like(vc)
+    for start, end in _chunks(params):
+        scores, visible = _scores_and_mask(qg[:, start:end], kc, params, start, end)
+        chunk_lse = lse_g[..., start:end]
+        # Rows that saw no key have lse -inf; +inf there makes every probability exactly 0.
+        chunk_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.full_like(chunk_lse, float("inf")))
+        probs = torch.where(visible, torch.exp(scores - chunk_lse[..., None]), torch.zeros_like(scores))
+        do_chunk = dout_g[:, start:end]
+        dv_acc += torch.einsum("bhgqk,bqhgd->bkhd", probs, do_chunk)
+        dprobs = torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc)
+        dscores = probs * (dprobs - delta[..., start:end, None]) * params.softmax_scale
+        dq_chunk = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)
+        dq[:, start:end] = dq_chunk.reshape(dq[:, start:end].shape).to(dq.dtype)
+        dk_acc += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])
+    dk = buffers.empty_like(k)
+    dv = buffers.empty_like(v)
+    dk.copy_(dk_acc)
+    dv.copy_(dv_acc)
+    return dq, dk, dv

@@ -1,0 +1,196 @@
+"""Fused attention backward: no (seqlen_q, seqlen_k) buffer, P is recomputed from Q, K and lse.
+
+Three kernels:
+- preprocess: delta_i = rowsum(dO_i * O_i) (= rowsum(P * dP), the softmax-backward correction);
+- dK/dV: a key tile stays in registers while the query tiles that can see it stream past, over all
+  query heads of its GQA group, so group gradients are summed without atomics;
+- dQ: a query tile stays in registers while the visible key tiles stream past.
+With S = scale * Q K^T, P = exp(S - lse): dV = P^T dO, dP = dO V^T, dS = P * (dP - delta),
+dQ = scale * dS K, dK = scale * dS^T Q.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from flashattn_py import buffers
+from flashattn_py.checks import AttentionParams
+
+from .attention_fwd import load_tile
+from .common import (LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range,
+                     query_block_range, tile_dot)
+from .configs import dkdv_config, dq_config
+
+
+@triton.jit
+def attention_bwd_preprocess_kernel(
+    out_ptr, dout_ptr, delta_ptr,
+    stride_ob, stride_os, stride_oh,
+    stride_dob, stride_dos, stride_doh,
+    seqlen_q, nheads_q, head_dim,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    out = load_tile(out_ptr + batch * stride_ob + head * stride_oh, offs_m, offs_d, stride_os, seqlen_q, head_dim)
+    dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
+    delta = tl.sum(out.to(tl.float32) * dout.to(tl.float32), axis=1)
+    tl.store(delta_ptr + (batch * nheads_q + head) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q):
+    """lse in base-2 units and delta for rows offs_m.
+
+    Rows that saw no key (lse -inf) and rows past seqlen_q get lse +inf, which makes their P
+    exactly 0, so they contribute no gradient.
+    """
+    in_range = offs_m < seqlen_q
+    lse = tl.load(lse_ptr + row_offset + offs_m, mask=in_range, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(delta_ptr + row_offset + offs_m, mask=in_range, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dkb, stride_dks, stride_dkh,
+    stride_dvb, stride_dvs, stride_dvh,
+    seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
+    softmax_scale, qk_scale_log2, window_left, window_right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    kv_head = tl.program_id(1).to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k_tile = load_tile(k_ptr + batch * stride_kb + kv_head * stride_kh, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
+    v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo, hi = query_block_range(pid_n * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right,
+                               BLOCK_M, BLOCK_N, HAS_WINDOW)
+    for member in range(0, group_size):
+        head = kv_head * group_size + member
+        q_base = q_ptr + batch * stride_qb + head * stride_qh
+        do_base = dout_ptr + batch * stride_dob + head * stride_doh
+        row_offset = (batch * nheads_q + head) * seqlen_q
+        for start_m in range(lo, hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            q = load_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
+            dout = load_tile(do_base, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
+            lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
+            # Work on transposed tiles (keys x queries) so dK and dV come out without transposes.
+            s_t = tile_dot(k_tile, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
+                           FP32_OPERANDS, PRECISION) * qk_scale_log2
+            keep = keep_mask(offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
+            p_t = tl.where(keep, tl.math.exp2(s_t - lse[None, :]), 0.0)
+            dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
+            dp_t = tile_dot(v_tile, tl.trans(dout), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
+                            FP32_OPERANDS, PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
+    dk = dk * softmax_scale
+    tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
+    dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head * stride_dkh
+               + offs_n[:, None].to(tl.int64) * stride_dks + offs_d[None, :])
+    dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head * stride_dvh
+               + offs_n[:, None].to(tl.int64) * stride_dvs + offs_d[None, :])
+    tl.store(dk_ptrs, dk.to(dk_ptr.dtype.element_ty), mask=tile_mask)
+    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit
+def attention_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh,
+    seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
+    softmax_scale, qk_scale_log2, window_left, window_right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    kv_head = (head // group_size).to(tl.int64)
+    head = head.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
+    dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
+    lse, delta = load_row_stats(lse_ptr, delta_ptr, (batch * nheads_q + head) * seqlen_q, offs_m, seqlen_q)
+    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+                             BLOCK_M, BLOCK_N, HAS_WINDOW)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_tile = load_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
+        v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+        s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
+                     FP32_OPERANDS, PRECISION) * qk_scale_log2
+        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
+        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+        dp = tile_dot(dout, tl.trans(v_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
+                      FP32_OPERANDS, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tile_dot(ds.to(k_tile.dtype), k_tile, dq, FP32_OPERANDS, PRECISION)
+    dq = dq * softmax_scale
+    dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh
+               + offs_m[:, None].to(tl.int64) * stride_dqs + offs_d[None, :])
+    tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
+
+
+def _strides(t: torch.Tensor):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def attention_backward(dout, q, k, v, out, lse, params: AttentionParams):
+    """Gradients (dq, dk, dv), each with the shape and dtype of its input."""
+    check_launch_limits(params.batch, params.nheads_q)
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()  # kernels read the head dim with unit stride
+    dq, dk, dv = buffers.empty_like(q), buffers.empty_like(k), buffers.empty_like(v)
+    if params.batch == 0 or params.nheads_q == 0 or (params.seqlen_q == 0 and params.seqlen_k == 0):
+        return dq, dk, dv
+    block_d = head_dim_block(params.head_dim)
+    delta = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    common = dict(BLOCK_D=block_d, HAS_WINDOW=params.has_window, **dot_flags(q.dtype))
+    scalars = (params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
+               params.softmax_scale, params.softmax_scale * LOG2E, params.window[0], params.window[1])
+
+    pre = dq_config(block_d)
+    if params.seqlen_q > 0:
+        attention_bwd_preprocess_kernel[(triton.cdiv(params.seqlen_q, pre.block_m), params.nheads_q, params.batch)](
+            out, dout, delta, *_strides(out), *_strides(dout), params.seqlen_q, params.nheads_q, params.head_dim,
+            BLOCK_M=pre.block_m, BLOCK_D=block_d,
+        )
+    cfg = dkdv_config(block_d)
+    if params.seqlen_k > 0:
+        attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), params.nheads_kv, params.batch)](
+            q, k, v, dout, lse, delta, dk, dv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+        )
+    cfg = dq_config(block_d)
+    if params.seqlen_q > 0:
+        attention_bwd_dq_kernel[(triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)](
+            q, k, v, dout, lse, delta, dq,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+        )
+    return dq, dk, dv

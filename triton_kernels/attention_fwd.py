@@ -1,0 +1,123 @@
+"""Fused attention forward: one pass over K/V per query tile with an online softmax.
+
+Each program owns BLOCK_M queries of one (batch, head): it keeps the running row max ``m_i``, the
+running normalizer ``l_i`` and the unnormalized output ``acc`` in registers, streams the visible
+K/V tiles once, and writes O and the log-sum-exp (fp32, natural log) for the backward.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from flashattn_py import buffers
+from flashattn_py.checks import AttentionParams
+
+from .common import LOG2E, check_launch_limits, dot_flags, head_dim_block, key_block_range, keep_mask, tile_dot
+from .configs import forward_config
+
+
+@triton.jit
+def load_tile(base, offs_s, offs_d, stride_s, seqlen, head_dim):
+    """A (len(offs_s), BLOCK_D) tile of rows offs_s; rows past seqlen and padded head-dim columns read 0.
+
+    The one place q/k tiles enter the kernels (positional encodings will be applied right here).
+    """
+    ptrs = base + offs_s[:, None].to(tl.int64) * stride_s + offs_d[None, :]
+    return tl.load(ptrs, mask=(offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim), other=0.0)
+
+
+@triton.jit
+def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
+                      stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
+                      window_left, window_right, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                      FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_tile = load_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
+        v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+        # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
+        s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
+                     FP32_OPERANDS, PRECISION) * qk_scale_log2
+        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing visible yet keeps max -inf; subtracting 0 there keeps exp2 at 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        # Rescale what was accumulated under the old max to the new one.
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = tile_dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], FP32_OPERANDS, PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
+    qk_scale_log2, window_left, window_right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
+    kv_head = (head // group_size).to(tl.int64)
+    head = head.to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_base = q_ptr + batch * stride_qb + head * stride_qh
+    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
+    q = load_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+                             BLOCK_M, BLOCK_N, HAS_WINDOW)
+    acc, m_i, l_i = _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
+                                      stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
+                                      window_left, window_right, BLOCK_M, BLOCK_N, HAS_WINDOW, FP32_OPERANDS, PRECISION)
+
+    # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    # m_i is in base-2 units; lse is stored in natural log: ln(x) = log2(x) * ln 2.
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+
+    out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh
+                + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :])
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
+    lse_ptrs = lse_ptr + (batch * nheads_q + head) * seqlen_q + offs_m
+    tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
+
+
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
+    """bshd q, k, v (head dim contiguous, any other strides) -> (out like q, lse fp32 (b, h, s))."""
+    check_launch_limits(params.batch, params.nheads_q)
+    out = buffers.empty_like(q)
+    lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    block_d = head_dim_block(params.head_dim)
+    cfg = forward_config(block_d)
+    grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
+    if params.seqlen_q == 0 or params.batch == 0 or params.nheads_q == 0:
+        return out, lse
+    attention_fwd_kernel[grid](
+        q, k, v, out, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
+        params.softmax_scale * LOG2E, params.window[0], params.window[1],
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
+    )
+    return out, lse

@@ -1,0 +1,97 @@
+"""Pieces shared by the attention kernels: the mask rules, block ranges and the tile matmul.
+
+The mask rules are those of ``flashattn_py.masks`` (bottom-right aligned window; causal = window
+(left, 0)), implemented here in Triton; tests check the two against each other.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def keep_mask(q_idx, k_idx, seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW: tl.constexpr):
+    """True where query q_idx may see key k_idx (both already broadcast to the tile's shape)."""
+    keep = (q_idx < seqlen_q) & (k_idx < seqlen_k)
+    if HAS_WINDOW:
+        aligned = q_idx + (seqlen_k - seqlen_q)
+        keep = keep & ((window_right < 0) | (k_idx <= aligned + window_right))
+        keep = keep & ((window_left < 0) | (k_idx >= aligned - window_left))
+    return keep
+
+
+@triton.jit
+def key_block_range(q_start, seqlen_q, seqlen_k, window_left, window_right,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[lo, hi) of keys that queries [q_start, q_start + BLOCK_M) can see; lo is block aligned.
+
+    Blocks outside it (above the causal diagonal, outside the window) are never loaded.
+    """
+    lo = 0
+    hi = seqlen_k
+    if HAS_WINDOW:
+        aligned = q_start + (seqlen_k - seqlen_q)
+        if window_left >= 0:
+            lo = tl.maximum(aligned - window_left, 0) // BLOCK_N * BLOCK_N
+        if window_right >= 0:
+            hi = tl.minimum(aligned + BLOCK_M + window_right, seqlen_k)
+    return lo, hi
+
+
+@triton.jit
+def query_block_range(k_start, seqlen_q, seqlen_k, window_left, window_right,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[lo, hi) of queries that see some key in [k_start, k_start + BLOCK_N); lo is block aligned."""
+    lo = 0
+    hi = seqlen_q
+    if HAS_WINDOW:
+        shift = seqlen_k - seqlen_q
+        if window_right >= 0:
+            lo = tl.maximum(k_start - shift - window_right, 0) // BLOCK_M * BLOCK_M
+        if window_left >= 0:
+            hi = tl.minimum(k_start + BLOCK_N - shift + window_left, seqlen_q)
+    return lo, hi
+
+
+@triton.jit
+def tile_dot(a, b, acc, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b on tensor cores.
+
+    FP32_OPERANDS is set only under the interpreter for bf16: triton 3.9's interpreter returns
+    garbage for tl.dot on bf16 operands. Upcasting is exact (bf16 x bf16 products fit in fp32's
+    mantissa) and the GPU's bf16 MMA accumulates in fp32 too, so the result matches the GPU path up
+    to summation order. Never set on a GPU.
+    """
+    if FP32_OPERANDS:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+def dot_flags(dtype: torch.dtype) -> dict:
+    """Constexprs for tile_dot: fp32 inputs use exact IEEE products (not TF32), to honour fp32 accuracy."""
+    return {
+        "FP32_OPERANDS": INTERPRETED and dtype == torch.bfloat16,
+        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+    }
+
+
+def head_dim_block(head_dim: int) -> int:
+    """Head dims that are not powers of two (40, 80, 96...) run in the next power-of-two tile, masked.
+
+    16 is the smallest K dimension tl.dot accepts.
+    """
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def check_launch_limits(batch: int, nheads: int) -> None:
+    # Grid axes 1 and 2 (heads, batch) are limited to 65535 by CUDA.
+    if batch > 65535:
+        raise ValueError(f"batch must be <= 65535 for the Triton backend, got {batch}")
+    if nheads > 65535:
+        raise ValueError(f"nheads must be <= 65535 for the Triton backend, got {nheads}")

@@ -1,0 +1,56 @@
+"""Tile sizes per kernel, head-dim block and device.
+
+GPU sizes follow the usual FlashAttention-2 trade-off: large query tiles amortize K/V loads, and the
+fp32 accumulator (BLOCK_M x BLOCK_D) must stay in registers, so tiles shrink as head_dim grows. The
+static check (tests/test_static_compile.py) proves 0 spills for these on sm_80 and sm_90.
+Under the interpreter tiles are small and unequal (BLOCK_M != BLOCK_N) so that short test sequences
+cross many tile boundaries and both ends of the causal diagonal land mid-tile.
+"""
+from dataclasses import dataclass
+
+from .common import INTERPRETED
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int  # queries per tile
+    block_n: int  # keys per tile
+    num_warps: int
+    num_stages: int  # software-pipelining depth of the K/V (or Q/dO) loads
+
+
+_INTERPRETER_FORWARD = TileConfig(32, 16, 4, 1)
+_INTERPRETER_DKDV = TileConfig(16, 32, 4, 1)
+_INTERPRETER_DQ = TileConfig(32, 16, 4, 1)
+
+
+def forward_config(block_d: int) -> TileConfig:
+    if INTERPRETED:
+        return _INTERPRETER_FORWARD
+    if block_d <= 64:
+        return TileConfig(128, 64, 4, 3)
+    if block_d <= 128:
+        return TileConfig(128, 64, 8, 3)
+    return TileConfig(64, 64, 8, 2)
+
+
+def dkdv_config(block_d: int) -> TileConfig:
+    """dK/dV kernel: a key tile stays resident while query tiles stream past it."""
+    if INTERPRETED:
+        return _INTERPRETER_DKDV
+    if block_d <= 64:
+        return TileConfig(32, 128, 4, 3)
+    if block_d <= 128:
+        return TileConfig(32, 64, 4, 3)
+    return TileConfig(16, 64, 8, 2)
+
+
+def dq_config(block_d: int) -> TileConfig:
+    """dQ kernel: a query tile stays resident while key tiles stream past it."""
+    if INTERPRETED:
+        return _INTERPRETER_DQ
+    if block_d <= 64:
+        return TileConfig(128, 32, 4, 3)
+    if block_d <= 128:
+        return TileConfig(64, 32, 4, 3)
+    return TileConfig(64, 16, 8, 2)
