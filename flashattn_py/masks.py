@@ -40,7 +40,7 @@ def visible_keys(
     left, right = window
     aligned = (query_positions + diagonal_offset(seqlen_q, seqlen_k))[:, None]
     keys = key_positions[None, :]
-    keep = (keys >= 0) & (keys < seqlen_k)
+    keep = ((keys >= 0) & (keys < seqlen_k)).expand(len(query_positions), len(key_positions))
     if right != UNBOUNDED:
         keep = keep & (keys <= aligned + right)
     if left != UNBOUNDED:

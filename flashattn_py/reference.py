@@ -30,7 +30,10 @@ def attention_from_params(
         params.window,
     )
     scores = scores.masked_fill(~visible, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    if params.seqlen_k > 0:
+        row_max = scores.amax(dim=-1, keepdim=True).detach()
+    else:  # amax refuses an empty dim; with no keys every row sees nothing
+        row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(scores - row_max)
     normalizer = weights.sum(dim=-1, keepdim=True)

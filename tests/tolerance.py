@@ -1,0 +1,73 @@
+"""The accuracy rule every test applies (DEVELOPERS.md / DESIGN.md):
+
+a backend's error against the float64 reference must be at most 2x the error of the naive
+implementation run in the same precision, plus a small absolute slack.
+"""
+import torch
+
+import flashattn_py as fa
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# Absolute slack: a few units in the last place at the outputs' typical magnitude (about 1).
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest |actual - expected|; infinities must match exactly (lse of rows that see no key)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    assert not torch.isnan(actual).any(), "NaN in output (poisoned element never written, or a 0/0)"
+    infinite = torch.isinf(expected)
+    assert torch.equal(actual[infinite], expected[infinite]), "infinite entries differ from the reference"
+    finite = ~infinite
+    if not finite.any():
+        return 0.0
+    return (actual[finite] - expected[finite]).abs().max().item()
+
+
+def assert_within_naive_error(name: str, actual, exact, naive, dtype):
+    err, naive_err = max_error(actual, exact), max_error(naive, exact)
+    bound = 2 * naive_err + ATOL[dtype]
+    assert err <= bound, f"{name}: error {err:.3e} > 2 x naive {dtype} error {naive_err:.3e} + {ATOL[dtype]:.0e}"
+
+
+def run_with_grads(fn, q, k, v, dout):
+    """(out, lse, dq, dk, dv) of fn(q, k, v) -> (out, lse); inputs are fresh leaves."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out, lse = fn(*leaves)
+    grads = torch.autograd.grad(out, leaves, dout)
+    return (out, lse, *grads)
+
+
+OUTPUT_NAMES = ("out", "lse", "dq", "dk", "dv")
+
+
+def check_against_reference(backend: str, q, k, v, dout, **options):
+    """Run `backend` with NaN-poisoned buffers; compare out, lse and all grads with the float64 reference."""
+
+    def ours(q, k, v):
+        return fa.attention(q, k, v, return_lse=True, backend=backend, **options)
+
+    def naive(dtype):
+        return lambda q, k, v: fa.reference.attention(q, k, v, return_lse=True, compute_dtype=dtype, **options)
+
+    with fa.poisoned_outputs():
+        got = run_with_grads(ours, q, k, v, dout)
+    exact = run_with_grads(naive(torch.float64), q, k, v, dout)
+    low = run_with_grads(naive(q.dtype), q, k, v, dout)
+    for name, g, e, n in zip(OUTPUT_NAMES, got, exact, low):
+        assert g.shape == e.shape, f"{name}: shape {tuple(g.shape)} != {tuple(e.shape)}"
+        assert g.dtype == (torch.float32 if name == "lse" else q.dtype), f"{name}: dtype {g.dtype}"
+        assert_within_naive_error(name, g, e, n, q.dtype)
+    return got
+
+
+def random_qkv(batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, head_dim, dtype, seed=0):
+    """Fresh random q, k, v and output gradient (bshd) on the test device."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device=DEVICE, dtype=dtype)
+
+    return (rand(batch, seqlen_q, nheads_q, head_dim), rand(batch, seqlen_k, nheads_kv, head_dim),
+            rand(batch, seqlen_k, nheads_kv, head_dim), rand(batch, seqlen_q, nheads_q, head_dim))
