@@ -18,6 +18,11 @@ def attention(
     return_lse: bool = False,
     backend: str = "auto",
     layout: str = "bshd",
+    rotary=None,
+    sinusoidal=None,
+    q_positions=None,
+    k_positions=None,
+    pe_k_strategy: str = "auto",
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -29,9 +34,19 @@ def attention(
     Returns out (same layout, dtype as q), plus lse (batch, nheads_q, seqlen_q) fp32 if return_lse.
     backend: "auto" (Triton on CUDA, the memory-efficient PyTorch path on CPU), "triton", "torch",
     "reference" (float64 naive, materializes scores).
+
+    Positional encodings, applied to q and k inside the kernels (the user never sees a rotated
+    tensor; gradients are w.r.t. the unencoded q and k): ``rotary=Rotary(...)`` or
+    ``sinusoidal=Sinusoidal(...)`` (see flashattn_py.positional). ``q_positions`` / ``k_positions``:
+    None (0..seqlen-1), an int or (batch,) tensor offset, or (batch, seqlen) position ids.
+    ``pe_k_strategy``: "in_kernel" encodes each K tile as it is loaded, "prepass" encodes K once
+    into a scratch buffer reused by forward and backward, "auto" picks by seqlen_q (docs/design.md).
     """
     q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
-    params = checks.attention_params(q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+    params = checks.attention_params(
+        q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
+        sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy,
+    )
     impl = backends.select(backend, q.device)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

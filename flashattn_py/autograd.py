@@ -1,8 +1,10 @@
 """The attention autograd Function: backend-agnostic, one for every backend.
 
-A backend is a module with ``forward(q, k, v, params) -> (out, lse)`` and
-``backward(dout, q, k, v, out, lse, params) -> (dq, dk, dv)``; all tensors bshd (lse is
-(batch, nheads_q, seqlen_q) fp32). lse is an output, not differentiable (as in FlashAttention).
+A backend is a module with ``forward(q, k, v, params) -> (out, lse, scratch)`` and
+``backward(dout, q, k, v, out, lse, scratch, params) -> (dq, dk, dv)``; all tensors bshd (lse is
+(batch, nheads_q, seqlen_q) fp32). ``scratch`` is a tuple of tensors the forward made for the
+backward (e.g. K encoded once by a pre-pass), kept here and never shown to the user.
+lse is an output, not differentiable (as in FlashAttention).
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from .checks import AttentionParams
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, params: AttentionParams, backend):
-        out, lse = backend.forward(q, k, v, params)
-        ctx.save_for_backward(q, k, v, out, lse)
+        out, lse, scratch = backend.forward(q, k, v, params)
+        ctx.save_for_backward(q, k, v, out, lse, *scratch)
         ctx.params = params
         ctx.backend = backend
         ctx.mark_non_differentiable(lse)
@@ -23,6 +25,6 @@ class AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.backend.backward(dout, q, k, v, out, lse, ctx.params)
+        q, k, v, out, lse, *scratch = ctx.saved_tensors
+        dq, dk, dv = ctx.backend.backward(dout, q, k, v, out, lse, tuple(scratch), ctx.params)
         return dq, dk, dv, None, None

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from . import masks
+from . import masks, positional
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 HEAD_DIM_ALIGNMENT = 8
 LAYOUTS = ("bshd", "bhsd")
+# "in_kernel": every K tile is encoded as it is loaded (repeated once per query tile);
+# "prepass": K is encoded once into a scratch buffer that forward and backward read; "auto": decided
+# per call by the backend (docs/design.md).
+PE_K_STRATEGIES = ("auto", "in_kernel", "prepass")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class AttentionParams:
     softmax_scale: float
     window: tuple[int, int]  # (left, right) with causal folded in; -1 = unbounded
     dtype: torch.dtype
+    encoding: positional.Encoding | None = None  # RoPE / sinusoidal applied to q and k inside the kernels
+    pe_k_strategy: str = "auto"  # how kernels encode K: see PE_K_STRATEGIES
 
     @property
     def group_size(self) -> int:
@@ -79,6 +85,11 @@ def attention_params(
     causal: bool = False,
     softmax_scale: float | None = None,
     window_size=(-1, -1),
+    rotary=None,
+    sinusoidal=None,
+    q_positions=None,
+    k_positions=None,
+    pe_k_strategy: str = "auto",
 ) -> AttentionParams:
     """Validate bshd q, k, v and options; return the normalized description of the call."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -116,6 +127,12 @@ def attention_params(
     elif not math.isfinite(softmax_scale):
         raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
     window = masks.normalize_window(causal, check_window_size(window_size))
+    if pe_k_strategy not in PE_K_STRATEGIES:
+        raise ValueError(f"pe_k_strategy must be one of {PE_K_STRATEGIES}, got {pe_k_strategy!r}")
+    encoding = positional.resolve(
+        rotary, sinusoidal, batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
+        device=q.device, q_positions=q_positions, k_positions=k_positions,
+    )
     return AttentionParams(
         batch=batch,
         seqlen_q=seqlen_q,
@@ -126,4 +143,6 @@ def attention_params(
         softmax_scale=float(softmax_scale),
         window=window,
         dtype=q.dtype,
+        encoding=encoding,
+        pe_k_strategy=pe_k_strategy,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks, masks
+from . import checks, masks, positional
 from .checks import AttentionParams
 
 
@@ -18,6 +18,9 @@ def attention_from_params(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """bshd q, k, v -> (out bshd in compute_dtype, lse (batch, nheads_q, seqlen_q) in compute_dtype)."""
     q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    enc = params.encoding
+    if enc is not None:
+        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
     # GQA/MQA: query head h reads key/value head h // group_size.
     k = k.repeat_interleave(params.group_size, dim=2)
     v = v.repeat_interleave(params.group_size, dim=2)
@@ -53,11 +56,18 @@ def attention(
     window_size=(-1, -1),
     return_lse: bool = False,
     layout: str = "bshd",
+    rotary=None,
+    sinusoidal=None,
+    q_positions=None,
+    k_positions=None,
     compute_dtype: torch.dtype = torch.float64,
 ):
     """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype."""
     q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
-    params = checks.attention_params(q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+    params = checks.attention_params(
+        q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
+        sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions,
+    )
     out, lse = attention_from_params(q, k, v, params, compute_dtype)
     out = checks.to_bshd(out, layout)
     return (out, lse) if return_lse else out

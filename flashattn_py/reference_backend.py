@@ -12,10 +12,10 @@ from .checks import AttentionParams
 
 def forward(q, k, v, params: AttentionParams):
     out, lse = reference.attention_from_params(q, k, v, params, torch.float64)
-    return out.to(q.dtype), lse.to(torch.float32)
+    return out.to(q.dtype), lse.to(torch.float32), ()
 
 
-def backward(dout, q, k, v, out, lse, params: AttentionParams):
+def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     with torch.enable_grad():
         leaves = [t.detach().to(torch.float64).requires_grad_() for t in (q, k, v)]
         ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import buffers, masks
+from . import buffers, masks, positional
 from .checks import AttentionParams
 
 # Scores held at once (elements of a chunk of the score matrix): 2^24 fp32 = 64 MiB.
@@ -45,11 +45,21 @@ def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
     return scores, visible
 
 
+def _encoded(q, k, params: AttentionParams, dtype):
+    """q and k in the compute dtype with the positional encoding applied (q still bshd)."""
+    q, k = q.to(dtype), k.to(dtype)
+    enc = params.encoding
+    if enc is not None:
+        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
+    return q, k
+
+
 def forward(q, k, v, params: AttentionParams):
     cdt = _compute_dtype(q.dtype)
     out = buffers.empty_like(q)
     lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
-    qg, kc, vc = _grouped(q, params).to(cdt), k.to(cdt), v.to(cdt)
+    q_enc, kc = _encoded(q, k, params, cdt)
+    qg, vc = _grouped(q_enc, params), v.to(cdt)
     lse_g = lse.view(params.batch, params.nheads_kv, params.group_size, params.seqlen_q)
     for start, end in _chunks(params):
         scores, visible = _scores_and_mask(qg[:, start:end], kc, params, start, end)
@@ -60,17 +70,18 @@ def forward(q, k, v, params: AttentionParams):
         chunk_out = torch.einsum("bhgqk,bkhd->bqhgd", probs, vc)
         out[:, start:end] = chunk_out.reshape(out[:, start:end].shape).to(out.dtype)
         lse_g[..., start:end] = chunk_lse.to(torch.float32)
-    return out, lse
+    return out, lse, ()
 
 
-def backward(dout, q, k, v, out, lse, params: AttentionParams):
+def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     cdt = _compute_dtype(q.dtype)
-    qg, kc, vc = _grouped(q, params).to(cdt), k.to(cdt), v.to(cdt)
+    q_enc, kc = _encoded(q, k, params, cdt)
+    qg, vc = _grouped(q_enc, params), v.to(cdt)
     dout_g = _grouped(dout, params).to(cdt)
     lse_g = lse.view(params.batch, params.nheads_kv, params.group_size, params.seqlen_q).to(cdt)
     # delta_i = sum_d dO_i . O_i, the softmax-backward row correction (rowsum(P * dP)).
     delta = (dout_g * _grouped(out, params).to(cdt)).sum(-1).permute(0, 2, 3, 1)
-    dq = buffers.empty_like(q)
+    dq_acc = torch.empty_like(qg)
     dk_acc = torch.zeros_like(kc)
     dv_acc = torch.zeros_like(vc)
     for start, end in _chunks(params):
@@ -83,11 +94,15 @@ def backward(dout, q, k, v, out, lse, params: AttentionParams):
         dv_acc += torch.einsum("bhgqk,bqhgd->bkhd", probs, do_chunk)
         dprobs = torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc)
         dscores = probs * (dprobs - delta[..., start:end, None]) * params.softmax_scale
-        dq_chunk = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)
-        dq[:, start:end] = dq_chunk.reshape(dq[:, start:end].shape).to(dq.dtype)
+        dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)
         dk_acc += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])
-    dk = buffers.empty_like(k)
-    dv = buffers.empty_like(v)
+    dq_acc = dq_acc.reshape(q.shape)
+    enc = params.encoding
+    if enc is not None:  # gradients w.r.t. the encoded q, k -> w.r.t. the user's q, k
+        dq_acc = positional.encode(dq_acc, enc, enc.q_positions, inverse=True)
+        dk_acc = positional.encode(dk_acc, enc, enc.k_positions, inverse=True)
+    dq, dk, dv = buffers.empty_like(q), buffers.empty_like(k), buffers.empty_like(v)
+    dq.copy_(dq_acc)
     dk.copy_(dk_acc)
     dv.copy_(dv_acc)
     return dq, dk, dv

@@ -19,6 +19,8 @@ from .attention_fwd import load_tile
 from .common import (LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range,
                      query_block_range, tile_dot)
 from .configs import dkdv_config, dq_config
+from .pe_strategy import encoded_streams
+from .positional import encode_tile, kernel_encoding
 
 
 @triton.jit
@@ -65,15 +67,23 @@ def attention_bwd_dkdv_kernel(
     stride_dvb, stride_dvs, stride_dvh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
     softmax_scale, qk_scale_log2, window_left, window_right,
+    pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
+    kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+    PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    PE_ON_Q: tl.constexpr, PE_ON_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     kv_head = tl.program_id(1).to(tl.int64)
     batch = tl.program_id(2).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
+    k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
     k_tile = load_tile(k_ptr + batch * stride_kb + kv_head * stride_kh, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
+    if PE_ON_K:
+        k_tile = encode_tile(k_tile, offs_n, offs_d, seqlen_k, k_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
     v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -87,6 +97,9 @@ def attention_bwd_dkdv_kernel(
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             q = load_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
+            if PE_ON_Q:
+                q = encode_tile(q, offs_m, offs_d, seqlen_q, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+                                PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
             dout = load_tile(do_base, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
             lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
             # Work on transposed tiles (keys x queries) so dK and dV come out without transposes.
@@ -99,7 +112,8 @@ def attention_bwd_dkdv_kernel(
                             FP32_OPERANDS, PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
-    dk = dk * softmax_scale
+    # dK so far is w.r.t. the encoded k; map it back to the user's k (inverse rotation / scale).
+    dk = encode_tile(dk * softmax_scale, offs_n, offs_d, seqlen_k, k_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, True)
     tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
     dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head * stride_dkh
                + offs_n[:, None].to(tl.int64) * stride_dks + offs_d[None, :])
@@ -119,8 +133,12 @@ def attention_bwd_dq_kernel(
     stride_dqb, stride_dqs, stride_dqh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
     softmax_scale, qk_scale_log2, window_left, window_right,
+    pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
+    kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+    PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    PE_ON_Q: tl.constexpr, PE_ON_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -129,7 +147,12 @@ def attention_bwd_dq_kernel(
     head = head.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
+    q_pos = (qpos_ptr + batch * qpos_stride_b, qpos_stride_s)
+    k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
     q = load_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
+    if PE_ON_Q:
+        q = encode_tile(q, offs_m, offs_d, seqlen_q, q_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
     dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
     lse, delta = load_row_stats(lse_ptr, delta_ptr, (batch * nheads_q + head) * seqlen_q, offs_m, seqlen_q)
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
@@ -140,6 +163,8 @@ def attention_bwd_dq_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_tile = load_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
+        if PE_ON_K:
+            k_tile = encode_tile(k_tile, offs_n, offs_d, seqlen_k, k_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                      FP32_OPERANDS, PRECISION) * qk_scale_log2
@@ -149,7 +174,8 @@ def attention_bwd_dq_kernel(
                       FP32_OPERANDS, PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tile_dot(ds.to(k_tile.dtype), k_tile, dq, FP32_OPERANDS, PRECISION)
-    dq = dq * softmax_scale
+    # dQ so far is w.r.t. the encoded q; map it back to the user's q (inverse rotation / scale).
+    dq = encode_tile(dq * softmax_scale, offs_m, offs_d, seqlen_q, q_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, True)
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh
                + offs_m[:, None].to(tl.int64) * stride_dqs + offs_d[None, :])
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
@@ -159,8 +185,8 @@ def _strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def attention_backward(dout, q, k, v, out, lse, params: AttentionParams):
-    """Gradients (dq, dk, dv), each with the shape and dtype of its input."""
+def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
+    """Gradients (dq, dk, dv), each with the shape and dtype of its input; scratch from the forward."""
     check_launch_limits(params.batch, params.nheads_q)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()  # kernels read the head dim with unit stride
@@ -170,27 +196,33 @@ def attention_backward(dout, q, k, v, out, lse, params: AttentionParams):
     block_d = head_dim_block(params.head_dim)
     delta = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
     common = dict(BLOCK_D=block_d, HAS_WINDOW=params.has_window, **dot_flags(q.dtype))
+    dkdv_cfg, dq_cfg = dkdv_config(block_d), dq_config(block_d)
+    # dK/dV streams Q tiles (each read once per key tile); dQ streams K tiles (once per query tile).
+    streams = encoded_streams(params, q=q, q_reads=triton.cdiv(params.seqlen_k, dkdv_cfg.block_n),
+                              k=k, k_reads=triton.cdiv(params.seqlen_q, dq_cfg.block_m),
+                              k_encoded=scratch[0] if scratch else None)
+    pe = kernel_encoding(params.encoding, q).with_flags(PE_ON_Q=streams.q_in_kernel, PE_ON_K=streams.k_in_kernel)
     scalars = (params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
                params.softmax_scale, params.softmax_scale * LOG2E, params.window[0], params.window[1])
 
-    pre = dq_config(block_d)
     if params.seqlen_q > 0:
-        attention_bwd_preprocess_kernel[(triton.cdiv(params.seqlen_q, pre.block_m), params.nheads_q, params.batch)](
+        attention_bwd_preprocess_kernel[(triton.cdiv(params.seqlen_q, dq_cfg.block_m), params.nheads_q, params.batch)](
             out, dout, delta, *_strides(out), *_strides(dout), params.seqlen_q, params.nheads_q, params.head_dim,
-            BLOCK_M=pre.block_m, BLOCK_D=block_d,
+            BLOCK_M=dq_cfg.block_m, BLOCK_D=block_d,
         )
-    cfg = dkdv_config(block_d)
+    q, k = streams.q, streams.k
+    cfg = dkdv_cfg
     if params.seqlen_k > 0:
         attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), params.nheads_kv, params.batch)](
             q, k, v, dout, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
         )
-    cfg = dq_config(block_d)
+    cfg = dq_cfg
     if params.seqlen_q > 0:
         attention_bwd_dq_kernel[(triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)](
             q, k, v, dout, lse, delta, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
         )
     return dq, dk, dv

@@ -1,0 +1,160 @@
+"""Positional encodings in Triton: the tile transform the attention kernels apply right after a q/k
+tile is loaded (and, inverted, to dq/dk before they are stored), plus the standalone fused ops
+``apply_rotary`` (RoPE) and ``add_sinusoidal`` built on the same transform.
+
+The formulas are those of ``flashattn_py.positional`` (its docstring states them); tests hold the two
+equal. Angles are computed in fp32 in-kernel as ``position * exp2(-(2i / dim) * log2(base))``, or read
+from the user's cos/sin tables.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from flashattn_py import buffers
+from flashattn_py.positional import Encoding
+
+from .common import head_dim_block
+
+PE_NONE, PE_ROTARY, PE_SINUSOIDAL = 0, 1, 2
+
+
+@triton.jit
+def encode_tile(x, offs_s, offs_d, seqlen, positions, pe,
+                PE_KIND: tl.constexpr, INTERLEAVED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                INVERSE: tl.constexpr):
+    """x (rows offs_s, channels offs_d) encoded at the rows' positions; INVERSE maps a gradient back.
+
+    positions = (pointer to this batch's row of positions, stride along seqlen);
+    pe = (cos table, sin table, table row stride, encoded channels, log2(base), scale, head_dim).
+
+    Rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on channel pairs, the partner channel
+    fetched from the tile in registers with a gather (inverse: sin -> -sin). Sinusoidal:
+    x * scale + PE (inverse: x * scale). Math in fp32; result in x's dtype.
+    """
+    if PE_KIND == 0:
+        return x
+    pos_base, pos_stride_s = positions
+    cos_ptr, sin_ptr, table_stride, pe_dim, log2_base, pe_scale, head_dim = pe
+    rows_valid = offs_s < seqlen
+    pos = tl.load(pos_base + offs_s.to(tl.int64) * pos_stride_s, mask=rows_valid, other=0)
+    xf = x.to(tl.float32)
+    if PE_KIND == 1:
+        half = pe_dim // 2
+        in_rot = offs_d < pe_dim
+        if INTERLEAVED:
+            pair = offs_d // 2
+            partner = offs_d ^ 1
+            first = (offs_d % 2) == 0
+        else:
+            pair = tl.where(offs_d < half, offs_d, offs_d - half)
+            partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
+            first = offs_d < half
+        partner = tl.where(in_rot, partner, offs_d)
+        if FROM_TABLE:
+            table_offs = pos[:, None].to(tl.int64) * table_stride + pair[None, :]
+            table_mask = rows_valid[:, None] & in_rot[None, :]
+            cos = tl.load(cos_ptr + table_offs, mask=table_mask, other=1.0).to(tl.float32)
+            sin = tl.load(sin_ptr + table_offs, mask=table_mask, other=0.0).to(tl.float32)
+        else:
+            inv_freq = tl.math.exp2(-(2.0 * pair.to(tl.float32) / pe_dim) * log2_base)
+            angle = pos[:, None].to(tl.float32) * inv_freq[None, :]
+            cos = tl.where(in_rot[None, :], tl.cos(angle), 1.0)
+            sin = tl.where(in_rot[None, :], tl.sin(angle), 0.0)
+        # First channel of a pair takes -x2 sin, the second +x1 sin; the inverse flips both.
+        sign = tl.where(first, -1.0, 1.0)
+        if INVERSE:
+            sign = -sign
+        x_partner = tl.gather(xf, tl.broadcast_to(partner[None, :], xf.shape), axis=1)
+        out = xf * cos + x_partner * (sin * sign[None, :])
+    else:
+        out = xf * pe_scale
+        if not INVERSE:
+            inv_freq = tl.math.exp2(-(2.0 * (offs_d // 2).to(tl.float32) / pe_dim) * log2_base)
+            angle = pos[:, None].to(tl.float32) * inv_freq[None, :]
+            pe = tl.where((offs_d % 2 == 0)[None, :], tl.sin(angle), tl.cos(angle))
+            out += tl.where((offs_d < head_dim)[None, :], pe, 0.0)
+    return out.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class KernelEncoding:
+    """Everything a kernel needs to encode q/k tiles: runtime args and constexprs, built once per call."""
+
+    runtime: dict
+    constexprs: dict
+
+    def with_flags(self, **flags) -> dict:
+        return {**self.runtime, **self.constexprs, **flags}
+
+
+def kernel_encoding(enc: Encoding | None, dummy: torch.Tensor) -> KernelEncoding:
+    """Kernel arguments for `enc` (None: encoding disabled, pointers are placeholders never read)."""
+    if enc is None:
+        runtime = dict(pe_cos_ptr=dummy, pe_sin_ptr=dummy, pe_table_stride=0,
+                       qpos_ptr=dummy, qpos_stride_b=0, qpos_stride_s=0,
+                       kpos_ptr=dummy, kpos_stride_b=0, kpos_stride_s=0,
+                       pe_dim=0, pe_log2_base=0.0, pe_scale=1.0)
+        return KernelEncoding(runtime, dict(PE_KIND=PE_NONE, PE_INTERLEAVED=False, PE_FROM_TABLE=False))
+    spec = enc.spec
+    from_table = enc.is_rotary and spec.cos is not None
+    cos, sin = (spec.cos.contiguous(), spec.sin.contiguous()) if from_table else (dummy, dummy)
+    runtime = dict(
+        pe_cos_ptr=cos, pe_sin_ptr=sin, pe_table_stride=cos.stride(0) if from_table else 0,
+        qpos_ptr=enc.q_positions, qpos_stride_b=enc.q_positions.stride(0), qpos_stride_s=enc.q_positions.stride(1),
+        kpos_ptr=enc.k_positions, kpos_stride_b=enc.k_positions.stride(0), kpos_stride_s=enc.k_positions.stride(1),
+        pe_dim=enc.rotary_dim, pe_log2_base=math.log2(spec.base),
+        pe_scale=1.0 if enc.is_rotary else float(spec.scale),
+    )
+    constexprs = dict(PE_KIND=PE_ROTARY if enc.is_rotary else PE_SINUSOIDAL,
+                      PE_INTERLEAVED=bool(enc.is_rotary and spec.interleaved), PE_FROM_TABLE=from_table)
+    return KernelEncoding(runtime, constexprs)
+
+
+@triton.jit
+def encode_kernel(x_ptr, out_ptr,
+                  stride_xb, stride_xs, stride_xh, stride_ob, stride_os, stride_oh,
+                  seqlen, head_dim,
+                  pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
+                  kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
+                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                  PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+                  INVERSE: tl.constexpr):
+    """out = encode(x) for one (BLOCK_S rows, one head, one batch) tile; out may alias x (in place):
+    a tile is read whole before it is written and tiles do not overlap. Positions come from qpos."""
+    pid_s = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    tile_mask = (offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim)
+    x_ptrs = x_ptr + batch * stride_xb + head * stride_xh + offs_s[:, None].to(tl.int64) * stride_xs + offs_d[None, :]
+    x = tl.load(x_ptrs, mask=tile_mask, other=0.0)
+    pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
+    out = encode_tile(x, offs_s, offs_d, seqlen, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+                      PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, INVERSE)
+    o_ptrs = out_ptr + batch * stride_ob + head * stride_oh + offs_s[:, None].to(tl.int64) * stride_os + offs_d[None, :]
+    tl.store(o_ptrs, out, mask=tile_mask)
+
+
+def encode(x: torch.Tensor, enc: Encoding, positions: torch.Tensor, *, inverse: bool = False,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Encode bshd x (head dim contiguous) at `positions` (batch, seqlen) into `out` (new if None; may be x)."""
+    if out is None:
+        out = buffers.empty_like(x)
+    batch, seqlen, nheads, head_dim = x.shape
+    if x.numel() == 0:
+        return out
+    block_d = head_dim_block(head_dim)
+    block_s = max(1, min(64, 4096 // block_d))  # ~4K elements a tile: registers, not spills
+    kernel_enc = kernel_encoding(enc, x)
+    args = dict(kernel_enc.runtime, qpos_ptr=positions, qpos_stride_b=positions.stride(0),
+                qpos_stride_s=positions.stride(1), pe_dim=enc.rotary_dim if enc.is_rotary else head_dim)
+    constexprs = kernel_enc.constexprs
+    encode_kernel[(triton.cdiv(seqlen, block_s), nheads, batch)](
+        x, out, x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        seqlen, head_dim, **args, BLOCK_S=block_s, BLOCK_D=block_d, INVERSE=inverse, **constexprs,
+    )
+    return out
