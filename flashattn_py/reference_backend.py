@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import positional, reference
 from .checks import AttentionParams
 
 
@@ -21,3 +21,9 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
         ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64)
         grads = torch.autograd.grad(ref_out, leaves, dout.to(torch.float64))
     return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+
+
+def encode(x, enc, positions, *, inverse=False, out=None):
+    result = positional.encode(x.to(torch.float64), enc, positions, inverse=inverse)
+    out = torch.empty_like(x) if out is None else out
+    return out.copy_(result)

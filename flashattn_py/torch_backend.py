@@ -106,3 +106,10 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     dk.copy_(dk_acc)
     dv.copy_(dv_acc)
     return dq, dk, dv
+
+
+def encode(x, enc, positions, *, inverse=False, out=None):
+    """Standalone positional encoding of bshd x (fp16/bf16 computed in fp32)."""
+    result = positional.encode(x.to(_compute_dtype(x.dtype)), enc, positions, inverse=inverse)
+    out = buffers.empty_like(x) if out is None else out
+    return out.copy_(result)

@@ -1,0 +1,78 @@
+"""Standalone fused positional-encoding ops with autograd: ``apply_rotary`` and ``add_sinusoidal``.
+
+Same specs, conventions and positions as the encodings fused into attention (flashattn_py.positional);
+on CUDA tensors they run the Triton kernel ``triton_kernels/positional.py`` (one read, one write).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import backends, checks, positional
+from .positional import Rotary, Sinusoidal
+
+
+class _EncodeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, enc, positions, impl, inplace):
+        ctx.enc, ctx.impl = enc, impl
+        ctx.save_for_backward(positions)
+        if inplace:
+            ctx.mark_dirty(x)
+        return impl.encode(x, enc, positions, out=x if inplace else None)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (positions,) = ctx.saved_tensors
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        return ctx.impl.encode(grad, ctx.enc, positions, inverse=True), None, None, None, None
+
+
+def _as_bshd(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        return x.unsqueeze(2)  # (batch, seqlen, dim): one "head"
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be (batch, seqlen, nheads, dim) or (batch, seqlen, dim), got {tuple(x.shape)}")
+    return x
+
+
+def _run(x, spec, positions, backend, inplace):
+    bshd = _as_bshd(x, "x")
+    if bshd.dtype not in checks.SUPPORTED_DTYPES:
+        raise TypeError(f"x has dtype {bshd.dtype}; expected one of float16, bfloat16, float32")
+    batch, seqlen, _, dim = bshd.shape
+    rotary, sinusoidal = (spec, None) if isinstance(spec, Rotary) else (None, spec)
+    enc = positional.resolve(rotary, sinusoidal, batch=batch, seqlen_q=seqlen, seqlen_k=seqlen, head_dim=dim,
+                             device=bshd.device, q_positions=positions)
+    impl = backends.select(backend, bshd.device)
+    if bshd.stride(-1) != 1:
+        if inplace:
+            raise ValueError("inplace=True needs x with a contiguous last dim")
+        bshd = bshd.contiguous()
+    if inplace and x.requires_grad and x.is_leaf:
+        raise ValueError("inplace=True on a leaf that requires grad; use inplace=False")
+    out = _EncodeFunction.apply(bshd, enc, enc.q_positions, impl, inplace)
+    return x if inplace else out.view(x.shape)
+
+
+def apply_rotary(x: torch.Tensor, rotary: Rotary | None = None, *, positions=None, inplace: bool = False,
+                 backend: str = "auto") -> torch.Tensor:
+    """Rotate x (batch, seqlen, nheads, head_dim) — or (batch, seqlen, dim) — with RoPE.
+
+    rotary: a Rotary spec (default Rotary(): base 10000, all channels, GPT-NeoX pairs). positions:
+    None (0..seqlen-1), an int or (batch,) tensor offset, or (batch, seqlen) position ids.
+    inplace=True writes the result into x and returns it (differentiable when x is not a leaf).
+    """
+    return _run(x, Rotary() if rotary is None else rotary, positions, backend, inplace)
+
+
+def add_sinusoidal(x: torch.Tensor, positions=None, scale: float = 1.0, base: float = 10000.0, *,
+                   backend: str = "auto") -> torch.Tensor:
+    """``x * scale + PE(positions)``: the sinusoidal encoding of Vaswani et al. added to embeddings.
+
+    x: (batch, seqlen, dim) token embeddings, or (batch, seqlen, nheads, dim). PE[p, 2i] =
+    sin(p / base^(2i/dim)), PE[p, 2i+1] = cos(p / base^(2i/dim)).
+    """
+    return _run(x, Sinusoidal(base=base, scale=scale), positions, backend, inplace=False)

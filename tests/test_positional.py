@@ -1,0 +1,210 @@
+"""RoPE and sinusoidal encodings fused into attention, and the standalone ops, vs the float64 reference."""
+import zlib
+
+import pytest
+import torch
+
+import flashattn_py as fa
+from flashattn_py import positional
+from flashattn_py.positional import Rotary, Sinusoidal
+from tolerance import ATOL, DEVICE, assert_within_naive_error, check_against_reference, random_qkv
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def seed_of(request) -> int:
+    return zlib.crc32(request.node.nodeid.encode())
+
+
+def tables(rows, rotary_dim, seed):
+    """Scaled-RoPE style tables: angles of positions / 4 (linear scaling), in fp32."""
+    inv_freq = 10000.0 ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    angles = (torch.arange(rows, dtype=torch.float64) / 4.0)[:, None] * inv_freq
+    return angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE)
+
+
+ENCODINGS = {
+    "neox": lambda d: dict(rotary=Rotary()),
+    "gptj": lambda d: dict(rotary=Rotary(interleaved=True, base=500.0)),
+    "partial_neox": lambda d: dict(rotary=Rotary(rotary_dim=d // 2)),
+    "partial_gptj_tables": lambda d: dict(rotary=Rotary(rotary_dim=16, interleaved=True, cos=tables(300, 16, 0)[0],
+                                                        sin=tables(300, 16, 0)[1])),
+    "sinusoidal": lambda d: dict(sinusoidal=Sinusoidal(base=1000.0, scale=0.5)),
+}
+SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40)]
+
+
+@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("torch", "auto")])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_encoding_matches_reference(request, backend, strategy, dtype, encoding, shape):
+    q, k, v, dout = random_qkv(*shape, dtype, seed=seed_of(request))
+    check_against_reference(backend, q, k, v, dout, causal=True, pe_k_strategy=strategy,
+                            **ENCODINGS[encoding](shape[-1]))
+
+
+POSITIONS = {
+    "int_offsets": lambda b, sq, sk: dict(q_positions=40, k_positions=7),
+    "per_batch_offsets": lambda b, sq, sk: dict(q_positions=torch.tensor([3, 90]), k_positions=torch.tensor([0, 5])),
+    "position_ids": lambda b, sq, sk: dict(q_positions=torch.randperm(b * sq).view(b, sq),
+                                           k_positions=torch.randint(0, 250, (b, sk), dtype=torch.int32)),
+}
+
+
+@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("torch", "auto")])
+@pytest.mark.parametrize("encoding", ["neox", "partial_gptj_tables", "sinusoidal"])
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_positions_offsets_and_ids(request, backend, strategy, encoding, positions):
+    torch.manual_seed(seed_of(request))
+    q, k, v, dout = random_qkv(2, 30, 45, 2, 2, 32, torch.float16, seed=seed_of(request))
+    pos = {name: t.to(DEVICE) if isinstance(t, torch.Tensor) else t for name, t in POSITIONS[positions](2, 30, 45).items()}
+    check_against_reference(backend, q, k, v, dout, window_size=(10, 4), pe_k_strategy=strategy,
+                            **ENCODINGS[encoding](32), **pos)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("encoding", ["neox", "gptj", "partial_neox", "sinusoidal"])
+def test_fused_equals_encode_then_attend(request, backend, dtype, encoding):
+    """attention(q, k, v, rotary=R) == attention(apply_rotary(q, R), apply_rotary(k, R), v), same for sinusoidal."""
+    q, k, v, dout = random_qkv(2, 40, 40, 2, 2, 32, dtype, seed=seed_of(request))
+    options = ENCODINGS[encoding](32)
+    spec = options.get("rotary") or options["sinusoidal"]
+    if isinstance(spec, Rotary):
+        q_enc, k_enc = (fa.apply_rotary(t, spec, backend=backend) for t in (q, k))
+    else:
+        q_enc, k_enc = (fa.add_sinusoidal(t, scale=spec.scale, base=spec.base, backend=backend) for t in (q, k))
+    fused = fa.attention(q, k, v, causal=True, backend=backend, **options)
+    unfused = fa.attention(q_enc, k_enc, v, causal=True, backend=backend)
+    torch.testing.assert_close(fused, unfused, atol=ATOL[dtype], rtol=0)
+
+
+def test_hf_position_embeddings_map_to_tables(request):
+    """HF Llama passes cos/sin of shape (batch, seqlen, head_dim) = cat(freqs, freqs) and rotates with
+    q * cos + rotate_half(q) * sin; our tables are their first head_dim/2 columns (README)."""
+    b, s, h, d = 2, 24, 2, 32
+    q, k, v, _ = random_qkv(b, s, s, h, h, d, torch.float32, seed=seed_of(request))
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32, device=DEVICE) / d))
+    freqs = torch.arange(s, device=DEVICE, dtype=torch.float32)[:, None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos_hf, sin_hf = emb.cos()[None].expand(b, s, d), emb.sin()[None].expand(b, s, d)
+
+    def hf_rotate(x):  # the formula HF documents, on bshd x
+        rotated_half = torch.cat((-x[..., d // 2:], x[..., : d // 2]), dim=-1)
+        return x * cos_hf[:, :, None] + rotated_half * sin_hf[:, :, None]
+
+    ours = fa.attention(q, k, v, causal=True, rotary=Rotary(cos=cos_hf[0, :, : d // 2], sin=sin_hf[0, :, : d // 2]))
+    theirs = fa.reference.attention(hf_rotate(q), hf_rotate(k), v, causal=True)
+    torch.testing.assert_close(ours.double(), theirs, atol=1e-5, rtol=0)
+
+
+STANDALONE = {
+    "rotary_neox_4d": (lambda x: dict(rotary=Rotary()), (2, 19, 3, 40)),
+    "rotary_gptj_partial_offset": (lambda x: dict(rotary=Rotary(rotary_dim=24, interleaved=True), positions=9), (2, 19, 3, 40)),
+    "rotary_tables_ids": (lambda x: dict(rotary=Rotary(rotary_dim=8, cos=tables(64, 8, 1)[0], sin=tables(64, 8, 1)[1]),
+                                         positions=torch.randint(0, 64, (2, 19)).to(DEVICE)), (2, 19, 3, 16)),
+    "sinusoidal_embeddings_3d": (lambda x: dict(scale=3.0), (2, 33, 52)),
+}
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", STANDALONE)
+def test_standalone_ops_match_reference(request, backend, dtype, case):
+    make_options, shape = STANDALONE[case]
+    gen = torch.Generator().manual_seed(seed_of(request))
+    x = torch.randn(shape, generator=gen).to(DEVICE, dtype)
+    grad = torch.randn(shape, generator=gen).to(DEVICE, dtype)
+    options = make_options(x)
+    op = fa.add_sinusoidal if case.startswith("sinusoidal") else fa.apply_rotary
+
+    def run(op_backend, input_dtype):
+        leaf = x.to(input_dtype).requires_grad_()
+        out = op(leaf, **options, backend=op_backend)
+        return out, torch.autograd.grad(out, leaf, grad.to(input_dtype))[0]
+
+    def reference(input_dtype):
+        """positional.encode in plain torch, differentiated by autograd (not by our inverse formula)."""
+        leaf = x.to(input_dtype).requires_grad_()
+        bshd = leaf if leaf.dim() == 4 else leaf.unsqueeze(2)
+        spec = options.get("rotary") or Sinusoidal(scale=options["scale"])
+        enc = positional.resolve(*((spec, None) if isinstance(spec, Rotary) else (None, spec)), batch=shape[0],
+                                 seqlen_q=shape[1], seqlen_k=shape[1], head_dim=shape[-1], device=x.device,
+                                 q_positions=options.get("positions"))
+        out = positional.encode(bshd, enc, enc.q_positions).view(shape)
+        return out, torch.autograd.grad(out, leaf, grad.to(input_dtype))[0]
+
+    with fa.poisoned_outputs():
+        got = run(backend, dtype)
+    exact = reference(torch.float64)
+    naive = reference(dtype)  # the same math rounded to the input precision
+    for name, g, e, n in zip(("out", "grad"), got, exact, naive):
+        assert g.dtype == dtype and g.shape == x.shape
+        assert_within_naive_error(name, g, e, n, dtype)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_apply_rotary_inplace_writes_into_x_and_matches_out_of_place(request, backend):
+    x = torch.randn(2, 17, 2, 32, generator=torch.Generator().manual_seed(seed_of(request))).to(DEVICE)
+    spec = Rotary(interleaved=True)
+    out_of_place = x.clone().requires_grad_()
+    expected = fa.apply_rotary(out_of_place, spec, positions=3, backend=backend)
+    expected.sum().backward()
+
+    base = x.clone().requires_grad_()
+    y = base * 1.0  # a non-leaf, so the in-place op stays differentiable
+    out = fa.apply_rotary(y, spec, positions=3, inplace=True, backend=backend)
+    assert out.data_ptr() == y.data_ptr()
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    out.sum().backward()
+    torch.testing.assert_close(base.grad, out_of_place.grad, atol=0, rtol=0)
+
+
+def test_auto_strategy_encodes_k_in_kernel_only_for_few_query_tiles():
+    from flashattn_py.checks import attention_params
+    from flashattn_py.triton_kernels.pe_strategy import IN_KERNEL_MAX_READS, encoded_streams
+
+    q, k, v, _ = random_qkv(1, 8, 8, 1, 1, 16, torch.float32)
+    params = attention_params(q, k, v, rotary=Rotary())
+    short = encoded_streams(params, k=k, k_reads=IN_KERNEL_MAX_READS)
+    long = encoded_streams(params, k=k, k_reads=IN_KERNEL_MAX_READS + 1)
+    assert short.k_in_kernel and short.k is k and short.scratch == ()
+    assert not long.k_in_kernel and long.scratch == (long.k,) and long.k is not k
+
+
+def qkv(d=32):
+    return random_qkv(1, 8, 8, 2, 2, d, torch.float32)[:3]
+
+
+PE_ERRORS = [
+    ("odd_rotary_dim", dict(rotary=Rotary(rotary_dim=15)), ValueError, "rotary_dim must be even"),
+    ("rotary_dim_too_big", dict(rotary=Rotary(rotary_dim=40)), ValueError, r"rotary_dim must be even and in \[2, head_dim=32\]"),
+    ("table_shape", dict(rotary=Rotary(cos=torch.ones(8, 8), sin=torch.ones(8, 8))), ValueError,
+     r"rotary cos must have shape \(seqlen_ro, rotary_dim / 2 = 16\)"),
+    ("table_dtype", dict(rotary=Rotary(cos=torch.ones(8, 16, dtype=torch.int32), sin=torch.ones(8, 16, dtype=torch.int32))),
+     TypeError, "rotary cos must be a floating-point tensor"),
+    ("one_table", dict(rotary=Rotary(cos=torch.ones(8, 16))), ValueError, "cos and sin tables must be given together"),
+    ("beyond_table", dict(rotary=Rotary(cos=torch.ones(8, 16), sin=torch.ones(8, 16)), q_positions=1), ValueError,
+     "reach position 8 but the rotary cos/sin tables have 8 rows"),
+    ("both", dict(rotary=Rotary(), sinusoidal=Sinusoidal()), ValueError, "rotary or sinusoidal, not both"),
+    ("positions_alone", dict(q_positions=3), ValueError, "need a positional encoding"),
+    ("positions_shape", dict(rotary=Rotary(), q_positions=torch.zeros(3, 8, dtype=torch.int64)), ValueError,
+     r"q_positions must have shape \(1,\)"),
+    ("positions_dtype", dict(rotary=Rotary(), k_positions=torch.zeros(1, 8)), TypeError, "k_positions must be an int32 or int64"),
+    ("negative_offset", dict(rotary=Rotary(), q_positions=-1), ValueError, "q_positions offset must be >= 0"),
+    ("negative_id", dict(rotary=Rotary(), q_positions=torch.full((1, 8), -2)), ValueError, "q_positions must be >= 0"),
+    ("base", dict(rotary=Rotary(base=0.0)), ValueError, "rotary base must be a positive"),
+    ("spec_type", dict(rotary="rope"), TypeError, "rotary must be a Rotary"),
+    ("strategy", dict(rotary=Rotary(), pe_k_strategy="fast"), ValueError, "pe_k_strategy must be one of"),
+]
+
+
+@pytest.mark.parametrize("options,error,message", [c[1:] for c in PE_ERRORS], ids=[c[0] for c in PE_ERRORS])
+def test_bad_encoding_raises_clear_error(options, error, message):
+    options = {n: t.to(DEVICE) if isinstance(t, torch.Tensor) else t for n, t in options.items()}
+    if "rotary" in options and isinstance(options["rotary"], Rotary) and options["rotary"].cos is not None:
+        r = options["rotary"]
+        options["rotary"] = Rotary(rotary_dim=r.rotary_dim, cos=r.cos.to(DEVICE), sin=None if r.sin is None else r.sin.to(DEVICE))
+    with pytest.raises(error, match=message):
+        fa.attention(*qkv(), **options)
