@@ -1,9 +1,10 @@
-"""``python -m flashattn_py.bench``: check every backend against the reference, then time it.
+"""``python -m flashattn_py.bench``: check every implementation against the reference, then time it.
 
 On a GPU: forward and forward+backward TFLOP/s of our Triton kernels against PyTorch SDPA on the
-same inputs (triton.testing.do_bench, median), after checking both against the float64 reference.
-On a CPU: the correctness check only, at small sizes; the Triton interpreter's speed says nothing
-about GPU speed and is never reported as a figure.
+same inputs (triton.testing.do_bench, median), each implementation first checked against the float64
+reference; ``--rotary`` compares fused RoPE (each K strategy) with apply_rotary + attention and with
+eager RoPE + SDPA. On a CPU: the correctness check only, at small sizes; the Triton interpreter's
+speed says nothing about GPU speed and is never reported as a figure.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
 
-import flashattn_py as fa  # noqa: E402
+from flashattn_py.bench.peers import attention_peers, reference_for  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MODES = ("fwd", "fwd+bwd")
 
 
 def attention_flops(batch, heads, seqlen_q, seqlen_k, head_dim, causal, mode) -> float:
@@ -27,84 +29,84 @@ def attention_flops(batch, heads, seqlen_q, seqlen_k, head_dim, causal, mode) ->
     return fwd * {"fwd": 1.0, "fwd+bwd": 3.5}[mode]
 
 
-def _inputs(batch, heads, kv_heads, seqlen, head_dim, dtype, device):
+def make_inputs(batch, heads, kv_heads, seqlen, head_dim, dtype, device):
     gen = torch.Generator(device="cpu").manual_seed(0)
     make = lambda h: torch.randn(batch, seqlen, h, head_dim, generator=gen).to(device, dtype)  # noqa: E731
     return make(heads), make(kv_heads), make(kv_heads), make(heads)
 
 
-def _sdpa(q, k, v, causal):
-    # SDPA is bhsd with top-left causal; seqlen_q == seqlen_k here so alignment agrees.
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-        enable_gqa=q.shape[2] != k.shape[2])
-    return out.transpose(1, 2)
-
-
-def max_error_vs_reference(fn, q, k, v, causal) -> float:
-    expected = fa.reference.attention(q, k, v, causal=causal)
-    return (fn(q, k, v, causal).double() - expected).abs().max().item()
-
-
-def correctness_table(args, device):
+def correctness_rows(args, device, seqlens):
+    """(name, seqlen, causal, max |out - float64 reference|) for every peer."""
     rows = []
-    backends = {"triton": None, "torch": None} if device.type == "cpu" else {"triton": None, "sdpa": _sdpa}
-    for seqlen in (17, 130):
+    for seqlen in seqlens:
         for causal in (False, True):
-            q, k, v, _ = _inputs(1, args.heads, args.kv_heads or args.heads, seqlen, args.head_dim,
-                                 DTYPES[args.dtype], device)
-            for name, fn in backends.items():
-                fn = fn or (lambda q, k, v, c, name=name: fa.attention(q, k, v, causal=c, backend=name))
-                rows.append((name, seqlen, causal, max_error_vs_reference(fn, q, k, v, causal)))
-    print(f"max |out - float64 reference|, {args.dtype}, head_dim {args.head_dim}, {device.type}")
-    for name, seqlen, causal, err in rows:
-        print(f"  {name:8s} seqlen {seqlen:5d} causal {causal!s:5s}  {err:.2e}")
+            q, k, v, _ = make_inputs(1, args.heads, args.kv_heads, seqlen, args.head_dim, DTYPES[args.dtype], device)
+            expected = reference_for(args.rotary, causal)(q, k, v)
+            for name, fn in attention_peers(args.backend, causal, args.rotary).items():
+                rows.append((name, seqlen, causal, (fn(q, k, v).double() - expected).abs().max().item()))
+    return rows
 
 
-def timing_table(args, device):
-    import triton.testing
-
-    kv_heads = args.kv_heads or args.heads
-    print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  {args.dtype}"
-          f"  batch {args.batch}  heads {args.heads}/{kv_heads}  head_dim {args.head_dim}")
-    print(f"{'seqlen':>7} {'causal':>6} {'mode':>8} {'ours TF/s':>10} {'sdpa TF/s':>10} {'ours/sdpa':>9}")
+def timing_rows(args, device, timer):
+    """(seqlen, causal, mode, name, ms, TFLOP/s) for every peer; timer(fn) -> milliseconds."""
+    rows = []
     for seqlen in args.seqlens:
         for causal in (False, True):
-            q, k, v, dout = _inputs(args.batch, args.heads, kv_heads, seqlen, args.head_dim, DTYPES[args.dtype], device)
-            for mode in ("fwd", "fwd+bwd"):
-                times = {}
-                for name, fn in (("ours", lambda: fa.attention(q, k, v, causal=causal, backend="triton")),
-                                 ("sdpa", lambda: _sdpa(q, k, v, causal))):
-                    if mode == "fwd+bwd":
-                        for t in (q, k, v):
-                            t.requires_grad_(True)
-                        step = lambda fn=fn: torch.autograd.grad(fn(), (q, k, v), dout)  # noqa: E731
+            q, k, v, dout = make_inputs(args.batch, args.heads, args.kv_heads, seqlen, args.head_dim,
+                                        DTYPES[args.dtype], device)
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            for mode in MODES:
+                for name, fn in attention_peers(args.backend, causal, args.rotary).items():
+                    if mode == "fwd":
+                        def step(fn=fn):
+                            with torch.no_grad():
+                                return fn(q, k, v)
                     else:
-                        step = fn
-                    with torch.inference_mode(mode == "fwd"):
-                        times[name] = triton.testing.do_bench(step, return_mode="median")
-                flops = attention_flops(args.batch, args.heads, seqlen, seqlen, args.head_dim, causal, mode)
-                ours, sdpa = (flops / times[n] / 1e9 for n in ("ours", "sdpa"))
-                print(f"{seqlen:7d} {causal!s:>6} {mode:>8} {ours:10.1f} {sdpa:10.1f} {ours / sdpa:9.2f}")
+                        def step(fn=fn):
+                            return torch.autograd.grad(fn(*leaves), leaves, dout)
+                    ms = timer(step)
+                    flops = attention_flops(args.batch, args.heads, seqlen, seqlen, args.head_dim, causal, mode)
+                    rows.append((seqlen, causal, mode, name, ms, flops / ms / 1e9))
+    return rows
+
+
+def print_timing(rows):
+    baseline = {}
+    for seqlen, causal, mode, name, ms, tflops in rows:
+        baseline.setdefault((seqlen, causal, mode), tflops)  # the first peer listed is ours
+    print(f"{'seqlen':>7} {'causal':>6} {'mode':>8} {'implementation':>22} {'ms':>9} {'TFLOP/s':>8} {'vs first':>8}")
+    for seqlen, causal, mode, name, ms, tflops in rows:
+        ratio = tflops / baseline[(seqlen, causal, mode)]
+        print(f"{seqlen:7d} {causal!s:>6} {mode:>8} {name:>22} {ms:9.3f} {tflops:8.1f} {ratio:8.2f}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m flashattn_py.bench", description=__doc__)
-    parser.add_argument("--dtype", choices=DTYPES, default="fp16")
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16" if torch.cuda.is_available() else "fp16")
+    parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--kv-heads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--rotary", action="store_true", help="compare fused RoPE with unfused RoPE + attention")
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
+    args.kv_heads = args.kv_heads or args.heads
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
-        args.heads, args.kv_heads = min(args.heads, 2), min(args.kv_heads or 2, 2)
-    correctness_table(args, device)
+        args.heads, args.kv_heads, args.head_dim, args.backend = 2, 2, min(args.head_dim, 64), "triton"
+    print(f"max |out - float64 reference|, {args.dtype}, head_dim {args.head_dim}, on {device.type}")
+    for name, seqlen, causal, err in correctness_rows(args, device, seqlens=(17, 130)):
+        print(f"  {name:22s} seqlen {seqlen:5d} causal {causal!s:5s}  {err:.2e}")
     if device.type == "cpu":
         print("\nNo GPU: correctness only. Triton ran in its CPU interpreter, whose speed is not a performance figure.")
         return 0
-    timing_table(args, device)
+    import triton
+    import triton.testing
+
+    print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  {args.dtype}  "
+          f"batch {args.batch}  heads {args.heads}/{args.kv_heads}  head_dim {args.head_dim}")
+    print_timing(timing_rows(args, device, timer=lambda fn: triton.testing.do_bench(fn, return_mode="median")))
     return 0
 
 
