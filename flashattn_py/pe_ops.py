@@ -45,7 +45,7 @@ def _run(x, spec, positions, backend, inplace):
     batch, seqlen, _, dim = bshd.shape
     rotary, sinusoidal = (spec, None) if isinstance(spec, Rotary) else (None, spec)
     enc = positional.resolve(rotary, sinusoidal, batch=batch, seqlen_q=seqlen, seqlen_k=seqlen, head_dim=dim,
-                             device=bshd.device, q_positions=positions)
+                             device=bshd.device, q_positions=positions, position_names=("positions", "positions"))
     impl = backends.select(backend, bshd.device)
     if bshd.stride(-1) != 1:
         if inplace:

@@ -119,14 +119,18 @@ def _check_positions_fit(positions: torch.Tensor, limit: int | None, name: str) 
 
 
 def resolve(rotary, sinusoidal, *, batch, seqlen_q, seqlen_k, head_dim, device, q_positions=None,
-            k_positions=None) -> Encoding | None:
-    """Validate the encoding options of an attention call; None when there is no encoding."""
+            k_positions=None, position_names=("q_positions", "k_positions")) -> Encoding | None:
+    """Validate the encoding options of a call; None when there is no encoding.
+
+    position_names: how errors name the two positions arguments of the caller.
+    """
+    q_name, k_name = position_names
     if rotary is not None and sinusoidal is not None:
         raise ValueError("pass rotary or sinusoidal, not both")
     spec = rotary if rotary is not None else sinusoidal
     if spec is None:
         if q_positions is not None or k_positions is not None:
-            raise ValueError("q_positions/k_positions need a positional encoding (rotary= or sinusoidal=)")
+            raise ValueError(f"{q_name}/{k_name} need a positional encoding (rotary= or sinusoidal=)")
         return None
     if isinstance(spec, Rotary):
         _check_number("rotary base", spec.base, positive=True)
@@ -145,12 +149,12 @@ def resolve(rotary, sinusoidal, *, batch, seqlen_q, seqlen_k, head_dim, device, 
         rotary_dim, limit = head_dim, None
     else:
         raise TypeError(f"rotary must be a Rotary and sinusoidal a Sinusoidal, got {type(spec).__name__}")
-    qp = resolve_positions(q_positions, batch, seqlen_q, device, "q_positions")
-    kp = resolve_positions(k_positions, batch, seqlen_k, device, "k_positions")
+    qp = resolve_positions(q_positions, batch, seqlen_q, device, q_name)
+    kp = resolve_positions(k_positions, batch, seqlen_k, device, k_name)
     if isinstance(q_positions, torch.Tensor) or limit is not None:
-        _check_positions_fit(qp, limit, "q_positions")
+        _check_positions_fit(qp, limit, q_name)
     if isinstance(k_positions, torch.Tensor) or limit is not None:
-        _check_positions_fit(kp, limit, "k_positions")
+        _check_positions_fit(kp, limit, k_name)
     return Encoding(spec=spec, rotary_dim=rotary_dim, q_positions=qp, k_positions=kp)
 
 

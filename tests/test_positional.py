@@ -177,34 +177,58 @@ def qkv(d=32):
     return random_qkv(1, 8, 8, 2, 2, d, torch.float32)[:3]
 
 
+def ones(*shape, dtype=torch.float32, device=None):
+    return torch.ones(*shape, dtype=dtype, device=device or DEVICE)
+
+
 PE_ERRORS = [
-    ("odd_rotary_dim", dict(rotary=Rotary(rotary_dim=15)), ValueError, "rotary_dim must be even"),
-    ("rotary_dim_too_big", dict(rotary=Rotary(rotary_dim=40)), ValueError, r"rotary_dim must be even and in \[2, head_dim=32\]"),
-    ("table_shape", dict(rotary=Rotary(cos=torch.ones(8, 8), sin=torch.ones(8, 8))), ValueError,
+    ("odd_rotary_dim", lambda: dict(rotary=Rotary(rotary_dim=15)), ValueError, "rotary_dim must be even"),
+    ("rotary_dim_too_big", lambda: dict(rotary=Rotary(rotary_dim=40)), ValueError,
+     r"rotary_dim must be even and in \[2, head_dim=32\]"),
+    ("table_shape", lambda: dict(rotary=Rotary(cos=ones(8, 8), sin=ones(8, 8))), ValueError,
      r"rotary cos must have shape \(seqlen_ro, rotary_dim / 2 = 16\)"),
-    ("table_dtype", dict(rotary=Rotary(cos=torch.ones(8, 16, dtype=torch.int32), sin=torch.ones(8, 16, dtype=torch.int32))),
+    ("table_dtype", lambda: dict(rotary=Rotary(cos=ones(8, 16, dtype=torch.int32), sin=ones(8, 16, dtype=torch.int32))),
      TypeError, "rotary cos must be a floating-point tensor"),
-    ("one_table", dict(rotary=Rotary(cos=torch.ones(8, 16))), ValueError, "cos and sin tables must be given together"),
-    ("beyond_table", dict(rotary=Rotary(cos=torch.ones(8, 16), sin=torch.ones(8, 16)), q_positions=1), ValueError,
+    ("table_device", lambda: dict(rotary=Rotary(cos=ones(8, 16, device="meta"), sin=ones(8, 16, device="meta"))),
+     ValueError, "rotary cos is on meta but q is on"),
+    ("tables_differ", lambda: dict(rotary=Rotary(cos=ones(8, 16), sin=ones(9, 16))), ValueError, "differ in shape"),
+    ("one_table", lambda: dict(rotary=Rotary(cos=ones(8, 16))), ValueError, "cos and sin tables must be given together"),
+    ("beyond_table", lambda: dict(rotary=Rotary(cos=ones(8, 16), sin=ones(8, 16)), q_positions=1), ValueError,
      "reach position 8 but the rotary cos/sin tables have 8 rows"),
-    ("both", dict(rotary=Rotary(), sinusoidal=Sinusoidal()), ValueError, "rotary or sinusoidal, not both"),
-    ("positions_alone", dict(q_positions=3), ValueError, "need a positional encoding"),
-    ("positions_shape", dict(rotary=Rotary(), q_positions=torch.zeros(3, 8, dtype=torch.int64)), ValueError,
-     r"q_positions must have shape \(1,\)"),
-    ("positions_dtype", dict(rotary=Rotary(), k_positions=torch.zeros(1, 8)), TypeError, "k_positions must be an int32 or int64"),
-    ("negative_offset", dict(rotary=Rotary(), q_positions=-1), ValueError, "q_positions offset must be >= 0"),
-    ("negative_id", dict(rotary=Rotary(), q_positions=torch.full((1, 8), -2)), ValueError, "q_positions must be >= 0"),
-    ("base", dict(rotary=Rotary(base=0.0)), ValueError, "rotary base must be a positive"),
-    ("spec_type", dict(rotary="rope"), TypeError, "rotary must be a Rotary"),
-    ("strategy", dict(rotary=Rotary(), pe_k_strategy="fast"), ValueError, "pe_k_strategy must be one of"),
+    ("ids_beyond_table", lambda: dict(rotary=Rotary(cos=ones(8, 16), sin=ones(8, 16)),
+                                      k_positions=torch.full((1, 8), 8, device=DEVICE)), ValueError,
+     "k_positions reach position 8"),
+    ("both", lambda: dict(rotary=Rotary(), sinusoidal=Sinusoidal()), ValueError, "rotary or sinusoidal, not both"),
+    ("positions_alone", lambda: dict(q_positions=3), ValueError, "need a positional encoding"),
+    ("positions_shape", lambda: dict(rotary=Rotary(), q_positions=torch.zeros(3, 8, dtype=torch.int64, device=DEVICE)),
+     ValueError, r"q_positions must have shape \(1,\)"),
+    ("positions_dtype", lambda: dict(rotary=Rotary(), k_positions=ones(1, 8)), TypeError,
+     "k_positions must be an int32 or int64"),
+    ("positions_device", lambda: dict(rotary=Rotary(), k_positions=torch.zeros(1, 8, dtype=torch.int64, device="meta")),
+     ValueError, "k_positions is on meta but q is on"),
+    ("negative_offset", lambda: dict(rotary=Rotary(), q_positions=-1), ValueError, "q_positions offset must be >= 0"),
+    ("negative_id", lambda: dict(rotary=Rotary(), q_positions=torch.full((1, 8), -2, device=DEVICE)), ValueError,
+     "q_positions must be >= 0"),
+    ("base", lambda: dict(rotary=Rotary(base=0.0)), ValueError, "rotary base must be a positive"),
+    ("sinusoidal_scale", lambda: dict(sinusoidal=Sinusoidal(scale=float("inf"))), ValueError, "sinusoidal scale must be"),
+    ("spec_type", lambda: dict(rotary="rope"), TypeError, "rotary must be a Rotary"),
+    ("strategy", lambda: dict(rotary=Rotary(), pe_k_strategy="fast"), ValueError, "pe_k_strategy must be one of"),
 ]
 
 
-@pytest.mark.parametrize("options,error,message", [c[1:] for c in PE_ERRORS], ids=[c[0] for c in PE_ERRORS])
-def test_bad_encoding_raises_clear_error(options, error, message):
-    options = {n: t.to(DEVICE) if isinstance(t, torch.Tensor) else t for n, t in options.items()}
-    if "rotary" in options and isinstance(options["rotary"], Rotary) and options["rotary"].cos is not None:
-        r = options["rotary"]
-        options["rotary"] = Rotary(rotary_dim=r.rotary_dim, cos=r.cos.to(DEVICE), sin=None if r.sin is None else r.sin.to(DEVICE))
+@pytest.mark.parametrize("make_options,error,message", [c[1:] for c in PE_ERRORS], ids=[c[0] for c in PE_ERRORS])
+def test_bad_encoding_raises_clear_error(make_options, error, message):
     with pytest.raises(error, match=message):
-        fa.attention(*qkv(), **options)
+        fa.attention(*qkv(), **make_options())
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda x: fa.apply_rotary(x[0, 0], Rotary()), ValueError, "x must be"),
+    (lambda x: fa.apply_rotary(x.int(), Rotary()), TypeError, "x has dtype torch.int32"),
+    (lambda x: fa.apply_rotary(x, Rotary(rotary_dim=6), positions=torch.zeros(2)), TypeError, "^positions must be an int32"),
+    (lambda x: fa.add_sinusoidal(x, positions=(1, 2)), TypeError, "^positions must be None"),
+    (lambda x: fa.apply_rotary(x.requires_grad_(), inplace=True), ValueError, "inplace=True on a leaf"),
+], ids=["rank", "dtype", "positions_dtype", "positions_type", "inplace_leaf"])
+def test_standalone_ops_reject_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call(torch.randn(2, 5, 2, 8, device=DEVICE))
