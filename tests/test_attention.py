@@ -3,12 +3,10 @@
 Shapes cross tile boundaries (interpreter tiles are 32x16 / 16x32; GPU tiles up to 128) and cover
 seqlen_q <, =, > seqlen_k, non-power-of-two head dims, GQA ratios 1, 2, 4 and MQA.
 """
-import zlib
-
 import pytest
 import torch
 
-from tolerance import DEVICE, check_against_reference, random_qkv
+from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 BACKENDS = ["triton", "torch"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -28,10 +26,6 @@ MASKS = {
     "window": dict(window_size=(5, 3)),
     "causal_window": dict(causal=True, window_size=(20, -1)),
 }
-
-
-def seed_of(request) -> int:
-    return zlib.crc32(request.node.nodeid.encode())
 
 
 def shape_id(shape):

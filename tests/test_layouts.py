@@ -1,17 +1,11 @@
 """bshd and bhsd layouts and non-contiguous views go through strides, with the same results."""
-import zlib
-
 import pytest
 import torch
 
 import flashattn_py as fa
-from tolerance import DEVICE, check_against_reference, random_qkv
+from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 BACKENDS = ["triton", "torch"]
-
-
-def seed_of(request) -> int:
-    return zlib.crc32(request.node.nodeid.encode())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,19 +1,13 @@
 """RoPE and sinusoidal encodings fused into attention, and the standalone ops, vs the float64 reference."""
-import zlib
-
 import pytest
 import torch
 
 import flashattn_py as fa
 from flashattn_py import positional
 from flashattn_py.positional import Rotary, Sinusoidal
-from tolerance import ATOL, DEVICE, assert_within_naive_error, check_against_reference, random_qkv
+from tolerance import ATOL, DEVICE, assert_within_naive_error, check_against_reference, random_qkv, seed_of
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def seed_of(request) -> int:
-    return zlib.crc32(request.node.nodeid.encode())
 
 
 def tables(rows, rotary_dim, seed):
