@@ -155,16 +155,19 @@ def test_apply_rotary_inplace_writes_into_x_and_matches_out_of_place(request, ba
     torch.testing.assert_close(base.grad, out_of_place.grad, atol=0, rtol=0)
 
 
-def test_auto_strategy_encodes_k_in_kernel_only_for_few_query_tiles():
+def test_auto_strategy_encodes_in_kernel_only_for_few_streamed_reads():
     from flashattn_py.checks import attention_params
     from flashattn_py.triton_kernels.pe_strategy import IN_KERNEL_MAX_READS, encoded_streams
 
     q, k, v, _ = random_qkv(1, 8, 8, 1, 1, 16, torch.float32)
     params = attention_params(q, k, v, rotary=Rotary())
-    short = encoded_streams(params, k=k, k_reads=IN_KERNEL_MAX_READS)
-    long = encoded_streams(params, k=k, k_reads=IN_KERNEL_MAX_READS + 1)
-    assert short.k_in_kernel and short.k is k and short.scratch == ()
-    assert not long.k_in_kernel and long.scratch == (long.k,) and long.k is not k
+    short = encoded_streams(params, q=q, k=k, streamed_reads=IN_KERNEL_MAX_READS)
+    long = encoded_streams(params, q=q, k=k, streamed_reads=IN_KERNEL_MAX_READS + 1)
+    assert short.q_in_kernel and short.k_in_kernel and short.k is k and short.q is q and short.scratch == ()
+    assert not long.q_in_kernel and not long.k_in_kernel and long.scratch == (long.k,)
+    assert long.k is not k and long.q is not q
+    reused = encoded_streams(params, q=q, k=k, streamed_reads=IN_KERNEL_MAX_READS + 1, k_encoded=long.k)
+    assert reused.k is long.k
 
 
 def qkv(d=32):

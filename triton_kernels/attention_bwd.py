@@ -15,12 +15,11 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .attention_fwd import load_tile
 from .common import (LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range,
-                     query_block_range, tile_dot)
+                     load_tile, query_block_range, tile_dot)
 from .configs import dkdv_config, dq_config
 from .pe_strategy import encoded_streams
-from .positional import encode_tile, kernel_encoding
+from .positional import encode, kernel_encoding, load_encoded_tile
 
 
 @triton.jit
@@ -71,8 +70,7 @@ def attention_bwd_dkdv_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-    PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
-    PE_ON_Q: tl.constexpr, PE_ON_K: tl.constexpr,
+    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     kv_head = tl.program_id(1).to(tl.int64)
@@ -81,9 +79,8 @@ def attention_bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
-    k_tile = load_tile(k_ptr + batch * stride_kb + kv_head * stride_kh, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
-    if PE_ON_K:
-        k_tile = encode_tile(k_tile, offs_n, offs_d, seqlen_k, k_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+    k_tile = load_encoded_tile(k_ptr + batch * stride_kb + kv_head * stride_kh, offs_n, offs_d, stride_ks, seqlen_k,
+                               k_pos, pe, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
     v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -96,10 +93,9 @@ def attention_bwd_dkdv_kernel(
         row_offset = (batch * nheads_q + head) * seqlen_q
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
-            q = load_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
-            if PE_ON_Q:
-                q = encode_tile(q, offs_m, offs_d, seqlen_q, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
-                                PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+            q = load_encoded_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q,
+                                  (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+                                  Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
             dout = load_tile(do_base, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
             lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
             # Work on transposed tiles (keys x queries) so dK and dV come out without transposes.
@@ -112,8 +108,7 @@ def attention_bwd_dkdv_kernel(
                             FP32_OPERANDS, PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
-    # dK so far is w.r.t. the encoded k; map it back to the user's k (inverse rotation / scale).
-    dk = encode_tile(dk * softmax_scale, offs_n, offs_d, seqlen_k, k_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, True)
+    dk = dk * softmax_scale
     tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
     dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head * stride_dkh
                + offs_n[:, None].to(tl.int64) * stride_dks + offs_d[None, :])
@@ -137,8 +132,7 @@ def attention_bwd_dq_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-    PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
-    PE_ON_Q: tl.constexpr, PE_ON_K: tl.constexpr,
+    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -148,11 +142,10 @@ def attention_bwd_dq_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
-    q_pos = (qpos_ptr + batch * qpos_stride_b, qpos_stride_s)
     k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
-    q = load_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
-    if PE_ON_Q:
-        q = encode_tile(q, offs_m, offs_d, seqlen_q, q_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+    q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q,
+                          (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+                          Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
     dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
     lse, delta = load_row_stats(lse_ptr, delta_ptr, (batch * nheads_q + head) * seqlen_q, offs_m, seqlen_q)
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
@@ -162,9 +155,8 @@ def attention_bwd_dq_kernel(
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_tile = load_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
-        if PE_ON_K:
-            k_tile = encode_tile(k_tile, offs_n, offs_d, seqlen_k, k_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+        k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
+                                   K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                      FP32_OPERANDS, PRECISION) * qk_scale_log2
@@ -174,8 +166,7 @@ def attention_bwd_dq_kernel(
                       FP32_OPERANDS, PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tile_dot(ds.to(k_tile.dtype), k_tile, dq, FP32_OPERANDS, PRECISION)
-    # dQ so far is w.r.t. the encoded q; map it back to the user's q (inverse rotation / scale).
-    dq = encode_tile(dq * softmax_scale, offs_m, offs_d, seqlen_q, q_pos, pe, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, True)
+    dq = dq * softmax_scale
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh
                + offs_m[:, None].to(tl.int64) * stride_dqs + offs_d[None, :])
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
@@ -198,10 +189,18 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
     common = dict(BLOCK_D=block_d, HAS_WINDOW=params.has_window, **dot_flags(q.dtype))
     dkdv_cfg, dq_cfg = dkdv_config(block_d), dq_config(block_d)
     # dK/dV streams Q tiles (each read once per key tile); dQ streams K tiles (once per query tile).
-    streams = encoded_streams(params, q=q, q_reads=triton.cdiv(params.seqlen_k, dkdv_cfg.block_n),
-                              k=k, k_reads=triton.cdiv(params.seqlen_q, dq_cfg.block_m),
-                              k_encoded=scratch[0] if scratch else None)
-    pe = kernel_encoding(params.encoding, q).with_flags(PE_ON_Q=streams.q_in_kernel, PE_ON_K=streams.k_in_kernel)
+    streamed_reads = max(triton.cdiv(params.seqlen_k, dkdv_cfg.block_n), triton.cdiv(params.seqlen_q, dq_cfg.block_m))
+    streams = encoded_streams(params, q=q, k=k, streamed_reads=streamed_reads, k_encoded=scratch[0] if scratch else None)
+    pe = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
+    enc = params.encoding
+    if enc is not None:
+        # The kernels produce gradients w.r.t. the encoded q and k. They go to fp32 scratch, and the
+        # encode kernel's inverse (rotation by -angle / times scale) writes the user's dq, dk from
+        # it: one rounding to the input dtype, as without encoding, and no encoding code in the
+        # kernels' epilogues (it made them spill).
+        dq_user, dk_user = dq, dk
+        dq = buffers.empty(q.shape, dtype=torch.float32, device=q.device)
+        dk = buffers.empty(k.shape, dtype=torch.float32, device=k.device)
     scalars = (params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
                params.softmax_scale, params.softmax_scale * LOG2E, params.window[0], params.window[1])
 
@@ -225,4 +224,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
         )
+    if enc is not None:
+        dq = encode(dq, enc, enc.q_positions, inverse=True, out=dq_user)
+        dk = encode(dk, enc, enc.k_positions, inverse=True, out=dk_user)
     return dq, dk, dv

@@ -3,8 +3,8 @@
 Each program owns BLOCK_M queries of one (batch, head): it keeps the running row max ``m_i``, the
 running normalizer ``l_i`` and the unnormalized output ``acc`` in registers, streams the visible
 K/V tiles once, and writes O and the log-sum-exp (fp32, natural log) for the backward.
-Positional encodings are applied to the q tile once, right after it is loaded, and to each K tile
-as it is loaded (PE_ON_K) unless the launcher encoded K beforehand (pe_strategy.py).
+Positional encodings are applied to q and K tiles as they are loaded, unless the launcher encoded q
+and k beforehand (pe_strategy.py).
 """
 import torch
 import triton
@@ -13,17 +13,11 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import LOG2E, check_launch_limits, dot_flags, head_dim_block, key_block_range, keep_mask, tile_dot
+from .common import (LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range, load_tile,
+                     tile_dot)
 from .configs import forward_config
 from .pe_strategy import encoded_streams
-from .positional import encode_tile, kernel_encoding
-
-
-@triton.jit
-def load_tile(base, offs_s, offs_d, stride_s, seqlen, head_dim):
-    """A (len(offs_s), BLOCK_D) tile of rows offs_s; rows past seqlen and padded head-dim columns read 0."""
-    ptrs = base + offs_s[:, None].to(tl.int64) * stride_s + offs_d[None, :]
-    return tl.load(ptrs, mask=(offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim), other=0.0)
+from .positional import kernel_encoding, load_encoded_tile
 
 
 @triton.jit
@@ -32,14 +26,11 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       window_left, window_right, k_pos, pe,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-                      PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
-                      PE_ON_K: tl.constexpr):
+                      K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_tile = load_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, head_dim)
-        if PE_ON_K:
-            k_tile = encode_tile(k_tile, offs_n, offs_d, seqlen_k, k_pos, pe,
-                                 PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+        k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
+                                   K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
         s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
@@ -71,8 +62,7 @@ def attention_fwd_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-    PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
-    PE_ON_Q: tl.constexpr, PE_ON_K: tl.constexpr,
+    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -83,10 +73,9 @@ def attention_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
-    q = load_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q, head_dim)
-    if PE_ON_Q:
-        q = encode_tile(q, offs_m, offs_d, seqlen_q, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
-                        PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+    q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q,
+                          (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+                          Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -98,7 +87,7 @@ def attention_fwd_kernel(
         v_ptr + batch * stride_vb + kv_head * stride_vh, offs_m, offs_d, lo, hi,
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, FP32_OPERANDS, PRECISION, PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, PE_ON_K)
+        BLOCK_M, BLOCK_N, HAS_WINDOW, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
@@ -126,11 +115,11 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     block_d = head_dim_block(params.head_dim)
     cfg = forward_config(block_d)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
-    streams = encoded_streams(params, k_reads=triton.cdiv(params.seqlen_q, cfg.block_m), q_reads=1, k=k)
+    streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(params.seqlen_q, cfg.block_m))
     grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
     attention_fwd_kernel[grid](
-        q, streams.k, v, out, lse,
-        q.stride(0), q.stride(1), q.stride(2),
+        streams.q, streams.k, v, out, lse,
+        streams.q.stride(0), streams.q.stride(1), streams.q.stride(2),
         streams.k.stride(0), streams.k.stride(1), streams.k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
@@ -138,6 +127,6 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
         params.softmax_scale * LOG2E, params.window[0], params.window[1],
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-        **kernel_encoding(params.encoding, q).with_flags(PE_ON_Q=params.encoding is not None, PE_ON_K=streams.k_in_kernel),
+        **kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel),
     )
     return out, lse, streams.scratch

@@ -15,6 +15,13 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def load_tile(base, offs_s, offs_d, stride_s, seqlen, head_dim):
+    """A (len(offs_s), BLOCK_D) tile of rows offs_s; rows past seqlen and padded head-dim columns read 0."""
+    ptrs = base + offs_s[:, None].to(tl.int64) * stride_s + offs_d[None, :]
+    return tl.load(ptrs, mask=(offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim), other=0.0)
+
+
+@triton.jit
 def keep_mask(q_idx, k_idx, seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW: tl.constexpr):
     """True where query q_idx may see key k_idx (both already broadcast to the tile's shape)."""
     keep = (q_idx < seqlen_q) & (k_idx < seqlen_k)

@@ -1,14 +1,16 @@
-"""Where q/k tiles get their positional encoding: inside the attention kernel, or in a pre-pass.
+"""Where q/k tiles get their positional encoding: inside the attention kernels, or in a pre-pass.
 
-A tile that a kernel loads once (the resident q tile of the forward) is encoded in-kernel for free.
-A tile that is streamed — each K tile is loaded once per query tile in the forward and dQ kernel,
+A tile that is streamed — each K tile is loaded once per query tile in the forward and dQ kernels,
 each Q tile once per key tile in the dK/dV kernel — would be re-encoded that many times on the CUDA
-cores (sin/cos on the SFU, a register gather), which FlashAttention's author reports makes fused
-rotary slower than a separate rotary kernel at long sequence lengths. So a streamed operand read more
-than IN_KERNEL_MAX_READS times is encoded once by `positional.encode` into a scratch buffer
-(forward's encoded K is kept for the backward) and the kernels read it as plain data. At short
-seqlen_q (decoding, short prefill) the extra kernel launch and round trip through memory cost more
-than re-encoding a tile or two, so encoding stays in-kernel there.
+cores (sin/cos on the SFU, a second load of the partner channels), which FlashAttention's author
+reports makes fused rotary slower than a separate rotary kernel at long sequence lengths. And the
+encoding's registers (x, its partner, cos, sin: four more tiles) push the kernels past the register
+file at head_dim >= 128 (python -m flashattn_py.static_report --pe rope). So when the streamed
+operand would be loaded more than IN_KERNEL_MAX_READS times, q and k are encoded once by
+`positional.encode` (the apply_rotary kernel) into scratch buffers, the forward's encoded K is kept
+for the backward, and the attention kernels read plain data — compiled without any encoding code.
+At short seqlen_q (decoding, short prefill) the extra launches and round trips through memory cost
+more than encoding a tile or two in place, so encoding stays in the kernels there.
 The threshold is a first estimate; the benchmark harness is where a GPU confirms or moves it.
 """
 from dataclasses import dataclass
@@ -17,9 +19,13 @@ import torch
 
 from flashattn_py.checks import AttentionParams
 
+from .common import head_dim_block
 from .positional import encode
 
 IN_KERNEL_MAX_READS = 2
+# In-kernel encoding spills registers at head_dim >= 128 on sm_80 and sm_90 whatever the tile size
+# (static_report --pe rope): "auto" keeps it to head dims whose tiles are at most this wide.
+IN_KERNEL_MAX_HEAD_DIM = 64
 
 
 @dataclass(frozen=True)
@@ -36,22 +42,21 @@ def _prepass(params: AttentionParams, reads: int) -> bool:
         return False
     if params.pe_k_strategy == "prepass":
         return True
-    return reads > IN_KERNEL_MAX_READS
+    return reads > IN_KERNEL_MAX_READS or head_dim_block(params.head_dim) > IN_KERNEL_MAX_HEAD_DIM
 
 
-def encoded_streams(params: AttentionParams, *, k: torch.Tensor, k_reads: int, q: torch.Tensor | None = None,
-                    q_reads: int = 1, k_encoded: torch.Tensor | None = None) -> EncodedStreams:
-    """Decide per operand; `k_reads`/`q_reads` = how many times each tile of it will be loaded."""
+def encoded_streams(params: AttentionParams, *, q: torch.Tensor, k: torch.Tensor, streamed_reads: int,
+                    k_encoded: torch.Tensor | None = None) -> EncodedStreams:
+    """Encode q and k beforehand, or leave it to the kernels.
+
+    streamed_reads: how many times the kernels will load each tile of the streamed operand. With the
+    pre-pass both q and k are encoded beforehand, so the attention kernels carry no encoding code at
+    all (the same registers as without encoding); a K already encoded by the forward is reused.
+    """
     enc = params.encoding
-    if enc is None:
-        return EncodedStreams(q, k, False, False, ())
-    if k_encoded is None and _prepass(params, k_reads):
+    if enc is None or not _prepass(params, streamed_reads):
+        return EncodedStreams(q, k, enc is not None, enc is not None, ())
+    if k_encoded is None:
         k_encoded = encode(k, enc, enc.k_positions)
-    q_encoded = encode(q, enc, enc.q_positions) if q is not None and _prepass(params, q_reads) else None
-    return EncodedStreams(
-        q=q if q_encoded is None else q_encoded,
-        k=k if k_encoded is None else k_encoded,
-        q_in_kernel=q_encoded is None,
-        k_in_kernel=k_encoded is None,
-        scratch=() if k_encoded is None else (k_encoded,),
-    )
+    return EncodedStreams(q=encode(q, enc, enc.q_positions), k=k_encoded, q_in_kernel=False, k_in_kernel=False,
+                          scratch=(k_encoded,))

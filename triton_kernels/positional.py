@@ -1,6 +1,7 @@
-"""Positional encodings in Triton: the tile transform the attention kernels apply right after a q/k
-tile is loaded (and, inverted, to dq/dk before they are stored), plus the standalone fused ops
-``apply_rotary`` (RoPE) and ``add_sinusoidal`` built on the same transform.
+"""Positional encodings in Triton: the tile load-and-encode the attention kernels use for q/k tiles,
+plus the standalone fused ops ``apply_rotary`` (RoPE) and ``add_sinusoidal`` built on the same
+transform, which the attention backward also uses to map fp32 gradients of the encoded q/k back to
+the user's q/k.
 
 The formulas are those of ``flashattn_py.positional`` (its docstring states them); tests hold the two
 equal. Angles are computed in fp32 in-kernel as ``position * exp2(-(2i / dim) * log2(base))``, or read
@@ -22,42 +23,52 @@ PE_NONE, PE_ROTARY, PE_SINUSOIDAL = 0, 1, 2
 
 
 @triton.jit
-def encode_tile(x, offs_s, offs_d, seqlen, positions, pe,
-                PE_KIND: tl.constexpr, INTERLEAVED: tl.constexpr, FROM_TABLE: tl.constexpr,
-                INVERSE: tl.constexpr):
-    """x (rows offs_s, channels offs_d) encoded at the rows' positions; INVERSE maps a gradient back.
+def _pair_layout(offs_d, pe_dim, INTERLEAVED: tl.constexpr):
+    """(pair index, partner channel, is-first-of-pair, is-rotated) for each channel of the tile."""
+    half = pe_dim // 2
+    if INTERLEAVED:
+        pair = offs_d // 2
+        partner = offs_d ^ 1
+        first = (offs_d % 2) == 0
+    else:
+        pair = tl.where(offs_d < half, offs_d, offs_d - half)
+        partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
+        first = offs_d < half
+    return pair, partner, first, offs_d < pe_dim
+
+
+@triton.jit
+def load_encoded_tile(base, offs_s, offs_d, stride_s, seqlen, positions, pe,
+                      PE_KIND: tl.constexpr, INTERLEAVED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                      INVERSE: tl.constexpr):
+    """Load rows offs_s of a (seqlen, head_dim) slab and encode them at their positions.
 
     positions = (pointer to this batch's row of positions, stride along seqlen);
     pe = (cos table, sin table, table row stride, encoded channels, log2(base), scale, head_dim).
-
-    Rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on channel pairs, the partner channel
-    fetched from the tile in registers with a gather (inverse: sin -> -sin). Sinusoidal:
-    x * scale + PE (inverse: x * scale). Math in fp32; result in x's dtype.
+    Rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on channel pairs. The partner channel is
+    loaded a second time from memory (an L1/L2 hit) rather than shuffled between threads in
+    registers: the register gather made the attention kernels spill. INVERSE rotates by -angle.
+    Sinusoidal: x * scale + PE (INVERSE: x * scale). Math in fp32; result in the slab's dtype.
+    Rows past seqlen and channels past head_dim read 0 (as load_tile).
     """
+    cos_ptr, sin_ptr, table_stride, pe_dim, log2_base, pe_scale, head_dim = pe
+    rows_valid = offs_s < seqlen
+    row_ptrs = base + offs_s[:, None].to(tl.int64) * stride_s
+    tile_mask = rows_valid[:, None] & (offs_d[None, :] < head_dim)
+    x = tl.load(row_ptrs + offs_d[None, :], mask=tile_mask, other=0.0)
     if PE_KIND == 0:
         return x
     pos_base, pos_stride_s = positions
-    cos_ptr, sin_ptr, table_stride, pe_dim, log2_base, pe_scale, head_dim = pe
-    rows_valid = offs_s < seqlen
     pos = tl.load(pos_base + offs_s.to(tl.int64) * pos_stride_s, mask=rows_valid, other=0)
     xf = x.to(tl.float32)
     if PE_KIND == 1:
-        half = pe_dim // 2
-        in_rot = offs_d < pe_dim
-        if INTERLEAVED:
-            pair = offs_d // 2
-            partner = offs_d ^ 1
-            first = (offs_d % 2) == 0
-        else:
-            pair = tl.where(offs_d < half, offs_d, offs_d - half)
-            partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
-            first = offs_d < half
-        partner = tl.where(in_rot, partner, offs_d)
+        pair, partner, first, in_rot = _pair_layout(offs_d, pe_dim, INTERLEAVED)
+        rot_mask = rows_valid[:, None] & in_rot[None, :]
+        x_partner = tl.load(row_ptrs + partner[None, :], mask=rot_mask, other=0.0).to(tl.float32)
         if FROM_TABLE:
             table_offs = pos[:, None].to(tl.int64) * table_stride + pair[None, :]
-            table_mask = rows_valid[:, None] & in_rot[None, :]
-            cos = tl.load(cos_ptr + table_offs, mask=table_mask, other=1.0).to(tl.float32)
-            sin = tl.load(sin_ptr + table_offs, mask=table_mask, other=0.0).to(tl.float32)
+            cos = tl.load(cos_ptr + table_offs, mask=rot_mask, other=1.0).to(tl.float32)
+            sin = tl.load(sin_ptr + table_offs, mask=rot_mask, other=0.0).to(tl.float32)
         else:
             inv_freq = tl.math.exp2(-(2.0 * pair.to(tl.float32) / pe_dim) * log2_base)
             angle = pos[:, None].to(tl.float32) * inv_freq[None, :]
@@ -67,15 +78,14 @@ def encode_tile(x, offs_s, offs_d, seqlen, positions, pe,
         sign = tl.where(first, -1.0, 1.0)
         if INVERSE:
             sign = -sign
-        x_partner = tl.gather(xf, tl.broadcast_to(partner[None, :], xf.shape), axis=1)
         out = xf * cos + x_partner * (sin * sign[None, :])
     else:
         out = xf * pe_scale
         if not INVERSE:
             inv_freq = tl.math.exp2(-(2.0 * (offs_d // 2).to(tl.float32) / pe_dim) * log2_base)
             angle = pos[:, None].to(tl.float32) * inv_freq[None, :]
-            pe = tl.where((offs_d % 2 == 0)[None, :], tl.sin(angle), tl.cos(angle))
-            out += tl.where((offs_d < head_dim)[None, :], pe, 0.0)
+            pe_tile = tl.where((offs_d % 2 == 0)[None, :], tl.sin(angle), tl.cos(angle))
+            out += tl.where((offs_d < head_dim)[None, :], pe_tile, 0.0)
     return out.to(x.dtype)
 
 
@@ -85,9 +95,12 @@ class KernelEncoding:
 
     runtime: dict
     constexprs: dict
+    kind: int  # PE_NONE / PE_ROTARY / PE_SINUSOIDAL
 
-    def with_flags(self, **flags) -> dict:
-        return {**self.runtime, **self.constexprs, **flags}
+    def attention_args(self, q_in_kernel: bool, k_in_kernel: bool) -> dict:
+        """Kernel arguments; Q_PE_KIND / K_PE_KIND are PE_NONE for operands encoded beforehand."""
+        return {**self.runtime, **self.constexprs, "Q_PE_KIND": self.kind if q_in_kernel else PE_NONE,
+                "K_PE_KIND": self.kind if k_in_kernel else PE_NONE}
 
 
 def kernel_encoding(enc: Encoding | None, dummy: torch.Tensor) -> KernelEncoding:
@@ -97,7 +110,7 @@ def kernel_encoding(enc: Encoding | None, dummy: torch.Tensor) -> KernelEncoding
                        qpos_ptr=dummy, qpos_stride_b=0, qpos_stride_s=0,
                        kpos_ptr=dummy, kpos_stride_b=0, kpos_stride_s=0,
                        pe_dim=0, pe_log2_base=0.0, pe_scale=1.0)
-        return KernelEncoding(runtime, dict(PE_KIND=PE_NONE, PE_INTERLEAVED=False, PE_FROM_TABLE=False))
+        return KernelEncoding(runtime, dict(PE_INTERLEAVED=False, PE_FROM_TABLE=False), PE_NONE)
     spec = enc.spec
     from_table = enc.is_rotary and spec.cos is not None
     cos, sin = (spec.cos.contiguous(), spec.sin.contiguous()) if from_table else (dummy, dummy)
@@ -108,9 +121,8 @@ def kernel_encoding(enc: Encoding | None, dummy: torch.Tensor) -> KernelEncoding
         pe_dim=enc.rotary_dim, pe_log2_base=math.log2(spec.base),
         pe_scale=1.0 if enc.is_rotary else float(spec.scale),
     )
-    constexprs = dict(PE_KIND=PE_ROTARY if enc.is_rotary else PE_SINUSOIDAL,
-                      PE_INTERLEAVED=bool(enc.is_rotary and spec.interleaved), PE_FROM_TABLE=from_table)
-    return KernelEncoding(runtime, constexprs)
+    constexprs = dict(PE_INTERLEAVED=bool(enc.is_rotary and spec.interleaved), PE_FROM_TABLE=from_table)
+    return KernelEncoding(runtime, constexprs, PE_ROTARY if enc.is_rotary else PE_SINUSOIDAL)
 
 
 @triton.jit
@@ -122,37 +134,37 @@ def encode_kernel(x_ptr, out_ptr,
                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                   PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                   INVERSE: tl.constexpr):
-    """out = encode(x) for one (BLOCK_S rows, one head, one batch) tile; out may alias x (in place):
-    a tile is read whole before it is written and tiles do not overlap. Positions come from qpos."""
+    """out = encode(x) for one (BLOCK_S rows, one head, one batch) tile. Positions come from qpos.
+    out may alias x (in place): a program reads its rows (and their partner channels, which lie in
+    the same rows) before it writes them, and programs own disjoint rows."""
     pid_s = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
     batch = tl.program_id(2).to(tl.int64)
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    tile_mask = (offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim)
-    x_ptrs = x_ptr + batch * stride_xb + head * stride_xh + offs_s[:, None].to(tl.int64) * stride_xs + offs_d[None, :]
-    x = tl.load(x_ptrs, mask=tile_mask, other=0.0)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
-    out = encode_tile(x, offs_s, offs_d, seqlen, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
-                      PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, INVERSE)
+    out = load_encoded_tile(x_ptr + batch * stride_xb + head * stride_xh, offs_s, offs_d, stride_xs, seqlen,
+                            (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+                            PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, INVERSE)
     o_ptrs = out_ptr + batch * stride_ob + head * stride_oh + offs_s[:, None].to(tl.int64) * stride_os + offs_d[None, :]
-    tl.store(o_ptrs, out, mask=tile_mask)
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim))
 
 
 def encode(x: torch.Tensor, enc: Encoding, positions: torch.Tensor, *, inverse: bool = False,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """Encode bshd x (head dim contiguous) at `positions` (batch, seqlen) into `out` (new if None; may be x)."""
+    """Encode bshd x (head dim contiguous) at `positions` (batch, seqlen) into `out` (new if None; may be x,
+    may have another dtype: the backward decodes fp32 gradients into the inputs' dtype)."""
     if out is None:
         out = buffers.empty_like(x)
     batch, seqlen, nheads, head_dim = x.shape
     if x.numel() == 0:
         return out
     block_d = head_dim_block(head_dim)
-    block_s = max(1, min(64, 4096 // block_d))  # ~4K elements a tile: registers, not spills
+    block_s = max(1, min(64, 2048 // block_d))  # 2K elements a tile: 16 a thread, no spills
     kernel_enc = kernel_encoding(enc, x)
     args = dict(kernel_enc.runtime, qpos_ptr=positions, qpos_stride_b=positions.stride(0),
                 qpos_stride_s=positions.stride(1), pe_dim=enc.rotary_dim if enc.is_rotary else head_dim)
-    constexprs = kernel_enc.constexprs
+    constexprs = dict(kernel_enc.constexprs, PE_KIND=kernel_enc.kind)
     encode_kernel[(triton.cdiv(seqlen, block_s), nheads, batch)](
         x, out, x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
         seqlen, head_dim, **args, BLOCK_S=block_s, BLOCK_D=block_d, INVERSE=inverse, **constexprs,
