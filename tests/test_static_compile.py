@@ -29,7 +29,7 @@ DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
 PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass").replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
-ENCODE = "encode_kernel"  # the pre-pass: only in the "-prepass" variants
+ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
 MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 # At head_dim 256 the dK/dV kernel holds k, v, dk, dv and a streamed q/dO tile (5 x BLOCK_N x 256):
 # every tile with BLOCK_N >= 64 spills on sm_90, and with BLOCK_N = 32 Triton emits mma.sync instead
@@ -84,7 +84,7 @@ def _launched(kernel, pe) -> bool:
     """Whether one forward + backward with this encoding variant launches the kernel (listed once)."""
     if kernel == PREPROCESS:
         return pe == PE_VARIANTS[0]
-    return kernel != ENCODE or pe.endswith("-prepass")
+    return kernel != ENCODE or pe != "none"  # the pre-pass, and the backward's decoding of dq/dk
 
 
 def _instances(kernels):
