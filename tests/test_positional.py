@@ -229,3 +229,13 @@ def test_bad_encoding_raises_clear_error(make_options, error, message):
 def test_standalone_ops_reject_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call(torch.randn(2, 5, 2, 8, device=DEVICE))
+
+
+@pytest.mark.parametrize("strategy", ["in_kernel", "prepass"])
+@pytest.mark.parametrize("head_dim,encoding", [(16, "neox"), (96, "gptj"), (128, "partial_neox"), (256, "neox"),
+                                               (200, "partial_gptj_tables"), (256, "sinusoidal")])
+def test_fused_encoding_at_every_head_dim_class(request, strategy, head_dim, encoding):
+    """Head dims that fill their tile (16, 128, 256) and padded ones (96 -> 128, 200 -> 256)."""
+    q, k, v, dout = random_qkv(1, 21, 35, 2, 1, head_dim, torch.float16, seed=seed_of(request))
+    check_against_reference("triton", q, k, v, dout, causal=True, pe_k_strategy=strategy,
+                            **ENCODINGS[encoding](head_dim))
