@@ -167,13 +167,19 @@ def _angles(positions: torch.Tensor, channels: int, base: float, dtype: torch.dt
     return positions.to(dtype)[..., None] * inv_freq
 
 
+def _angle_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Angles are computed in at least fp32, as every real implementation does (HF, FlashAttention):
+    # in fp16, position * inv_freq would be off by ~0.1 rad at position 300.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def rotary_cos_sin(enc: Encoding, positions: torch.Tensor, dtype: torch.dtype):
-    """cos, sin of shape (batch, seqlen, rotary_dim/2) for these positions."""
+    """cos, sin of shape (batch, seqlen, rotary_dim/2) for these positions, rounded to dtype."""
     spec = enc.spec
     if spec.cos is not None:
         return spec.cos.to(dtype)[positions], spec.sin.to(dtype)[positions]
-    angles = _angles(positions, enc.rotary_dim, spec.base, dtype)
-    return torch.cos(angles), torch.sin(angles)
+    angles = _angles(positions, enc.rotary_dim, spec.base, _angle_dtype(dtype))
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int, interleaved: bool,
@@ -193,9 +199,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: in
 
 
 def sinusoidal_table(positions: torch.Tensor, channels: int, base: float, dtype: torch.dtype) -> torch.Tensor:
-    """(batch, seqlen, channels) PE with sin on even channels and cos on odd ones."""
-    angles = _angles(positions, channels, base, dtype)
-    return torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1).flatten(-2)[..., :channels]
+    """(batch, seqlen, channels) PE with sin on even channels and cos on odd ones, rounded to dtype."""
+    angles = _angles(positions, channels, base, _angle_dtype(dtype))
+    return torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1).flatten(-2)[..., :channels].to(dtype)
 
 
 def encode(x: torch.Tensor, enc: Encoding, positions: torch.Tensor, inverse: bool = False) -> torch.Tensor:
