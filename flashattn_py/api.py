@@ -23,6 +23,7 @@ def attention(
     q_positions=None,
     k_positions=None,
     pe_k_strategy: str = "auto",
+    deterministic: bool = False,
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -41,7 +42,12 @@ def attention(
     None (0..seqlen-1), an int or (batch,) tensor offset, or (batch, seqlen) position ids.
     ``pe_k_strategy``: "in_kernel" encodes each K tile as it is loaded, "prepass" encodes K once
     into a scratch buffer reused by forward and backward, "auto" picks by seqlen_q (docs/design.md).
+
+    ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
+    deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
     """
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,

@@ -42,15 +42,15 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q):
-    """lse in base-2 units and delta for rows offs_m.
+def load_row_stats(lse_log2_ptr, delta_ptr, row_offset, offs_m, seqlen_q):
+    """lse (base-2 units, as the forward stored it) and delta for rows offs_m.
 
     Rows that saw no key (lse -inf) and rows past seqlen_q get lse +inf, which makes their P
     exactly 0, so they contribute no gradient.
     """
     in_range = offs_m < seqlen_q
-    lse = tl.load(lse_ptr + row_offset + offs_m, mask=in_range, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    lse = tl.load(lse_log2_ptr + row_offset + offs_m, mask=in_range, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
     delta = tl.load(delta_ptr + row_offset + offs_m, mask=in_range, other=0.0)
     return lse, delta
 
@@ -102,7 +102,8 @@ def attention_bwd_dkdv_kernel(
             s_t = tile_dot(k_tile, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
                            FP32_OPERANDS, PRECISION) * qk_scale_log2
             keep = keep_mask(offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
-            p_t = tl.where(keep, tl.math.exp2(s_t - lse[None, :]), 0.0)
+            # Masked before exp2: a hidden score may exceed lse, and exp2 of it would overflow.
+            p_t = tl.math.exp2(tl.where(keep, s_t - lse[None, :], float("-inf")))
             dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
             dp_t = tile_dot(v_tile, tl.trans(dout), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
                             FP32_OPERANDS, PRECISION)
@@ -161,7 +162,7 @@ def attention_bwd_dq_kernel(
         s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                      FP32_OPERANDS, PRECISION) * qk_scale_log2
         keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
-        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+        p = tl.math.exp2(tl.where(keep, s - lse[:, None], float("-inf")))
         dp = tile_dot(dout, tl.trans(v_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                       FP32_OPERANDS, PRECISION)
         ds = p * (dp - delta[:, None])
@@ -177,7 +178,11 @@ def _strides(t: torch.Tensor):
 
 
 def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
-    """Gradients (dq, dk, dv), each with the shape and dtype of its input; scratch from the forward."""
+    """Gradients (dq, dk, dv), each with the shape and dtype of its input.
+
+    scratch from the forward: (lse in base 2, [K encoded by the pre-pass]); `lse` (natural) is unused.
+    """
+    lse, k_encoded = scratch[0], (scratch[1] if len(scratch) > 1 else None)
     check_launch_limits(params.batch, params.nheads_q)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()  # kernels read the head dim with unit stride
@@ -190,7 +195,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
     dkdv_cfg, dq_cfg = dkdv_config(block_d), dq_config(block_d)
     # dK/dV streams Q tiles (each read once per key tile); dQ streams K tiles (once per query tile).
     streamed_reads = max(triton.cdiv(params.seqlen_k, dkdv_cfg.block_n), triton.cdiv(params.seqlen_q, dq_cfg.block_m))
-    streams = encoded_streams(params, q=q, k=k, streamed_reads=streamed_reads, k_encoded=scratch[0] if scratch else None)
+    streams = encoded_streams(params, q=q, k=k, streamed_reads=streamed_reads, k_encoded=k_encoded)
     pe = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
     enc = params.encoding
     if enc is not None:

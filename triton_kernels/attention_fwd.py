@@ -13,7 +13,7 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range, load_tile,
+from .common import (LN2, LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range, load_tile,
                      tile_dot)
 from .configs import forward_config
 from .pe_strategy import encoded_streams
@@ -51,7 +51,7 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
 
 @triton.jit
 def attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_log2_ptr,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -92,33 +92,34 @@ def attention_fwd_kernel(
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    # m_i is in base-2 units; lse is stored in natural log: ln(x) = log2(x) * ln 2.
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    # lse kept in the kernels' base-2 units: the backward subtracts it from scores computed the same
+    # way, so at large logits (1e4) no rounding of a conversion (x ln 2, x log2 e) enters exp2.
+    lse_log2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
 
     out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh
                 + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :])
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
-    lse_ptrs = lse_ptr + (batch * nheads_q + head) * seqlen_q + offs_m
-    tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
+    tl.store(lse_log2_ptr + (batch * nheads_q + head) * seqlen_q + offs_m, lse_log2, mask=offs_m < seqlen_q)
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
     """bshd q, k, v (head dim contiguous, any other strides) -> (out like q, lse fp32 (b, h, s), scratch).
 
-    scratch holds K encoded by the pre-pass, when that strategy was picked, for the backward to reuse.
+    scratch = (lse in base 2, then K encoded by the pre-pass when that strategy was picked), for the
+    backward to reuse; lse (natural log) is derived from the base-2 one for the caller.
     """
     check_launch_limits(params.batch, params.nheads_q)
     out = buffers.empty_like(q)
-    lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    lse_log2 = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
     if params.seqlen_q == 0 or params.batch == 0 or params.nheads_q == 0:
-        return out, lse, ()
+        return out, lse_log2, (lse_log2,)
     block_d = head_dim_block(params.head_dim)
     cfg = forward_config(block_d)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
     streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(params.seqlen_q, cfg.block_m))
     grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
     attention_fwd_kernel[grid](
-        streams.q, streams.k, v, out, lse,
+        streams.q, streams.k, v, out, lse_log2,
         streams.q.stride(0), streams.q.stride(1), streams.q.stride(2),
         streams.k.stride(0), streams.k.stride(1), streams.k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -129,4 +130,4 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
         **kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel),
     )
-    return out, lse, streams.scratch
+    return out, lse_log2 * LN2, (lse_log2, *streams.scratch)

@@ -12,6 +12,7 @@ import triton.language as tl
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
 
 
 @triton.jit
