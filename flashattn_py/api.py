@@ -24,6 +24,7 @@ def attention(
     k_positions=None,
     pe_k_strategy: str = "auto",
     deterministic: bool = False,
+    dropout_p: float = 0.0,
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -43,6 +44,10 @@ def attention(
     ``pe_k_strategy``: "in_kernel" encodes each K tile as it is loaded, "prepass" encodes K once
     into a scratch buffer reused by forward and backward, "auto" picks by seqlen_q (docs/design.md).
 
+    ``dropout_p``: attention dropout (weights dropped with this probability, the rest scaled by
+    1 / (1 - p)); the mask comes from a counter-based RNG keyed by a seed drawn from torch's generator,
+    regenerated in the backward, so ``torch.manual_seed`` reproduces it. Masks are per backend.
+
     ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
     deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
     """
@@ -52,6 +57,7 @@ def attention(
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy,
+        dropout_p=dropout_p,
     )
     impl = backends.select(backend, q.device)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).

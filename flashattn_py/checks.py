@@ -36,6 +36,12 @@ class AttentionParams:
     dtype: torch.dtype
     encoding: positional.Encoding | None = None  # RoPE / sinusoidal applied to q and k inside the kernels
     pe_k_strategy: str = "auto"  # how kernels encode K: see PE_K_STRATEGIES
+    dropout_p: float = 0.0  # probability of dropping an attention weight (training)
+    dropout_seed: int = 0  # counter-based RNG key, drawn from torch's generator per call
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.dropout_p > 0.0
 
     @property
     def group_size(self) -> int:
@@ -90,6 +96,7 @@ def attention_params(
     q_positions=None,
     k_positions=None,
     pe_k_strategy: str = "auto",
+    dropout_p: float = 0.0,
 ) -> AttentionParams:
     """Validate bshd q, k, v and options; return the normalized description of the call."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -129,6 +136,12 @@ def attention_params(
     window = masks.normalize_window(causal, check_window_size(window_size))
     if pe_k_strategy not in PE_K_STRATEGIES:
         raise ValueError(f"pe_k_strategy must be one of {PE_K_STRATEGIES}, got {pe_k_strategy!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    # One draw from torch's CPU generator (no device sync): torch.manual_seed reproduces the masks.
+    dropout_seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
     encoding = positional.resolve(
         rotary, sinusoidal, batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
         device=q.device, q_positions=q_positions, k_positions=k_positions,
@@ -145,4 +158,6 @@ def attention_params(
         dtype=q.dtype,
         encoding=encoding,
         pe_k_strategy=pe_k_strategy,
+        dropout_p=float(dropout_p),
+        dropout_seed=dropout_seed,
     )

@@ -14,9 +14,14 @@ from .checks import AttentionParams
 
 
 def attention_from_params(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype,
+    dropout_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """bshd q, k, v -> (out bshd in compute_dtype, lse (batch, nheads_q, seqlen_q) in compute_dtype)."""
+    """bshd q, k, v -> (out bshd in compute_dtype, lse (batch, nheads_q, seqlen_q) in compute_dtype).
+
+    With dropout, dropout_mask (batch, nheads_q, seqlen_q, seqlen_k), True = keep, says which
+    normalized weights survive; survivors are scaled by 1 / (1 - dropout_p). lse is unaffected.
+    """
     q, k, v = (t.to(compute_dtype) for t in (q, k, v))
     enc = params.encoding
     if enc is not None:
@@ -41,6 +46,10 @@ def attention_from_params(
     weights = torch.exp(scores - row_max)
     normalizer = weights.sum(dim=-1, keepdim=True)
     seen_any = normalizer > 0
+    if params.has_dropout:
+        if dropout_mask is None or dropout_mask.shape != weights.shape:
+            raise ValueError(f"dropout_p > 0 needs dropout_mask of shape {tuple(weights.shape)} (True = keep)")
+        weights = weights * dropout_mask.to(weights.dtype) / (1.0 - params.dropout_p)
     out = (weights @ v.transpose(1, 2)) / torch.where(seen_any, normalizer, torch.ones_like(normalizer))
     lse = torch.where(seen_any, row_max + torch.log(torch.where(seen_any, normalizer, 1.0)), float("-inf"))
     return out.transpose(1, 2), lse.squeeze(-1)
@@ -60,14 +69,19 @@ def attention(
     sinusoidal=None,
     q_positions=None,
     k_positions=None,
+    dropout_p: float = 0.0,
+    dropout_mask: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float64,
 ):
-    """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype."""
+    """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype.
+
+    dropout_p > 0 needs the mask to apply (dropout_mask, True = keep): the reference draws none.
+    """
     q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
-        sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions,
+        sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, dropout_p=dropout_p,
     )
-    out, lse = attention_from_params(q, k, v, params, compute_dtype)
+    out, lse = attention_from_params(q, k, v, params, compute_dtype, dropout_mask)
     out = checks.to_bshd(out, layout)
     return (out, lse) if return_lse else out

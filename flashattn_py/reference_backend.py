@@ -10,15 +10,24 @@ from . import positional, reference
 from .checks import AttentionParams
 
 
+def dropout_mask(params: AttentionParams, device) -> torch.Tensor | None:
+    """This backend's keep-mask (batch, nheads_q, seqlen_q, seqlen_k), regenerated from the call's seed."""
+    if not params.has_dropout:
+        return None
+    gen = torch.Generator(device=device).manual_seed(params.dropout_seed)
+    shape = (params.batch, params.nheads_q, params.seqlen_q, params.seqlen_k)
+    return torch.rand(shape, generator=gen, device=device) >= params.dropout_p
+
+
 def forward(q, k, v, params: AttentionParams):
-    out, lse = reference.attention_from_params(q, k, v, params, torch.float64)
+    out, lse = reference.attention_from_params(q, k, v, params, torch.float64, dropout_mask(params, q.device))
     return out.to(q.dtype), lse.to(torch.float32), ()
 
 
 def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     with torch.enable_grad():
         leaves = [t.detach().to(torch.float64).requires_grad_() for t in (q, k, v)]
-        ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64)
+        ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64, dropout_mask(params, q.device))
         grads = torch.autograd.grad(ref_out, leaves, dout.to(torch.float64))
     return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
 

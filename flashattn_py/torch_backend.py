@@ -45,6 +45,27 @@ def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
     return scores, visible
 
 
+def _chunk_keep(params: AttentionParams, start: int, end: int, device) -> torch.Tensor | None:
+    """Dropout keep-mask (b, hkv, g, end - start, sk) of a query chunk, regenerated from the call's seed."""
+    if not params.has_dropout:
+        return None
+    gen = torch.Generator(device=device).manual_seed((params.dropout_seed + start * 1_000_003) % 2**63)
+    shape = (params.batch, params.nheads_kv, params.group_size, end - start, params.seqlen_k)
+    return torch.rand(shape, generator=gen, device=device) >= params.dropout_p
+
+
+def dropout_mask(params: AttentionParams, device) -> torch.Tensor | None:
+    """This backend's whole keep-mask (batch, nheads_q, seqlen_q, seqlen_k), for tests and debugging."""
+    if not params.has_dropout:
+        return None
+    chunks = [_chunk_keep(params, start, end, device) for start, end in _chunks(params)]
+    return torch.cat(chunks, dim=3).reshape(params.batch, params.nheads_q, params.seqlen_q, params.seqlen_k)
+
+
+def _dropped(x: torch.Tensor, keep: torch.Tensor | None, params: AttentionParams) -> torch.Tensor:
+    return x if keep is None else x * keep / (1.0 - params.dropout_p)
+
+
 def _encoded(q, k, params: AttentionParams, dtype):
     """q and k in the compute dtype with the positional encoding applied (q still bshd)."""
     q, k = q.to(dtype), k.to(dtype)
@@ -67,6 +88,7 @@ def forward(q, k, v, params: AttentionParams):
         chunk_lse = torch.logsumexp(scores, dim=-1)  # -inf for rows that see no key
         safe_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
         probs = torch.exp(scores - safe_lse[..., None])  # exactly 0 where masked
+        probs = _dropped(probs, _chunk_keep(params, start, end, q.device), params)
         chunk_out = torch.einsum("bhgqk,bkhd->bqhgd", probs, vc)
         out[:, start:end] = chunk_out.reshape(out[:, start:end].shape).to(out.dtype)
         lse_g[..., start:end] = chunk_lse.to(torch.float32)
@@ -91,8 +113,11 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
         chunk_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.full_like(chunk_lse, float("inf")))
         probs = torch.where(visible, torch.exp(scores - chunk_lse[..., None]), torch.zeros_like(scores))
         do_chunk = dout_g[:, start:end]
-        dv_acc += torch.einsum("bhgqk,bqhgd->bkhd", probs, do_chunk)
-        dprobs = torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc)
+        keep = _chunk_keep(params, start, end, q.device)
+        dv_acc += torch.einsum("bhgqk,bqhgd->bkhd", _dropped(probs, keep, params), do_chunk)
+        # With dropout O = (P * Z / (1 - p)) V: the gradient reaching P is dP * Z / (1 - p), and
+        # delta = rowsum(dO * O) is still rowsum(P * that).
+        dprobs = _dropped(torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc), keep, params)
         dscores = probs * (dprobs - delta[..., start:end, None]) * params.softmax_scale
         dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)
         dk_acc += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])

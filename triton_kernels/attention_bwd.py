@@ -15,8 +15,8 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range,
-                     load_tile, query_block_range, tile_dot)
+from .common import (LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block, keep_mask,
+                     key_block_range, load_tile, query_block_range, tile_dot)
 from .configs import dkdv_config, dq_config
 from .pe_strategy import encoded_streams
 from .positional import encode, kernel_encoding, load_encoded_tile
@@ -65,11 +65,11 @@ def attention_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
-    softmax_scale, qk_scale_log2, window_left, window_right,
+    softmax_scale, qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -104,9 +104,16 @@ def attention_bwd_dkdv_kernel(
             keep = keep_mask(offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
             # Masked before exp2: a hidden score may exceed lse, and exp2 of it would overflow.
             p_t = tl.math.exp2(tl.where(keep, s_t - lse[None, :], float("-inf")))
-            dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
             dp_t = tile_dot(v_tile, tl.trans(dout), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
                             FP32_OPERANDS, PRECISION)
+            if HAS_DROPOUT:
+                # O = (P * Z / (1 - p)) V: dV sees the dropped weights, dP reaches P through Z / (1 - p).
+                keep_t = dropout_keep(dropout_seed, row_offset, offs_m[None, :], offs_n[:, None], seqlen_k, dropout_p)
+                dv = tile_dot(tl.where(keep_t, p_t * dropout_scale, 0.0).to(dout.dtype), dout, dv,
+                              FP32_OPERANDS, PRECISION)
+                dp_t = tl.where(keep_t, dp_t * dropout_scale, 0.0)
+            else:
+                dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
     dk = dk * softmax_scale
@@ -128,11 +135,11 @@ def attention_bwd_dq_kernel(
     stride_dob, stride_dos, stride_doh,
     stride_dqb, stride_dqs, stride_dqh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
-    softmax_scale, qk_scale_log2, window_left, window_right,
+    softmax_scale, qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -148,7 +155,8 @@ def attention_bwd_dq_kernel(
                           (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
                           Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
     dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
-    lse, delta = load_row_stats(lse_ptr, delta_ptr, (batch * nheads_q + head) * seqlen_q, offs_m, seqlen_q)
+    row_offset = (batch * nheads_q + head) * seqlen_q
+    lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -165,6 +173,9 @@ def attention_bwd_dq_kernel(
         p = tl.math.exp2(tl.where(keep, s - lse[:, None], float("-inf")))
         dp = tile_dot(dout, tl.trans(v_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                       FP32_OPERANDS, PRECISION)
+        if HAS_DROPOUT:
+            keep = dropout_keep(dropout_seed, row_offset, offs_m[:, None], offs_n[None, :], seqlen_k, dropout_p)
+            dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tile_dot(ds.to(k_tile.dtype), k_tile, dq, FP32_OPERANDS, PRECISION)
     dq = dq * softmax_scale
@@ -208,6 +219,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         dk = buffers.empty(k.shape, dtype=torch.float32, device=k.device)
     scalars = (params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
                params.softmax_scale, params.softmax_scale * LOG2E, params.window[0], params.window[1])
+    common.update(dropout_args(params))
 
     if params.seqlen_q > 0:
         attention_bwd_preprocess_kernel[(triton.cdiv(params.seqlen_q, dq_cfg.block_m), params.nheads_q, params.batch)](

@@ -13,8 +13,8 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (LN2, LOG2E, check_launch_limits, dot_flags, head_dim_block, keep_mask, key_block_range, load_tile,
-                     tile_dot)
+from .common import (LN2, LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block,
+                     keep_mask, key_block_range, load_tile, tile_dot)
 from .configs import forward_config
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
@@ -23,8 +23,9 @@ from .positional import kernel_encoding, load_encoded_tile
 @triton.jit
 def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
-                      window_left, window_right, k_pos, pe,
+                      window_left, window_right, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                      HAS_DROPOUT: tl.constexpr,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
                       K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
@@ -43,7 +44,10 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         p = tl.math.exp2(s - m_safe[:, None])
         # Rescale what was accumulated under the old max to the new one.
         alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        l_i = l_i * alpha + tl.sum(p, axis=1)  # the softmax normalizer counts dropped weights too
+        if HAS_DROPOUT:
+            keep = dropout_keep(dropout_seed, drop_row_base, offs_m[:, None], offs_n[None, :], seqlen_k, dropout_p)
+            p = tl.where(keep, p * dropout_scale, 0.0)
         acc = tile_dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], FP32_OPERANDS, PRECISION)
         m_i = m_new
     return acc, m_i, l_i
@@ -57,11 +61,11 @@ def attention_fwd_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
-    qk_scale_log2, window_left, window_right,
+    qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -87,7 +91,8 @@ def attention_fwd_kernel(
         v_ptr + batch * stride_vb + kv_head * stride_vh, offs_m, offs_d, lo, hi,
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE)
+        dropout_p, dropout_scale, dropout_seed, (batch * nheads_q + head) * seqlen_q,
+        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
@@ -126,6 +131,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
         out.stride(0), out.stride(1), out.stride(2),
         params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
         params.softmax_scale * LOG2E, params.window[0], params.window[1],
+        **dropout_args(params),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
         **kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel),

@@ -67,6 +67,18 @@ def query_block_range(k_start, seqlen_q, seqlen_k, window_left, window_right,
 
 
 @triton.jit
+def dropout_keep(seed, row_base, q_idx, k_idx, seqlen_k, dropout_p):
+    """Dropout keep-mask for queries q_idx x keys k_idx (broadcast), True = keep.
+
+    Philox counter = (row_base + q) * seqlen_k + k with row_base = (batch * nheads + head) * seqlen_q:
+    one 64-bit counter per attention weight, so forward and backward regenerate the same mask from
+    (seed, position) alone, whatever their tiling.
+    """
+    offsets = (row_base + q_idx.to(tl.int64)) * seqlen_k + k_idx
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
 def tile_dot(a, b, acc, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
     """acc + a @ b on tensor cores.
 
@@ -79,6 +91,13 @@ def tile_dot(a, b, acc, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+def dropout_args(params) -> dict:
+    """Kernel arguments for attention dropout (placeholders when there is none)."""
+    p = params.dropout_p
+    return dict(dropout_p=p, dropout_scale=1.0 / (1.0 - p), dropout_seed=params.dropout_seed,
+                HAS_DROPOUT=params.has_dropout)
 
 
 def dot_flags(dtype: torch.dtype) -> dict:
