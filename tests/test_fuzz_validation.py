@@ -26,7 +26,7 @@ def invalid_calls(draw):
     kind = draw(st.sampled_from([
         "rank", "not_tensor", "dtype", "mixed_dtype", "head_dim", "head_dim_mismatch", "gqa", "batch",
         "kv_seqlen", "kv_heads", "window_value", "window_type", "scale", "causal", "backend", "layout",
-        "rotary_dim", "positions_shape", "positions_dtype", "strategy", "deterministic", "table_rows",
+        "rotary_dim", "positions_shape", "positions_dtype", "strategy", "deterministic", "table_rows", "dropout",
     ]))
     bad_scalar = st.sampled_from(["x", [1.0], object()])  # None is the valid default
     if kind == "rank":
@@ -103,6 +103,10 @@ def invalid_calls(draw):
         options["rotary"] = Rotary()
         options["pe_k_strategy"] = draw(st.text(max_size=8).filter(lambda s: s not in ("auto", "in_kernel", "prepass")))
         return q, k, v, options, ValueError, "pe_k_strategy"
+    if kind == "dropout":
+        bad = draw(st.one_of(st.floats(1.0, 10.0), st.floats(-10.0, -1e-6), st.sampled_from([math.nan, "0.1", True])))
+        options["dropout_p"] = bad
+        return q, k, v, options, (TypeError, ValueError), "dropout_p"
     if kind == "deterministic":
         options["deterministic"] = draw(st.sampled_from([1, "yes", None]))
         return q, k, v, options, TypeError, "deterministic"
