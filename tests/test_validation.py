@@ -23,6 +23,8 @@ CASES = [
     ("kv_heads", lambda: (*qkv()[:2], qkv(hkv=1)[2]), {}, ValueError, "k has 2 heads but v has 1"),
     ("kv_seqlen", lambda: (*qkv()[:2], qkv(sk=9)[2]), {}, ValueError, "k has seqlen 8 but v has 9"),
     ("batch", lambda: (qkv(b=2)[0], *qkv()[1:]), {}, ValueError, "batch sizes differ"),
+    ("device", lambda: (qkv()[0].to("meta"), *qkv()[1:]), {}, ValueError, "q, k and v must be on one device"),
+    ("deterministic", qkv, dict(deterministic=1), TypeError, "deterministic must be a bool"),
     ("window_type", qkv, dict(window_size=3), TypeError, "window_size must be a pair"),
     ("window_value", qkv, dict(window_size=(-2, 0)), ValueError, "window_size left must be >= 0, or -1"),
     ("window_float", qkv, dict(window_size=(1.5, 0)), TypeError, "window_size left must be an int"),
