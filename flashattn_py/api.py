@@ -41,8 +41,9 @@ def attention(
     tensor; gradients are w.r.t. the unencoded q and k): ``rotary=Rotary(...)`` or
     ``sinusoidal=Sinusoidal(...)`` (see flashattn_py.positional). ``q_positions`` / ``k_positions``:
     None (0..seqlen-1), an int or (batch,) tensor offset, or (batch, seqlen) position ids.
-    ``pe_k_strategy``: "in_kernel" encodes each K tile as it is loaded, "prepass" encodes K once
-    into a scratch buffer reused by forward and backward, "auto" picks by seqlen_q (docs/design.md).
+    ``pe_k_strategy``: "in_kernel" encodes q/k tiles as they are loaded, "prepass" encodes q and k
+    once into scratch buffers (encoded K reused by the backward), "auto" picks by how often each
+    streamed tile is loaded and by head_dim (docs/design.md).
 
     ``dropout_p``: attention dropout (weights dropped with this probability, the rest scaled by
     1 / (1 - p)); the mask comes from a counter-based RNG keyed by a seed drawn from torch's generator,
@@ -53,7 +54,7 @@ def attention(
     """
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
-    q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
+    q, k, v = (checks.to_bshd(t, layout, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy,
@@ -63,5 +64,5 @@ def attention(
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out, lse = AttentionFunction.apply(q, k, v, params, impl)
-    out = checks.to_bshd(out, layout)
+    out = checks.to_bshd(out, layout, "out")
     return (out, lse) if return_lse else out

@@ -76,11 +76,17 @@ def check_window_size(window_size) -> tuple[int, int]:
     return int(left), int(right)
 
 
-def to_bshd(t: torch.Tensor, layout: str) -> torch.Tensor:
+def to_bshd(t: torch.Tensor, layout: str, name: str = "tensor") -> torch.Tensor:
     """A (batch, seqlen, nheads, head_dim) view of t; never copies."""
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    return t if layout == "bshd" else t.transpose(1, 2)
+    if layout == "bshd":
+        return t
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have 4 dims (batch, nheads, seqlen, head_dim), got shape {tuple(t.shape)}")
+    return t.transpose(1, 2)
 
 
 def attention_params(

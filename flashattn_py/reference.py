@@ -77,11 +77,11 @@ def attention(
 
     dropout_p > 0 needs the mask to apply (dropout_mask, True = keep): the reference draws none.
     """
-    q, k, v = (checks.to_bshd(t, layout) for t in (q, k, v))
+    q, k, v = (checks.to_bshd(t, layout, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, dropout_p=dropout_p,
     )
     out, lse = attention_from_params(q, k, v, params, compute_dtype, dropout_mask)
-    out = checks.to_bshd(out, layout)
+    out = checks.to_bshd(out, layout, "out")
     return (out, lse) if return_lse else out
