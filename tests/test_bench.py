@@ -35,3 +35,16 @@ def test_cpu_main_job_reports_no_performance_figure(capsys):
     assert bench.main(["--seqlens", "64"]) == 0
     out = capsys.readouterr().out
     assert "correctness only" in out and "TFLOP/s" not in out
+
+
+def test_results_files_record_environment_and_rows(tmp_path):
+    env = {"device": "test", "torch": torch.__version__, "triton": "x", "cuda": None, "date": "d", "command": "c"}
+    correctness = [("ours", 17, True, 1e-4)]
+    timing = [(1024, True, "fwd", "ours", 1.5, 300.0), (1024, True, "fwd", "sdpa", 1.6, 280.0)]
+    bench.write_results(tmp_path / "r", "attention-bf16-d128", env, correctness, timing)
+    import json
+
+    data = json.loads((tmp_path / "r" / "attention-bf16-d128.json").read_text())
+    assert data["environment"] == env and data["timing"][1]["implementation"] == "sdpa"
+    csv = (tmp_path / "r" / "attention-bf16-d128.csv").read_text().splitlines()
+    assert csv[0] == "seqlen,causal,mode,implementation,ms,tflops" and len(csv) == 3

@@ -9,8 +9,12 @@ speed says nothing about GPU speed and is never reported as a figure.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -80,6 +84,30 @@ def print_timing(rows):
         print(f"{seqlen:7d} {causal!s:>6} {mode:>8} {name:>22} {ms:9.3f} {tflops:8.1f} {ratio:8.2f}")
 
 
+def environment(device) -> dict:
+    """What a result needs to be reproduced: machine, versions, date, the command."""
+    import triton
+
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m flashattn_py.bench " + " ".join(sys.argv[1:]),
+    }
+
+
+def write_results(out_dir: Path, name: str, env: dict, correctness, timing) -> None:
+    """<name>.json (everything) and <name>.csv (the timing table) under out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys_c = ("implementation", "seqlen", "causal", "max_abs_error")
+    keys_t = ("seqlen", "causal", "mode", "implementation", "ms", "tflops")
+    data = {"environment": env, "correctness": [dict(zip(keys_c, r)) for r in correctness],
+            "timing": [dict(zip(keys_t, r)) for r in timing]}
+    (out_dir / f"{name}.json").write_text(json.dumps(data, indent=1))
+    lines = [",".join(keys_t)] + [",".join(str(x) for x in r) for r in timing]
+    (out_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m flashattn_py.bench", description=__doc__)
     parser.add_argument("--dtype", choices=DTYPES, default="bf16" if torch.cuda.is_available() else "fp16")
@@ -90,23 +118,32 @@ def main(argv=None):
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--rotary", action="store_true", help="compare fused RoPE with unfused RoPE + attention")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--out", type=Path, help="also write <name>.json and <name>.csv into this folder")
+    parser.add_argument("--name", default=None, help="file name stem for --out (default: from the options)")
     args = parser.parse_args(argv)
     args.kv_heads = args.kv_heads or args.heads
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         args.heads, args.kv_heads, args.head_dim, args.backend = 2, 2, min(args.head_dim, 64), "triton"
+    env = environment(device)
+    name = args.name or f"{'rope' if args.rotary else 'attention'}-{args.dtype}-d{args.head_dim}"
     print(f"max |out - float64 reference|, {args.dtype}, head_dim {args.head_dim}, on {device.type}")
-    for name, seqlen, causal, err in correctness_rows(args, device, seqlens=(17, 130)):
-        print(f"  {name:22s} seqlen {seqlen:5d} causal {causal!s:5s}  {err:.2e}")
+    correctness = correctness_rows(args, device, seqlens=(17, 130))
+    for impl, seqlen, causal, err in correctness:
+        print(f"  {impl:22s} seqlen {seqlen:5d} causal {causal!s:5s}  {err:.2e}")
     if device.type == "cpu":
         print("\nNo GPU: correctness only. Triton ran in its CPU interpreter, whose speed is not a performance figure.")
+        if args.out:
+            write_results(args.out, name, env, correctness, [])
         return 0
-    import triton
     import triton.testing
 
-    print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  {args.dtype}  "
+    print(f"\n{env['device']}  torch {env['torch']}  triton {env['triton']}  {args.dtype}  "
           f"batch {args.batch}  heads {args.heads}/{args.kv_heads}  head_dim {args.head_dim}")
-    print_timing(timing_rows(args, device, timer=lambda fn: triton.testing.do_bench(fn, return_mode="median")))
+    timing = timing_rows(args, device, timer=lambda fn: triton.testing.do_bench(fn, return_mode="median"))
+    print_timing(timing)
+    if args.out:
+        write_results(args.out, name, env, correctness, timing)
     return 0
 
 
