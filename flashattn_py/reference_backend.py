@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import positional, reference
+from . import reference, torch_backend
 from .checks import AttentionParams
 
 
@@ -33,6 +33,4 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
 
 
 def encode(x, enc, positions, *, inverse=False, out=None):
-    result = positional.encode(x.to(torch.float64), enc, positions, inverse=inverse)
-    out = torch.empty_like(x) if out is None else out
-    return out.copy_(result)
+    return torch_backend.encode(x, enc, positions, inverse=inverse, out=out, compute_dtype=torch.float64)

@@ -133,8 +133,9 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     return dq, dk, dv
 
 
-def encode(x, enc, positions, *, inverse=False, out=None):
-    """Standalone positional encoding of bshd x (fp16/bf16 computed in fp32)."""
-    result = positional.encode(x.to(_compute_dtype(x.dtype)), enc, positions, inverse=inverse)
+def encode(x, enc, positions, *, inverse=False, out=None, compute_dtype=None):
+    """Standalone positional encoding of bshd x into out (new if None), computed in compute_dtype
+    (default: fp32 for fp16/bf16 inputs) and rounded to out's dtype."""
+    result = positional.encode(x.to(compute_dtype or _compute_dtype(x.dtype)), enc, positions, inverse=inverse)
     out = buffers.empty_like(x) if out is None else out
     return out.copy_(result)

@@ -10,19 +10,19 @@ from tolerance import ATOL, DEVICE, assert_within_naive_error, check_against_ref
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def tables(rows, rotary_dim, seed):
-    """Scaled-RoPE style tables: angles of positions / 4 (linear scaling), in fp32."""
+def table_rotary(rows, rotary_dim, **spec):
+    """Rotary with scaled-RoPE style tables: angles of positions / 4 (linear scaling), in fp32."""
     inv_freq = 10000.0 ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
     angles = (torch.arange(rows, dtype=torch.float64) / 4.0)[:, None] * inv_freq
-    return angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE)
+    return Rotary(rotary_dim=rotary_dim, cos=angles.cos().float().to(DEVICE), sin=angles.sin().float().to(DEVICE),
+                  **spec)
 
 
 ENCODINGS = {
     "neox": lambda d: dict(rotary=Rotary()),
     "gptj": lambda d: dict(rotary=Rotary(interleaved=True, base=500.0)),
     "partial_neox": lambda d: dict(rotary=Rotary(rotary_dim=d // 2)),
-    "partial_gptj_tables": lambda d: dict(rotary=Rotary(rotary_dim=16, interleaved=True, cos=tables(300, 16, 0)[0],
-                                                        sin=tables(300, 16, 0)[1])),
+    "partial_gptj_tables": lambda d: dict(rotary=table_rotary(300, 16, interleaved=True)),
     "sinusoidal": lambda d: dict(sinusoidal=Sinusoidal(base=1000.0, scale=0.5)),
 }
 SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40)]
@@ -96,7 +96,7 @@ def test_hf_position_embeddings_map_to_tables(request):
 STANDALONE = {
     "rotary_neox_4d": (lambda x: dict(rotary=Rotary()), (2, 19, 3, 40)),
     "rotary_gptj_partial_offset": (lambda x: dict(rotary=Rotary(rotary_dim=24, interleaved=True), positions=9), (2, 19, 3, 40)),
-    "rotary_tables_ids": (lambda x: dict(rotary=Rotary(rotary_dim=8, cos=tables(64, 8, 1)[0], sin=tables(64, 8, 1)[1]),
+    "rotary_tables_ids": (lambda x: dict(rotary=table_rotary(64, 8),
                                          positions=torch.randint(0, 64, (2, 19)).to(DEVICE)), (2, 19, 3, 16)),
     "sinusoidal_embeddings_3d": (lambda x: dict(scale=3.0), (2, 33, 52)),
 }
