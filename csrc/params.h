@@ -1,0 +1,68 @@
+// The one parameter block every CUDA kernel of flashattn_py takes (forward, backward, positional).
+//
+// Filled by the pybind11 bindings (csrc/bindings.cpp) from raw device pointers, shapes and strides
+// that Python passes as integers, so nothing here depends on torch. Semantics are those of
+// flashattn_py (docs/design.md, ../shared/DESIGN.md): bshd tensors addressed by element strides,
+// bottom-right aligned causal/window masks, rows that see no key give out 0 and lse -inf.
+#pragma once
+
+#include <cstdint>
+
+namespace flashattn {
+
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
+
+// Positional encoding applied to q/k tiles after they are loaded (fused), and inversely to dq/dk.
+enum class PEKind : int { kNone = 0, kRotary = 1, kSinusoidal = 2 };
+
+struct PositionalParams {
+  int kind = 0;            // PEKind
+  int dim = 0;             // rotary: rotated channels (rotary_dim, even); sinusoidal: head_dim
+  int interleaved = 0;     // rotary: 1 = GPT-J pairs (2i, 2i+1); 0 = GPT-NeoX pairs (i, i + dim/2)
+  float log2_base = 0.f;   // angle of pair i at position p: p * exp2(-(2i / dim) * log2_base)
+  float scale = 1.f;       // sinusoidal: x * scale + PE(p); its inverse (backward) is g * scale
+  // Optional rotary tables (nullptr: angles computed in-kernel): fp32 (seqlen_ro, dim / 2), row stride.
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t table_stride = 0;
+  // Positions (int64) of each query / key row: element [b, s] at pos[b * stride_b + s * stride_s].
+  const int64_t* q_pos = nullptr;
+  int64_t q_pos_stride_b = 0, q_pos_stride_s = 0;
+  const int64_t* k_pos = nullptr;
+  int64_t k_pos_stride_b = 0, k_pos_stride_s = 0;
+};
+
+// Element strides (not bytes) of a bshd tensor; the head dim is contiguous (stride 1).
+struct Strides {
+  int64_t batch = 0, seq = 0, head = 0;
+};
+
+struct AttentionParams {
+  DType dtype = DType::kFloat16;
+  int batch = 0, seqlen_q = 0, seqlen_k = 0;
+  int nheads_q = 0, nheads_kv = 0;  // nheads_q % nheads_kv == 0 (GQA/MQA)
+  int head_dim = 0;                 // 32, 64, 96, 128 or 256 (others rejected before launch)
+  float softmax_scale = 0.f;
+  int window_left = -1, window_right = -1;  // causal folded in (right = 0); -1 = unbounded
+
+  // Forward inputs / outputs (dtype), lse fp32 contiguous (batch, nheads_q, seqlen_q), natural log.
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  Strides q_strides, k_strides, v_strides, out_strides;
+
+  // Backward: dout (dtype) in, dq/dk/dv (dtype, shaped like q/k/v) out. delta fp32
+  // (batch, nheads_q, seqlen_q) contiguous scratch: rowsum(dout * out).
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* delta = nullptr;
+  Strides dout_strides, dq_strides, dk_strides, dv_strides;
+
+  PositionalParams pe;
+};
+
+}  // namespace flashattn
