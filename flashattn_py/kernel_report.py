@@ -111,3 +111,24 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int, int]:
     if regs is None or spills is None:
         raise RuntimeError(f"could not parse ptxas -v output:\n{log}")
     return int(regs.group(1)), int(spills.group(1)), int(spills.group(2))
+
+
+# Per-SM limits (CUDA occupancy calculator figures): registers, warps, blocks, shared memory (bytes
+# usable per SM, and the 1 KB the runtime reserves per block).
+_SM_LIMITS = {80: dict(regs=65536, warps=64, blocks=32, smem=167936),
+              86: dict(regs=65536, warps=48, blocks=16, smem=102400),
+              89: dict(regs=65536, warps=48, blocks=24, smem=102400),
+              90: dict(regs=65536, warps=64, blocks=32, smem=233472)}
+_SMEM_RESERVED_PER_BLOCK = 1024
+
+
+def theoretical_occupancy(arch: int, registers: int, shared_bytes: int, num_warps: int) -> float:
+    """Fraction of the SM's warp slots a kernel can fill, limited by registers (allocated per warp in
+    units of 256), shared memory and the block limit."""
+    lim = _SM_LIMITS[arch]
+    regs_per_warp = -(-registers * 32 // 256) * 256
+    by_regs = (lim["regs"] // regs_per_warp) // num_warps if regs_per_warp else lim["blocks"]
+    smem = shared_bytes + _SMEM_RESERVED_PER_BLOCK
+    by_smem = lim["smem"] // smem
+    blocks = min(by_regs, by_smem, lim["blocks"], lim["warps"] // num_warps)
+    return blocks * num_warps / lim["warps"]

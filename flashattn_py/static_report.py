@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 
-from .kernel_report import KernelFacts, compile_facts
+from .kernel_report import KernelFacts, compile_facts, theoretical_occupancy
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FWD_MODULE = "flashattn_py.triton_kernels.attention_fwd"
@@ -273,12 +273,13 @@ def report_rows(cases, jobs: int = 1) -> list[KernelRow]:
 def _row_json(r: KernelRow) -> dict:
     d = asdict(r)
     d["facts"] = asdict(r.facts)
+    d["occupancy"] = theoretical_occupancy(r.arch, r.facts.registers, r.facts.shared_bytes, r.num_warps)
     return d
 
 
 def format_table(rows: list[KernelRow]) -> str:
     head = ("kernel", "arch", "dtype", "hdim", "causal", "pe", "M", "N", "D", "warps", "stages", "regs",
-            "spill st/ld", "smem", "mma.sync", "wgmma", "ldmatrix")
+            "spill st/ld", "smem", "occ", "mma.sync", "wgmma", "ldmatrix")
     lines = []
     for r in rows:
         f, mma = r.facts, r.facts.mma_instructions
@@ -286,7 +287,8 @@ def format_table(rows: list[KernelRow]) -> str:
                       {True: "y", False: "n", None: "-"}[r.has_window], r.pe or "-", str(r.block_m),
                       "-" if r.block_n is None else str(r.block_n), str(r.block_d), str(r.num_warps),
                       str(r.num_stages), str(f.registers), f"{f.spill_stores}/{f.spill_loads}",
-                      str(f.shared_bytes), str(mma.get("mma.sync", 0)), str(mma.get("wgmma.mma_async", 0)),
+                      str(f.shared_bytes), f"{theoretical_occupancy(r.arch, f.registers, f.shared_bytes, r.num_warps):.0%}",
+                      str(mma.get("mma.sync", 0)), str(mma.get("wgmma.mma_async", 0)),
                       str(mma.get("ldmatrix", 0))))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(head)]
 

@@ -1,50 +1,108 @@
-"""The benchmark harness runs end to end (GPU timing is replaced by a stub timer on CPU)."""
-import argparse
+"""The benchmark harness end to end on this machine (GPU timing replaced by a stub timer on CPU)."""
+import json
 
 import pytest
 import torch
 
 from flashattn_py.bench import __main__ as bench
+from flashattn_py.bench import output, peers, runner
+from flashattn_py.bench.cases import Case, attention_flops, sweep
 from tolerance import DEVICE
 
+ON_CPU = DEVICE.type == "cpu"
 
-@pytest.mark.parametrize("rotary", [False, True])
-def test_harness_checks_every_peer_and_builds_timing_rows(rotary, capsys):
-    args = argparse.Namespace(dtype="fp32", head_dim=16, heads=2, kv_heads=2, batch=1, seqlens=[20],
-                              rotary=rotary, backend="triton")
-    errors = bench.correctness_rows(args, DEVICE, seqlens=(20,))
-    assert errors and all(err < 1e-4 for *_, err in errors), errors
-    rows = bench.timing_rows(args, DEVICE, timer=lambda fn: (fn(), 1.0)[1])  # runs each step once
-    peers = {name for *_, name, _, _ in rows}
-    expected = ({"ours_rope_auto", "ours_rope_in_kernel", "ours_rope_prepass", "apply_rotary+ours", "torch_rope+sdpa"}
-                if rotary else {"ours", "sdpa"})
-    assert peers == expected
-    assert len(rows) == len(peers) * 2 * 2  # x causal x mode
-    bench.print_timing(rows)
-    assert "TFLOP/s" in capsys.readouterr().out
+
+def stub_timer(step):
+    step()
+    return 1.0
+
+
+@pytest.mark.parametrize("encoding", ["none", "rope", "sinusoidal"])
+def test_every_implementation_is_checked_then_timed(encoding):
+    case = Case(1, 2, 1, 40, 16, "fp32", causal=True, encoding=encoding)
+    rows = runner.measure_case(case, ["fwd", "bwd", "fwd+bwd"], DEVICE, stub_timer)
+    names = {r.implementation for r in rows}
+    assert names == set(peers.implementations(case, DEVICE))
+    assert len(rows) == 3 * len(names)
+    for r in rows:
+        if r.status == "ok":
+            assert r.ms == 1.0 and r.tflops == pytest.approx(attention_flops(case, r.mode) / 1e9)
+        else:
+            assert r.ms is None and r.tflops is None
+            assert r.status.startswith(("unavailable", "not timed")), r.status
+    if ON_CPU:
+        assert all(r.status.startswith("not timed: Triton interpreter") for r in rows if r.implementation == "triton")
+        assert any(r.status == "ok" for r in rows if r.implementation == "torch")
+    best = {mode: max(r.tflops for r in rows if r.mode == mode and r.tflops and not r.ours) for mode in ("fwd", "bwd")}
+    for r in rows:
+        if r.tflops:
+            assert r.ratio_to_best_peer == pytest.approx(r.tflops / best[r.mode] if r.mode in best else r.ratio_to_best_peer)
+
+
+def test_a_wrong_implementation_is_reported_not_timed(monkeypatch):
+    case = Case(1, 2, 2, 33, 16, "fp32")
+    real = peers.implementations
+
+    def with_a_wrong_one(case, device):
+        impls = real(case, device)
+        impls["off_by_scale"] = peers.Peer("off_by_scale", False, lambda q, k, v: 1.01 * impls["naive"].fn(q, k, v))
+        return impls
+
+    monkeypatch.setattr(peers, "implementations", with_a_wrong_one)
+    rows = runner.measure_case(case, ["fwd"], DEVICE, stub_timer)
+    wrong = [r for r in rows if r.implementation == "off_by_scale"]
+    assert wrong[0].status.startswith("wrong: out error") and wrong[0].ms is None
 
 
 def test_flops_formula():
-    assert bench.attention_flops(2, 3, 5, 7, 11, False, "fwd") == 4 * 2 * 3 * 5 * 7 * 11
-    assert bench.attention_flops(2, 3, 5, 7, 11, True, "fwd+bwd") == 4 * 2 * 3 * 5 * 7 * 11 * 0.5 * 3.5
+    case = Case(2, 3, 3, 5, 11)
+    assert attention_flops(case, "fwd") == 4 * 2 * 3 * 5 * 5 * 11
+    causal = Case(2, 3, 3, 5, 11, causal=True)
+    assert attention_flops(causal, "fwd+bwd") == 4 * 2 * 3 * 5 * 5 * 11 * 0.5 * 3.5
+    assert attention_flops(causal, "bwd") == 4 * 2 * 3 * 5 * 5 * 11 * 0.5 * 2.5
+    windowed = Case(1, 1, 1, 100, 8, window=4)
+    assert attention_flops(windowed, "fwd") == 4 * 100 * 9 * 8  # 2 * 4 + 1 keys per query
 
 
-def test_cpu_main_job_reports_no_performance_figure(capsys):
-    if torch.cuda.is_available():
+def test_sweep_with_fixed_token_count_and_gqa():
+    cases = sweep(seqlens=[512, 2048], head_dims=[64], dtypes=["bf16"], causal=[True], encodings=["none"],
+                  batch_heads=[(4, 8)], gqa=[1, 4, 3], tokens=4096)
+    assert [(c.batch, c.seqlen, c.kv_heads) for c in cases] == [(8, 512, 8), (8, 512, 2), (2, 2048, 8), (2, 2048, 2)]
+
+
+def test_cpu_main_job_labels_cpu_and_writes_results(tmp_path, capsys):
+    if not ON_CPU:
         pytest.skip("GPU present: main() would time for real")
-    assert bench.main(["--seqlens", "64"]) == 0
-    out = capsys.readouterr().out
-    assert "correctness only" in out and "TFLOP/s" not in out
+    assert bench.main(["--seqlens", "48", "--head-dim", "16", "--out", str(tmp_path), "--name", "t"]) == 0
+    printed = capsys.readouterr().out
+    assert "CPU run: no GPU here" in printed and "never timed" in printed
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["environment"]["device"].startswith("cpu") and data["rows"]
+    assert {r["implementation"] for r in data["rows"]} >= {"torch", "triton", "sdpa_math", "naive"}
+    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("batch,heads,kv_heads,seqlen")
+    assert not list(tmp_path.glob("*.png"))  # CPU timings are not plotted as performance
 
 
-def test_results_files_record_environment_and_rows(tmp_path):
-    env = {"device": "test", "torch": torch.__version__, "triton": "x", "cuda": None, "date": "d", "command": "c"}
-    correctness = [("ours", 17, True, 1e-4)]
-    timing = [(1024, True, "fwd", "ours", 1.5, 300.0), (1024, True, "fwd", "sdpa", 1.6, 280.0)]
-    bench.write_results(tmp_path / "r", "attention-bf16-d128", env, correctness, timing)
-    import json
+def test_plots_one_png_per_configuration(tmp_path):
+    pytest.importorskip("matplotlib")
+    env = {"device": "NVIDIA test GPU"}
+    rows = []
+    for seqlen in (512, 1024):
+        for causal in (False, True):
+            for name, tflops in (("triton", 300.0), ("sdpa_flash", 280.0)):
+                case = Case(1, 16, 16, seqlen, 128, causal=causal)
+                rows.append(runner.Row(case, "fwd", name, name == "triton", "ok", 1.0, tflops, 10.0))
+    paths = output.write_plots(tmp_path, "b", env, rows)
+    assert len(paths) == 2 and all(p.exists() and p.stat().st_size > 1000 for p in paths)
 
-    data = json.loads((tmp_path / "r" / "attention-bf16-d128.json").read_text())
-    assert data["environment"] == env and data["timing"][1]["implementation"] == "sdpa"
-    csv = (tmp_path / "r" / "attention-bf16-d128.csv").read_text().splitlines()
-    assert csv[0] == "seqlen,causal,mode,implementation,ms,tflops" and len(csv) == 3
+
+def test_profile_trace_and_kernel_loop(tmp_path, capsys):
+    from flashattn_py.bench.profiling import chrome_trace, kernel_loop
+
+    case = Case(1, 2, 2, 24, 16, "fp32")
+    path = chrome_trace([case], ["fwd"], DEVICE, tmp_path / "trace.json", only=["naive", "sdpa_math"])
+    events = json.loads(path.read_text())["traceEvents"]
+    assert any("naive fwd" in e.get("name", "") for e in events)
+    assert kernel_loop(case, "naive", "fwd+bwd", DEVICE, iters=2).startswith("ran naive fwd+bwd")
+    with pytest.raises(SystemExit, match="unknown implementation"):
+        kernel_loop(case, "nope", "fwd", DEVICE, iters=1)

@@ -17,7 +17,8 @@ from flashattn_py.checks import AttentionParams
 
 from .common import (LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block, keep_mask,
                      key_block_range, load_tile, query_block_range, tile_dot)
-from .configs import dkdv_config, dq_config
+from . import autotune
+from .configs import dkdv_candidates, dkdv_config, dq_candidates, dq_config
 from .pe_strategy import encoded_streams
 from .positional import encode, kernel_encoding, load_encoded_tile
 
@@ -227,20 +228,28 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
             BLOCK_M=dq_cfg.block_m, BLOCK_D=block_d,
         )
     q, k = streams.q, streams.k
-    cfg = dkdv_cfg
-    if params.seqlen_k > 0:
+    key = autotune.key_of(params, q.dtype, block_d, pe)
+
+    def launch_dkdv(cfg):
         attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), params.nheads_kv, params.batch)](
             q, k, v, dout, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
         )
-    cfg = dq_cfg
-    if params.seqlen_q > 0:
+
+    def launch_dq(cfg):
         attention_bwd_dq_kernel[(triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)](
             q, k, v, dout, lse, delta, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
         )
+
+    if params.seqlen_k > 0:
+        launch_dkdv(autotune.pick("attention_bwd_dkdv", key, dkdv_cfg, lambda arch: dkdv_candidates(block_d, arch),
+                                  launch_dkdv, q.device))
+    if params.seqlen_q > 0:
+        launch_dq(autotune.pick("attention_bwd_dq", key, dq_cfg, lambda arch: dq_candidates(block_d, arch),
+                                launch_dq, q.device))
     if enc is not None:
         dq = encode(dq, enc, enc.q_positions, inverse=True, out=dq_user)
         dk = encode(dk, enc, enc.k_positions, inverse=True, out=dk_user)

@@ -15,7 +15,8 @@ from flashattn_py.checks import AttentionParams
 
 from .common import (LN2, LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block,
                      keep_mask, key_block_range, load_tile, tile_dot)
-from .configs import forward_config
+from . import autotune
+from .configs import forward_candidates, forward_config
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
 
@@ -122,18 +123,24 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     cfg = forward_config(block_d)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
     streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(params.seqlen_q, cfg.block_m))
-    grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
-    attention_fwd_kernel[grid](
-        streams.q, streams.k, v, out, lse_log2,
-        streams.q.stride(0), streams.q.stride(1), streams.q.stride(2),
-        streams.k.stride(0), streams.k.stride(1), streams.k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
-        params.softmax_scale * LOG2E, params.window[0], params.window[1],
-        **dropout_args(params),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-        **kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel),
-    )
+    pe_args = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
+
+    def launch(cfg):
+        grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
+        attention_fwd_kernel[grid](
+            streams.q, streams.k, v, out, lse_log2,
+            streams.q.stride(0), streams.q.stride(1), streams.q.stride(2),
+            streams.k.stride(0), streams.k.stride(1), streams.k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
+            params.softmax_scale * LOG2E, params.window[0], params.window[1],
+            **dropout_args(params),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
+            **pe_args,
+        )
+
+    launch(autotune.pick("attention_fwd", autotune.key_of(params, q.dtype, block_d, pe_args), cfg,
+                         lambda arch: forward_candidates(block_d, arch), launch, q.device))
     return out, lse_log2 * LN2, (lse_log2, *streams.scratch)

@@ -57,3 +57,47 @@ def dq_config(block_d: int) -> TileConfig:
     if block_d <= 128:
         return TileConfig(64, 32, 8, 3)
     return TileConfig(64, 16, 8, 2)
+
+
+# Autotuning candidates (FLASHATTN_AUTOTUNE=1, see autotune.py): the default first, then variants
+# that trade tile size against pipelining depth. sm_90 has 228 KB of shared memory per SM (sm_80:
+# 164 KB), so it gets the deeper / wider variants; a candidate that does not fit is skipped at run
+# time. tests/test_autotune.py checks every candidate against the reference on a GPU.
+def forward_candidates(block_d: int, arch: int) -> list[TileConfig]:
+    default = forward_config(block_d)
+    if INTERPRETED:
+        return [default]
+    if block_d <= 64:
+        extra = [TileConfig(128, 128, 8, 2), TileConfig(128, 64, 4, 3), TileConfig(64, 64, 4, 4)]
+    elif block_d <= 128:
+        extra = [TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 3)]
+        extra += [TileConfig(128, 128, 8, 2)] if arch >= 90 else []
+    else:
+        extra = [TileConfig(64, 64, 8, 2), TileConfig(32, 32, 4, 2)]
+    return [default] + extra
+
+
+def dkdv_candidates(block_d: int, arch: int) -> list[TileConfig]:
+    default = dkdv_config(block_d)
+    if INTERPRETED:
+        return [default]
+    if block_d <= 64:
+        extra = [TileConfig(64, 128, 8, 2), TileConfig(32, 64, 4, 3)]
+    elif block_d <= 128:
+        extra = [TileConfig(64, 64, 8, 2), TileConfig(32, 128, 8, 2), TileConfig(16, 64, 4, 3)]
+    else:
+        extra = [TileConfig(16, 32, 4, 2)]
+    return [default] + extra
+
+
+def dq_candidates(block_d: int, arch: int) -> list[TileConfig]:
+    default = dq_config(block_d)
+    if INTERPRETED:
+        return [default]
+    if block_d <= 64:
+        extra = [TileConfig(128, 64, 8, 2), TileConfig(64, 32, 4, 3)]
+    elif block_d <= 128:
+        extra = [TileConfig(128, 32, 8, 2), TileConfig(64, 64, 8, 2), TileConfig(64, 32, 4, 3)]
+    else:
+        extra = [TileConfig(32, 16, 4, 2)]
+    return [default] + extra

@@ -1,18 +1,17 @@
-"""``python -m flashattn_py.bench``: check every implementation against the reference, then time it.
+"""``python -m flashattn_py.bench``: check every implementation against the float64 reference, then
+time the correct ones; ``python -m flashattn_py.bench report``: the static kernel report (no GPU).
 
-On a GPU: forward and forward+backward TFLOP/s of our Triton kernels against PyTorch SDPA on the
-same inputs (triton.testing.do_bench, median), each implementation first checked against the float64
-reference; ``--rotary`` compares fused RoPE (each K strategy) with apply_rotary + attention and with
-eager RoPE + SDPA. On a CPU: the correctness check only, at small sizes; the Triton interpreter's
-speed says nothing about GPU speed and is never reported as a figure.
+On a GPU: our Triton and CUDA kernels against PyTorch SDPA (flash, efficient, cuDNN, math),
+FlexAttention, the naive reference and, with a positional encoding, the encoding as a separate kernel
+or eager ops + SDPA/FlexAttention; modes fwd, bwd, fwd+bwd; TFLOP/s (4*B*H*Sq*Sk*D forward, halved for
+causal, backward 2.5x), median ms (triton.testing.do_bench, CUDA events), peak memory and the ratio to
+the best peer. On a CPU: the CPU-capable implementations at small sizes, labelled as CPU timings; the
+Triton interpreter is checked for correctness but never timed.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -21,130 +20,108 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
 
-from flashattn_py.bench.peers import attention_peers, reference_for  # noqa: E402
+from flashattn_py.bench import cases as case_lib  # noqa: E402
+from flashattn_py.bench import output, runner  # noqa: E402
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-MODES = ("fwd", "fwd+bwd")
-
-
-def attention_flops(batch, heads, seqlen_q, seqlen_k, head_dim, causal, mode) -> float:
-    """4*B*H*Sq*Sk*D for the forward (two matmuls), halved for causal; backward is 2.5x forward."""
-    fwd = 4 * batch * heads * seqlen_q * seqlen_k * head_dim * (0.5 if causal else 1.0)
-    return fwd * {"fwd": 1.0, "fwd+bwd": 3.5}[mode]
+# The standard sweep (bench/gpu_validate.sh): Llama-like hidden size 2048 (heads = 2048 / head_dim),
+# 16k tokens per batch at every seqlen, as FlashAttention's papers benchmark.
+STANDARD = dict(seqlens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16"],
+                causal=[False, True], encodings=["none", "rope"], hidden=2048, tokens=16384, modes=["fwd", "fwd+bwd"])
 
 
-def make_inputs(batch, heads, kv_heads, seqlen, head_dim, dtype, device):
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    make = lambda h: torch.randn(batch, seqlen, h, head_dim, generator=gen).to(device, dtype)  # noqa: E731
-    return make(heads), make(kv_heads), make(kv_heads), make(heads)
+def _parser() -> argparse.ArgumentParser:
+    on_gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python -m flashattn_py.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["standard"], help="the standard sweep (overrides the sweep options)")
+    p.add_argument("--dtype", nargs="+", choices=case_lib.DTYPES, default=["bf16" if on_gpu else "fp16"])
+    p.add_argument("--head-dim", type=int, nargs="+", default=[128 if on_gpu else 64])
+    p.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192] if on_gpu else [128, 256])
+    p.add_argument("--batch", type=int, default=4 if on_gpu else 1)
+    p.add_argument("--heads", type=int, default=16 if on_gpu else 2)
+    p.add_argument("--hidden", type=int, help="heads = hidden / head_dim (overrides --heads)")
+    p.add_argument("--tokens", type=int, help="fixed token count: batch = tokens / seqlen (overrides --batch)")
+    p.add_argument("--gqa", type=int, nargs="+", default=[1], help="query heads per KV head")
+    p.add_argument("--causal", choices=["no", "yes", "both"], default="both")
+    p.add_argument("--window", type=int, nargs="+", default=[-1], help="sliding window (left = right); -1: none")
+    p.add_argument("--encoding", nargs="+", choices=case_lib.ENCODINGS, default=["none"])
+    p.add_argument("--rotary", action="store_true", help="shorthand for --encoding rope")
+    p.add_argument("--modes", nargs="+", choices=case_lib.MODES, default=["fwd", "fwd+bwd"])
+    p.add_argument("--peers", nargs="+", help="only these implementations (names as in the table)")
+    p.add_argument("--out", type=Path, help="write <name>.json, <name>.csv and PNG plots into this folder")
+    p.add_argument("--name", default="bench", help="file name stem for --out")
+    p.add_argument("--profile", type=Path, metavar="TRACE.json", help="also write a torch.profiler Chrome trace")
+    p.add_argument("--nvtx", action="store_true", help="wrap every timed call in an NVTX range (nsys/ncu)")
+    p.add_argument("--kernel", metavar="NAME", help="run implementation NAME on the first case in a loop (ncu)")
+    p.add_argument("--iters", type=int, default=20, help="iterations of the --kernel loop")
+    return p
 
 
-def correctness_rows(args, device, seqlens):
-    """(name, seqlen, causal, max |out - float64 reference|) for every peer."""
-    rows = []
-    for seqlen in seqlens:
-        for causal in (False, True):
-            q, k, v, _ = make_inputs(1, args.heads, args.kv_heads, seqlen, args.head_dim, DTYPES[args.dtype], device)
-            expected = reference_for(args.rotary, causal)(q, k, v)
-            for name, fn in attention_peers(args.backend, causal, args.rotary).items():
-                rows.append((name, seqlen, causal, (fn(q, k, v).double() - expected).abs().max().item()))
-    return rows
+def cases_from(args) -> list[case_lib.Case]:
+    options = dict(seqlens=args.seqlens, head_dims=args.head_dim, dtypes=args.dtype,
+                   causal={"no": [False], "yes": [True], "both": [False, True]}[args.causal],
+                   encodings=["rope"] if args.rotary else args.encoding, gqa=args.gqa, windows=args.window,
+                   tokens=args.tokens, hidden=args.hidden)
+    if args.preset == "standard":
+        options.update({k: v for k, v in STANDARD.items() if k != "modes"})
+        args.modes = STANDARD["modes"]
+    hidden = options.pop("hidden")
+    cases = []
+    for head_dim in options.pop("head_dims"):
+        heads = hidden // head_dim if hidden else args.heads
+        cases += case_lib.sweep(head_dims=[head_dim], batch_heads=[(args.batch, heads)], **options)
+    return cases
 
 
-def timing_rows(args, device, timer):
-    """(seqlen, causal, mode, name, ms, TFLOP/s) for every peer; timer(fn) -> milliseconds."""
-    rows = []
-    for seqlen in args.seqlens:
-        for causal in (False, True):
-            q, k, v, dout = make_inputs(args.batch, args.heads, args.kv_heads, seqlen, args.head_dim,
-                                        DTYPES[args.dtype], device)
-            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-            for mode in MODES:
-                for name, fn in attention_peers(args.backend, causal, args.rotary).items():
-                    if mode == "fwd":
-                        def step(fn=fn):
-                            with torch.no_grad():
-                                return fn(q, k, v)
-                    else:
-                        def step(fn=fn):
-                            return torch.autograd.grad(fn(*leaves), leaves, dout)
-                    ms = timer(step)
-                    flops = attention_flops(args.batch, args.heads, seqlen, seqlen, args.head_dim, causal, mode)
-                    rows.append((seqlen, causal, mode, name, ms, flops / ms / 1e9))
-    return rows
-
-
-def print_timing(rows):
-    baseline = {}
-    for seqlen, causal, mode, name, ms, tflops in rows:
-        baseline.setdefault((seqlen, causal, mode), tflops)  # the first peer listed is ours
-    print(f"{'seqlen':>7} {'causal':>6} {'mode':>8} {'implementation':>22} {'ms':>9} {'TFLOP/s':>8} {'vs first':>8}")
-    for seqlen, causal, mode, name, ms, tflops in rows:
-        ratio = tflops / baseline[(seqlen, causal, mode)]
-        print(f"{seqlen:7d} {causal!s:>6} {mode:>8} {name:>22} {ms:9.3f} {tflops:8.1f} {ratio:8.2f}")
-
-
-def environment(device) -> dict:
-    """What a result needs to be reproduced: machine, versions, date, the command."""
-    import triton
-
-    return {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m flashattn_py.bench " + " ".join(sys.argv[1:]),
-    }
-
-
-def write_results(out_dir: Path, name: str, env: dict, correctness, timing) -> None:
-    """<name>.json (everything) and <name>.csv (the timing table) under out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys_c = ("implementation", "seqlen", "causal", "max_abs_error")
-    keys_t = ("seqlen", "causal", "mode", "implementation", "ms", "tflops")
-    data = {"environment": env, "correctness": [dict(zip(keys_c, r)) for r in correctness],
-            "timing": [dict(zip(keys_t, r)) for r in timing]}
-    (out_dir / f"{name}.json").write_text(json.dumps(data, indent=1))
-    lines = [",".join(keys_t)] + [",".join(str(x) for x in r) for r in timing]
-    (out_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m flashattn_py.bench", description=__doc__)
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16" if torch.cuda.is_available() else "fp16")
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--kv-heads", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--rotary", action="store_true", help="compare fused RoPE with unfused RoPE + attention")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--out", type=Path, help="also write <name>.json and <name>.csv into this folder")
-    parser.add_argument("--name", default=None, help="file name stem for --out (default: from the options)")
-    args = parser.parse_args(argv)
-    args.kv_heads = args.kv_heads or args.heads
+def run(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        args.heads, args.kv_heads, args.head_dim, args.backend = 2, 2, min(args.head_dim, 64), "triton"
-    env = environment(device)
-    name = args.name or f"{'rope' if args.rotary else 'attention'}-{args.dtype}-d{args.head_dim}"
-    print(f"max |out - float64 reference|, {args.dtype}, head_dim {args.head_dim}, on {device.type}")
-    correctness = correctness_rows(args, device, seqlens=(17, 130))
-    for impl, seqlen, causal, err in correctness:
-        print(f"  {impl:22s} seqlen {seqlen:5d} causal {causal!s:5s}  {err:.2e}")
-    if device.type == "cpu":
-        print("\nNo GPU: correctness only. Triton ran in its CPU interpreter, whose speed is not a performance figure.")
-        if args.out:
-            write_results(args.out, name, env, correctness, [])
-        return 0
-    import triton.testing
+    cases = cases_from(args)
+    if args.kernel:
+        from flashattn_py.bench.profiling import kernel_loop
 
-    print(f"\n{env['device']}  torch {env['torch']}  triton {env['triton']}  {args.dtype}  "
-          f"batch {args.batch}  heads {args.heads}/{args.kv_heads}  head_dim {args.head_dim}")
-    timing = timing_rows(args, device, timer=lambda fn: triton.testing.do_bench(fn, return_mode="median"))
-    print_timing(timing)
+        print(kernel_loop(cases[0], args.kernel, args.modes[0], device, args.iters))
+        return 0
+    env = output.environment(device)
+    timer = runner.gpu_timer if device.type == "cuda" else runner.cpu_timer
+    if device.type == "cpu":
+        print("CPU run: no GPU here. Timings below are CPU timings of CPU implementations at small sizes, not GPU "
+              "performance; the Triton interpreter is checked for correctness only and never timed.\n")
+    print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}")
+    rows = []
+    from tqdm import tqdm
+
+    for case in tqdm(cases, desc="cases", file=sys.stderr, disable=None):
+        rows += runner.measure_case(case, args.modes, device, timer, only=args.peers, nvtx=args.nvtx)
+    print(output.format_table(rows))
+    _print_tuning_choices()
     if args.out:
-        write_results(args.out, name, env, correctness, timing)
-    return 0
+        written = output.write_json_csv(args.out, args.name, env, rows) + output.write_plots(args.out, args.name, env, rows)
+        print("wrote " + ", ".join(str(p) for p in written))
+    if args.profile:
+        from flashattn_py.bench.profiling import chrome_trace
+
+        print(f"wrote {chrome_trace(cases, args.modes, device, args.profile, only=args.peers)}")
+    wrong = [r for r in rows if r.status.startswith("wrong")]
+    return 1 if wrong else 0
+
+
+def _print_tuning_choices() -> None:
+    from flashattn_py.triton_kernels import autotune
+
+    chosen = autotune.choices()
+    if chosen:
+        print("\nTriton tile configs used (kernel, key -> config):")
+        for line in chosen:
+            print("  " + line)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        from flashattn_py.bench.report import main as report_main
+
+        return report_main(argv[1:])
+    return run(_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
