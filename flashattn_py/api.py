@@ -25,6 +25,9 @@ def attention(
     pe_k_strategy: str = "auto",
     deterministic: bool = False,
     dropout_p: float = 0.0,
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -34,8 +37,9 @@ def attention(
     contiguous is copied. ``causal`` aligns bottom-right when seqlen_q != seqlen_k; ``window_size``
     = (left, right) keys around the aligned diagonal, -1 = unbounded. Queries that see no key give 0.
     Returns out (same layout, dtype as q), plus lse (batch, nheads_q, seqlen_q) fp32 if return_lse.
-    backend: "auto" (Triton on CUDA, the memory-efficient PyTorch path on CPU), "triton", "torch",
-    "reference" (float64 naive, materializes scores).
+    backend: "auto" (Triton on CUDA, the memory-efficient PyTorch path on CPU), "triton", "cuda"
+    (the CUDA C++ kernels of csrc/, when the extension is built: fp16/bf16 on sm_80+, no dropout),
+    "torch", "reference" (float64 naive, materializes scores).
 
     Positional encodings, applied to q and k inside the kernels (the user never sees a rotated
     tensor; gradients are w.r.t. the unencoded q and k): ``rotary=Rotary(...)`` or
@@ -49,6 +53,13 @@ def attention(
     1 / (1 - p)); the mask comes from a counter-based RNG keyed by a seed drawn from torch's generator,
     regenerated in the backward, so ``torch.manual_seed`` reproduces it. Masks are per backend.
 
+    Score modifications (flashattn_py.score_mods, in FlashAttention 2's order): ``softcap`` > 0 caps
+    scores with ``softcap * tanh(s / softcap)`` (Gemma 2); ``alibi_slopes`` fp32 (nheads_q,) or
+    (batch, nheads_q) adds ``-slope * |i + seqlen_k - seqlen_q - j|``; ``attn_bias`` broadcastable to
+    (batch, nheads_q, seqlen_q, seqlen_k): float values are added to the scores, bool ones keep the
+    True positions (the kernels read it through its strides: a broadcast key-padding mask costs no
+    S x S tensor). A row whose every key is masked returns 0 (lse -inf), as elsewhere here.
+
     ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
     deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
     """
@@ -58,7 +69,7 @@ def attention(
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy,
-        dropout_p=dropout_p,
+        dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias,
     )
     impl = backends.select(backend, q.device)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).

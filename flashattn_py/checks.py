@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import masks, positional
+from . import masks, positional, score_mods
+from .score_mods import ScoreMods
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -38,6 +39,7 @@ class AttentionParams:
     pe_k_strategy: str = "auto"  # how kernels encode K: see PE_K_STRATEGIES
     dropout_p: float = 0.0  # probability of dropping an attention weight (training)
     dropout_seed: int = 0  # counter-based RNG key, drawn from torch's generator per call
+    mods: ScoreMods = score_mods.NONE  # softcap, ALiBi, attention bias / mask (score_mods.py)
 
     @property
     def has_dropout(self) -> bool:
@@ -89,6 +91,48 @@ def to_bshd(t: torch.Tensor, layout: str, name: str = "tensor") -> torch.Tensor:
     return t.transpose(1, 2)
 
 
+def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: int, seqlen_q: int,
+                     seqlen_k: int, device: torch.device, bias_name: str = "attn_bias") -> ScoreMods:
+    """Validate softcap / alibi_slopes / an attention bias or boolean mask; broadcast views, no copies."""
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap must be a float, got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be >= 0 (0 disables it), got {softcap}")
+    slopes = None
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, torch.Tensor):
+            raise TypeError(f"alibi_slopes must be a torch.Tensor, got {type(alibi_slopes).__name__}")
+        if alibi_slopes.dtype != torch.float32:
+            raise TypeError(f"alibi_slopes must be float32, got {alibi_slopes.dtype}")
+        if alibi_slopes.shape not in ((nheads_q,), (batch, nheads_q)):
+            raise ValueError(f"alibi_slopes must have shape (nheads,) = ({nheads_q},) or (batch, nheads) = "
+                             f"({batch}, {nheads_q}), got {tuple(alibi_slopes.shape)}")
+        if alibi_slopes.device != device:
+            raise ValueError(f"alibi_slopes is on {alibi_slopes.device} but q is on {device}")
+        slopes = alibi_slopes.expand(batch, nheads_q)
+    bias = None
+    if attn_bias is not None:
+        if not isinstance(attn_bias, torch.Tensor):
+            raise TypeError(f"{bias_name} must be a torch.Tensor, got {type(attn_bias).__name__}")
+        if attn_bias.dtype != torch.bool and not attn_bias.is_floating_point():
+            raise TypeError(f"{bias_name} must be bool (True = attend) or floating point (added to the scores), "
+                            f"got {attn_bias.dtype}")
+        if attn_bias.device != device:
+            raise ValueError(f"{bias_name} is on {attn_bias.device} but q is on {device}")
+        if attn_bias.requires_grad:
+            raise NotImplementedError(f"{bias_name} requires grad; gradients w.r.t. an attention bias are not "
+                                      "supported (detach it)")
+        target = (batch, nheads_q, seqlen_q, seqlen_k)
+        try:
+            bias = attn_bias.expand(target) if attn_bias.dim() <= 4 else None
+        except RuntimeError:
+            bias = None
+        if bias is None:
+            raise ValueError(f"{bias_name} of shape {tuple(attn_bias.shape)} does not broadcast to "
+                             f"(batch, nheads, seqlen_q, seqlen_k) = {target}")
+    return ScoreMods(float(softcap), slopes, bias, seqlen_k - seqlen_q)
+
+
 def attention_params(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -103,6 +147,10 @@ def attention_params(
     k_positions=None,
     pe_k_strategy: str = "auto",
     dropout_p: float = 0.0,
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
+    bias_name: str = "attn_bias",
 ) -> AttentionParams:
     """Validate bshd q, k, v and options; return the normalized description of the call."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -152,6 +200,8 @@ def attention_params(
         rotary, sinusoidal, batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, head_dim=head_dim,
         device=q.device, q_positions=q_positions, k_positions=k_positions,
     )
+    mods = check_score_mods(softcap, alibi_slopes, attn_bias, batch=batch, nheads_q=nheads_q, seqlen_q=seqlen_q,
+                            seqlen_k=seqlen_k, device=q.device, bias_name=bias_name)
     return AttentionParams(
         batch=batch,
         seqlen_q=seqlen_q,
@@ -166,4 +216,5 @@ def attention_params(
         pe_k_strategy=pe_k_strategy,
         dropout_p=float(dropout_p),
         dropout_seed=dropout_seed,
+        mods=mods if mods.active else score_mods.NONE,
     )

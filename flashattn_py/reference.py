@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks, masks, positional
+from . import checks, masks, positional, score_mods
 from .checks import AttentionParams
 
 
@@ -30,9 +30,11 @@ def attention_from_params(
     k = k.repeat_interleave(params.group_size, dim=2)
     v = v.repeat_interleave(params.group_size, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * params.softmax_scale
+    q_rows, k_cols = torch.arange(params.seqlen_q, device=q.device), torch.arange(params.seqlen_k, device=q.device)
+    scores, _ = score_mods.modify(scores, params.mods, q_rows, k_cols)  # autograd differentiates it
     visible = masks.visible_keys(
-        torch.arange(params.seqlen_q, device=q.device),
-        torch.arange(params.seqlen_k, device=q.device),
+        q_rows,
+        k_cols,
         params.seqlen_q,
         params.seqlen_k,
         params.window,
@@ -72,6 +74,9 @@ def attention(
     dropout_p: float = 0.0,
     dropout_mask: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
 ):
     """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype.
 
@@ -81,6 +86,7 @@ def attention(
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, dropout_p=dropout_p,
+        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias,
     )
     out, lse = attention_from_params(q, k, v, params, compute_dtype, dropout_mask)
     out = checks.to_bshd(out, layout, "out")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import buffers, masks, positional
+from . import buffers, masks, positional, score_mods
 from .checks import AttentionParams
 
 # Scores held at once (elements of a chunk of the score matrix): 2^24 fp32 = 64 MiB.
@@ -33,16 +33,23 @@ def _grouped(t: torch.Tensor, params: AttentionParams) -> torch.Tensor:
 
 
 def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
-    """Scaled scores (b, hkv, g, chunk, sk) for queries [start, end) and their visibility mask."""
+    """Scores (b, hkv, g, chunk, sk) for queries [start, end) (scaled, then softcap / ALiBi / bias of
+    score_mods), their visibility mask, and d(scores)/d(scaled scores) (None when it is 1)."""
     scores = torch.einsum("bqhgd,bkhd->bhgqk", q_chunk, k) * params.softmax_scale
+    q_rows, k_cols = torch.arange(start, end, device=k.device), torch.arange(params.seqlen_k, device=k.device)
+    grad = None
+    if params.mods.active:
+        shape = scores.shape
+        flat, grad = score_mods.modify(scores.reshape(shape[0], -1, *shape[3:]), params.mods, q_rows, k_cols)
+        scores, grad = flat.reshape(shape), None if grad is None else grad.reshape(shape)
     visible = masks.visible_keys(
-        torch.arange(start, end, device=k.device),
-        torch.arange(params.seqlen_k, device=k.device),
+        q_rows,
+        k_cols,
         params.seqlen_q,
         params.seqlen_k,
         params.window,
     )
-    return scores, visible
+    return scores, visible, grad
 
 
 def _chunk_keep(params: AttentionParams, start: int, end: int, device) -> torch.Tensor | None:
@@ -83,7 +90,7 @@ def forward(q, k, v, params: AttentionParams):
     qg, vc = _grouped(q_enc, params), v.to(cdt)
     lse_g = lse.view(params.batch, params.nheads_kv, params.group_size, params.seqlen_q)
     for start, end in _chunks(params):
-        scores, visible = _scores_and_mask(qg[:, start:end], kc, params, start, end)
+        scores, visible, _ = _scores_and_mask(qg[:, start:end], kc, params, start, end)
         scores = scores.masked_fill(~visible, float("-inf"))
         chunk_lse = torch.logsumexp(scores, dim=-1)  # -inf for rows that see no key
         safe_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
@@ -107,7 +114,7 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     dk_acc = torch.zeros_like(kc)
     dv_acc = torch.zeros_like(vc)
     for start, end in _chunks(params):
-        scores, visible = _scores_and_mask(qg[:, start:end], kc, params, start, end)
+        scores, visible, dmod = _scores_and_mask(qg[:, start:end], kc, params, start, end)
         chunk_lse = lse_g[..., start:end]
         # Rows that saw no key have lse -inf; +inf there makes every probability exactly 0.
         chunk_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.full_like(chunk_lse, float("inf")))
@@ -119,6 +126,8 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
         # delta = rowsum(dO * O) is still rowsum(P * that).
         dprobs = _dropped(torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc), keep, params)
         dscores = probs * (dprobs - delta[..., start:end, None]) * params.softmax_scale
+        if dmod is not None:  # through the softcap's tanh
+            dscores = dscores * dmod
         dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)
         dk_acc += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])
     dq_acc = dq_acc.reshape(q.shape)

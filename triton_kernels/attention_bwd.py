@@ -21,6 +21,7 @@ from . import autotune
 from .configs import dkdv_candidates, dkdv_config, dq_candidates, dq_config
 from .pe_strategy import encoded_streams
 from .positional import encode, kernel_encoding, load_encoded_tile
+from .score_mods import head_mods, modified_scores, score_mod_args
 
 
 @triton.jit
@@ -69,9 +70,12 @@ def attention_bwd_dkdv_kernel(
     softmax_scale, qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
+    softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+    bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     kv_head = tl.program_id(1).to(tl.int64)
@@ -92,6 +96,8 @@ def attention_bwd_dkdv_kernel(
         q_base = q_ptr + batch * stride_qb + head * stride_qh
         do_base = dout_ptr + batch * stride_dob + head * stride_doh
         row_offset = (batch * nheads_q + head) * seqlen_q
+        mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+                         bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             q = load_encoded_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q,
@@ -100,8 +106,9 @@ def attention_bwd_dkdv_kernel(
             dout = load_tile(do_base, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
             lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
             # Work on transposed tiles (keys x queries) so dK and dV come out without transposes.
-            s_t = tile_dot(k_tile, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
-                           FP32_OPERANDS, PRECISION) * qk_scale_log2
+            raw_t = tile_dot(k_tile, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), FP32_OPERANDS, PRECISION)
+            s_t, dcap_t = modified_scores(raw_t, offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, qk_scale_log2,
+                                          mods, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
             keep = keep_mask(offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
             # Masked before exp2: a hidden score may exceed lse, and exp2 of it would overflow.
             p_t = tl.math.exp2(tl.where(keep, s_t - lse[None, :], float("-inf")))
@@ -116,6 +123,8 @@ def attention_bwd_dkdv_kernel(
             else:
                 dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
+            if HAS_SOFTCAP:  # through the tanh of the softcap (the scale is applied to dk at the end)
+                ds_t = ds_t * dcap_t
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
     dk = dk * softmax_scale
     tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
@@ -139,9 +148,12 @@ def attention_bwd_dq_kernel(
     softmax_scale, qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
+    softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+    bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -161,6 +173,8 @@ def attention_bwd_dq_kernel(
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+                     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
     lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     for start_n in range(lo, hi, BLOCK_N):
@@ -168,8 +182,9 @@ def attention_bwd_dq_kernel(
         k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
                                    K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
-        s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
-                     FP32_OPERANDS, PRECISION) * qk_scale_log2
+        raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
+        s, dcap = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, qk_scale_log2, mods,
+                                  HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
         keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
         p = tl.math.exp2(tl.where(keep, s - lse[:, None], float("-inf")))
         dp = tile_dot(dout, tl.trans(v_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
@@ -178,6 +193,8 @@ def attention_bwd_dq_kernel(
             keep = dropout_keep(dropout_seed, row_offset, offs_m[:, None], offs_n[None, :], seqlen_k, dropout_p)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * dcap
         dq = tile_dot(ds.to(k_tile.dtype), k_tile, dq, FP32_OPERANDS, PRECISION)
     dq = dq * softmax_scale
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh
@@ -229,19 +246,20 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         )
     q, k = streams.q, streams.k
     key = autotune.key_of(params, q.dtype, block_d, pe)
+    mods_args = score_mod_args(params, q)
 
     def launch_dkdv(cfg):
         attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), params.nheads_kv, params.batch)](
             q, k, v, dout, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args,
         )
 
     def launch_dq(cfg):
         attention_bwd_dq_kernel[(triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)](
             q, k, v, dout, lse, delta, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args,
         )
 
     if params.seqlen_k > 0:

@@ -19,24 +19,28 @@ from . import autotune
 from .configs import forward_candidates, forward_config
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
+from .score_mods import head_mods, modified_scores, score_mod_args
 
 
 @triton.jit
 def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
                       window_left, window_right, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
+                      mods,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-                      K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr):
+                      K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+                      HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
                                    K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
-        s = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
-                     FP32_OPERANDS, PRECISION) * qk_scale_log2
+        raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
+        s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, qk_scale_log2, mods,
+                               HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
         keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -65,9 +69,12 @@ def attention_fwd_kernel(
     qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
+    softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+    bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -93,7 +100,10 @@ def attention_fwd_kernel(
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
         dropout_p, dropout_scale, dropout_seed, (batch * nheads_q + head) * seqlen_q,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE)
+        head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+                  bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI),
+        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
+        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
@@ -124,6 +134,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
     streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(params.seqlen_q, cfg.block_m))
     pe_args = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
+    mods_args = score_mod_args(params, q)
 
     def launch(cfg):
         grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
@@ -138,7 +149,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             **dropout_args(params),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-            **pe_args,
+            **pe_args, **mods_args,
         )
 
     launch(autotune.pick("attention_fwd", autotune.key_of(params, q.dtype, block_d, pe_args), cfg,
