@@ -1,10 +1,14 @@
-"""flashattn_py: fused tiled online-softmax attention (Triton kernels), forward and backward,
+"""flashattn_py: fused tiled online-softmax attention (Triton and CUDA kernels), forward and backward,
 with RoPE / sinusoidal positional encodings fused into the kernels."""
 from . import reference
 from .api import attention
 from .buffers import poisoned_outputs
+from .flash_attn_interface import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
 from .pe_ops import add_sinusoidal, apply_rotary
 from .positional import Rotary, Sinusoidal
+from .sdpa import route_sdpa, scaled_dot_product_attention
 
-__all__ = ["attention", "apply_rotary", "add_sinusoidal", "Rotary", "Sinusoidal", "reference", "poisoned_outputs"]
+__all__ = ["attention", "apply_rotary", "add_sinusoidal", "Rotary", "Sinusoidal", "reference", "poisoned_outputs",
+           "flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "scaled_dot_product_attention",
+           "route_sdpa"]
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ def attention(
     softcap: float = 0.0,
     alibi_slopes: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
+    alignment: str = "bottom_right",
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -60,17 +61,25 @@ def attention(
     True positions (the kernels read it through its strides: a broadcast key-padding mask costs no
     S x S tensor). A row whose every key is masked returns 0 (lse -inf), as elsewhere here.
 
+    ``alignment``: "bottom_right" (FlashAttention, default) or "top_left" (SDPA's ``is_causal``): where
+    the causal diagonal, the window and ALiBi distances sit when seqlen_q != seqlen_k.
+
     ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
     deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
     """
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    return run(q, k, v, layout=layout, backend=backend, return_lse=return_lse, causal=causal,
+               softmax_scale=softmax_scale, window_size=window_size, rotary=rotary, sinusoidal=sinusoidal,
+               q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p,
+               softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment)
+
+
+def run(q, k, v, *, layout: str, backend: str, return_lse: bool, **options):
+    """Every entry point's common path: layout -> checks.attention_params(**options) -> backend
+    -> the autograd Function -> layout."""
     q, k, v = (checks.to_bshd(t, layout, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
-    params = checks.attention_params(
-        q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
-        sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy,
-        dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias,
-    )
+    params = checks.attention_params(q, k, v, **options)
     impl = backends.select(backend, q.device)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

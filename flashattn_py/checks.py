@@ -22,6 +22,9 @@ LAYOUTS = ("bshd", "bhsd")
 # "prepass": K is encoded once into a scratch buffer that forward and backward read; "auto": decided
 # per call by the backend (docs/design.md).
 PE_K_STRATEGIES = ("auto", "in_kernel", "prepass")
+# Where the causal diagonal and window sit when seqlen_q != seqlen_k (masks.py): FlashAttention's
+# bottom-right (query i at key i + seqlen_k - seqlen_q) or SDPA's top-left (query i at key i).
+ALIGNMENTS = ("bottom_right", "top_left")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class AttentionParams:
     dropout_p: float = 0.0  # probability of dropping an attention weight (training)
     dropout_seed: int = 0  # counter-based RNG key, drawn from torch's generator per call
     mods: ScoreMods = score_mods.NONE  # softcap, ALiBi, attention bias / mask (score_mods.py)
+    diagonal_offset: int | None = None  # key position of query 0: seqlen_k - seqlen_q (bottom-right) or 0 (top-left)
 
     @property
     def has_dropout(self) -> bool:
@@ -130,7 +134,7 @@ def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: 
         if bias is None:
             raise ValueError(f"{bias_name} of shape {tuple(attn_bias.shape)} does not broadcast to "
                              f"(batch, nheads, seqlen_q, seqlen_k) = {target}")
-    return ScoreMods(float(softcap), slopes, bias, seqlen_k - seqlen_q)
+    return ScoreMods(float(softcap), slopes, bias)
 
 
 def attention_params(
@@ -151,6 +155,7 @@ def attention_params(
     alibi_slopes: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
     bias_name: str = "attn_bias",
+    alignment: str = "bottom_right",
 ) -> AttentionParams:
     """Validate bshd q, k, v and options; return the normalized description of the call."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -188,6 +193,8 @@ def attention_params(
     elif not math.isfinite(softmax_scale):
         raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
     window = masks.normalize_window(causal, check_window_size(window_size))
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     if pe_k_strategy not in PE_K_STRATEGIES:
         raise ValueError(f"pe_k_strategy must be one of {PE_K_STRATEGIES}, got {pe_k_strategy!r}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
@@ -217,4 +224,6 @@ def attention_params(
         dropout_p=float(dropout_p),
         dropout_seed=dropout_seed,
         mods=mods if mods.active else score_mods.NONE,
+        # Masks and ALiBi distances are measured from this diagonal (masks.py).
+        diagonal_offset=0 if alignment == "top_left" else masks.diagonal_offset(seqlen_q, seqlen_k),
     )

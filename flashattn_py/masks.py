@@ -7,7 +7,8 @@ functions here.
 Queries and keys are aligned at the bottom-right corner (FlashAttention >= 2.1): query ``i`` sits
 at key position ``i + seqlen_k - seqlen_q``. A window ``(left, right)`` lets that query see key
 ``j`` when ``aligned - left <= j <= aligned + right``; ``-1`` leaves a side unbounded. ``causal``
-is the window ``(left, 0)``.
+is the window ``(left, 0)``. The SDPA-compatible entry point keeps SDPA's top-left alignment
+(query ``i`` at key position ``i``): every function takes that as ``offset=0``.
 """
 from __future__ import annotations
 
@@ -35,10 +36,13 @@ def visible_keys(
     seqlen_q: int,
     seqlen_k: int,
     window: tuple[int, int],
+    offset: int | None = None,
 ) -> torch.Tensor:
-    """Boolean (len(query_positions), len(key_positions)) matrix: True where the query sees the key."""
+    """Boolean (len(query_positions), len(key_positions)) matrix: True where the query sees the key.
+    offset: key position of query 0 (default bottom-right, seqlen_k - seqlen_q; 0 = SDPA's top-left)."""
     left, right = window
-    aligned = (query_positions + diagonal_offset(seqlen_q, seqlen_k))[:, None]
+    offset = diagonal_offset(seqlen_q, seqlen_k) if offset is None else offset
+    aligned = (query_positions + offset)[:, None]
     keys = key_positions[None, :]
     keep = ((keys >= 0) & (keys < seqlen_k)).expand(len(query_positions), len(key_positions))
     if right != UNBOUNDED:
@@ -48,10 +52,11 @@ def visible_keys(
     return keep
 
 
-def key_range(q_start: int, q_end: int, seqlen_q: int, seqlen_k: int, window: tuple[int, int]) -> tuple[int, int]:
+def key_range(q_start: int, q_end: int, seqlen_q: int, seqlen_k: int, window: tuple[int, int],
+              offset: int | None = None) -> tuple[int, int]:
     """Half-open range of keys that queries [q_start, q_end) can see; kernels skip blocks outside it."""
     left, right = window
-    offset = diagonal_offset(seqlen_q, seqlen_k)
+    offset = diagonal_offset(seqlen_q, seqlen_k) if offset is None else offset
     lo, hi = 0, seqlen_k
     if left != UNBOUNDED:
         lo = max(0, q_start + offset - left)
@@ -60,10 +65,11 @@ def key_range(q_start: int, q_end: int, seqlen_q: int, seqlen_k: int, window: tu
     return lo, max(lo, hi)
 
 
-def query_range(k_start: int, k_end: int, seqlen_q: int, seqlen_k: int, window: tuple[int, int]) -> tuple[int, int]:
+def query_range(k_start: int, k_end: int, seqlen_q: int, seqlen_k: int, window: tuple[int, int],
+                offset: int | None = None) -> tuple[int, int]:
     """Half-open range of queries that can see some key in [k_start, k_end) (backward block skipping)."""
     left, right = window
-    offset = diagonal_offset(seqlen_q, seqlen_k)
+    offset = diagonal_offset(seqlen_q, seqlen_k) if offset is None else offset
     lo, hi = 0, seqlen_q
     if right != UNBOUNDED:
         lo = max(0, k_start - offset - right)

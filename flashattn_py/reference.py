@@ -13,6 +13,30 @@ from . import checks, masks, positional, score_mods
 from .checks import AttentionParams
 
 
+def masked_scores(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype) -> torch.Tensor:
+    """Scores (batch, nheads_q, seqlen_q, seqlen_k) in compute_dtype: encoded q, k; scale; softcap /
+    ALiBi / bias; -inf where the causal / window masks hide a key."""
+    q, k = q.to(compute_dtype), k.to(compute_dtype)
+    enc = params.encoding
+    if enc is not None:
+        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
+    # GQA/MQA: query head h reads key/value head h // group_size.
+    k = k.repeat_interleave(params.group_size, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * params.softmax_scale
+    q_rows, k_cols = torch.arange(params.seqlen_q, device=q.device), torch.arange(params.seqlen_k, device=q.device)
+    scores, _ = score_mods.modify(scores, params.mods, q_rows, k_cols, params.diagonal_offset)  # autograd differentiates it
+    visible = masks.visible_keys(q_rows, k_cols, params.seqlen_q, params.seqlen_k, params.window, params.diagonal_offset)
+    return scores.masked_fill(~visible, float("-inf"))
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, compute_dtype=torch.float32) -> torch.Tensor:
+    """The attention weights softmax(scores) (batch, nheads_q, seqlen_q, seqlen_k), materialized (for
+    need_weights / return_attn_probs); rows that see no key are all 0. Dropout is not applied."""
+    scores = masked_scores(q, k, params, compute_dtype)
+    seen = torch.isfinite(scores).any(dim=-1, keepdim=True)
+    return torch.where(seen, torch.softmax(torch.where(seen, scores, 0.0), dim=-1), 0.0)
+
+
 def attention_from_params(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype,
     dropout_mask: torch.Tensor | None = None,
@@ -22,24 +46,8 @@ def attention_from_params(
     With dropout, dropout_mask (batch, nheads_q, seqlen_q, seqlen_k), True = keep, says which
     normalized weights survive; survivors are scaled by 1 / (1 - dropout_p). lse is unaffected.
     """
-    q, k, v = (t.to(compute_dtype) for t in (q, k, v))
-    enc = params.encoding
-    if enc is not None:
-        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
-    # GQA/MQA: query head h reads key/value head h // group_size.
-    k = k.repeat_interleave(params.group_size, dim=2)
-    v = v.repeat_interleave(params.group_size, dim=2)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * params.softmax_scale
-    q_rows, k_cols = torch.arange(params.seqlen_q, device=q.device), torch.arange(params.seqlen_k, device=q.device)
-    scores, _ = score_mods.modify(scores, params.mods, q_rows, k_cols)  # autograd differentiates it
-    visible = masks.visible_keys(
-        q_rows,
-        k_cols,
-        params.seqlen_q,
-        params.seqlen_k,
-        params.window,
-    )
-    scores = scores.masked_fill(~visible, float("-inf"))
+    v = v.to(compute_dtype).repeat_interleave(params.group_size, dim=2)
+    scores = masked_scores(q, k, params, compute_dtype)
     if params.seqlen_k > 0:
         row_max = scores.amax(dim=-1, keepdim=True).detach()
     else:  # amax refuses an empty dim; with no keys every row sees nothing
@@ -77,6 +85,7 @@ def attention(
     softcap: float = 0.0,
     alibi_slopes: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
+    alignment: str = "bottom_right",
 ):
     """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype.
 
@@ -86,7 +95,7 @@ def attention(
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, dropout_p=dropout_p,
-        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias,
+        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment,
     )
     out, lse = attention_from_params(q, k, v, params, compute_dtype, dropout_mask)
     out = checks.to_bshd(out, layout, "out")

@@ -40,7 +40,7 @@ def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
     grad = None
     if params.mods.active:
         shape = scores.shape
-        flat, grad = score_mods.modify(scores.reshape(shape[0], -1, *shape[3:]), params.mods, q_rows, k_cols)
+        flat, grad = score_mods.modify(scores.reshape(shape[0], -1, *shape[3:]), params.mods, q_rows, k_cols, params.diagonal_offset)
         scores, grad = flat.reshape(shape), None if grad is None else grad.reshape(shape)
     visible = masks.visible_keys(
         q_rows,
@@ -48,6 +48,7 @@ def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
         params.seqlen_q,
         params.seqlen_k,
         params.window,
+        params.diagonal_offset,
     )
     return scores, visible, grad
 

@@ -67,7 +67,7 @@ def attention_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
-    softmax_scale, qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
+    softmax_scale, qk_scale_log2, window_left, window_right, diag_offset, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
@@ -89,7 +89,7 @@ def attention_bwd_dkdv_kernel(
     v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    lo, hi = query_block_range(pid_n * BLOCK_N, seqlen_q, seqlen_k, window_left, window_right,
+    lo, hi = query_block_range(pid_n * BLOCK_N, seqlen_q, diag_offset, window_left, window_right,
                                BLOCK_M, BLOCK_N, HAS_WINDOW)
     for member in range(0, group_size):
         head = kv_head * group_size + member
@@ -107,9 +107,9 @@ def attention_bwd_dkdv_kernel(
             lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
             # Work on transposed tiles (keys x queries) so dK and dV come out without transposes.
             raw_t = tile_dot(k_tile, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), FP32_OPERANDS, PRECISION)
-            s_t, dcap_t = modified_scores(raw_t, offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, qk_scale_log2,
+            s_t, dcap_t = modified_scores(raw_t, offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, diag_offset, qk_scale_log2,
                                           mods, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
-            keep = keep_mask(offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
+            keep = keep_mask(offs_m[None, :], offs_n[:, None], seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW)
             # Masked before exp2: a hidden score may exceed lse, and exp2 of it would overflow.
             p_t = tl.math.exp2(tl.where(keep, s_t - lse[None, :], float("-inf")))
             dp_t = tile_dot(v_tile, tl.trans(dout), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32),
@@ -145,7 +145,7 @@ def attention_bwd_dq_kernel(
     stride_dob, stride_dos, stride_doh,
     stride_dqb, stride_dqs, stride_dqh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
-    softmax_scale, qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
+    softmax_scale, qk_scale_log2, window_left, window_right, diag_offset, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
@@ -175,7 +175,7 @@ def attention_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                      bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
-    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_k, diag_offset, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -183,9 +183,9 @@ def attention_bwd_dq_kernel(
                                    K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
-        s, dcap = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, qk_scale_log2, mods,
+        s, dcap = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
                                   HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
-        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
+        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW)
         p = tl.math.exp2(tl.where(keep, s - lse[:, None], float("-inf")))
         dp = tile_dot(dout, tl.trans(v_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                       FP32_OPERANDS, PRECISION)
@@ -236,7 +236,8 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         dq = buffers.empty(q.shape, dtype=torch.float32, device=q.device)
         dk = buffers.empty(k.shape, dtype=torch.float32, device=k.device)
     scalars = (params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
-               params.softmax_scale, params.softmax_scale * LOG2E, params.window[0], params.window[1])
+               params.softmax_scale, params.softmax_scale * LOG2E, params.window[0], params.window[1],
+               params.diagonal_offset)
     common.update(dropout_args(params))
 
     if params.seqlen_q > 0:

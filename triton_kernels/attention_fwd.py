@@ -25,7 +25,7 @@ from .score_mods import head_mods, modified_scores, score_mod_args
 @triton.jit
 def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
-                      window_left, window_right, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
+                      window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
                       mods,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
@@ -39,9 +39,9 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
         raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
-        s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, qk_scale_log2, mods,
+        s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
                                HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
-        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW)
+        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row with nothing visible yet keeps max -inf; subtracting 0 there keeps exp2 at 0, not NaN.
@@ -66,7 +66,7 @@ def attention_fwd_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_ob, stride_os, stride_oh,
     seqlen_q, seqlen_k, nheads_q, head_dim, group_size,
-    qk_scale_log2, window_left, window_right, dropout_p, dropout_scale, dropout_seed,
+    qk_scale_log2, window_left, window_right, diag_offset, dropout_p, dropout_scale, dropout_seed,
     pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
@@ -92,12 +92,12 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_q, seqlen_k, window_left, window_right,
+    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_k, diag_offset, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     acc, m_i, l_i = _attend_key_tiles(
         acc, m_i, l_i, q, k_ptr + batch * stride_kb + kv_head * stride_kh,
         v_ptr + batch * stride_vb + kv_head * stride_vh, offs_m, offs_d, lo, hi,
-        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right,
+        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
         dropout_p, dropout_scale, dropout_seed, (batch * nheads_q + head) * seqlen_q,
         head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
@@ -145,7 +145,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
-            params.softmax_scale * LOG2E, params.window[0], params.window[1],
+            params.softmax_scale * LOG2E, params.window[0], params.window[1], params.diagonal_offset,
             **dropout_args(params),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),

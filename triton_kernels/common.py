@@ -23,18 +23,19 @@ def load_tile(base, offs_s, offs_d, stride_s, seqlen, head_dim):
 
 
 @triton.jit
-def keep_mask(q_idx, k_idx, seqlen_q, seqlen_k, window_left, window_right, HAS_WINDOW: tl.constexpr):
-    """True where query q_idx may see key k_idx (both already broadcast to the tile's shape)."""
+def keep_mask(q_idx, k_idx, seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW: tl.constexpr):
+    """True where query q_idx may see key k_idx (both already broadcast to the tile's shape).
+    diag_offset: key position of query 0 (seqlen_k - seqlen_q bottom-right, 0 top-left)."""
     keep = (q_idx < seqlen_q) & (k_idx < seqlen_k)
     if HAS_WINDOW:
-        aligned = q_idx + (seqlen_k - seqlen_q)
+        aligned = q_idx + diag_offset
         keep = keep & ((window_right < 0) | (k_idx <= aligned + window_right))
         keep = keep & ((window_left < 0) | (k_idx >= aligned - window_left))
     return keep
 
 
 @triton.jit
-def key_block_range(q_start, seqlen_q, seqlen_k, window_left, window_right,
+def key_block_range(q_start, seqlen_k, diag_offset, window_left, window_right,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """[lo, hi) of keys that queries [q_start, q_start + BLOCK_M) can see; lo is block aligned.
 
@@ -43,7 +44,7 @@ def key_block_range(q_start, seqlen_q, seqlen_k, window_left, window_right,
     lo = 0
     hi = seqlen_k
     if HAS_WINDOW:
-        aligned = q_start + (seqlen_k - seqlen_q)
+        aligned = q_start + diag_offset
         if window_left >= 0:
             lo = tl.maximum(aligned - window_left, 0) // BLOCK_N * BLOCK_N
         if window_right >= 0:
@@ -52,13 +53,13 @@ def key_block_range(q_start, seqlen_q, seqlen_k, window_left, window_right,
 
 
 @triton.jit
-def query_block_range(k_start, seqlen_q, seqlen_k, window_left, window_right,
+def query_block_range(k_start, seqlen_q, diag_offset, window_left, window_right,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """[lo, hi) of queries that see some key in [k_start, k_start + BLOCK_N); lo is block aligned."""
     lo = 0
     hi = seqlen_q
     if HAS_WINDOW:
-        shift = seqlen_k - seqlen_q
+        shift = diag_offset
         if window_right >= 0:
             lo = tl.maximum(k_start - shift - window_right, 0) // BLOCK_M * BLOCK_M
         if window_left >= 0:

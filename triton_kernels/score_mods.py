@@ -29,7 +29,7 @@ def _tanh(x):
 
 
 @triton.jit
-def modified_scores(raw, q_idx, k_idx, seqlen_q, seqlen_k, qk_scale_log2, mods,
+def modified_scores(raw, q_idx, k_idx, seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
                     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr):
     """raw = q . k (fp32 tile; q_idx / k_idx broadcast to its shape) -> (scores in base-2 units,
     d(softcapped)/d(scaled) for the backward, 1.0 without softcap).
@@ -46,7 +46,7 @@ def modified_scores(raw, q_idx, k_idx, seqlen_q, seqlen_k, qk_scale_log2, mods,
         s = raw * qk_scale_log2
         dcap = 1.0
     if HAS_ALIBI:
-        distance = tl.abs(q_idx + (seqlen_k - seqlen_q) - k_idx).to(tl.float32)
+        distance = tl.abs(q_idx + diag_offset - k_idx).to(tl.float32)
         s = s - slope_log2 * distance
     if BIAS_KIND != 0:
         ptrs = bias_base + q_idx.to(tl.int64) * bias_stride_m + k_idx.to(tl.int64) * bias_stride_n

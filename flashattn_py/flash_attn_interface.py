@@ -1,0 +1,63 @@
+"""FlashAttention-2's Python entry points on our kernels: same names, argument order and defaults as
+``flash_attn.flash_attn_interface``, so ``from flashattn_py.flash_attn_interface import flash_attn_func``
+replaces ``from flash_attn import flash_attn_func``.
+
+Tensors are (batch, seqlen, nheads, head_dim); causal is aligned bottom-right; window_size (left,
+right), -1 unbounded; softcap > 0 caps scores with softcap * tanh(s / softcap); alibi_slopes fp32
+(nheads,) or (batch, nheads) adds -slope * |i + seqlen_k - seqlen_q - j|. ``deterministic`` is
+accepted: our backward is always deterministic (no atomics). ``return_attn_probs=True`` returns
+(out, softmax_lse, attn_probs) where attn_probs are the softmax weights, materialized (batch, nheads,
+seqlen_q, seqlen_k) in fp32, without dropout (FlashAttention documents its own as "for testing only").
+"""
+from __future__ import annotations
+
+import torch
+
+from . import api, checks, reference
+
+
+def _probabilities(q, k, **options) -> torch.Tensor:
+    """The softmax weights of the call, materialized (see reference.probabilities)."""
+    with torch.no_grad():
+        params = checks.attention_params(q, k, k, **options)
+        return reference.probabilities(q, k, params)
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, backend="auto"):
+    options = dict(causal=causal, softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
+                   alibi_slopes=alibi_slopes)
+    if not isinstance(return_attn_probs, bool):
+        raise TypeError(f"return_attn_probs must be a bool, got {type(return_attn_probs).__name__}")
+    out, lse = api.attention(q, k, v, dropout_p=dropout_p, deterministic=deterministic, return_lse=True,
+                             backend=backend, **options)
+    if not return_attn_probs:
+        return out
+    return out, lse, _probabilities(q, k, **options)
+
+
+def _unpack(packed, name: str, parts: int, dim: int):
+    if not isinstance(packed, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(packed).__name__}")
+    if packed.dim() != 5 or packed.shape[dim] != parts:
+        layout = "(batch, seqlen, 3, nheads, head_dim)" if parts == 3 else "(batch, seqlen, 2, nheads_k, head_dim)"
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(packed.shape)}")
+    return packed.unbind(dim)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                              backend="auto"):
+    """qkv: (batch, seqlen, 3, nheads, head_dim). The views are read in place (strided), not copied."""
+    q, k, v = _unpack(qkv, "qkv", 3, 2)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs, backend=backend)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                             backend="auto"):
+    """kv: (batch, seqlen_k, 2, nheads_k, head_dim)."""
+    k, v = _unpack(kv, "kv", 2, 2)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs, backend=backend)

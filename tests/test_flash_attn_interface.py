@@ -1,0 +1,60 @@
+"""flash_attn_func / flash_attn_qkvpacked_func / flash_attn_kvpacked_func: FlashAttention 2's
+signatures on our kernels, against the float64 reference."""
+import inspect
+
+import pytest
+import torch
+
+import flashattn_py as fa
+from flashattn_py import flash_attn_interface as fai
+from tolerance import DEVICE, assert_within_naive_error, check_against_reference, random_qkv, seed_of
+
+# FlashAttention 2.x's signatures (argument names, order, defaults).
+FA2_PARAMS = ["dropout_p", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes", "deterministic",
+              "return_attn_probs"]
+FA2_DEFAULTS = [0.0, None, False, (-1, -1), 0.0, None, False, False]
+
+
+@pytest.mark.parametrize("fn,leading", [(fai.flash_attn_func, ["q", "k", "v"]),
+                                        (fai.flash_attn_qkvpacked_func, ["qkv"]),
+                                        (fai.flash_attn_kvpacked_func, ["q", "kv"])])
+def test_signature_matches_flash_attention_2(fn, leading):
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in positional] == leading + FA2_PARAMS
+    assert [p.default for p in positional[len(leading):]] == FA2_DEFAULTS
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("options", [dict(causal=True), dict(window_size=(6, 2), softcap=2.0),
+                                     dict(alibi_slopes="per_head", causal=True)], ids=str)
+def test_packed_and_unpacked_calls_match_reference(request, backend, options):
+    q, k, v, dout = random_qkv(2, 33, 33, 4, 4, 32, torch.float16, seed=seed_of(request))
+    if options.get("alibi_slopes") == "per_head":
+        options = {**options, "alibi_slopes": torch.rand(4, device=DEVICE)}
+    check_against_reference(backend, q, k, v, dout, **options)  # the engine every entry point calls
+    exact = fa.reference.attention(q, k, v, **options)
+    naive = fa.reference.attention(q, k, v, compute_dtype=torch.float16, **options)
+    out = fai.flash_attn_func(q, k, v, backend=backend, **options)
+    assert_within_naive_error("flash_attn_func", out, exact, naive, torch.float16)
+    packed = fai.flash_attn_qkvpacked_func(torch.stack((q, k, v), dim=2), backend=backend, **options)
+    assert torch.equal(packed, out)
+    kv_packed = fai.flash_attn_kvpacked_func(q, torch.stack((k, v), dim=2), backend=backend, **options)
+    assert torch.equal(kv_packed, out)
+
+
+def test_return_attn_probs_gives_lse_and_the_softmax_weights():
+    q, k, v, _ = random_qkv(1, 9, 12, 2, 1, 16, torch.float32)
+    out, lse, probs = fai.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    exact_out, exact_lse = fa.reference.attention(q, k, v, causal=True, return_lse=True)
+    assert probs.shape == (1, 2, 9, 12) and torch.allclose(probs.sum(-1), torch.ones(1, 2, 9, device=DEVICE))
+    assert torch.allclose(lse.double(), exact_lse, atol=1e-5)
+    assert torch.allclose((probs.double() @ v.transpose(1, 2).double()[:, [0, 0]]).transpose(1, 2),
+                          exact_out, atol=1e-5)
+
+
+def test_bad_packed_shapes_are_named():
+    with pytest.raises(ValueError, match=r"qkv must have shape \(batch, seqlen, 3, nheads, head_dim\)"):
+        fai.flash_attn_qkvpacked_func(torch.randn(1, 4, 2, 2, 16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"kv must have shape \(batch, seqlen, 2, nheads_k, head_dim\)"):
+        fai.flash_attn_kvpacked_func(torch.randn(1, 4, 2, 16, device=DEVICE), torch.randn(1, 4, 3, 2, 16, device=DEVICE))
