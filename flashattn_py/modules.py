@@ -1,0 +1,134 @@
+"""nn.Modules on our kernels: a drop-in ``MultiheadAttention`` and a Llama-style ``LlamaAttention``.
+
+``MultiheadAttention`` subclasses ``torch.nn.MultiheadAttention``: same constructor, parameters and
+state_dict (weights load either way), same forward signature and mask conventions (bool True =
+*masked* here, as in torch's module; float masks are added). Attention runs in our fused kernels;
+``need_weights=True`` (torch's default) additionally materializes the (batch, heads, L, S) weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import api, checks, reference
+from .positional import Rotary
+
+
+def _as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """torch.nn.MultiheadAttention's mask convention -> additive float (bool True = masked = -inf)."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask
+
+
+def merged_bias(attn_mask, key_padding_mask, batch: int, heads: int, dtype: torch.dtype):
+    """One bias for our kernels (bool = keep, or additive float), broadcastable to (N, H, L, S), from
+    torch's attn_mask (L, S) / (N * H, L, S) and key_padding_mask (N, S). A lone key-padding mask stays a
+    (N, 1, 1, S) view; only an attn_mask (already L x S) is combined at its own size."""
+    if attn_mask is not None and attn_mask.dim() == 3:
+        attn_mask = attn_mask.view(batch, heads, *attn_mask.shape[1:])
+    kpm = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    if attn_mask is None and kpm is None:
+        return None
+    masks = [m for m in (attn_mask, kpm) if m is not None]
+    if all(m.dtype == torch.bool for m in masks):
+        hidden = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+        return ~hidden
+    additive = [_as_additive(m, dtype) for m in masks]
+    return additive[0] if len(additive) == 1 else additive[0] + additive[1]
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """Drop-in for torch.nn.MultiheadAttention running our fused attention (``backend`` as in
+    flashattn_py.attention). need_weights=True returns the softmax weights, materialized (costs
+    (batch, heads, L, S) memory; pass need_weights=False to keep memory linear) and before dropout."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def _projections(self, query, key, value):
+        if self._qkv_same_embed_dim:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+        return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention)")
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (t.unsqueeze(0 if self.batch_first else 1) for t in (query, key, value))
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        q, k, v = self._projections(query, key, value)
+        batch, seqlen_q, embed = q.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        if self.bias_k is not None:  # one learned key/value appended to every sequence
+            k = torch.cat([k, self.bias_k.expand(batch, 1, embed)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(batch, 1, embed)], dim=1)
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+        if self.add_zero_attn:  # one all-zero key/value appended
+            k = torch.cat([k, k.new_zeros(batch, 1, embed)], dim=1)
+            v = torch.cat([v, v.new_zeros(batch, 1, embed)], dim=1)
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+        # torch's rule: the is_causal hint replaces attn_mask only without a padding mask and weights.
+        causal = bool(is_causal and key_padding_mask is None and not need_weights)
+        bias = None if causal else merged_bias(attn_mask, key_padding_mask, batch, heads, q.dtype)
+        q, k, v = (t.view(batch, t.shape[1], heads, head_dim) for t in (q, k, v))
+        options = dict(causal=causal, attn_bias=bias, alignment="top_left")
+        out = api.attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend, **options)
+        out = F.linear(out.reshape(batch, seqlen_q, embed), self.out_proj.weight, self.out_proj.bias)
+        weights = None
+        if need_weights:
+            with torch.no_grad():
+                weights = reference.probabilities(q, k, checks.attention_params(q, k, k, **options)).to(q.dtype)
+            weights = weights.mean(dim=1) if average_attn_weights else weights
+            weights = weights.squeeze(0) if unbatched else weights
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return (out.squeeze(0 if self.batch_first else 1) if unbatched else out), weights
+
+
+class LlamaAttention(nn.Module):
+    """Llama-style self-attention: q/k/v/o projections (no bias by default), grouped-query attention
+    (num_kv_heads <= num_heads) and RoPE fused into the attention kernels (never materialized).
+
+    forward(x (batch, seqlen, hidden), positions=None, attn_bias=None) -> (batch, seqlen, hidden);
+    positions: None (0..seqlen-1), an int / (batch,) offset or (batch, seqlen) position ids; attn_bias
+    as in flashattn_py.attention (e.g. a (batch, 1, 1, seqlen) bool key-padding mask, True = keep).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
+                 rotary: Rotary | None = None, bias: bool = False, dropout: float = 0.0, causal: bool = True,
+                 backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        head_dim = hidden_size // num_heads if head_dim is None else head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.rotary = Rotary() if rotary is None else rotary
+        self.dropout, self.causal, self.backend = dropout, causal, backend
+        factory = dict(device=device, dtype=dtype)
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=bias, **factory)
+
+    def forward(self, x: torch.Tensor, positions=None, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        batch, seqlen, _ = x.shape
+        q = self.q_proj(x).view(batch, seqlen, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seqlen, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seqlen, self.num_kv_heads, self.head_dim)
+        out = api.attention(q, k, v, causal=self.causal, rotary=self.rotary, q_positions=positions,
+                            k_positions=positions, attn_bias=attn_bias,
+                            dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
+        return self.o_proj(out.reshape(batch, seqlen, -1))

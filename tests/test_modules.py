@@ -1,0 +1,128 @@
+"""MultiheadAttention against torch.nn.MultiheadAttention with the same weights, and LlamaAttention
+against the same computation written with eager ops and the float64 reference."""
+import pytest
+import torch
+
+import flashattn_py as fa
+from flashattn_py import positional
+from flashattn_py.modules import LlamaAttention, MultiheadAttention
+from tolerance import DEVICE, assert_within_naive_error, seed_of
+
+BACKENDS = ["triton", "torch"]
+
+CONFIGS = {
+    "plain": dict(),
+    "batch_first": dict(batch_first=True),
+    "kdim_vdim": dict(kdim=24, vdim=40),
+    "bias_kv_zero_attn": dict(add_bias_kv=True, add_zero_attn=True),
+    "no_bias": dict(bias=False),
+}
+MASKS = ["none", "key_padding_bool", "key_padding_float", "attn_mask_bool", "attn_mask_3d_float", "both", "causal_hint"]
+
+
+def _masks(kind, batch, heads, L, S, gen):
+    kpm = torch.rand(batch, S, generator=gen) < 0.3
+    kpm[:, 0] = False
+    am = torch.rand(L, S, generator=gen) < 0.3
+    am[:, 0] = False
+    if kind == "none":
+        return {}
+    if kind == "key_padding_bool":
+        return dict(key_padding_mask=kpm.to(DEVICE))
+    if kind == "key_padding_float":
+        return dict(key_padding_mask=torch.randn(batch, S, generator=gen).to(DEVICE))
+    if kind == "attn_mask_bool":
+        return dict(attn_mask=am.to(DEVICE))
+    if kind == "attn_mask_3d_float":
+        return dict(attn_mask=torch.randn(batch * heads, L, S, generator=gen).to(DEVICE))
+    if kind == "both":
+        return dict(attn_mask=am.to(DEVICE), key_padding_mask=kpm.to(DEVICE))
+    causal = torch.triu(torch.ones(L, S, dtype=torch.bool), diagonal=1)
+    return dict(attn_mask=causal.to(DEVICE), is_causal=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_attention_matches_torch_module(request, backend, config, mask, need_weights):
+    seed = seed_of(request)
+    torch.manual_seed(seed)
+    options = CONFIGS[config]
+    embed, heads, L = 32, 4, 13
+    S = 13 if mask == "causal_hint" else 17
+    theirs = torch.nn.MultiheadAttention(embed, heads, **options).to(DEVICE).eval()
+    ours = MultiheadAttention(embed, heads, backend=backend, **options).to(DEVICE).eval()
+    ours.load_state_dict(theirs.state_dict())
+    batch_first = options.get("batch_first", False)
+    gen = torch.Generator().manual_seed(seed)
+
+    def seq(length, dim):
+        shape = (2, length, dim) if batch_first else (length, 2, dim)
+        return torch.randn(*shape, generator=gen).to(DEVICE)
+
+    query, key, value = seq(L, embed), seq(S, options.get("kdim", embed)), seq(S, options.get("vdim", embed))
+    kwargs = dict(need_weights=need_weights, **_masks(mask, 2, heads, L, S + 0, gen))
+    leaves = [t.clone().requires_grad_() for t in (query, key, value)]
+    out, weights = ours(*leaves, **kwargs)
+    expected, expected_weights = theirs(query, key, value, **kwargs)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    if need_weights:
+        torch.testing.assert_close(weights, expected_weights, atol=2e-6, rtol=1e-4)
+    else:
+        assert weights is None
+    # Gradients w.r.t. inputs and every parameter, against torch's module.
+    grad_out = torch.randn_like(out)
+    ours_grads = torch.autograd.grad(out, leaves + list(ours.parameters()), grad_out)
+    torch_leaves = [t.clone().requires_grad_() for t in (query, key, value)]
+    expected = theirs(*torch_leaves, **kwargs)[0]
+    theirs_grads = torch.autograd.grad(expected, torch_leaves + list(theirs.parameters()), grad_out)
+    for a, b in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+def test_multihead_attention_unbatched_and_non_averaged_weights():
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(16, 2).to(DEVICE).eval()
+    ours = MultiheadAttention(16, 2).to(DEVICE).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(7, 16, device=DEVICE)
+    out, w = ours(x, x, x, average_attn_weights=False)
+    ref, ref_w = theirs(x, x, x, average_attn_weights=False)
+    assert out.shape == (7, 16) and w.shape == (2, 7, 7)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="Need attn_mask if specifying the is_causal hint"):
+        ours(x, x, x, is_causal=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_llama_attention_matches_eager_composition(request, backend, dtype):
+    seed = seed_of(request)
+    torch.manual_seed(seed)
+    module = LlamaAttention(64, num_heads=4, num_kv_heads=2, rotary=fa.Rotary(base=500.0), backend=backend)
+    module = module.to(DEVICE, dtype)
+    x = torch.randn(2, 19, 64, device=DEVICE, dtype=dtype)
+    padding = torch.ones(2, 1, 1, 19, dtype=torch.bool, device=DEVICE)
+    padding[1, ..., 15:] = False  # second sequence right-padded
+    positions = torch.arange(19, device=DEVICE).expand(2, 19) + torch.tensor([[0], [5]], device=DEVICE)
+    out = module(x, positions=positions, attn_bias=padding)
+
+    def eager(compute_dtype):
+        q = module.q_proj(x).view(2, 19, 4, 16)
+        k = module.k_proj(x).view(2, 19, 2, 16)
+        v = module.v_proj(x).view(2, 19, 2, 16)
+        attn = fa.reference.attention(q, k, v, causal=True, rotary=module.rotary, q_positions=positions,
+                                      k_positions=positions, attn_bias=padding, compute_dtype=compute_dtype)
+        return torch.nn.functional.linear(attn.reshape(2, 19, 64).to(compute_dtype),
+                                          module.o_proj.weight.to(compute_dtype))
+
+    with torch.no_grad():
+        assert_within_naive_error("out", out, eager(torch.float64), eager(dtype), dtype)
+
+
+def test_llama_attention_rejects_bad_head_grouping():
+    with pytest.raises(ValueError, match="num_heads \\(6\\) must be a multiple of num_kv_heads \\(4\\)"):
+        LlamaAttention(48, num_heads=6, num_kv_heads=4)
