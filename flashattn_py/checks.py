@@ -27,6 +27,18 @@ PE_K_STRATEGIES = ("auto", "in_kernel", "prepass")
 ALIGNMENTS = ("bottom_right", "top_left")
 
 
+@dataclass(frozen=True, eq=False)
+class SequenceLengths:
+    """Per-sequence lengths. Packed variable-length batches (cu_seqlens_*): sequence b is rows
+    cu[b] .. cu[b+1] - 1 of (1, total, nheads, head_dim) tensors. seqused_k (dense batches): sequence b
+    attends to its first seqused_k[b] keys only. int32 tensors on the inputs' device."""
+    cu_seqlens_q: torch.Tensor | None = None
+    cu_seqlens_k: torch.Tensor | None = None
+    seqused_k: torch.Tensor | None = None
+    total_q: int = 0  # rows of the packed q (= cu_seqlens_q[-1])
+    total_k: int = 0
+
+
 @dataclass(frozen=True)
 class AttentionParams:
     batch: int
@@ -44,6 +56,26 @@ class AttentionParams:
     dropout_seed: int = 0  # counter-based RNG key, drawn from torch's generator per call
     mods: ScoreMods = score_mods.NONE  # softcap, ALiBi, attention bias / mask (score_mods.py)
     diagonal_offset: int | None = None  # key position of query 0: seqlen_k - seqlen_q (bottom-right) or 0 (top-left)
+    # Variable lengths (varlen.py): batch = number of sequences, seqlen_q / seqlen_k = the longest.
+    lengths: SequenceLengths | None = None
+
+    @property
+    def is_varlen(self) -> bool:
+        return self.lengths is not None and self.lengths.cu_seqlens_q is not None
+
+    @property
+    def lse_shape(self) -> tuple[int, ...]:
+        """lse is (batch, nheads_q, seqlen_q); packed batches: (nheads_q, total_q), as FlashAttention."""
+        if self.is_varlen:
+            return (self.nheads_q, self.lengths.total_q)
+        return (self.batch, self.nheads_q, self.seqlen_q)
+
+    @property
+    def lse_strides(self) -> tuple[int, int]:
+        """(batch, head) strides of the lse rows; a sequence's rows start at its cu_seqlens_q entry."""
+        if self.is_varlen:
+            return (0, self.lengths.total_q)
+        return (self.nheads_q * self.seqlen_q, self.seqlen_q)
 
     @property
     def has_dropout(self) -> bool:
@@ -137,6 +169,25 @@ def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: 
     return ScoreMods(float(softcap), slopes, bias)
 
 
+def check_seqused_k(seqused_k, batch: int, seqlen_k: int, device, alignment: str) -> SequenceLengths | None:
+    if seqused_k is None:
+        return None
+    if not isinstance(seqused_k, torch.Tensor):
+        raise TypeError(f"seqused_k must be a torch.Tensor, got {type(seqused_k).__name__}")
+    if seqused_k.dtype != torch.int32 or seqused_k.shape != (batch,):
+        raise ValueError(f"seqused_k must be an int32 tensor of shape (batch,) = ({batch},), got {seqused_k.dtype} "
+                         f"of shape {tuple(seqused_k.shape)}")
+    if seqused_k.device != device:
+        raise ValueError(f"seqused_k is on {seqused_k.device} but q is on {device}")
+    if alignment != "bottom_right":
+        raise ValueError("seqused_k aligns each sequence bottom-right; alignment='top_left' is not supported with it")
+    if batch:  # one small device-to-host copy: a length past seqlen_k would read out of bounds
+        low, high = int(seqused_k.min()), int(seqused_k.max())
+        if low < 0 or high > seqlen_k:
+            raise ValueError(f"seqused_k values must be in [0, seqlen_k={seqlen_k}], got values in [{low}, {high}]")
+    return SequenceLengths(seqused_k=seqused_k)
+
+
 def attention_params(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -156,6 +207,7 @@ def attention_params(
     attn_bias: torch.Tensor | None = None,
     bias_name: str = "attn_bias",
     alignment: str = "bottom_right",
+    seqused_k: torch.Tensor | None = None,
 ) -> AttentionParams:
     """Validate bshd q, k, v and options; return the normalized description of the call."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -226,4 +278,5 @@ def attention_params(
         mods=mods if mods.active else score_mods.NONE,
         # Masks and ALiBi distances are measured from this diagonal (masks.py).
         diagonal_offset=0 if alignment == "top_left" else masks.diagonal_offset(seqlen_q, seqlen_k),
+        lengths=check_seqused_k(seqused_k, batch, seqlen_k, q.device, alignment),
     )

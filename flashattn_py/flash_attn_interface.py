@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import api, checks, reference
+from .varlen import flash_attn_varlen_func  # noqa: F401  (FlashAttention's module exports it too)
 
 
 def _probabilities(q, k, **options) -> torch.Tensor:

@@ -40,7 +40,8 @@ def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
     grad = None
     if params.mods.active:
         shape = scores.shape
-        flat, grad = score_mods.modify(scores.reshape(shape[0], -1, *shape[3:]), params.mods, q_rows, k_cols, params.diagonal_offset)
+        heads = (shape[0], shape[1] * shape[2], *shape[3:])  # (b, hkv, g, ...) -> (b, h, ...): h = hkv * g + g_i
+        flat, grad = score_mods.modify(scores.reshape(heads), params.mods, q_rows, k_cols, params.diagonal_offset)
         scores, grad = flat.reshape(shape), None if grad is None else grad.reshape(shape)
     visible = masks.visible_keys(
         q_rows,

@@ -94,7 +94,6 @@ BAD = [
 @pytest.mark.parametrize("options,error,message", BAD)
 def test_bad_score_mod_arguments_are_named(options, error, message):
     q, k, v, _ = random_qkv(2, 8, 9, 4, 2, 16, torch.float16)
-    options = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) and not value.requires_grad else value
-               for name, value in options.items()}
+    options = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value for name, value in options.items()}
     with pytest.raises(error, match=message):
         fa.attention(q, k, v, **options)

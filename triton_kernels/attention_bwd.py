@@ -15,7 +15,8 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block, keep_mask,
+from .common import (LOG2E, bsh_strides, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block,
+                     keep_mask, sequence_args, sequence_bounds,
                      key_block_range, load_tile, query_block_range, tile_dot)
 from . import autotune
 from .configs import dkdv_candidates, dkdv_config, dq_candidates, dq_config
@@ -30,17 +31,24 @@ def attention_bwd_preprocess_kernel(
     stride_ob, stride_os, stride_oh,
     stride_dob, stride_dos, stride_doh,
     seqlen_q, nheads_q, head_dim,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    cu_q_ptr, stride_lse_b, stride_lse_h,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
     batch = tl.program_id(2).to(tl.int64)
+    q_start, _, seqlen_q, _, _, _ = sequence_bounds(batch, seqlen_q, 0, 0, cu_q_ptr, cu_q_ptr, cu_q_ptr,
+                                                    IS_VARLEN, False)
+    if pid_m * BLOCK_M >= seqlen_q:
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    out = load_tile(out_ptr + batch * stride_ob + head * stride_oh, offs_m, offs_d, stride_os, seqlen_q, head_dim)
-    dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
+    out = load_tile(out_ptr + batch * stride_ob + head * stride_oh + q_start * stride_os, offs_m, offs_d, stride_os,
+                    seqlen_q, head_dim)
+    dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh + q_start * stride_dos, offs_m, offs_d,
+                     stride_dos, seqlen_q, head_dim)
     delta = tl.sum(out.to(tl.float32) * dout.to(tl.float32), axis=1)
-    tl.store(delta_ptr + (batch * nheads_q + head) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+    tl.store(delta_ptr + batch * stride_lse_b + head * stride_lse_h + q_start + offs_m, delta, mask=offs_m < seqlen_q)
 
 
 @triton.jit
@@ -72,30 +80,38 @@ def attention_bwd_dkdv_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
+    cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     kv_head = tl.program_id(1).to(tl.int64)
     batch = tl.program_id(2).to(tl.int64)
+    seqlen_k_max = seqlen_k  # the dropout counter's row length: the same for every sequence
+    q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset = sequence_bounds(
+        batch, seqlen_q, seqlen_k, diag_offset, cu_q_ptr, cu_k_ptr, seqused_k_ptr, IS_VARLEN, HAS_SEQUSED_K)
+    if pid_n * BLOCK_N >= k_rows:  # the grid covers the longest sequence of a packed batch
+        return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
-    k_tile = load_encoded_tile(k_ptr + batch * stride_kb + kv_head * stride_kh, offs_n, offs_d, stride_ks, seqlen_k,
-                               k_pos, pe, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
-    v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+    k_tile = load_encoded_tile(k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks, offs_n, offs_d,
+                               stride_ks, seqlen_k, k_pos, pe, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+    v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs, offs_n, offs_d, stride_vs,
+                       seqlen_k, head_dim)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo, hi = query_block_range(pid_n * BLOCK_N, seqlen_q, diag_offset, window_left, window_right,
                                BLOCK_M, BLOCK_N, HAS_WINDOW)
     for member in range(0, group_size):
         head = kv_head * group_size + member
-        q_base = q_ptr + batch * stride_qb + head * stride_qh
-        do_base = dout_ptr + batch * stride_dob + head * stride_doh
-        row_offset = (batch * nheads_q + head) * seqlen_q
+        q_base = q_ptr + batch * stride_qb + head * stride_qh + q_start * stride_qs
+        do_base = dout_ptr + batch * stride_dob + head * stride_doh + q_start * stride_dos
+        row_offset = batch * stride_lse_b + head * stride_lse_h + q_start
         mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                          bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
         for start_m in range(lo, hi, BLOCK_M):
@@ -116,7 +132,7 @@ def attention_bwd_dkdv_kernel(
                             FP32_OPERANDS, PRECISION)
             if HAS_DROPOUT:
                 # O = (P * Z / (1 - p)) V: dV sees the dropped weights, dP reaches P through Z / (1 - p).
-                keep_t = dropout_keep(dropout_seed, row_offset, offs_m[None, :], offs_n[:, None], seqlen_k, dropout_p)
+                keep_t = dropout_keep(dropout_seed, row_offset, offs_m[None, :], offs_n[:, None], seqlen_k_max, dropout_p)
                 dv = tile_dot(tl.where(keep_t, p_t * dropout_scale, 0.0).to(dout.dtype), dout, dv,
                               FP32_OPERANDS, PRECISION)
                 dp_t = tl.where(keep_t, dp_t * dropout_scale, 0.0)
@@ -127,10 +143,10 @@ def attention_bwd_dkdv_kernel(
                 ds_t = ds_t * dcap_t
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
     dk = dk * softmax_scale
-    tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
-    dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head * stride_dkh
+    tile_mask = (offs_n[:, None] < k_rows) & (offs_d[None, :] < head_dim)  # keys past seqused_k get zeros
+    dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head * stride_dkh + k_start * stride_dks
                + offs_n[:, None].to(tl.int64) * stride_dks + offs_d[None, :])
-    dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head * stride_dvh
+    dv_ptrs = (dv_ptr + batch * stride_dvb + kv_head * stride_dvh + k_start * stride_dvs
                + offs_n[:, None].to(tl.int64) * stride_dvs + offs_d[None, :])
     tl.store(dk_ptrs, dk.to(dk_ptr.dtype.element_ty), mask=tile_mask)
     tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=tile_mask)
@@ -150,28 +166,36 @@ def attention_bwd_dq_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
+    cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
     kv_head = (head // group_size).to(tl.int64)
     head = head.to(tl.int64)
+    seqlen_k_max = seqlen_k  # the dropout counter's row length: the same for every sequence
+    q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset = sequence_bounds(
+        batch, seqlen_q, seqlen_k, diag_offset, cu_q_ptr, cu_k_ptr, seqused_k_ptr, IS_VARLEN, HAS_SEQUSED_K)
+    if pid_m * BLOCK_M >= seqlen_q:
+        return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
-    q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q,
-                          (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
+    q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh + q_start * stride_qs, offs_m, offs_d,
+                          stride_qs, seqlen_q, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
                           Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
-    dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
-    row_offset = (batch * nheads_q + head) * seqlen_q
+    dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh + q_start * stride_dos, offs_m, offs_d,
+                     stride_dos, seqlen_q, head_dim)
+    row_offset = batch * stride_lse_b + head * stride_lse_h + q_start
     lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
-    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
-    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
+    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks
+    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                      bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
@@ -190,20 +214,16 @@ def attention_bwd_dq_kernel(
         dp = tile_dot(dout, tl.trans(v_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32),
                       FP32_OPERANDS, PRECISION)
         if HAS_DROPOUT:
-            keep = dropout_keep(dropout_seed, row_offset, offs_m[:, None], offs_n[None, :], seqlen_k, dropout_p)
+            keep = dropout_keep(dropout_seed, row_offset, offs_m[:, None], offs_n[None, :], seqlen_k_max, dropout_p)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if HAS_SOFTCAP:
             ds = ds * dcap
         dq = tile_dot(ds.to(k_tile.dtype), k_tile, dq, FP32_OPERANDS, PRECISION)
     dq = dq * softmax_scale
-    dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh
+    dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + q_start * stride_dqs
                + offs_m[:, None].to(tl.int64) * stride_dqs + offs_d[None, :])
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
-
-
-def _strides(t: torch.Tensor):
-    return t.stride(0), t.stride(1), t.stride(2)
 
 
 def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
@@ -219,7 +239,12 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
     if params.batch == 0 or params.nheads_q == 0 or (params.seqlen_q == 0 and params.seqlen_k == 0):
         return dq, dk, dv
     block_d = head_dim_block(params.head_dim)
-    delta = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    delta = buffers.empty(params.lse_shape, dtype=torch.float32, device=q.device)
+    seq_args = sequence_args(params, q)
+
+    def _strides(t):
+        return bsh_strides(t, params)
+
     common = dict(BLOCK_D=block_d, HAS_WINDOW=params.has_window, **dot_flags(q.dtype))
     dkdv_cfg, dq_cfg = dkdv_config(block_d), dq_config(block_d)
     # dK/dV streams Q tiles (each read once per key tile); dQ streams K tiles (once per query tile).
@@ -243,7 +268,8 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
     if params.seqlen_q > 0:
         attention_bwd_preprocess_kernel[(triton.cdiv(params.seqlen_q, dq_cfg.block_m), params.nheads_q, params.batch)](
             out, dout, delta, *_strides(out), *_strides(dout), params.seqlen_q, params.nheads_q, params.head_dim,
-            BLOCK_M=dq_cfg.block_m, BLOCK_D=block_d,
+            seq_args["cu_q_ptr"], seq_args["stride_lse_b"], seq_args["stride_lse_h"],
+            BLOCK_M=dq_cfg.block_m, BLOCK_D=block_d, IS_VARLEN=seq_args["IS_VARLEN"],
         )
     q, k = streams.q, streams.k
     key = autotune.key_of(params, q.dtype, block_d, pe)
@@ -253,14 +279,14 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), params.nheads_kv, params.batch)](
             q, k, v, dout, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args, **seq_args,
         )
 
     def launch_dq(cfg):
         attention_bwd_dq_kernel[(triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)](
             q, k, v, dout, lse, delta, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args, **seq_args,
         )
 
     if params.seqlen_k > 0:

@@ -14,6 +14,7 @@ from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
 from .common import (LN2, LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block,
+                     bsh_strides, sequence_args, sequence_bounds,
                      keep_mask, key_block_range, load_tile, tile_dot)
 from . import autotune
 from .configs import forward_candidates, forward_config
@@ -26,6 +27,7 @@ from .score_mods import head_mods, modified_scores, score_mod_args
 def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
                       window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
+                      drop_row_length,
                       mods,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
@@ -51,7 +53,7 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)  # the softmax normalizer counts dropped weights too
         if HAS_DROPOUT:
-            keep = dropout_keep(dropout_seed, drop_row_base, offs_m[:, None], offs_n[None, :], seqlen_k, dropout_p)
+            keep = dropout_keep(dropout_seed, drop_row_base, offs_m[:, None], offs_n[None, :], drop_row_length, dropout_p)
             p = tl.where(keep, p * dropout_scale, 0.0)
         acc = tile_dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], FP32_OPERANDS, PRECISION)
         m_i = m_new
@@ -71,21 +73,30 @@ def attention_fwd_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
+    cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
     kv_head = (head // group_size).to(tl.int64)
     head = head.to(tl.int64)
+    seqlen_k_max = seqlen_k  # the dropout counter's row length: the same for every sequence
+    q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset = sequence_bounds(
+        batch, seqlen_q, seqlen_k, diag_offset, cu_q_ptr, cu_k_ptr, seqused_k_ptr, IS_VARLEN, HAS_SEQUSED_K)
+    if pid_m * BLOCK_M >= seqlen_q:  # the grid covers the longest sequence of a packed batch
+        return
+    row_base = batch * stride_lse_b + head * stride_lse_h + q_start  # this head's lse row of query 0
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
-    q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh, offs_m, offs_d, stride_qs, seqlen_q,
+    q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh + q_start * stride_qs, offs_m, offs_d,
+                          stride_qs, seqlen_q,
                           (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
                           Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
 
@@ -95,11 +106,11 @@ def attention_fwd_kernel(
     lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_k, diag_offset, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     acc, m_i, l_i = _attend_key_tiles(
-        acc, m_i, l_i, q, k_ptr + batch * stride_kb + kv_head * stride_kh,
-        v_ptr + batch * stride_vb + kv_head * stride_vh, offs_m, offs_d, lo, hi,
+        acc, m_i, l_i, q, k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks,
+        v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs, offs_m, offs_d, lo, hi,
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        dropout_p, dropout_scale, dropout_seed, (batch * nheads_q + head) * seqlen_q,
+        dropout_p, dropout_scale, dropout_seed, row_base, seqlen_k_max,
         head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                   bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI),
         BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
@@ -112,10 +123,10 @@ def attention_fwd_kernel(
     # way, so at large logits (1e4) no rounding of a conversion (x ln 2, x log2 e) enters exp2.
     lse_log2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
 
-    out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh
+    out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh + q_start * stride_os
                 + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :])
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
-    tl.store(lse_log2_ptr + (batch * nheads_q + head) * seqlen_q + offs_m, lse_log2, mask=offs_m < seqlen_q)
+    tl.store(lse_log2_ptr + row_base + offs_m, lse_log2, mask=offs_m < seqlen_q)
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
@@ -126,7 +137,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     """
     check_launch_limits(params.batch, params.nheads_q)
     out = buffers.empty_like(q)
-    lse_log2 = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    lse_log2 = buffers.empty(params.lse_shape, dtype=torch.float32, device=q.device)
     if params.seqlen_q == 0 or params.batch == 0 or params.nheads_q == 0:
         return out, lse_log2, (lse_log2,)
     block_d = head_dim_block(params.head_dim)
@@ -140,16 +151,14 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
         grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
         attention_fwd_kernel[grid](
             streams.q, streams.k, v, out, lse_log2,
-            streams.q.stride(0), streams.q.stride(1), streams.q.stride(2),
-            streams.k.stride(0), streams.k.stride(1), streams.k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), out.stride(1), out.stride(2),
+            *bsh_strides(streams.q, params), *bsh_strides(streams.k, params), *bsh_strides(v, params),
+            *bsh_strides(out, params),
             params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
             params.softmax_scale * LOG2E, params.window[0], params.window[1], params.diagonal_offset,
             **dropout_args(params),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-            **pe_args, **mods_args,
+            **pe_args, **mods_args, **sequence_args(params, q),
         )
 
     launch(autotune.pick("attention_fwd", autotune.key_of(params, q.dtype, block_d, pe_args), cfg,

@@ -123,3 +123,48 @@ def check_launch_limits(batch: int, nheads: int) -> None:
         raise ValueError(f"batch must be <= 65535 for the Triton backend, got {batch}")
     if nheads > 65535:
         raise ValueError(f"nheads must be <= 65535 for the Triton backend, got {nheads}")
+
+
+@triton.jit
+def sequence_bounds(batch, seqlen_q, seqlen_k, diag_offset, cu_q_ptr, cu_k_ptr, seqused_k_ptr,
+                    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr):
+    """(first query row, first key row, seqlen_q, seqlen_k, key rows, diagonal offset) of sequence `batch`.
+
+    Dense batches: rows start at 0 and the lengths and offset are the call's. Packed variable-length
+    batches (IS_VARLEN): sequence b holds rows cu[b] .. cu[b + 1] - 1 of the packed tensors. With
+    seqused_k (dense batches), sequence b attends to only its first seqused_k[b] keys; `key rows` stays
+    the tensor's row count, so the backward still writes zero gradients for the unused keys. Either
+    way the causal diagonal sits bottom-right of each sequence's own (seqlen_q, seqlen_k).
+    """
+    q_start = 0
+    k_start = 0
+    if IS_VARLEN:
+        q_start = tl.load(cu_q_ptr + batch).to(tl.int64)
+        k_start = tl.load(cu_k_ptr + batch).to(tl.int64)
+        seqlen_q = (tl.load(cu_q_ptr + batch + 1) - q_start).to(tl.int32)
+        seqlen_k = (tl.load(cu_k_ptr + batch + 1) - k_start).to(tl.int32)
+    k_rows = seqlen_k
+    if HAS_SEQUSED_K:
+        seqlen_k = tl.load(seqused_k_ptr + batch).to(tl.int32)
+    if IS_VARLEN or HAS_SEQUSED_K:
+        diag_offset = seqlen_k - seqlen_q
+    return q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset
+
+
+def sequence_args(params, dummy: torch.Tensor) -> dict:
+    """Kernel arguments for the sequence layout (sequence_bounds) and the lse / delta row layout."""
+    lengths = params.lengths
+    args = dict(IS_VARLEN=lengths is not None and lengths.cu_seqlens_q is not None,
+                HAS_SEQUSED_K=lengths is not None and lengths.seqused_k is not None)
+    args.update(cu_q_ptr=lengths.cu_seqlens_q if args["IS_VARLEN"] else dummy,
+                cu_k_ptr=lengths.cu_seqlens_k if args["IS_VARLEN"] else dummy,
+                seqused_k_ptr=lengths.seqused_k if args["HAS_SEQUSED_K"] else dummy)
+    args.update(zip(("stride_lse_b", "stride_lse_h"), params.lse_strides))
+    return args
+
+
+def bsh_strides(t: torch.Tensor, params) -> tuple[int, int, int]:
+    """(batch, seq, head) element strides of a bshd tensor as the kernels address it: a packed
+    variable-length batch is one (1, total, h, d) tensor whose sequences start at cu_seqlens rows, so
+    its batch stride is 0 (sequence_bounds adds the start row)."""
+    return (0 if params.is_varlen else t.stride(0)), t.stride(1), t.stride(2)

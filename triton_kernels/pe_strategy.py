@@ -38,6 +38,8 @@ class EncodedStreams:
 
 
 def _prepass(params: AttentionParams, reads: int) -> bool:
+    if params.is_varlen:  # packed sequences restart their positions: the pre-pass reads them per token
+        return True
     if params.pe_k_strategy == "in_kernel":
         return False
     if params.pe_k_strategy == "prepass":

@@ -1,0 +1,169 @@
+"""Variable-length batches: ``flash_attn_varlen_func`` (FlashAttention 2's packed layout) and the
+per-sequence lengths both it and ``attention(..., seqused_k=)`` describe.
+
+Packed layout: q (total_q, nheads, head_dim), k/v (total_k, nheads_k, head_dim); sequence b is rows
+cu_seqlens_q[b] .. cu_seqlens_q[b+1] - 1 (int32 prefix sums starting at 0). Every per-sequence rule
+restarts: causal / window alignment is bottom-right within each sequence, RoPE / sinusoidal positions
+start at 0 in each sequence, ALiBi distances are within the sequence. lse is (nheads, total_q).
+
+The Triton kernels read the packed tensors directly (their grid covers the longest sequence; each
+program reads its sequence's bounds). Backends without packed-sequence kernels run each sequence as
+a dense batch of one (``PerSequence``): same results, a launch per sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import api, checks, positional
+
+
+def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, device) -> list[int]:
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
+        raise ValueError(f"{name} must be a 1-D int32 tensor of batch + 1 prefix sums, got {cu.dtype} "
+                         f"of shape {tuple(cu.shape)}")
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but q is on {device}")
+    # One small device-to-host copy: bad offsets would make the kernels read out of bounds.
+    values = cu.tolist()
+    lengths = [b - a for a, b in zip(values, values[1:])]
+    if values[0] != 0 or values[-1] != total or any(n < 0 for n in lengths):
+        raise ValueError(f"{name} must start at 0, never decrease and end at the packed length {total}; got {values}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
+        raise TypeError(f"max_seqlen for {name} must be an int, got {type(max_seqlen).__name__}")
+    if lengths and max(lengths) > max_seqlen:
+        raise ValueError(f"{name} has a sequence of length {max(lengths)} > max_seqlen {max_seqlen}")
+    return lengths
+
+
+def token_positions(cu: torch.Tensor, total: int) -> torch.Tensor:
+    """(1, total) int64: each packed row's position within its own sequence (0, 1, ... per sequence)."""
+    rows = torch.arange(total, device=cu.device)
+    sequence = torch.searchsorted(cu[1:].to(torch.int64), rows, right=True)
+    return (rows - cu.to(torch.int64)[sequence])[None]
+
+
+def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, alibi_slopes=None,
+                  rotary=None, sinusoidal=None, pe_k_strategy="auto", **options) -> checks.AttentionParams:
+    """AttentionParams of a packed call; q, k, v are the packed (total, nheads, head_dim) tensors."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be packed (total_tokens, nheads, head_dim), got shape {tuple(t.shape)}")
+    q4, k4, v4 = q[None], k[None], v[None]
+    lengths_q = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
+    lengths_k = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
+    if len(lengths_q) != len(lengths_k):
+        raise ValueError(f"cu_seqlens_q describes {len(lengths_q)} sequences but cu_seqlens_k {len(lengths_k)}")
+    if pe_k_strategy == "in_kernel":
+        raise ValueError("pe_k_strategy='in_kernel' is not available for packed sequences (positions restart per "
+                         "sequence; the encoding runs as a pre-pass): use 'auto' or 'prepass'")
+    encoded = rotary is not None or sinusoidal is not None
+    positions = dict(q_positions=token_positions(cu_seqlens_q, q.shape[0]),
+                     k_positions=token_positions(cu_seqlens_k, k.shape[0])) if encoded else {}
+    params = checks.attention_params(q4, k4, v4, rotary=rotary, sinusoidal=sinusoidal, pe_k_strategy=pe_k_strategy,
+                                     **positions, **options)
+    batch = len(lengths_q)
+    mods = checks.check_score_mods(params.mods.softcap, alibi_slopes, None, batch=batch, nheads_q=params.nheads_q,
+                                   seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, device=q.device)
+    lengths = checks.SequenceLengths(cu_seqlens_q, cu_seqlens_k, None, q.shape[0], k.shape[0])
+    return dataclasses.replace(params, batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, lengths=lengths,
+                               mods=mods if mods.active else params.mods)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None, *, rotary=None,
+                           sinusoidal=None, pe_k_strategy="auto", backend="auto"):
+    """FlashAttention 2's ``flash_attn_varlen_func`` on our kernels (see the module docstring), plus
+    fused ``rotary=`` / ``sinusoidal=`` encodings whose positions restart at 0 in each sequence.
+    return_attn_probs=True returns (out, lse (nheads, total_q), None): packed sequences have no one
+    (seqlen_q, seqlen_k) matrix to return."""
+    if block_table is not None:
+        raise NotImplementedError("block_table (paged K/V) is not supported by flash_attn_varlen_func; "
+                                  "use flash_attn_with_kvcache")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    params = varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                           softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
+                           alibi_slopes=alibi_slopes, dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal,
+                           pe_k_strategy=pe_k_strategy)
+    out, lse = api.run_params(q[None], k[None], v[None], params, backend)
+    return (out[0], lse, None) if return_attn_probs else out[0]
+
+
+class PerSequence:
+    """Adapter giving a backend without variable-length kernels the same interface: each sequence
+    runs as a dense batch of one through the wrapped backend (forward and backward). Packed batches
+    (cu_seqlens) and dense batches with seqused_k (the keys past seqused_k[b] get zero gradients).
+    The wrapped backend must keep no scratch between its forward and backward (the PyTorch,
+    reference and CUDA backends keep none)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    @staticmethod
+    def _pieces(params: checks.AttentionParams):
+        """(q rows, k rows, lse rows, params of the piece) per sequence; rows index bshd tensors."""
+        lengths = params.lengths
+        if params.is_varlen:
+            cu_q, cu_k = lengths.cu_seqlens_q.tolist(), lengths.cu_seqlens_k.tolist()
+            spans = [((0, cu_q[b], cu_q[b + 1]), (0, cu_k[b], cu_k[b + 1])) for b in range(params.batch)]
+        else:
+            used = lengths.seqused_k.tolist()
+            spans = [((b, 0, params.seqlen_q), (b, 0, used[b])) for b in range(params.batch)]
+        enc = params.encoding
+        for b, ((qb, q0, q1), (kb, k0, k1)) in enumerate(spans):
+            q_rows, k_rows = (slice(qb, qb + 1), slice(q0, q1)), (slice(kb, kb + 1), slice(k0, k1))
+            lse_rows = (slice(None), slice(q0, q1)) if params.is_varlen else (slice(b, b + 1),)
+            mods = params.mods
+            if mods.alibi_slopes is not None:
+                mods = dataclasses.replace(mods, alibi_slopes=mods.alibi_slopes[b:b + 1])
+            if mods.bias is not None:
+                mods = dataclasses.replace(mods, bias=mods.bias[b:b + 1, :, :, k0:k1])
+            encoding = None if enc is None else dataclasses.replace(
+                enc, q_positions=enc.q_positions[q_rows], k_positions=enc.k_positions[k_rows])
+            piece = dataclasses.replace(params, batch=1, seqlen_q=q1 - q0, seqlen_k=k1 - k0, lengths=None, mods=mods,
+                                        encoding=encoding, diagonal_offset=(k1 - k0) - (q1 - q0),
+                                        dropout_seed=params.dropout_seed + b)
+            yield q_rows, k_rows, lse_rows, piece
+
+    def forward(self, q, k, v, params):
+        out = torch.empty_like(q)
+        lse = torch.empty(params.lse_shape, dtype=torch.float32, device=q.device)
+        for q_rows, k_rows, lse_rows, piece in self._pieces(params):
+            o, l, scratch = self.backend.forward(q[q_rows], k[k_rows], v[k_rows], piece)
+            assert not scratch, f"{self.backend.__name__} keeps scratch; it needs variable-length kernels"
+            out[q_rows] = o
+            lse[lse_rows] = l[0] if params.is_varlen else l
+        return out, lse, ()
+
+    def backward(self, dout, q, k, v, out, lse, scratch, params):
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for q_rows, k_rows, lse_rows, piece in self._pieces(params):
+            piece_lse = lse[lse_rows][None] if params.is_varlen else lse[lse_rows]
+            dq[q_rows], dk[k_rows], dv[k_rows] = self.backend.backward(
+                dout[q_rows], q[q_rows], k[k_rows], v[k_rows], out[q_rows], piece_lse, (), piece)
+        return dq, dk, dv
+
+
+class LengthsFunction(torch.autograd.Function):
+    """Autograd for calls with per-sequence lengths (the backend interface of autograd.py)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, params, backend):
+        out, lse, scratch = backend.forward(q, k, v, params)
+        ctx.save_for_backward(q, k, v, out, lse, *scratch)
+        ctx.params, ctx.backend = params, backend
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, *scratch = ctx.saved_tensors
+        dq, dk, dv = ctx.backend.backward(dout, q, k, v, out, lse, tuple(scratch), ctx.params)
+        return dq, dk, dv, None, None

@@ -1,0 +1,121 @@
+"""Variable-length batches: flash_attn_varlen_func (packed) and attention(seqused_k=) against the
+float64 reference run on each sequence separately, forward, lse and all gradients."""
+import pytest
+import torch
+
+import flashattn_py as fa
+from flashattn_py.varlen import flash_attn_varlen_func
+from tolerance import DEVICE, assert_within_naive_error, random_qkv, run_with_grads, seed_of
+
+BACKENDS = ["triton", "torch"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (seqlens_q, seqlens_k): ragged, with empty and length-1 sequences, sq <, =, > sk
+LENGTHS = {
+    "ragged": ([5, 0, 33, 1, 17], [7, 3, 30, 1, 17]),
+    "one_long": ([70], [45]),
+    "empty_k": ([4, 9], [0, 12]),
+}
+OPTIONS = {
+    "causal": lambda b, h, gen: dict(causal=True),
+    "window": lambda b, h, gen: dict(window_size=(4, 2)),
+    "causal_rope": lambda b, h, gen: dict(causal=True, rotary=fa.Rotary(interleaved=True)),
+    "sinusoidal": lambda b, h, gen: dict(sinusoidal=fa.Sinusoidal()),
+    "softcap_alibi": lambda b, h, gen: dict(softcap=2.0, alibi_slopes=torch.rand(b, h, generator=gen).to(DEVICE)),
+}
+
+
+def _cu(lengths):
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+
+
+def _per_sequence_reference(q, k, v, dout, cu_q, cu_k, options, dtype):
+    """(out, lse (h, total_q), dq, dk, dv) of the naive reference in `dtype`, one sequence at a time."""
+    outs = [torch.zeros_like(t, dtype=dtype) for t in (q, q, k, v)]
+    lse = torch.zeros(q.shape[1], q.shape[0], dtype=dtype, device=DEVICE)
+    for b in range(len(cu_q) - 1):
+        qs, ks = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        piece = dict(options)
+        if "alibi_slopes" in piece:
+            piece["alibi_slopes"] = piece["alibi_slopes"][b:b + 1]
+
+        def ref(q_, k_, v_):
+            return fa.reference.attention(q_, k_, v_, return_lse=True, compute_dtype=dtype, **piece)
+
+        o, l, dq, dk, dv = run_with_grads(ref, q[None, qs], k[None, ks], v[None, ks], dout[None, qs])
+        outs[0][qs], lse[:, qs], outs[1][qs], outs[2][ks], outs[3][ks] = o[0], l[0], dq[0], dk[0], dv[0]
+    return outs[0], lse, outs[1], outs[2], outs[3]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_packed_batches_match_reference_per_sequence(request, backend, dtype, options, lengths):
+    seed = seed_of(request)
+    lens_q, lens_k = LENGTHS[lengths]
+    h, hk, d = 4, 2, 32
+    q, k, v, dout = random_qkv(1, max(sum(lens_q), sum(lens_k)), max(sum(lens_q), sum(lens_k)), h, hk, d, dtype,
+                               seed=seed)
+    q, dout, k, v = q[0, :sum(lens_q)], dout[0, :sum(lens_q)], k[0, :sum(lens_k)], v[0, :sum(lens_k)]
+    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
+    opts = OPTIONS[options](len(lens_q), h, torch.Generator().manual_seed(seed))
+
+    def ours(q_, k_, v_):
+        out, lse, _ = flash_attn_varlen_func(q_, k_, v_, cu_q, cu_k, max(lens_q), max(lens_k), backend=backend,
+                                             return_attn_probs=True, **opts)
+        return out, lse
+
+    with fa.poisoned_outputs():
+        got = run_with_grads(ours, q, k, v, dout)
+    exact = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), opts, torch.float64)
+    naive = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), opts, dtype)
+    for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
+        assert g.shape == e.shape, f"{name}: {tuple(g.shape)} != {tuple(e.shape)}"
+        assert_within_naive_error(name, g, e, n, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_seqused_k_equals_attending_to_each_prefix(request, backend, dtype, causal):
+    seed = seed_of(request)
+    q, k, v, dout = random_qkv(3, 21, 40, 4, 4, 16, dtype, seed=seed)
+    used = torch.tensor([40, 0, 13], dtype=torch.int32, device=DEVICE)
+
+    def ours(q_, k_, v_):
+        return fa.attention(q_, k_, v_, causal=causal, seqused_k=used, return_lse=True, backend=backend)
+
+    with fa.poisoned_outputs():
+        got = run_with_grads(ours, q, k, v, dout)
+    for b, n in enumerate(used.tolist()):
+        def ref(dt):
+            return lambda q_, k_, v_: fa.reference.attention(q_, k_, v_, causal=causal, return_lse=True,
+                                                             compute_dtype=dt)
+        exact = run_with_grads(ref(torch.float64), q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], dout[b:b + 1])
+        naive = run_with_grads(ref(dtype), q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], dout[b:b + 1])
+        mine = (got[0][b:b + 1], got[1][b:b + 1], got[2][b:b + 1], got[3][b:b + 1, :n], got[4][b:b + 1, :n])
+        for name, g, e, m in zip(("out", "lse", "dq", "dk", "dv"), mine, exact, naive):
+            assert_within_naive_error(f"{name}[{b}]", g, e, m, dtype)
+        assert torch.all(got[3][b, n:] == 0) and torch.all(got[4][b, n:] == 0), "unused keys need zero gradients"
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu.long(), cu, 8, 8), ValueError, "1-D int32"),
+    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 4, 8), ValueError, "length 8 > max_seqlen 4"),
+    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu[:2], cu, 8, 8), ValueError, "end at the packed length"),
+    (lambda q, k, v, cu: flash_attn_varlen_func(q[None], k, v, cu, cu, 8, 8), ValueError, "packed"),
+    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, block_table=cu), NotImplementedError,
+     "block_table"),
+    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, rotary=fa.Rotary(), pe_k_strategy="in_kernel"),
+     ValueError, "in_kernel"),
+    (lambda q, k, v, cu: fa.attention(q[None], k[None], v[None], seqused_k=torch.tensor([99], dtype=torch.int32,
+                                                                                      device=DEVICE)),
+     ValueError, "seqused_k values must be in"),
+    (lambda q, k, v, cu: fa.attention(q[None], k[None], v[None], seqused_k=cu), ValueError,
+     "seqused_k must be an int32 tensor of shape \\(batch,\\)"),
+])
+def test_bad_lengths_are_named(call, error, message):
+    q, k, v = (torch.randn(12, 2, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    cu = torch.tensor([0, 8, 12], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(error, match=message):
+        call(q, k, v, cu)
