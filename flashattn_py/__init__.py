@@ -7,9 +7,10 @@ from .flash_attn_interface import flash_attn_func, flash_attn_kvpacked_func, fla
 from .pe_ops import add_sinusoidal, apply_rotary
 from .positional import Rotary, Sinusoidal
 from .sdpa import route_sdpa, scaled_dot_product_attention
+from .kvcache import flash_attn_with_kvcache
 from .varlen import flash_attn_varlen_func
 
 __all__ = ["attention", "apply_rotary", "add_sinusoidal", "Rotary", "Sinusoidal", "reference", "poisoned_outputs",
            "flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "scaled_dot_product_attention",
-           "route_sdpa", "flash_attn_varlen_func"]
+           "route_sdpa", "flash_attn_varlen_func", "flash_attn_with_kvcache"]
 __version__ = "0.1.0"

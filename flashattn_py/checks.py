@@ -39,6 +39,14 @@ class SequenceLengths:
     total_k: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class PagedKV:
+    """K/V in pages (kvcache.py): k, v are (num_pages, page_size, nheads_kv, head_dim) and row j of
+    sequence b lives in page block_table[b, j // page_size] at j % page_size."""
+    block_table: torch.Tensor  # int32 (batch, max_pages_per_sequence)
+    page_size: int
+
+
 @dataclass(frozen=True)
 class AttentionParams:
     batch: int
@@ -58,6 +66,8 @@ class AttentionParams:
     diagonal_offset: int | None = None  # key position of query 0: seqlen_k - seqlen_q (bottom-right) or 0 (top-left)
     # Variable lengths (varlen.py): batch = number of sequences, seqlen_q / seqlen_k = the longest.
     lengths: SequenceLengths | None = None
+    paged: PagedKV | None = None  # forward only (decoding)
+    num_splits: int = 1  # split-K of the forward over key blocks, merged through the lse (decoding)
 
     @property
     def is_varlen(self) -> bool:
@@ -91,14 +101,14 @@ class AttentionParams:
         return self.window != (masks.UNBOUNDED, masks.UNBOUNDED)
 
 
-def _check_tensor(name: str, t, expected_rank: int = 4) -> None:
+def _check_tensor(name: str, t, expected_rank: int = 4, dtypes=SUPPORTED_DTYPES) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != expected_rank:
         raise ValueError(
             f"{name} must have {expected_rank} dims (batch, seqlen, nheads, head_dim), got shape {tuple(t.shape)}"
         )
-    if t.dtype not in SUPPORTED_DTYPES:
+    if t.dtype not in dtypes:
         raise TypeError(f"{name} has dtype {t.dtype}; expected one of float16, bfloat16, float32")
 
 
@@ -208,10 +218,12 @@ def attention_params(
     bias_name: str = "attn_bias",
     alignment: str = "bottom_right",
     seqused_k: torch.Tensor | None = None,
+    allow_float64: bool = False,
 ) -> AttentionParams:
-    """Validate bshd q, k, v and options; return the normalized description of the call."""
+    """Validate bshd q, k, v and options; return the normalized description of the call.
+    allow_float64: the reference computes in float64 and takes float64 inputs too."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, t)
+        _check_tensor(name, t, dtypes=SUPPORTED_DTYPES + ((torch.float64,) if allow_float64 else ()))
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if not (q.device == k.device == v.device):

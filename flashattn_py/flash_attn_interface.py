@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from . import api, checks, reference
-from .varlen import flash_attn_varlen_func  # noqa: F401  (FlashAttention's module exports it too)
+from .kvcache import flash_attn_with_kvcache  # noqa: F401  (FlashAttention's module exports these too)
+from .varlen import flash_attn_varlen_func  # noqa: F401
 
 
 def _probabilities(q, k, **options) -> torch.Tensor:

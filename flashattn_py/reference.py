@@ -95,7 +95,7 @@ def attention(
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, dropout_p=dropout_p,
-        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment,
+        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment, allow_float64=True,
     )
     out, lse = attention_from_params(q, k, v, params, compute_dtype, dropout_mask)
     out = checks.to_bshd(out, layout, "out")

@@ -14,7 +14,7 @@ from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
 from .common import (LN2, LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block,
-                     bsh_strides, sequence_args, sequence_bounds,
+                     bsh_strides, kv_row_offsets, sequence_args, sequence_bounds,
                      keep_mask, key_block_range, load_tile, tile_dot)
 from . import autotune
 from .configs import forward_candidates, forward_config
@@ -28,17 +28,25 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
                       window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
                       drop_row_length,
-                      mods,
+                      mods, paging, stride_kpage, stride_vpage,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
                       K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
-                      HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr):
+                      HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
+                      PAGED: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
-                                   K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
-        v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+        if PAGED:  # a paged KV cache holds keys already encoded: plain gathered loads
+            tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
+            k_rows = kv_row_offsets(offs_n, seqlen_k, paging, stride_kpage, stride_ks, PAGED)
+            v_rows = kv_row_offsets(offs_n, seqlen_k, paging, stride_vpage, stride_vs, PAGED)
+            k_tile = tl.load(k_base + k_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
+            v_tile = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
+        else:
+            k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
+                                       K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+            v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
         raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
         s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
@@ -74,13 +82,17 @@ def attention_fwd_kernel(
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
     cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
+    block_table_ptr, stride_bt_b, page_size, num_splits, stride_o_split, stride_lse_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    # Split-K (flash-decoding): num_splits programs share a query tile, each over a slice of its key
+    # blocks, writing a partial (out, lse) that attention_forward merges. num_splits = 1: no split.
+    pid_m = tl.program_id(0) // num_splits
+    split = tl.program_id(0) % num_splits
     head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
     kv_head = (head // group_size).to(tl.int64)
@@ -105,16 +117,25 @@ def attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_k, diag_offset, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
+    per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), num_splits) * BLOCK_N
+    lo = lo + split * per_split
+    hi = tl.minimum(hi, lo + per_split)
+    if PAGED:  # stride_kb / stride_vb are the page strides; the block table says where rows live
+        k_base = k_ptr + kv_head * stride_kh
+        v_base = v_ptr + kv_head * stride_vh
+    else:
+        k_base = k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks
+        v_base = v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs
     acc, m_i, l_i = _attend_key_tiles(
-        acc, m_i, l_i, q, k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks,
-        v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs, offs_m, offs_d, lo, hi,
+        acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
         dropout_p, dropout_scale, dropout_seed, row_base, seqlen_k_max,
         head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                   bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI),
+        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb,
         BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
-        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
+        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
@@ -123,10 +144,32 @@ def attention_fwd_kernel(
     # way, so at large logits (1e4) no rounding of a conversion (x ln 2, x log2 e) enters exp2.
     lse_log2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
 
-    out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh + q_start * stride_os
+    out_ptrs = (out_ptr + split * stride_o_split + batch * stride_ob + head * stride_oh + q_start * stride_os
                 + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :])
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
-    tl.store(lse_log2_ptr + row_base + offs_m, lse_log2, mask=offs_m < seqlen_q)
+    tl.store(lse_log2_ptr + split * stride_lse_split + row_base + offs_m, lse_log2, mask=offs_m < seqlen_q)
+
+
+def paging_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
+    """Kernel arguments for a paged K/V (placeholders when K/V are contiguous rows)."""
+    if params.paged is None:
+        return dict(block_table_ptr=dummy, stride_bt_b=0, page_size=1, PAGED=False)
+    table = params.paged.block_table
+    return dict(block_table_ptr=table, stride_bt_b=table.stride(0), page_size=params.paged.page_size, PAGED=True)
+
+
+def merge_splits(out_part: torch.Tensor, lse_part: torch.Tensor, out: torch.Tensor, lse_log2: torch.Tensor) -> None:
+    """Merge split-K partials: out = sum_s 2^(lse_s - m) out_s / sum_s 2^(lse_s - m), lse = m + log2 of
+    that sum (base 2, as the kernels store it). out_part (splits, b, s, h, d), lse_part (splits, b, h, s);
+    splits that saw no key have lse -inf and weigh 0; rows no split saw get out 0, lse -inf."""
+    m = lse_part.amax(dim=0)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    weights = torch.exp2(lse_part - m_safe)
+    total = weights.sum(dim=0)
+    seen = total > 0
+    lse_log2.copy_(torch.where(seen, m_safe + torch.log2(torch.where(seen, total, 1.0)), float("-inf")))
+    w = (weights / torch.where(seen, total, 1.0)).permute(0, 1, 3, 2)[..., None]  # (splits, b, s, h, 1)
+    out.copy_((out_part * w).sum(dim=0))
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
@@ -147,20 +190,32 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     pe_args = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
     mods_args = score_mod_args(params, q)
 
+    splits = params.num_splits
+    # Split-K writes one fp32 partial (out, lse) per split, merged below.
+    out_part = out if splits == 1 else buffers.empty((splits, *out.shape), dtype=torch.float32, device=q.device)
+    lse_part = lse_log2 if splits == 1 else buffers.empty((splits, *params.lse_shape), dtype=torch.float32,
+                                                          device=q.device)
+    out_view = out_part if splits == 1 else out_part[0]
+    paging = paging_args(params, q)
+
     def launch(cfg):
-        grid = (triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)
+        grid = (triton.cdiv(params.seqlen_q, cfg.block_m) * splits, params.nheads_q, params.batch)
         attention_fwd_kernel[grid](
-            streams.q, streams.k, v, out, lse_log2,
+            streams.q, streams.k, v, out_part, lse_part,
             *bsh_strides(streams.q, params), *bsh_strides(streams.k, params), *bsh_strides(v, params),
-            *bsh_strides(out, params),
+            *bsh_strides(out_view, params),
             params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
             params.softmax_scale * LOG2E, params.window[0], params.window[1], params.diagonal_offset,
             **dropout_args(params),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-            **pe_args, **mods_args, **sequence_args(params, q),
+            **pe_args, **mods_args, **sequence_args(params, q), **paging,
+            num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
+            stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )
 
     launch(autotune.pick("attention_fwd", autotune.key_of(params, q.dtype, block_d, pe_args), cfg,
                          lambda arch: forward_candidates(block_d, arch), launch, q.device))
+    if splits > 1:
+        merge_splits(out_part, lse_part, out, lse_log2)
     return out, lse_log2 * LN2, (lse_log2, *streams.scratch)

@@ -168,3 +168,15 @@ def bsh_strides(t: torch.Tensor, params) -> tuple[int, int, int]:
     variable-length batch is one (1, total, h, d) tensor whose sequences start at cu_seqlens rows, so
     its batch stride is 0 (sequence_bounds adds the start row)."""
     return (0 if params.is_varlen else t.stride(0)), t.stride(1), t.stride(2)
+
+
+@triton.jit
+def kv_row_offsets(offs_n, seqlen_k, paging, stride_page, stride_s, PAGED: tl.constexpr):
+    """Element offsets of key/value rows offs_n: contiguous rows, or (PAGED) rows of the pages a
+    sequence's block-table row lists: row j lives in page table[j // page_size] at j % page_size.
+    paging = (this sequence's block-table row, page size); rows past seqlen_k read page 0 (masked)."""
+    if PAGED:
+        table, page_size = paging
+        page = tl.load(table + offs_n // page_size, mask=offs_n < seqlen_k, other=0)
+        return page.to(tl.int64) * stride_page + (offs_n % page_size).to(tl.int64) * stride_s
+    return offs_n.to(tl.int64) * stride_s

@@ -1,0 +1,180 @@
+"""Decoding against a KV cache: ``flash_attn_with_kvcache`` with FlashAttention 2's arguments.
+
+What one call does (inference only, no autograd):
+1. New keys/values ``k``, ``v`` (batch, seqlen_new, nheads_k, head_dim), if given, are rotated (when
+   ``rotary_cos`` / ``rotary_sin`` are given) at their absolute positions cache_seqlens[b] + i with our
+   rotary kernel and written into the cache in place, right after each sequence's cache_seqlens[b]
+   tokens.
+2. q is rotated at positions cache_seqlens[b] + i when causal or windowed, else every query at
+   cache_seqlens[b] (FlashAttention's rule: then all of q counts as the one next position).
+3. Attention over each sequence's cache_seqlens[b] + seqlen_new keys, the causal diagonal at the end
+   of the sequence (bottom-right), without a mask tensor (seqused_k).
+
+Caches: contiguous (batch_cache, seqlen_cache, nheads_k, head_dim) with an optional ``cache_batch_idx``
+choosing each sequence's row, or paged: (num_pages, page_size, nheads_k, head_dim) with ``block_table``
+(batch, max_pages) int32 — any page size (serving systems use 16; FlashAttention 2 needs multiples of
+256). The Triton kernels read pages through the block table; with few queries per sequence
+(decoding) the key range is split across programs and merged through the lse (split-K,
+flash-decoding) so one query per sequence still fills the GPU. Other backends gather the cache into
+a dense copy first.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import backends, checks
+from .pe_ops import apply_rotary
+from .positional import Rotary
+from .varlen import PerSequence
+
+
+def _check_int_tensor(t, name: str, shape: tuple, device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32 or t.shape != shape:
+        raise ValueError(f"{name} must be an int32 tensor of shape {shape}, got {t.dtype} of shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but q is on {device}")
+
+
+def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
+    """(batch, capacity of each sequence's cache, page size or None), validated."""
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
+    batch = q.shape[0]
+    if block_table is not None:
+        if cache_batch_idx is not None:
+            raise NotImplementedError("cache_batch_idx with a paged cache (block_table): index the block table instead")
+        if not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2 \
+                or block_table.shape[0] != batch:
+            raise ValueError(f"block_table must be an int32 tensor of shape (batch={batch}, max_pages), got "
+                             f"{getattr(block_table, 'dtype', type(block_table).__name__)} "
+                             f"{tuple(getattr(block_table, 'shape', ()))}")
+        if block_table.device != q.device:
+            raise ValueError(f"block_table is on {block_table.device} but q is on {q.device}")
+        pages = int(block_table.max()) if block_table.numel() else 0
+        if block_table.numel() and (int(block_table.min()) < 0 or pages >= k_cache.shape[0]):
+            raise ValueError(f"block_table entries must be page indices in [0, {k_cache.shape[0]}), got up to {pages}")
+        page_size = k_cache.shape[1]
+        return batch, block_table.shape[1] * page_size, page_size
+    if cache_batch_idx is not None:
+        _check_int_tensor(cache_batch_idx, "cache_batch_idx", (batch,), q.device)
+        if batch and (int(cache_batch_idx.min()) < 0 or int(cache_batch_idx.max()) >= k_cache.shape[0]):
+            raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]})")
+    elif k_cache.shape[0] != batch:
+        raise ValueError(f"k_cache holds {k_cache.shape[0]} sequences but q has batch {batch} (or pass cache_batch_idx)")
+    return batch, k_cache.shape[1], None
+
+
+def _cache_rows(seqlens, count, page_size, block_table, cache_batch_idx, batch):
+    """Index tuples into the cache for positions seqlens[b] + i, i < count (new tokens)."""
+    positions = seqlens.to(torch.int64)[:, None] + torch.arange(count, device=seqlens.device)
+    if page_size is None:
+        rows = torch.arange(batch, device=seqlens.device) if cache_batch_idx is None else cache_batch_idx.to(torch.int64)
+        return rows[:, None].expand(batch, count), positions
+    pages = torch.gather(block_table.to(torch.int64), 1, positions // page_size)
+    return pages, positions % page_size
+
+
+def append_to_cache(k_cache, v_cache, k, v, seqlens, rotary, page_size, block_table, cache_batch_idx, backend):
+    """Write k, v (rotated at their absolute positions when rotary is given) after seqlens[b] tokens."""
+    batch, count = k.shape[0], k.shape[1]
+    if rotary is not None:
+        k = apply_rotary(k, rotary, positions=seqlens.to(torch.int64), backend=backend)
+    index = _cache_rows(seqlens, count, page_size, block_table, cache_batch_idx, batch)
+    k_cache[index] = k
+    v_cache[index] = v
+
+
+def _num_splits(requested: int, params: checks.AttentionParams, device) -> int:
+    if requested:
+        return requested
+    if device.type != "cuda" or params.seqlen_q > 64:
+        return 1
+    # Enough programs to cover every SM twice; each split keeps at least 256 keys of work.
+    programs = params.batch * params.nheads_q
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(2 * sms // max(programs, 1), params.seqlen_k // 256, 64))
+
+
+@torch.no_grad()
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
+                            cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None,
+                            causal=False, window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
+                            alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, backend="auto"):
+    """See the module docstring. Returns out (batch, seqlen_q, nheads, head_dim), and the lse
+    (batch, nheads, seqlen_q) fp32 too if return_softmax_lse. num_splits: 0 picks (GPU, seqlen_q <= 64)."""
+    if cache_leftpad is not None:
+        raise NotImplementedError("cache_leftpad is not supported")
+    batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
+    if (k is None) != (v is None):
+        raise ValueError("pass the new k and v together (or neither)")
+    new = 0 if k is None else k.shape[1]
+    if k is not None:
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.shape != (batch, new, *k_cache.shape[2:]) or t.dtype != k_cache.dtype:
+                raise ValueError(f"{name} must be {k_cache.dtype} of shape (batch, seqlen_new, nheads_k, head_dim) = "
+                                 f"{(batch, new, *k_cache.shape[2:])}, got {getattr(t, 'dtype', None)} "
+                                 f"{tuple(getattr(t, 'shape', ()))}")
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((batch,), capacity - new, dtype=torch.int32, device=q.device)
+    elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+    _check_int_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
+    if batch and (int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) + new > capacity):
+        raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
+                         f"cache_seqlens up to {int(cache_seqlens.max())} with {new} new tokens")
+    rotary = None
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos and rotary_sin must be given together")
+    if rotary_cos is not None:
+        if rotary_cos.dim() != 2:
+            raise ValueError(f"rotary_cos must be (seqlen_ro, rotary_dim / 2), got {tuple(rotary_cos.shape)}")
+        rotary = Rotary(rotary_dim=2 * rotary_cos.shape[1], interleaved=rotary_interleaved, cos=rotary_cos,
+                        sin=rotary_sin)
+    if k is not None:
+        append_to_cache(k_cache, v_cache, k, v, cache_seqlens, rotary, page_size, block_table, cache_batch_idx,
+                        backend)
+    seqused = cache_seqlens + new
+    if rotary is not None:
+        per_token = causal or tuple(window_size) != (-1, -1)
+        offsets = cache_seqlens.to(torch.int64)
+        positions = offsets[:, None] + (torch.arange(q.shape[1], device=q.device) if per_token else 0)
+        q = apply_rotary(q, rotary, positions=positions.expand(batch, q.shape[1]).contiguous(), backend=backend)
+    # A shape carrier for the checks (no copy): keys of every sequence, up to the cache capacity.
+    shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
+    params = checks.attention_params(q, shape_k, shape_k, causal=causal, softmax_scale=softmax_scale,
+                                     window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+                                     seqused_k=seqused)
+    impl = backends.select(backend, q.device)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton kernels read the cache in place
+        if page_size is not None:
+            params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
+            k_view, v_view = k_cache, v_cache
+        elif cache_batch_idx is not None:
+            k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
+        else:
+            k_view, v_view = k_cache, v_cache
+        params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device))
+        out, lse, _ = impl.forward(q, k_view, v_view, params)
+    else:
+        k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))
+        out, lse, _ = PerSequence(impl).forward(q, k_dense, v_dense, params)
+    return (out, lse) if return_softmax_lse else out
+
+
+def dense_cache(cache, block_table, page_size, cache_batch_idx):
+    """(batch, capacity, nheads_k, head_dim) copy of the cache rows each sequence uses."""
+    if page_size is not None:
+        pages = cache[block_table.long()]  # (batch, max_pages, page_size, h, d)
+        return pages.reshape(block_table.shape[0], -1, *cache.shape[2:])
+    return cache if cache_batch_idx is None else cache[cache_batch_idx.long()]

@@ -1,0 +1,184 @@
+"""flash_attn_with_kvcache: the cache contents after the append and the output, against the float64
+reference built by gathering each sequence's keys; and a greedy decoding loop against recomputing
+full attention every step."""
+import pytest
+import torch
+
+import flashattn_py as fa
+from flashattn_py import positional
+from flashattn_py.kvcache import flash_attn_with_kvcache
+from tolerance import DEVICE, assert_within_naive_error, seed_of
+
+BACKENDS = ["triton", "torch"]
+H, HK, D = 4, 2, 32
+
+
+def _tables(rotary_dim, length=128):
+    angles = torch.arange(length)[:, None] * (1e-2 * torch.arange(1, rotary_dim // 2 + 1))[None]
+    return angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE)
+
+
+def _rotate(x, cos, sin, positions, interleaved, dtype):
+    """x rotated at positions (batch, seqlen) in `dtype` (the reference's own math)."""
+    x = x.to(dtype)
+    return positional.rotate(x, cos.to(dtype)[positions], sin.to(dtype)[positions], 2 * cos.shape[1], interleaved)
+
+
+CASES = {  # name: (page_size or None, cache_batch_idx, new tokens, seqlen_q, rotary, causal, num_splits)
+    "paged16_decode_rope_neox": (16, False, 1, 1, "neox", True, 1),
+    "paged16_decode_split3": (16, False, 1, 1, "gptj", True, 3),
+    "paged64_prefill_chunk": (64, False, 5, 5, "gptj", True, 1),
+    "paged16_no_new_noncausal": (16, False, 0, 2, None, False, 2),
+    "dense_decode_rope": (None, False, 1, 1, "neox", True, 1),
+    "dense_batch_idx_new3": (None, True, 3, 3, "gptj", True, 1),
+    "dense_noncausal_rope_one_position": (None, False, 2, 2, "neox", False, 1),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES)
+def test_append_and_attend_match_reference(request, backend, dtype, case):
+    page_size, use_batch_idx, new, seqlen_q, rope, causal, splits = CASES[case]
+    gen = torch.Generator().manual_seed(seed_of(request))
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    batch, capacity = 3, 64
+    seqlens = torch.tensor([0, 1, 37], dtype=torch.int32, device=DEVICE)  # empty, one token, longer
+    if page_size is None:
+        rows = 5 if use_batch_idx else batch
+        k_cache, v_cache = rand(rows, capacity, HK, D), rand(rows, capacity, HK, D)
+        batch_idx = torch.tensor([4, 0, 2], dtype=torch.int32, device=DEVICE) if use_batch_idx else None
+        block_table = None
+    else:
+        pages_per_seq = -(-capacity // page_size)
+        k_cache, v_cache = rand(batch * pages_per_seq + 3, page_size, HK, D), rand(batch * pages_per_seq + 3, page_size, HK, D)
+        perm = torch.randperm(batch * pages_per_seq + 3, generator=gen)[:batch * pages_per_seq]
+        block_table = perm.reshape(batch, pages_per_seq).to(DEVICE, torch.int32)
+        batch_idx = None
+    q = rand(batch, seqlen_q, H, D)
+    k_new, v_new = (rand(batch, new, HK, D), rand(batch, new, HK, D)) if new else (None, None)
+    cos, sin = _tables(16) if rope else (None, None)
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+
+    with fa.poisoned_outputs():
+        out, lse = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cos, sin, seqlens, batch_idx,
+                                           block_table=block_table, causal=causal, rotary_interleaved=rope == "gptj",
+                                           num_splits=splits, return_softmax_lse=True, backend=backend)
+
+    def dense(cache):
+        if block_table is not None:
+            return cache[block_table.long()].reshape(batch, -1, HK, D)
+        return cache[batch_idx.long()] if batch_idx is not None else cache
+
+    k_after, v_after, k_before, v_before = dense(k_cache), dense(v_cache), dense(before_k), dense(before_v)
+    positions_new = seqlens.long()[:, None] + torch.arange(new, device=DEVICE)
+    for b in range(batch):
+        n = int(seqlens[b])
+        # Old tokens untouched; new ones appended (rotated at their absolute positions).
+        assert torch.equal(k_after[b, :n], k_before[b, :n]) and torch.equal(v_after[b, :n], v_before[b, :n])
+        assert torch.equal(k_after[b, n + new:], k_before[b, n + new:]), "the cache past the new tokens changed"
+        if new:
+            assert torch.equal(v_after[b, n:n + new], v_new[b])
+            exact_k = _rotate(k_new, cos, sin, positions_new, rope == "gptj", torch.float64)[b] if rope else k_new[b]
+            naive_k = _rotate(k_new, cos, sin, positions_new, rope == "gptj", dtype)[b] if rope else k_new[b]
+            assert_within_naive_error("appended k", k_after[b, n:n + new], exact_k, naive_k, dtype)
+    # The output: each sequence's keys (old cache + new, rotated) against q rotated at its positions.
+    per_token = causal
+    q_positions = seqlens.long()[:, None] + (torch.arange(seqlen_q, device=DEVICE) if per_token else 0)
+    q_positions = q_positions.expand(batch, seqlen_q)
+    for b in range(batch):
+        n = int(seqlens[b]) + new
+
+        def reference(dt):
+            keys = k_before[b:b + 1, :n].to(dt).clone()
+            if new:
+                keys[:, n - new:] = (_rotate(k_new, cos, sin, positions_new, rope == "gptj", dt) if rope else k_new.to(dt))[b:b + 1]
+            values = torch.cat([v_before[b:b + 1, :n - new], v_new[b:b + 1]], dim=1).to(dt) if new else v_before[b:b + 1, :n].to(dt)
+            query = _rotate(q, cos, sin, q_positions, rope == "gptj", dt)[b:b + 1] if rope else q[b:b + 1].to(dt)
+            return fa.reference.attention(query, keys, values, causal=causal, return_lse=True, compute_dtype=dt)
+
+        (exact, exact_lse), (naive, naive_lse) = reference(torch.float64), reference(dtype)
+        assert_within_naive_error(f"out[{b}]", out[b:b + 1], exact, naive, dtype)
+        assert_within_naive_error(f"lse[{b}]", lse[b:b + 1], exact_lse, naive_lse, dtype)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s + 60, k=q[:, :, :2], v=q[:, :, :2]),
+     ValueError, "must fit the cache"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s.long()), ValueError, "int32"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc[:1], vc[:1], cache_seqlens=s), ValueError, "cache_batch_idx"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, k=q[:, :, :2]), ValueError, "together"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_leftpad=s), NotImplementedError, "cache_leftpad"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, block_table=(s * 3 - 9).reshape(2, 1)),
+     ValueError, "block_table entries must be page indices"),
+])
+def test_bad_cache_arguments_are_named(call, error, message):
+    q = torch.randn(2, 1, 2, 16, dtype=torch.float16)
+    kc, vc = torch.randn(2, 64, 2, 16, dtype=torch.float16), torch.randn(2, 64, 2, 16, dtype=torch.float16)
+    with pytest.raises(error, match=message):
+        call(q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), torch.tensor([3, 5], dtype=torch.int32, device=DEVICE))
+
+
+class TinyDecoder(torch.nn.Module):
+    """One Llama-like attention layer between an embedding and an LM head (enough to test caching)."""
+
+    def __init__(self, vocab=50, hidden=64, heads=4, kv_heads=2):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.q = torch.nn.Linear(hidden, hidden, bias=False)
+        self.k = torch.nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.v = torch.nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.o = torch.nn.Linear(hidden, hidden, bias=False)
+        self.head = torch.nn.Linear(hidden, vocab, bias=False)
+        angles = torch.arange(256)[:, None] * (10000.0 ** (-torch.arange(0, self.head_dim, 2) / self.head_dim))[None]
+        self.cos, self.sin = angles.cos().float(), angles.sin().float()
+
+    def project(self, tokens):
+        x = self.embed(tokens)
+        b, s, _ = x.shape
+        return (x, self.q(x).view(b, s, self.heads, -1), self.k(x).view(b, s, self.kv_heads, -1),
+                self.v(x).view(b, s, self.kv_heads, -1))
+
+    def logits(self, x, attn):
+        return self.head(x + self.o(attn.reshape(*attn.shape[:2], -1)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("page_size", [None, 16])
+def test_greedy_decoding_with_the_cache_equals_full_recompute(backend, page_size):
+    torch.manual_seed(0)
+    model = TinyDecoder().to(DEVICE)
+    cos, sin = model.cos.to(DEVICE), model.sin.to(DEVICE)
+    rotary = fa.Rotary(interleaved=True, cos=cos, sin=sin)
+    prompt = torch.tensor([[3, 14, 15, 9, 2, 6], [5, 35, 8, 9, 7, 9]], device=DEVICE)
+    steps, batch = 8, prompt.shape[0]
+    with torch.no_grad():
+        # Path 1: recompute full causal attention over the whole sequence at every step.
+        tokens = prompt
+        for _ in range(steps):
+            x, q, k, v = model.project(tokens)
+            attn = fa.attention(q, k, v, causal=True, rotary=rotary, backend=backend)
+            tokens = torch.cat([tokens, model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        # Path 2: prefill the cache with the prompt, then one token per step through the cache.
+        capacity = 32
+        if page_size is None:
+            k_cache = torch.zeros(batch, capacity, model.kv_heads, model.head_dim, device=DEVICE)
+            block_table = None
+        else:
+            k_cache = torch.zeros(batch * capacity // page_size + 1, page_size, model.kv_heads, model.head_dim,
+                                  device=DEVICE)
+            block_table = torch.arange(1, batch * capacity // page_size + 1, dtype=torch.int32,
+                                       device=DEVICE).flip(0).reshape(batch, -1)
+        v_cache = torch.zeros_like(k_cache)
+        cached = prompt
+        seqlens = torch.zeros(batch, dtype=torch.int32, device=DEVICE)
+        step_input = prompt
+        for _ in range(steps):
+            x, q, k, v = model.project(step_input)
+            attn = flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cos, sin, seqlens, block_table=block_table,
+                                           causal=True, rotary_interleaved=True, backend=backend)
+            seqlens = seqlens + step_input.shape[1]
+            step_input = model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)
+            cached = torch.cat([cached, step_input], dim=1)
+    assert torch.equal(cached, tokens), f"cached decoding {cached.tolist()} != full recompute {tokens.tolist()}"
