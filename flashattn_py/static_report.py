@@ -51,7 +51,8 @@ KERNELS = ATTENTION_KERNELS + ((PE_MODULE, "encode_kernel"),)
 # Positional-encoding variants. Encoded ones force pe_k_strategy="in_kernel" (every kernel encodes
 # its q and k tiles itself: the most code and registers), except "rope-prepass", the path "auto"
 # takes at training lengths (streamed operands encoded by encode_kernel beforehand).
-PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass")
+PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
+               "score-mods")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
 # constexpr) and seqlens that are not multiples of 16. Sizes do not matter otherwise.
 _BATCH, _SEQLEN_Q, _SEQLEN_K, _NHEADS_Q, _NHEADS_KV = 2, 77, 93, 8, 2
@@ -166,6 +167,13 @@ def _encoding_options(pe: str, head_dim: int) -> dict:
         return {}
     if pe == "rope-prepass":
         return dict(rotary=Rotary(), pe_k_strategy="prepass")
+    if pe == "softcap":  # not encodings: score modifications (score_mods.py), one or all at once
+        return dict(softcap=30.0)
+    if pe == "attn-bias":
+        return dict(attn_bias=torch.zeros(_BATCH, 1, _SEQLEN_Q, _SEQLEN_K))
+    if pe == "score-mods":
+        return dict(softcap=30.0, alibi_slopes=torch.ones(_NHEADS_Q),
+                    attn_bias=torch.zeros(_BATCH, 1, _SEQLEN_Q, _SEQLEN_K))
     if pe == "rope":
         spec = dict(rotary=Rotary())
     elif pe == "rope-interleaved":

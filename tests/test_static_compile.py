@@ -10,8 +10,8 @@ The report runs once, in a subprocess: the kernels must be imported without TRIT
 (conftest sets it for this process, which turns ``triton.jit`` functions into interpreter ones and
 makes configs.py return the interpreter tile sizes).
 
-By default the report covers the kernels without encoding and with RoPE the way "auto" runs it at
-training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
+By default the report covers the kernels without encoding, with a softcap, with an attention bias,
+and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
 attention kernels compiled without encoding code). The in-kernel encoding variants compile more than
 10x slower and are known to spill at head_dim >= 128 (docs/design.md), so they are opt-in:
 FLASHATTN_STATIC_PE="none rope sinusoidal" (names: static_report.PE_VARIANTS).
@@ -27,14 +27,18 @@ import pytest
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
-PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass").replace(",", " ").split())
+PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass softcap attn-bias")
+                    .replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
 ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
 MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 # At head_dim 256 the dK/dV kernel holds k, v, dk, dv and a streamed q/dO tile (5 x BLOCK_N x 256):
 # every tile with BLOCK_N >= 64 spills on sm_90, and with BLOCK_N = 32 Triton emits mma.sync instead
 # of wgmma. No spills wins (triton_kernels/configs.py); this is the one instance allowed mma.sync.
-MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256)}
+# An attention-bias tile costs the dK/dV kernel so many registers that only BLOCK_N = 32 stays
+# spill-free (configs.dkdv_config(bias=True)), so it too runs mma.sync on sm_90 with a bias.
+MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256, pe) for pe in PE_VARIANTS} | {
+    ("attention_bwd_dkdv_kernel", d, "attn-bias") for d in HEAD_DIMS}
 
 MAX_REGISTERS = 255  # per thread, both archs
 MAX_SHARED_BYTES = {80: 163 * 1024, 90: 227 * 1024}  # opt-in max shared memory per block
@@ -84,7 +88,8 @@ def _launched(kernel, pe) -> bool:
     """Whether one forward + backward with this encoding variant launches the kernel (listed once)."""
     if kernel == PREPROCESS:
         return pe == PE_VARIANTS[0]
-    return kernel != ENCODE or pe != "none"  # the pre-pass, and the backward's decoding of dq/dk
+    # encode_kernel: the pre-pass, and the backward's decoding of dq/dk, with an encoding only.
+    return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias")
 
 
 def _instances(kernels):
@@ -113,7 +118,7 @@ def test_report_covers_every_kernel_arch_dtype_and_head_dim(report):
 def test_matmul_kernels_use_tensor_cores(report, kernel, arch, dtype, head_dim, pe):
     row = report[_key(kernel, arch, dtype, head_dim, pe)]
     instruction = TENSOR_CORE_INSTRUCTION[arch]
-    if arch == 90 and (kernel, head_dim) in MMA_SYNC_ALLOWED_ON_SM90:
+    if arch == 90 and (kernel, head_dim, pe) in MMA_SYNC_ALLOWED_ON_SM90:
         instruction = "mma.sync"
     assert row["facts"]["mma_instructions"][instruction] > 0, f"no {instruction}: {_describe(row)}"
 

@@ -246,7 +246,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         return bsh_strides(t, params)
 
     common = dict(BLOCK_D=block_d, HAS_WINDOW=params.has_window, **dot_flags(q.dtype))
-    dkdv_cfg, dq_cfg = dkdv_config(block_d), dq_config(block_d)
+    dkdv_cfg, dq_cfg = dkdv_config(block_d, bias=params.mods.bias is not None), dq_config(block_d)
     # dK/dV streams Q tiles (each read once per key tile); dQ streams K tiles (once per query tile).
     streamed_reads = max(triton.cdiv(params.seqlen_k, dkdv_cfg.block_n), triton.cdiv(params.seqlen_q, dq_cfg.block_m))
     streams = encoded_streams(params, q=q, k=k, streamed_reads=streamed_reads, k_encoded=k_encoded)
@@ -290,7 +290,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         )
 
     if params.seqlen_k > 0:
-        launch_dkdv(autotune.pick("attention_bwd_dkdv", key, dkdv_cfg, lambda arch: dkdv_candidates(block_d, arch),
+        launch_dkdv(autotune.pick("attention_bwd_dkdv", key, dkdv_cfg, lambda arch: dkdv_candidates(block_d, arch, params.mods.bias is not None),
                                   launch_dkdv, q.device))
     if params.seqlen_q > 0:
         launch_dq(autotune.pick("attention_bwd_dq", key, dq_cfg, lambda arch: dq_candidates(block_d, arch),

@@ -26,18 +26,23 @@ _INTERPRETER_DKDV = TileConfig(16, 32, 4, 1)
 _INTERPRETER_DQ = TileConfig(32, 16, 4, 1)
 
 
-def forward_config(block_d: int) -> TileConfig:
+def forward_config(block_d: int, bias: bool = False) -> TileConfig:
+    """bias: an attention-bias tile is loaded too (its 2-D pointer tile costs registers)."""
     if INTERPRETED:
         return _INTERPRETER_FORWARD
+    if bias and block_d == 128:
+        return TileConfig(128, 32, 8, 3)
     if block_d <= 128:
         return TileConfig(128, 64, 8, 3)
     return TileConfig(64, 32, 8, 2)
 
 
-def dkdv_config(block_d: int) -> TileConfig:
+def dkdv_config(block_d: int, bias: bool = False) -> TileConfig:
     """dK/dV kernel: a key tile stays resident while query tiles stream past it."""
     if INTERPRETED:
         return _INTERPRETER_DKDV
+    if bias and block_d <= 128:
+        return TileConfig(32, 32, 8 if block_d == 128 else 4, 2)
     if block_d <= 64:
         return TileConfig(32, 128, 8, 2)
     if block_d <= 128:
@@ -63,8 +68,10 @@ def dq_config(block_d: int) -> TileConfig:
 # that trade tile size against pipelining depth. sm_90 has 228 KB of shared memory per SM (sm_80:
 # 164 KB), so it gets the deeper / wider variants; a candidate that does not fit is skipped at run
 # time. tests/test_autotune.py checks every candidate against the reference on a GPU.
-def forward_candidates(block_d: int, arch: int) -> list[TileConfig]:
-    default = forward_config(block_d)
+def forward_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileConfig]:
+    default = forward_config(block_d, bias)
+    if bias:
+        return [default]
     if INTERPRETED:
         return [default]
     if block_d <= 64:
@@ -77,8 +84,10 @@ def forward_candidates(block_d: int, arch: int) -> list[TileConfig]:
     return [default] + extra
 
 
-def dkdv_candidates(block_d: int, arch: int) -> list[TileConfig]:
-    default = dkdv_config(block_d)
+def dkdv_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileConfig]:
+    default = dkdv_config(block_d, bias)
+    if bias:
+        return [default]
     if INTERPRETED:
         return [default]
     if block_d <= 64:
