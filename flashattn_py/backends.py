@@ -5,7 +5,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch", "reference")
+BACKENDS = ("auto", "triton", "cuda", "torch", "reference")
 
 
 def _triton_backend(device: torch.device):
@@ -22,14 +22,30 @@ def _triton_backend(device: torch.device):
     return triton_backend
 
 
+def _cuda_backend(device: torch.device):
+    from . import cuda_backend
+
+    cuda_backend.extension()  # RuntimeError saying how to build it, when it is not built
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "backend='cuda' needs an NVIDIA GPU (sm_80+) and torch sees none (torch.cuda.is_available() is "
+            "False); use backend='auto' (the PyTorch path on CPU) or backend='triton'"
+        )
+    if device.type != "cuda":
+        raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}; move them with .cuda()")
+    return cuda_backend
+
+
 def select(backend: str, device: torch.device):
     """Resolve a backend name for tensors on `device`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
+    if backend == "auto":  # the CUDA kernels are opt-in until GPU benchmarks show them faster
         backend = "triton" if device.type == "cuda" else "torch"
     if backend == "triton":
         return _triton_backend(device)
+    if backend == "cuda":
+        return _cuda_backend(device)
     if backend == "torch":
         from . import torch_backend
 

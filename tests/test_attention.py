@@ -8,7 +8,7 @@ import torch
 
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
-BACKENDS = ["triton", "torch"]
+BACKENDS = ["triton", "cuda", "torch"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, head_dim)

@@ -5,7 +5,7 @@ import torch
 import flashattn_py as fa
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
-BACKENDS = ["triton", "torch"]
+BACKENDS = ["triton", "cuda", "torch"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

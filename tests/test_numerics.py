@@ -5,7 +5,7 @@ import torch
 import flashattn_py as fa
 from tolerance import assert_within_naive_error, check_against_reference, random_qkv, seed_of
 
-BACKENDS = ["triton", "torch"]
+BACKENDS = ["triton", "cuda", "torch"]
 
 
 def check_forward(backend, q, k, v, **options):

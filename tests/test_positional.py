@@ -28,7 +28,7 @@ ENCODINGS = {
 SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40)]
 
 
-@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("torch", "auto")])
+@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -46,7 +46,7 @@ POSITIONS = {
 }
 
 
-@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("torch", "auto")])
+@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
 @pytest.mark.parametrize("encoding", ["neox", "partial_gptj_tables", "sinusoidal"])
 @pytest.mark.parametrize("positions", POSITIONS)
 def test_positions_offsets_and_ids(request, backend, strategy, encoding, positions):
@@ -57,7 +57,7 @@ def test_positions_offsets_and_ids(request, backend, strategy, encoding, positio
                             **ENCODINGS[encoding](32), **pos)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("encoding", ["neox", "gptj", "partial_neox", "sinusoidal"])
 def test_fused_equals_encode_then_attend(request, backend, dtype, encoding):

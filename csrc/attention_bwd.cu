@@ -1,0 +1,141 @@
+// Attention backward on tensor cores (mma.sync): launches the delta preprocess, the dK/dV kernel and
+// the dQ kernel (attention_bwd_*.cuh) for params.head_dim / params.dtype. Same algorithm as
+// triton_kernels/attention_bwd.py: P is recomputed from Q, K and lse, nothing of size
+// seqlen_q x seqlen_k is stored, and every gradient is written by exactly one CTA (deterministic).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "attention_bwd_dkdv.cuh"
+#include "attention_bwd_dq.cuh"
+#include "attention_bwd_preprocess.cuh"
+#include "errors.h"
+#include "launch.h"
+#include "params.h"
+
+namespace flashattn {
+namespace {
+
+// Tile sizes. Budget per thread: the dK/dV kernel keeps two 16 x (head_dim / kWarpsD) fp32
+// accumulators plus S^T and dP^T (16 x kBlockM each), the dQ kernel one 16 x head_dim accumulator
+// plus S and dP (16 x kBlockN each); both must stay under 255 registers without spilling. Shared
+// memory (resident tiles + stages x streamed tiles, rows of head_dim + 8 elements) stays under
+// 99 KB, the most an sm_86/sm_89 block may have (sm_80 and sm_90 allow more); two stages (the next
+// streamed tile loads while this one is used) wherever that fits. Picked by compiling (ptxas -v),
+// not yet tuned on a GPU.
+template <int kHeadDim>
+struct BwdTiles;
+//                     dK/dV: <D, key strips, D slices, BLOCK_M, stages>   dQ: <D, warps, BLOCK_N, stages>
+template <>
+struct BwdTiles<32> {
+  using Dkdv = bwd::DkdvConfig<32, 4, 1, 64, 2>;
+  using Dq = bwd::DqConfig<32, 4, 64, 2>;
+};
+template <>
+struct BwdTiles<64> {
+  using Dkdv = bwd::DkdvConfig<64, 4, 1, 64, 2>;
+  using Dq = bwd::DqConfig<64, 4, 64, 2>;
+};
+template <>
+struct BwdTiles<96> {
+  using Dkdv = bwd::DkdvConfig<96, 4, 1, 64, 2>;
+  using Dq = bwd::DqConfig<96, 4, 64, 2>;
+};
+// head_dim 128: the two 16 x 128 dK/dV accumulators take 128 registers, so the streamed query
+// tile is 32 rows (64 spilled). dQ streams 32-key tiles, which leaves room for two stages.
+template <>
+struct BwdTiles<128> {
+  using Dkdv = bwd::DkdvConfig<128, 4, 1, 32, 2>;
+  using Dq = bwd::DqConfig<128, 4, 32, 2>;
+};
+// head_dim 256: dK and dV of 16 keys x 256 would take 256 accumulator registers per thread, so two
+// warps split the columns of each 16-key strip (kWarpsD = 2). dQ streams 16-key tiles: with 32 the
+// dQ accumulator (128 registers) plus S and dP spilled on sm_90. Single stage: a second Q/dO (or
+// K/V) buffer of 256-wide rows would pass 99 KB.
+template <>
+struct BwdTiles<256> {
+  using Dkdv = bwd::DkdvConfig<256, 2, 2, 32, 1>;
+  using Dq = bwd::DqConfig<256, 4, 16, 1>;
+};
+
+// Allow `bytes` of dynamic shared memory (needed above the 48 KB default).
+template <typename Kernel>
+void allow_smem(Kernel kernel, int bytes, const char* name) {
+  if (bytes > 48 * 1024) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), name);
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T, int kHeadDim>
+void launch_backward(const AttentionParams& p, cudaStream_t stream) {
+  using Tiles = BwdTiles<kHeadDim>;
+  using Dkdv = typename Tiles::Dkdv;
+  using Dq = typename Tiles::Dq;
+
+  if (p.seqlen_q > 0) {
+    using Shape = bwd::PreprocessShape<kHeadDim>;
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_q, Shape::kRowsPerBlock)), p.nheads_q, p.batch);
+    bwd::attention_bwd_preprocess_kernel<T, kHeadDim><<<grid, bwd::kPreprocessThreads, 0, stream>>>(p);
+    check_launch("attention_bwd_preprocess_kernel");
+  }
+  // With seqlen_q == 0 every key block sees no query: the kernel still runs and writes dK = dV = 0.
+  if (p.seqlen_k > 0) {
+    auto kernel = bwd::attention_bwd_dkdv_kernel<T, Dkdv>;
+    allow_smem(kernel, Dkdv::kSmemBytes, "cudaFuncSetAttribute(attention_bwd_dkdv_kernel)");
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_k, Dkdv::kBlockN)), p.nheads_kv, p.batch);
+    kernel<<<grid, Dkdv::kThreads, Dkdv::kSmemBytes, stream>>>(p);
+    check_launch("attention_bwd_dkdv_kernel");
+  }
+  // With seqlen_k == 0 no key block is visited and dQ = 0 is written.
+  if (p.seqlen_q > 0) {
+    auto kernel = bwd::attention_bwd_dq_kernel<T, Dq>;
+    allow_smem(kernel, Dq::kSmemBytes, "cudaFuncSetAttribute(attention_bwd_dq_kernel)");
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_q, Dq::kBlockM)), p.nheads_q, p.batch);
+    kernel<<<grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p);
+    check_launch("attention_bwd_dq_kernel");
+  }
+}
+
+template <typename T>
+void dispatch_head_dim(const AttentionParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 32: return launch_backward<T, 32>(p, stream);
+    case 64: return launch_backward<T, 64>(p, stream);
+    case 96: return launch_backward<T, 96>(p, stream);
+    case 128: return launch_backward<T, 128>(p, stream);
+    case 256: return launch_backward<T, 256>(p, stream);
+    default:
+      throw std::invalid_argument("attention backward (CUDA): head_dim " + std::to_string(p.head_dim) +
+                                  " is not compiled; supported: 32, 64, 96, 128, 256");
+  }
+}
+
+}  // namespace
+
+void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
+  // Nothing to write: dq/dk/dv are empty tensors. (seqlen_q == 0 or seqlen_k == 0 alone still
+  // launches the kernel that zero-fills the non-empty gradients.)
+  if (p.batch == 0 || p.nheads_q == 0) return;
+  if (p.nheads_kv <= 0 || p.nheads_q % p.nheads_kv != 0) {
+    throw std::invalid_argument("attention backward (CUDA): nheads_q (" + std::to_string(p.nheads_q) +
+                                ") must be a positive multiple of nheads_kv (" +
+                                std::to_string(p.nheads_kv) + ")");
+  }
+  // Heads and batch ride grid axes 1 and 2 (at most 65535 each); sequence tiles use axis 0.
+  if (p.batch > 65535 || p.nheads_q > 65535) {
+    throw std::invalid_argument("attention backward (CUDA): batch and nheads must be <= 65535, got batch " +
+                                std::to_string(p.batch) + ", nheads " + std::to_string(p.nheads_q));
+  }
+  switch (p.dtype) {
+    case DType::kFloat16: return dispatch_head_dim<__half>(p, stream);
+    case DType::kBFloat16: return dispatch_head_dim<__nv_bfloat16>(p, stream);
+  }
+  throw std::invalid_argument("attention backward (CUDA): dtype must be float16 or bfloat16");
+}
+
+}  // namespace flashattn

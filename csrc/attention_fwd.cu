@@ -1,0 +1,99 @@
+// Host side of the forward attention kernel: instance choice (head dim x dtype), launch geometry,
+// shared-memory opt-in and the checks a kernel cannot report itself.
+//
+// Build: correct with or without --use_fast_math (CMakeLists.txt uses it). The softmax's fast exp2 is
+// explicit (primitives.cuh), and the positional sin/cos reduce their argument themselves
+// (positional.cuh: pe_sincos), so the flag's approximate sincosf cannot reach them.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "attention_fwd.cuh"
+#include "errors.h"
+#include "launch.h"
+
+namespace flashattn {
+namespace {
+
+// cp.async and the epilogue move 16-byte chunks: every row start must be 16-byte aligned. The stride
+// of a dimension of size 1 is never used (torch leaves arbitrary strides there), so it is not checked.
+void check_vector_aligned(const void* ptr, const Strides& s, int batch, int seqlen, int heads,
+                          const char* name) {
+  const bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (batch <= 1 || s.batch % 8 == 0) &&
+                  (seqlen <= 1 || s.seq % 8 == 0) && (heads <= 1 || s.head % 8 == 0);
+  if (!ok) {
+    throw std::invalid_argument(std::string("flashattn_py CUDA forward: ") + name +
+                                " must be 16-byte aligned with batch/seq/head strides that are multiples of 8 "
+                                "elements (pass a contiguous copy)");
+  }
+}
+
+template <typename T, int kHeadDim>
+void launch_forward(const AttentionParams& p, cudaStream_t stream) {
+  using Cfg = FwdConfig<kHeadDim>;
+  const std::string name = std::string("attention_fwd_kernel<") +
+                           (p.dtype == DType::kFloat16 ? "fp16" : "bf16") + ", head_dim " +
+                           std::to_string(kHeadDim) + ">";
+  const dim3 grid((p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM, p.nheads_q, p.batch);
+  const size_t smem = size_t(Cfg::kSmemElems) * sizeof(T);
+  auto kernel = attention_fwd_kernel<T, kHeadDim>;
+  if (smem > 48 * 1024) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               ("cudaFuncSetAttribute(" + name + ", MaxDynamicSharedMemorySize)").c_str());
+  }
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
+  check_launch(name.c_str());
+}
+
+template <typename T>
+void dispatch_head_dim(const AttentionParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 32: return launch_forward<T, 32>(p, stream);
+    case 64: return launch_forward<T, 64>(p, stream);
+    case 96: return launch_forward<T, 96>(p, stream);
+    case 128: return launch_forward<T, 128>(p, stream);
+    case 256: return launch_forward<T, 256>(p, stream);
+    default:
+      throw std::invalid_argument("flashattn_py CUDA forward: head_dim " + std::to_string(p.head_dim) +
+                                  " has no compiled kernel (32, 64, 96, 128, 256; pad to the next one)");
+  }
+}
+
+}  // namespace
+
+void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
+  if (p.batch == 0 || p.seqlen_q == 0 || p.nheads_q == 0) return;  // nothing to write
+  if (p.nheads_kv <= 0 || p.nheads_q % p.nheads_kv != 0) {
+    throw std::invalid_argument("flashattn_py CUDA forward: nheads_q (" + std::to_string(p.nheads_q) +
+                                ") must be a multiple of nheads_kv (" + std::to_string(p.nheads_kv) + ")");
+  }
+  if (p.nheads_q > 65535 || p.batch > 65535) {
+    throw std::invalid_argument("flashattn_py CUDA forward: batch and nheads must be <= 65535 (grid y/z)");
+  }
+  if (p.pe.kind != int(PEKind::kNone)) {  // the kernels index smem tiles by pe.dim: keep it inside
+    if (p.pe.kind != int(PEKind::kRotary) && p.pe.kind != int(PEKind::kSinusoidal)) {
+      throw std::invalid_argument("flashattn_py CUDA forward: unknown positional encoding kind " +
+                                  std::to_string(p.pe.kind));
+    }
+    if (p.pe.dim <= 0 || p.pe.dim % 2 != 0 || p.pe.dim > p.head_dim) {
+      throw std::invalid_argument("flashattn_py CUDA forward: positional dim " + std::to_string(p.pe.dim) +
+                                  " must be even and in [2, head_dim = " + std::to_string(p.head_dim) + "]");
+    }
+    if ((p.pe.cos == nullptr) != (p.pe.sin == nullptr)) {
+      throw std::invalid_argument("flashattn_py CUDA forward: rotary cos and sin tables go together");
+    }
+  }
+  check_vector_aligned(p.q, p.q_strides, p.batch, p.seqlen_q, p.nheads_q, "q");
+  check_vector_aligned(p.out, p.out_strides, p.batch, p.seqlen_q, p.nheads_q, "out");
+  if (p.seqlen_k > 0) {
+    check_vector_aligned(p.k, p.k_strides, p.batch, p.seqlen_k, p.nheads_kv, "k");
+    check_vector_aligned(p.v, p.v_strides, p.batch, p.seqlen_k, p.nheads_kv, "v");
+  }
+  if (p.dtype == DType::kFloat16) {
+    dispatch_head_dim<__half>(p, stream);
+  } else {
+    dispatch_head_dim<__nv_bfloat16>(p, stream);
+  }
+}
+
+}  // namespace flashattn

@@ -1,0 +1,375 @@
+// Forward attention kernel (FlashAttention-2 schedule) on mma.sync tensor cores, sm_80+.
+//
+// One CTA = one tile of kBlockM query rows of one (batch, head); warp w owns kMSlabs slabs of 16
+// query rows (rows 16 * (w * kMSlabs + mi) .. +15 of the tile, mi < kMSlabs) and keeps, for them,
+// the output accumulator O (fp32), the running row max m and the running (per-thread partial) row
+// sum l, all in registers. Two slabs per warp reuse every K/V fragment read from shared memory for
+// two MMAs: with one slab every m16n8k16 needs 256 B of ldmatrix traffic, and the kernel was 14%
+// (d = 128) to 24% (d = 64) slower on an H200. The CTA walks only the key blocks the mask lets its
+// rows see (causal / window block skipping).
+//
+// Fragment ownership (primitives.cuh has the full m16n8k16 layout), lane = 4g + t, slab mi:
+//   S = Q K^T:  s_acc[mi][j][0..1] = S[row g    ][key 8j + 2t, 8j + 2t + 1]
+//               s_acc[mi][j][2..3] = S[row g + 8][key 8j + 2t, 8j + 2t + 1]     (rows of slab mi)
+//   O:          o_acc[mi][j][0..1] = O[row g][dim 8j + 2t, +1], o_acc[mi][j][2..3] = O[row g + 8][...]
+//   m_row[mi][h], l_row[mi][h]: row g + 8h of slab mi. The 4 lanes of a quad share a row: maxima are
+//   quad-reduced every block (all lanes must rescale alike); sums stay per-lane partials until the
+//   epilogue. P = exp2(S - m) goes from s_acc to A fragments of P V without leaving registers
+//   (accum_to_a_frag: n8 tiles 2c, 2c+1 = k-slice c).
+//
+// Shared memory: Q [kBlockM][kHeadDim + 8], then two buffers each of K and V [kBlockN][kHeadDim + 8];
+// the +8 padding makes every ldmatrix conflict-free. Pipeline per key block j (K_j, V_j landed, K_j
+// encoded): issue K_{j+1}, V_{j+1} into the other buffers | S = Q K_j^T, mask, online softmax |
+// O += P V_j | wait, sync | encode K_{j+1} (if PE), sync. One barrier per block (two with PE), and the
+// loads have a whole block of math to land. (A single-buffered FA2-style pipeline, V_j under QK^T and
+// K_{j+1} under PV, was 4% slower at d = 128 on an H200.)
+//
+// Softmax in base 2: scores are multiplied by softmax_scale * log2(e) once, then p = 2^(s - m)
+// (one MUFU ex2 each). A row that has seen no visible key yet has m = -inf; it subtracts 0 instead,
+// so p = 2^-inf = 0 and no (-inf) - (-inf) NaN appears. At the end such a row has l = 0: out 0, lse -inf.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "params.h"
+#include "positional.cuh"
+#include "primitives.cuh"
+
+namespace flashattn {
+
+// Tile shapes per head dim (kBlockM = 16 * kMSlabs * kWarps). Registers per thread: O is
+// kMSlabs * kHeadDim / 2 fp32, S is kMSlabs * kBlockN / 2, Q fragments (when held) kMSlabs * kHeadDim / 4.
+//  - d <= 96: 128 x 64 tiles, 4 warps x 2 slabs (Q fragments held in registers at d = 32 only).
+//  - d 128: 128 x 32, 4 warps x 2 slabs, Q re-read from smem per k-slice: O (128) + S (32) registers
+//    leave no room for 64 more of Q fragments; 128 x 64 spills on sm_80 and needs 102 KB of smem
+//    (it was 5% faster on an H200).
+//  - d 256: 64 x 32, 4 warps x 1 slab: O alone is 128 registers; Q + 2 x (K + V) = (64 + 4 * 32) * 264
+//    * 2 B = 99 KB, the sm_86/sm_89 per-block limit. (128 x 32 with 8 warps and single K/V buffers was
+//    12% slower on an H200.)
+template <int kHeadDim>
+struct FwdTileShape {
+  static constexpr int kBlockM = 128, kBlockN = 32, kWarps = 4, kMSlabs = 2;
+  static constexpr bool kQInRegs = false;
+};
+template <>
+struct FwdTileShape<32> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kMSlabs = 2;
+  static constexpr bool kQInRegs = true;
+};
+template <>
+struct FwdTileShape<64> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kMSlabs = 2;
+  static constexpr bool kQInRegs = false;
+};
+template <>
+struct FwdTileShape<96> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kMSlabs = 2;
+  static constexpr bool kQInRegs = false;
+};
+template <>
+struct FwdTileShape<256> {
+  static constexpr int kBlockM = 64, kBlockN = 32, kWarps = 4, kMSlabs = 1;
+  static constexpr bool kQInRegs = false;
+};
+
+template <int kHeadDim>
+struct FwdConfig {
+  using Shape = FwdTileShape<kHeadDim>;
+  static constexpr int kBlockM = Shape::kBlockM;
+  static constexpr int kBlockN = Shape::kBlockN;
+  static constexpr int kWarps = Shape::kWarps;
+  static constexpr int kMSlabs = Shape::kMSlabs;  // 16-row slabs per warp
+  static constexpr bool kQInRegs = Shape::kQInRegs;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kLd = kHeadDim + 8;  // smem row pitch (elements), see primitives.cuh
+  static constexpr int kSmemElems = (kBlockM + 4 * kBlockN) * kLd;  // Q, 2 x K, 2 x V
+  static_assert(kBlockM == 16 * kMSlabs * kWarps, "kMSlabs 16-row slabs per warp");
+  static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "whole m16n8k16 k-slices");
+};
+
+// Sequence-row window [lo, hi) of keys that query `row` sees (masks.py, bottom-right aligned).
+__device__ __forceinline__ void visible_key_range(int64_t row, const AttentionParams& p, int& lo, int& hi) {
+  const int64_t aligned = row + p.seqlen_k - p.seqlen_q;
+  int64_t l = 0, h = p.seqlen_k;
+  if (p.window_left >= 0) l = max(l, aligned - p.window_left);
+  if (p.window_right >= 0) h = min(h, aligned + p.window_right + 1);
+  lo = int(min(l, int64_t(p.seqlen_k)));
+  hi = int(max(h, int64_t(0)));
+}
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
+    attention_fwd_kernel(const __grid_constant__ AttentionParams params) {
+  using Cfg = FwdConfig<kHeadDim>;
+  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kThreads = Cfg::kThreads, kLd = Cfg::kLd;
+  constexpr int kSlicesQK = kHeadDim / 16;  // k-slices of S = Q K^T
+  constexpr int kTilesS = kBlockN / 8;      // n8 tiles of S
+  constexpr int kSlicesPV = kBlockN / 16;   // k-slices of O = P V
+  constexpr int kTilesO = kHeadDim / 8;     // n8 tiles of O
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* q_s = reinterpret_cast<T*>(smem_raw);
+  T* k_s = q_s + kBlockM * kLd;  // two K buffers, then two V buffers
+  T* v_s = k_s + 2 * kBlockN * kLd;
+
+  const AttentionParams& p = params;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  // Heaviest query tiles first: under a causal mask the last tiles see the most keys; starting them
+  // early keeps them out of the final, partly idle wave of CTAs (a small effect at 4k, < 1%).
+  const int m_start = (gridDim.x - 1 - blockIdx.x) * kBlockM;
+  const int head = blockIdx.y, batch = blockIdx.z;
+  const int kv_head = head / (p.nheads_q / p.nheads_kv);
+
+  const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch + head * p.q_strides.head;
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_strides.batch + kv_head * p.k_strides.head;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_strides.batch + kv_head * p.v_strides.head;
+  const bool encode = p.pe.kind != int(PEKind::kNone);
+  const int64_t* q_pos = p.pe.q_pos != nullptr ? p.pe.q_pos + batch * p.pe.q_pos_stride_b : nullptr;
+  const int64_t* k_pos = p.pe.k_pos != nullptr ? p.pe.k_pos + batch * p.pe.k_pos_stride_b : nullptr;
+
+  // Key blocks this query tile can see (masks.key_range); empty when every row is fully masked.
+  int n_block_min = 0, n_block_max = 0;
+  {
+    int lo_first, hi_first, lo_last, hi_last;
+    visible_key_range(m_start, p, lo_first, hi_first);
+    visible_key_range(min(m_start + kBlockM, p.seqlen_q) - 1, p, lo_last, hi_last);
+    if (hi_last > lo_first) {
+      n_block_min = lo_first / kBlockN;
+      n_block_max = (hi_last + kBlockN - 1) / kBlockN;
+    }
+  }
+
+  // Prologue: the Q tile and the first K and V tiles, encoded before anyone reads them.
+  cp_async_tile<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, q, p.q_strides.seq, m_start, p.seqlen_q);
+  cp_async_commit();
+  if (n_block_min < n_block_max) {
+    cp_async_tile<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, k, p.k_strides.seq, n_block_min * kBlockN,
+                                                  p.seqlen_k);
+    cp_async_tile<T, kBlockN, kHeadDim, kThreads>(v_s, kLd, v, p.v_strides.seq, n_block_min * kBlockN,
+                                                  p.seqlen_k);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  if (encode) {
+    encode_rows_in_smem<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, m_start, p.seqlen_q, q_pos,
+                                                        p.pe.q_pos_stride_s, p.pe, false);
+    if (n_block_min < n_block_max) {
+      encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, n_block_min * kBlockN, p.seqlen_k, k_pos,
+                                                          p.pe.k_pos_stride_s, p.pe, false);
+    }
+    __syncthreads();
+  }
+
+  constexpr int kMSlabs = Cfg::kMSlabs;
+  constexpr int kWarpRows = 16 * kMSlabs;
+  const T* q_warp = q_s + warp * kWarpRows * kLd;  // this warp's rows; slab mi starts 16 * mi later
+  uint32_t q_frag[Cfg::kQInRegs ? kMSlabs : 1][Cfg::kQInRegs ? kSlicesQK : 1][4];
+  if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+    for (int mi = 0; mi < kMSlabs; ++mi)
+#pragma unroll
+      for (int ks = 0; ks < kSlicesQK; ++ks)
+        ldmatrix_x4(q_frag[mi][ks], q_warp + a_frag_offset(lane, 16 * mi, ks * 16, kLd));
+  }
+
+  float o_acc[kMSlabs][kTilesO][4];
+  float m_row[kMSlabs][2], l_row[kMSlabs][2];
+#pragma unroll
+  for (int mi = 0; mi < kMSlabs; ++mi) {
+#pragma unroll
+    for (int j = 0; j < kTilesO; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[mi][j][e] = 0.f;
+    m_row[mi][0] = m_row[mi][1] = -INFINITY;
+    l_row[mi][0] = l_row[mi][1] = 0.f;
+  }
+  const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores in log2 units
+  const int row0 = m_start + warp * kWarpRows + g;                   // rows row0 + 16 mi + 8 h
+  const int64_t diag = int64_t(p.seqlen_k) - p.seqlen_q;
+
+  for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
+    const int n_start = n_block * kBlockN;
+    const bool has_next = n_block + 1 < n_block_max;
+    const int stage = (n_block - n_block_min) & 1;
+    const T* k_cur = k_s + stage * kBlockN * kLd;
+    const T* v_cur = v_s + stage * kBlockN * kLd;
+    T* k_next = k_s + (stage ^ 1) * kBlockN * kLd;
+    if (has_next) {  // K_{j+1}, V_{j+1} stream in under all of block j's math
+      const int next_start = n_start + kBlockN;
+      cp_async_tile<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, k, p.k_strides.seq, next_start, p.seqlen_k);
+      cp_async_tile<T, kBlockN, kHeadDim, kThreads>(v_s + (stage ^ 1) * kBlockN * kLd, kLd, v, p.v_strides.seq,
+                                                    next_start, p.seqlen_k);
+      cp_async_commit();
+    }
+
+    // S = Q K^T for this warp's rows x kBlockN keys; each K fragment feeds kMSlabs MMAs.
+    float s_acc[kMSlabs][kTilesS][4];
+#pragma unroll
+    for (int mi = 0; mi < kMSlabs; ++mi)
+#pragma unroll
+      for (int j = 0; j < kTilesS; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s_acc[mi][j][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kSlicesQK; ++ks) {
+      uint32_t a[kMSlabs][4];
+#pragma unroll
+      for (int mi = 0; mi < kMSlabs; ++mi) {
+        if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[mi][r] = q_frag[mi][ks][r];
+        } else {
+          ldmatrix_x4(a[mi], q_warp + a_frag_offset(lane, 16 * mi, ks * 16, kLd));
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kTilesS; j += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k_cur + b_frag_offset_nk(lane, j * 8, ks * 16, kLd));
+        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+        for (int mi = 0; mi < kMSlabs; ++mi) {
+          mma_m16n8k16<T>(s_acc[mi][j], a[mi], b0);
+          mma_m16n8k16<T>(s_acc[mi][j + 1], a[mi], b1);
+        }
+      }
+    }
+
+    // Masks cost only on blocks that cross the sequence end, the causal/right diagonal or the
+    // left window edge (conservative over the whole query tile).
+    const bool need_mask =
+        n_start + kBlockN > p.seqlen_k ||
+        (p.window_right >= 0 && n_start + kBlockN - 1 > m_start + diag + p.window_right) ||
+        (p.window_left >= 0 && n_start < int64_t(m_start) + kBlockM - 1 + diag - p.window_left);
+
+    // Online softmax, per row: slab mi, half h (row0 + 16 mi + 8 h).
+    float rescale[kMSlabs][2];
+#pragma unroll
+    for (int mi = 0; mi < kMSlabs; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int lo = 0, hi = kBlockN;  // visible columns of this row, relative to n_start
+        if (need_mask) {
+          visible_key_range(row0 + 16 * mi + 8 * h, p, lo, hi);
+          lo -= n_start;
+          hi -= n_start;
+        }
+        float mx = m_row[mi][h];
+#pragma unroll
+        for (int j = 0; j < kTilesS; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = j * 8 + 2 * t + e;
+            float sv = s_acc[mi][j][2 * h + e] * scale_log2;
+            if (need_mask && (col < lo || col >= hi)) sv = -INFINITY;
+            s_acc[mi][j][2 * h + e] = sv;
+            mx = fmaxf(mx, sv);
+          }
+        }
+        mx = quad_max(mx);
+        const float m_sub = mx == -INFINITY ? 0.f : mx;  // nothing visible yet: avoid -inf - -inf
+        rescale[mi][h] = mx == m_row[mi][h] ? 1.f : fast_exp2(m_row[mi][h] - m_sub);  // exactly 1 if unmoved
+        m_row[mi][h] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < kTilesS; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pr = fast_exp2(s_acc[mi][j][2 * h + e] - m_sub);
+            s_acc[mi][j][2 * h + e] = pr;
+            sum += pr;
+          }
+        }
+        l_row[mi][h] = l_row[mi][h] * rescale[mi][h] + sum;
+      }
+    }
+    // Rescale O only when some row max of this warp moved: after the first blocks the max rarely
+    // changes, and kMSlabs * kHeadDim / 2 multiplies per block cost about as many issue slots as the
+    // MMAs at kBlockN = 32 (+7% at d = 128, +11% at d = 256 on an H200). At d <= 64, O is small and
+    // the branch only splits the schedule (-2%), so it always rescales. The vote keeps the branch
+    // warp-uniform; skipping a factor of exactly 1 changes nothing.
+    bool moved = false;
+#pragma unroll
+    for (int mi = 0; mi < kMSlabs; ++mi) moved |= rescale[mi][0] != 1.f || rescale[mi][1] != 1.f;
+    if (kHeadDim <= 64 || __any_sync(0xffffffffu, moved)) {
+#pragma unroll
+      for (int mi = 0; mi < kMSlabs; ++mi)
+#pragma unroll
+        for (int j = 0; j < kTilesO; ++j) {
+          o_acc[mi][j][0] *= rescale[mi][0];
+          o_acc[mi][j][1] *= rescale[mi][0];
+          o_acc[mi][j][2] *= rescale[mi][1];
+          o_acc[mi][j][3] *= rescale[mi][1];
+        }
+    }
+
+    // O += P V: P rounded to T straight from the S accumulators; each V fragment feeds kMSlabs MMAs.
+#pragma unroll
+    for (int kk = 0; kk < kSlicesPV; ++kk) {
+      uint32_t a[kMSlabs][4];
+#pragma unroll
+      for (int mi = 0; mi < kMSlabs; ++mi) accum_to_a_frag<T>(a[mi], s_acc[mi][2 * kk], s_acc[mi][2 * kk + 1]);
+#pragma unroll
+      for (int j = 0; j < kTilesO; j += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_cur + b_frag_offset_kn(lane, kk * 16, j * 8, kLd));
+        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+        for (int mi = 0; mi < kMSlabs; ++mi) {
+          mma_m16n8k16<T>(o_acc[mi][j], a[mi], b0);
+          mma_m16n8k16<T>(o_acc[mi][j + 1], a[mi], b1);
+        }
+      }
+    }
+
+    cp_async_wait<0>();  // K_{j+1}, V_{j+1} landed (this thread's copies) ...
+    __syncthreads();     // ... everyone's; and every warp is done reading buffer `stage`, which the next
+                         // iteration refills with block j+2
+    if (encode && has_next) {
+      encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, n_start + kBlockN, p.seqlen_k, k_pos,
+                                                          p.pe.k_pos_stride_s, p.pe, false);
+      __syncthreads();
+    }
+  }
+
+  // Epilogue: normalize, lse (natural log), stage this warp's rows in its own Q smem rows (only this
+  // warp ever reads them, so __syncwarp suffices), then 16-byte coalesced stores of the valid rows.
+  T* o_stage = q_s + warp * kWarpRows * kLd;
+#pragma unroll
+  for (int mi = 0; mi < kMSlabs; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float l = quad_sum(l_row[mi][h]);
+      const float inv_l = l > 0.f ? 1.f / l : 0.f;  // l = 0: the row saw no key, out = 0
+      const int row = row0 + 16 * mi + 8 * h;
+      if (t == 0 && row < p.seqlen_q) {
+        const float lse = l > 0.f ? (m_row[mi][h] + log2f(l)) * 0.6931471805599453f : -INFINITY;
+        p.lse[(int64_t(batch) * p.nheads_q + head) * p.seqlen_q + row] = lse;
+      }
+#pragma unroll
+      for (int j = 0; j < kTilesO; ++j) {
+        *reinterpret_cast<uint32_t*>(o_stage + (16 * mi + g + 8 * h) * kLd + j * 8 + 2 * t) =
+            pack2<T>(o_acc[mi][j][2 * h] * inv_l, o_acc[mi][j][2 * h + 1] * inv_l);
+      }
+    }
+  }
+  __syncwarp();
+  T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + head * p.out_strides.head;
+  constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+#pragma unroll
+  for (int i = 0; i < kWarpRows * kChunksPerRow / 32; ++i) {
+    const int c = i * 32 + lane;
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    const int row = m_start + warp * kWarpRows + r;
+    if (row < p.seqlen_q) {
+      *reinterpret_cast<uint4*>(out + row * p.out_strides.seq + col) =
+          *reinterpret_cast<const uint4*>(o_stage + r * kLd + col);
+    }
+  }
+}
+
+}  // namespace flashattn

@@ -1,0 +1,171 @@
+// flashattn_py._cuda: the pybind11 face of the CUDA kernels (launch.h).
+//
+// Python fills an AttentionParams with raw device pointers, shapes and element strides (all plain
+// ints) and passes the CUDA stream as an int (torch.cuda.current_stream().cuda_stream): no torch C++
+// header is included, so one wheel works next to any torch build. flashattn_py/cuda_backend.py is
+// the only caller; it owns the semantics (shapes, padding, encodings), this file only transports.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include "errors.h"
+#include "launch.h"
+#include "params.h"
+
+namespace py = pybind11;
+using namespace flashattn;
+
+namespace {
+
+constexpr int kMinComputeMajor = 8;  // sm_80+: the kernels use mma.sync bf16/fp16 and cp.async
+
+// Raises a RuntimeError that says what is missing when there is no usable GPU; otherwise makes
+// `device` current (the runtime linked here keeps its own notion of the current device, so the
+// one torch set is not inherited) and checks it is sm_80 or newer.
+void require_device(int device) {
+  int count = 0;
+  cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess || count == 0) {
+    std::string why = status == cudaSuccess ? std::string("no device found")
+                                            : std::string(cudaGetErrorName(status)) + ": " +
+                                                  cudaGetErrorString(status);
+    cudaGetLastError();  // reset the (non-sticky) error state
+    throw std::runtime_error("flashattn_py: no CUDA device (" + why +
+                             "); the cuda backend needs an NVIDIA GPU (sm_80+) and a driver for CUDA " +
+                             std::to_string(CUDART_VERSION / 1000) + "." +
+                             std::to_string(CUDART_VERSION % 1000 / 10) + "+");
+  }
+  if (device < 0 || device >= count) {
+    throw std::runtime_error("flashattn_py: CUDA device " + std::to_string(device) + " does not exist (" +
+                             std::to_string(count) + " visible)");
+  }
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+             "cudaDeviceGetAttribute(compute capability major)");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+             "cudaDeviceGetAttribute(compute capability minor)");
+  if (major < kMinComputeMajor) {
+    throw std::runtime_error("flashattn_py: CUDA device " + std::to_string(device) + " is sm_" +
+                             std::to_string(major * 10 + minor) +
+                             "; the cuda backend needs an NVIDIA GPU (sm_80+); use backend='triton'");
+  }
+}
+
+cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// A read-write Python property for a pointer field, seen from Python as an int (an address).
+template <typename Class, typename Pointer>
+void pointer_field(py::class_<Class>& cls, const char* name, Pointer Class::*field) {
+  cls.def_property(
+      name, [field](const Class& self) { return reinterpret_cast<std::uintptr_t>(self.*field); },
+      [field](Class& self, std::uintptr_t address) { self.*field = reinterpret_cast<Pointer>(address); });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "flashattn_py CUDA kernels (csrc/): forward and backward attention with fused positional encodings";
+
+  py::enum_<DType>(m, "DType").value("float16", DType::kFloat16).value("bfloat16", DType::kBFloat16);
+  m.attr("PE_NONE") = static_cast<int>(PEKind::kNone);
+  m.attr("PE_ROTARY") = static_cast<int>(PEKind::kRotary);
+  m.attr("PE_SINUSOIDAL") = static_cast<int>(PEKind::kSinusoidal);
+  m.attr("CUDART_VERSION") = CUDART_VERSION;
+
+  py::class_<Strides>(m, "Strides", "Element strides of a bshd tensor (head dim contiguous)")
+      .def(py::init<>())
+      .def(py::init([](int64_t batch, int64_t seq, int64_t head) { return Strides{batch, seq, head}; }),
+           py::arg("batch"), py::arg("seq"), py::arg("head"))
+      .def_readwrite("batch", &Strides::batch)
+      .def_readwrite("seq", &Strides::seq)
+      .def_readwrite("head", &Strides::head)
+      .def("__repr__", [](const Strides& s) {
+        return "Strides(batch=" + std::to_string(s.batch) + ", seq=" + std::to_string(s.seq) +
+               ", head=" + std::to_string(s.head) + ")";
+      });
+
+  py::class_<PositionalParams> pe(m, "PositionalParams", "Positional encoding of q/k tiles (params.h)");
+  pe.def(py::init<>())
+      .def_readwrite("kind", &PositionalParams::kind)
+      .def_readwrite("dim", &PositionalParams::dim)
+      .def_readwrite("interleaved", &PositionalParams::interleaved)
+      .def_readwrite("log2_base", &PositionalParams::log2_base)
+      .def_readwrite("scale", &PositionalParams::scale)
+      .def_readwrite("table_stride", &PositionalParams::table_stride)
+      .def_readwrite("q_pos_stride_b", &PositionalParams::q_pos_stride_b)
+      .def_readwrite("q_pos_stride_s", &PositionalParams::q_pos_stride_s)
+      .def_readwrite("k_pos_stride_b", &PositionalParams::k_pos_stride_b)
+      .def_readwrite("k_pos_stride_s", &PositionalParams::k_pos_stride_s);
+  pointer_field(pe, "cos", &PositionalParams::cos);
+  pointer_field(pe, "sin", &PositionalParams::sin);
+  pointer_field(pe, "q_pos", &PositionalParams::q_pos);
+  pointer_field(pe, "k_pos", &PositionalParams::k_pos);
+
+  py::class_<AttentionParams> params(m, "AttentionParams", "Every kernel argument (csrc/params.h)");
+  params.def(py::init<>())
+      .def_readwrite("dtype", &AttentionParams::dtype)
+      .def_readwrite("batch", &AttentionParams::batch)
+      .def_readwrite("seqlen_q", &AttentionParams::seqlen_q)
+      .def_readwrite("seqlen_k", &AttentionParams::seqlen_k)
+      .def_readwrite("nheads_q", &AttentionParams::nheads_q)
+      .def_readwrite("nheads_kv", &AttentionParams::nheads_kv)
+      .def_readwrite("head_dim", &AttentionParams::head_dim)
+      .def_readwrite("softmax_scale", &AttentionParams::softmax_scale)
+      .def_readwrite("window_left", &AttentionParams::window_left)
+      .def_readwrite("window_right", &AttentionParams::window_right)
+      .def_readwrite("q_strides", &AttentionParams::q_strides)
+      .def_readwrite("k_strides", &AttentionParams::k_strides)
+      .def_readwrite("v_strides", &AttentionParams::v_strides)
+      .def_readwrite("out_strides", &AttentionParams::out_strides)
+      .def_readwrite("dout_strides", &AttentionParams::dout_strides)
+      .def_readwrite("dq_strides", &AttentionParams::dq_strides)
+      .def_readwrite("dk_strides", &AttentionParams::dk_strides)
+      .def_readwrite("dv_strides", &AttentionParams::dv_strides)
+      .def_readwrite("pe", &AttentionParams::pe);
+  pointer_field(params, "q", &AttentionParams::q);
+  pointer_field(params, "k", &AttentionParams::k);
+  pointer_field(params, "v", &AttentionParams::v);
+  pointer_field(params, "out", &AttentionParams::out);
+  pointer_field(params, "lse", &AttentionParams::lse);
+  pointer_field(params, "dout", &AttentionParams::dout);
+  pointer_field(params, "dq", &AttentionParams::dq);
+  pointer_field(params, "dk", &AttentionParams::dk);
+  pointer_field(params, "dv", &AttentionParams::dv);
+  pointer_field(params, "delta", &AttentionParams::delta);
+
+  m.def(
+      "device_count",
+      [] {
+        int count = 0;
+        if (cudaGetDeviceCount(&count) != cudaSuccess) {
+          cudaGetLastError();
+          return 0;
+        }
+        return count;
+      },
+      "Number of CUDA devices this module's runtime sees (0 without a GPU or driver; never raises)");
+
+  m.def(
+      "forward",
+      [](const AttentionParams& p, std::uintptr_t stream, int device) {
+        require_device(device);
+        py::gil_scoped_release release;
+        run_attention_forward(p, as_stream(stream));
+      },
+      py::arg("params"), py::arg("stream"), py::arg("device"),
+      "out, lse from q, k, v on `stream` (a cudaStream_t as int) of `device`; asynchronous");
+
+  m.def(
+      "backward",
+      [](const AttentionParams& p, std::uintptr_t stream, int device) {
+        require_device(device);
+        py::gil_scoped_release release;
+        run_attention_backward(p, as_stream(stream));
+      },
+      py::arg("params"), py::arg("stream"), py::arg("device"),
+      "dq, dk, dv (and the delta scratch) from dout, q, k, v, out, lse on `stream`; asynchronous");
+}

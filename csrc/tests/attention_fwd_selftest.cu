@@ -1,0 +1,408 @@
+// Standalone GPU self-test of run_attention_forward, no torch: random inputs, a float64 host
+// reference of the same semantics (flashattn_py/masks.py, positional.py), strided layouts, guard
+// bytes around the output, then a few timings. For a GPU machine without the Python stack:
+//   nvcc -std=c++17 -O3 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+//        -Icsrc csrc/attention_fwd.cu csrc/tests/attention_fwd_selftest.cu -o build/fwd_selftest
+//   build/fwd_selftest [--no-timing | --timing-only]   (exit status 0 = every case within tolerance)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../launch.h"
+
+using namespace flashattn;
+
+#define CK(x)                                                                                \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) {                                                                 \
+      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);  \
+      std::exit(2);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+struct Case {
+  int batch, sq, sk, hq, hkv, d;
+  DType dtype;
+  int wl, wr;          // window, -1 unbounded (causal: wr = 0)
+  bool bhsd;           // memory layout of q/k/v/out
+  int pe;              // 0 none, 1 rotary, 2 sinusoidal
+  int rot_dim;         // rotary dim (0: d)
+  int interleaved;
+  bool tables;         // rotary cos/sin tables
+  int q_offset;        // position offset of q rows (k rows start at 0)
+  int user_dim;        // sinusoidal channel count (<= d; < d emulates padded head dims)
+};
+
+static uint16_t to_bits(float x, DType t) {
+  uint16_t b;
+  if (t == DType::kFloat16) {
+    __half h = __float2half_rn(x);
+    std::memcpy(&b, &h, 2);
+  } else {
+    __nv_bfloat16 h = __float2bfloat16_rn(x);
+    std::memcpy(&b, &h, 2);
+  }
+  return b;
+}
+static float from_bits(uint16_t b, DType t) {
+  if (t == DType::kFloat16) {
+    __half h;
+    std::memcpy(&h, &b, 2);
+    return __half2float(h);
+  }
+  __nv_bfloat16 h;
+  std::memcpy(&h, &b, 2);
+  return __bfloat162float(h);
+}
+static float round_to(float x, DType t) { return from_bits(to_bits(x, t), t); }
+
+// Element strides for (batch, seq, head) of a (b, s, h, d) tensor in bshd or bhsd memory order.
+static Strides strides_of(int s, int h, int d, bool bhsd) {
+  Strides st;
+  if (bhsd) {
+    st.seq = d, st.head = int64_t(s) * d, st.batch = int64_t(h) * s * d;
+  } else {
+    st.seq = int64_t(h) * d, st.head = d, st.batch = int64_t(s) * h * d;
+  }
+  return st;
+}
+
+// Encode one row x[0..d) at position p (reference of positional.cuh, double math, one rounding).
+static void encode_row(float* x, int d, int64_t p, const Case& c, double log2_base,
+                       const std::vector<float>& cos_t, const std::vector<float>& sin_t, DType t) {
+  if (c.pe == 1) {
+    const int dim = c.rot_dim, half = dim / 2;
+    for (int i = 0; i < half; ++i) {
+      double co, si;
+      if (c.tables) {
+        co = cos_t[p * half + i], si = sin_t[p * half + i];
+      } else {
+        const float inv = exp2f(-(float(2 * i) / float(dim)) * float(log2_base));  // as the kernel
+        const double a = double(float(p) * inv);
+        co = std::cos(a), si = std::sin(a);
+      }
+      const int c1 = c.interleaved ? 2 * i : i, c2 = c.interleaved ? 2 * i + 1 : i + half;
+      const double x1 = x[c1], x2 = x[c2];
+      x[c1] = round_to(float(x1 * co - x2 * si), t);
+      x[c2] = round_to(float(x2 * co + x1 * si), t);
+    }
+  } else if (c.pe == 2) {
+    const int dim = c.user_dim;
+    for (int i = 0; i < dim / 2; ++i) {
+      const float inv = exp2f(-(float(2 * i) / float(dim)) * float(log2_base));
+      const double a = double(float(p) * inv);
+      x[2 * i] = round_to(float(x[2 * i] * 0.5 + std::sin(a)), t);
+      x[2 * i + 1] = round_to(float(x[2 * i + 1] * 0.5 + std::cos(a)), t);
+    }
+  }
+}
+
+static bool run_case(const Case& c, std::mt19937& rng) {
+  const int B = c.batch, Sq = c.sq, Sk = c.sk, Hq = c.hq, Hkv = c.hkv, D = c.d;
+  const DType t = c.dtype;
+  const Strides qs = strides_of(Sq, Hq, D, c.bhsd), ks = strides_of(Sk, Hkv, D, c.bhsd);
+  const size_t nq = size_t(B) * Sq * Hq * D, nk = size_t(B) * Sk * Hkv * D;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<uint16_t> hq(nq), hk(nk), hv(nk);
+  for (auto& x : hq) x = to_bits(nd(rng), t);
+  for (auto& x : hk) x = to_bits(nd(rng), t);
+  for (auto& x : hv) x = to_bits(nd(rng), t);
+
+  const double log2_base = std::log2(10000.0);
+  const int rot_dim = c.rot_dim ? c.rot_dim : D;
+  Case cc = c;
+  cc.rot_dim = rot_dim;
+  const int max_pos = std::max(Sq + c.q_offset, Sk) + 1;
+  std::vector<float> cos_t, sin_t;
+  if (c.tables) {  // a "scaled" table, deliberately unlike the computed angles
+    cos_t.resize(size_t(max_pos) * rot_dim / 2), sin_t.resize(cos_t.size());
+    for (int p = 0; p < max_pos; ++p)
+      for (int i = 0; i < rot_dim / 2; ++i) {
+        const double a = 0.37 * p / std::pow(500.0, 2.0 * i / rot_dim);
+        cos_t[size_t(p) * rot_dim / 2 + i] = float(std::cos(a));
+        sin_t[size_t(p) * rot_dim / 2 + i] = float(std::sin(a));
+      }
+  }
+  std::vector<int64_t> qpos(size_t(B) * Sq), kpos(size_t(B) * Sk);
+  for (int b = 0; b < B; ++b) {
+    for (int s = 0; s < Sq; ++s) qpos[size_t(b) * Sq + s] = s + c.q_offset + b;  // per-batch offsets
+    for (int s = 0; s < Sk; ++s) kpos[size_t(b) * Sk + s] = s;
+  }
+  if (c.q_offset + B + Sq > max_pos) {  // keep table lookups in range
+    for (auto& p : qpos) p = std::min<int64_t>(p, max_pos - 1);
+  }
+
+  // Device buffers; out gets guard space before and after, filled with a sentinel.
+  const size_t guard = 4096;
+  uint16_t *dq, *dk, *dv, *dout;
+  float *dlse, *dcos = nullptr, *dsin = nullptr;
+  int64_t *dqpos, *dkpos;
+  CK(cudaMalloc(&dq, std::max<size_t>(nq, 1) * 2));
+  CK(cudaMalloc(&dk, std::max<size_t>(nk, 1) * 2));
+  CK(cudaMalloc(&dv, std::max<size_t>(nk, 1) * 2));
+  CK(cudaMalloc(&dout, (nq + 2 * guard) * 2));
+  CK(cudaMalloc(&dlse, (size_t(B) * Hq * Sq + 64) * 4));
+  CK(cudaMalloc(&dqpos, std::max<size_t>(qpos.size(), 1) * 8));
+  CK(cudaMalloc(&dkpos, std::max<size_t>(kpos.size(), 1) * 8));
+  CK(cudaMemcpy(dq, hq.data(), nq * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dk, hk.data(), nk * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dv, hv.data(), nk * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dqpos, qpos.data(), qpos.size() * 8, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dkpos, kpos.data(), kpos.size() * 8, cudaMemcpyHostToDevice));
+  CK(cudaMemset(dout, 0x7f, (nq + 2 * guard) * 2));  // 0x7f7f: a large finite sentinel
+  CK(cudaMemset(dlse, 0x7f, (size_t(B) * Hq * Sq + 64) * 4));
+  if (c.tables) {
+    CK(cudaMalloc(&dcos, cos_t.size() * 4));
+    CK(cudaMalloc(&dsin, sin_t.size() * 4));
+    CK(cudaMemcpy(dcos, cos_t.data(), cos_t.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dsin, sin_t.data(), sin_t.size() * 4, cudaMemcpyHostToDevice));
+  }
+
+  AttentionParams p;
+  p.dtype = t;
+  p.batch = B, p.seqlen_q = Sq, p.seqlen_k = Sk, p.nheads_q = Hq, p.nheads_kv = Hkv, p.head_dim = D;
+  p.softmax_scale = float(1.0 / std::sqrt(double(D)));
+  p.window_left = c.wl, p.window_right = c.wr;
+  p.q = dq, p.k = dk, p.v = dv, p.out = dout + guard, p.lse = dlse;
+  p.q_strides = qs, p.k_strides = ks, p.v_strides = ks, p.out_strides = qs;
+  p.pe.kind = c.pe;
+  p.pe.dim = c.pe == 1 ? rot_dim : c.user_dim;
+  p.pe.interleaved = c.interleaved;
+  p.pe.log2_base = float(log2_base);
+  p.pe.scale = 0.5f;
+  p.pe.cos = dcos, p.pe.sin = dsin, p.pe.table_stride = rot_dim / 2;
+  p.pe.q_pos = dqpos, p.pe.q_pos_stride_b = Sq, p.pe.q_pos_stride_s = 1;
+  p.pe.k_pos = dkpos, p.pe.k_pos_stride_b = Sk, p.pe.k_pos_stride_s = 1;
+  try {
+    run_attention_forward(p, 0);
+  } catch (const std::exception& e) {
+    std::printf("  launch threw: %s\n", e.what());
+    return false;
+  }
+  CK(cudaDeviceSynchronize());
+  std::vector<uint16_t> hout(nq + 2 * guard);
+  std::vector<float> hlse(size_t(B) * Hq * Sq + 64);
+  CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(hlse.data(), dlse, hlse.size() * 4, cudaMemcpyDeviceToHost));
+
+  // Reference.
+  double max_err = 0, max_ref = 0, max_lse_err = 0;
+  bool ok = true;
+  const int group = Hq / Hkv;
+  std::vector<float> qrow(D), kenc(size_t(Sk) * D);
+  std::vector<double> sc(Sk);
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < Hq; ++h) {
+      const int kh = h / group;
+      for (int j = 0; j < Sk; ++j) {
+        for (int e = 0; e < D; ++e) kenc[size_t(j) * D + e] = from_bits(hk[b * ks.batch + j * ks.seq + kh * ks.head + e], t);
+        encode_row(&kenc[size_t(j) * D], D, kpos[size_t(b) * Sk + j], cc, log2_base, cos_t, sin_t, t);
+      }
+      for (int i = 0; i < Sq; ++i) {
+        for (int e = 0; e < D; ++e) qrow[e] = from_bits(hq[b * qs.batch + i * qs.seq + h * qs.head + e], t);
+        encode_row(qrow.data(), D, qpos[size_t(b) * Sq + i], cc, log2_base, cos_t, sin_t, t);
+        const int64_t aligned = int64_t(i) + Sk - Sq;
+        double mx = -INFINITY;
+        for (int j = 0; j < Sk; ++j) {
+          const bool vis = (c.wr < 0 || j <= aligned + c.wr) && (c.wl < 0 || j >= aligned - c.wl);
+          double s = -INFINITY;
+          if (vis) {
+            s = 0;
+            for (int e = 0; e < D; ++e) s += double(qrow[e]) * kenc[size_t(j) * D + e];
+            s *= p.softmax_scale;
+          }
+          sc[j] = s;
+          mx = std::max(mx, s);
+        }
+        double l = 0;
+        for (int j = 0; j < Sk; ++j) l += mx == -INFINITY ? 0 : std::exp(sc[j] - mx);
+        const double lse_ref = l > 0 ? mx + std::log(l) : -INFINITY;
+        const float lse_got = hlse[(size_t(b) * Hq + h) * Sq + i];
+        if (std::isinf(lse_ref) ? !(std::isinf(lse_got) && lse_got < 0) : !(std::fabs(lse_got - lse_ref) <= 2e-3 * std::max(1.0, std::fabs(lse_ref)))) {
+          if (ok) std::printf("  lse mismatch b%d h%d i%d: got %g want %g\n", b, h, i, lse_got, lse_ref);
+          ok = false;
+        }
+        if (!std::isinf(lse_ref)) max_lse_err = std::max(max_lse_err, std::fabs(lse_got - lse_ref));
+        for (int e = 0; e < D; ++e) {
+          double o = 0;
+          if (l > 0)
+            for (int j = 0; j < Sk; ++j)
+              if (sc[j] != -INFINITY)
+                o += std::exp(sc[j] - mx) / l * from_bits(hv[b * ks.batch + j * ks.seq + kh * ks.head + e], t);
+          const float got = from_bits(hout[guard + b * qs.batch + i * qs.seq + h * qs.head + e], t);
+          if (!std::isfinite(got)) {
+            if (ok) std::printf("  non-finite out b%d h%d i%d e%d: %g\n", b, h, i, e, got);
+            ok = false;
+          }
+          max_err = std::max(max_err, std::fabs(got - o));
+          max_ref = std::max(max_ref, std::fabs(o));
+        }
+      }
+    }
+  }
+  for (size_t g = 0; g < guard; ++g)
+    if (hout[g] != 0x7f7f || hout[guard + nq + g] != 0x7f7f) {
+      std::printf("  write outside out (guard %zu)\n", g);
+      ok = false;
+      break;
+    }
+  for (size_t g = size_t(B) * Hq * Sq; g < hlse.size(); ++g)
+    if (std::memcmp(&hlse[g], "\x7f\x7f\x7f\x7f", 4) != 0) {
+      std::printf("  write past lse end\n");
+      ok = false;
+      break;
+    }
+  const double tol = (t == DType::kFloat16 ? 4e-3 : 3e-2) * std::max(1.0, max_ref);
+  if (max_err > tol) ok = false;
+  std::printf("%s b%d sq%d sk%d hq%d hkv%d d%d %s win(%d,%d) %s pe%d rd%d il%d tab%d off%d ud%d: out err %.3g (tol %.3g) lse err %.3g\n",
+              ok ? "ok  " : "FAIL", B, Sq, Sk, Hq, Hkv, D, t == DType::kFloat16 ? "fp16" : "bf16", c.wl, c.wr,
+              c.bhsd ? "bhsd" : "bshd", c.pe, rot_dim, c.interleaved, int(c.tables), c.q_offset, c.user_dim,
+              max_err, tol, max_lse_err);
+  cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dqpos), cudaFree(dkpos);
+  if (dcos) cudaFree(dcos), cudaFree(dsin);
+  return ok;
+}
+
+// Tensors over 2^31 elements: batch 1 lives 2^31 + 4096 elements after batch 0 and holds the same
+// data, so its output and lse must equal batch 0's bit for bit (an int32 offset would read elsewhere).
+static bool big_offset_check() {
+  const int S = 100, H = 2, D = 64;
+  const int64_t bstride = (int64_t(1) << 31) + 4096;
+  const size_t n = size_t(bstride) + size_t(S) * H * D;
+  const DType t = DType::kBFloat16;
+  uint16_t *q, *k, *v, *o;
+  float* lse;
+  if (cudaMalloc(&q, n * 2) != cudaSuccess || cudaMalloc(&k, n * 2) != cudaSuccess ||
+      cudaMalloc(&v, n * 2) != cudaSuccess || cudaMalloc(&o, n * 2) != cudaSuccess) {
+    std::printf("skip big-offset check: not enough GPU memory\n");
+    cudaGetLastError();
+    return true;
+  }
+  CK(cudaMalloc(&lse, size_t(2) * H * S * 4));
+  std::vector<uint16_t> h(size_t(S) * H * D);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (uint16_t* buf : {q, k, v}) {
+    for (auto& x : h) x = to_bits(nd(rng), t);
+    CK(cudaMemcpy(buf, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(buf + bstride, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  }
+  AttentionParams p;
+  p.dtype = t, p.batch = 2, p.seqlen_q = S, p.seqlen_k = S, p.nheads_q = H, p.nheads_kv = H, p.head_dim = D;
+  p.softmax_scale = 0.125f, p.window_right = 0;
+  p.q = q, p.k = k, p.v = v, p.out = o, p.lse = lse;
+  Strides st;
+  st.batch = bstride, st.seq = int64_t(H) * D, st.head = D;
+  p.q_strides = p.k_strides = p.v_strides = p.out_strides = st;
+  run_attention_forward(p, 0);
+  CK(cudaDeviceSynchronize());
+  std::vector<uint16_t> o0(h.size()), o1(h.size());
+  std::vector<float> l(size_t(2) * H * S);
+  CK(cudaMemcpy(o0.data(), o, h.size() * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(o1.data(), o + bstride, h.size() * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(l.data(), lse, l.size() * 4, cudaMemcpyDeviceToHost));
+  const bool ok = o0 == o1 && std::memcmp(l.data(), l.data() + H * S, size_t(H) * S * 4) == 0;
+  std::printf("%s big offsets (batch stride 2^31 + 4096 elements)\n", ok ? "ok  " : "FAIL");
+  cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse);
+  return ok;
+}
+
+static void time_case(int B, int H, int S, int D, DType t, bool causal, int pe) {
+  const size_t n = size_t(B) * S * H * D;
+  void *q, *k, *v, *o;
+  float* lse;
+  int64_t* pos;
+  CK(cudaMalloc(&q, n * 2));
+  CK(cudaMalloc(&k, n * 2));
+  CK(cudaMalloc(&v, n * 2));
+  CK(cudaMalloc(&o, n * 2));
+  CK(cudaMalloc(&lse, size_t(B) * H * S * 4));
+  CK(cudaMalloc(&pos, size_t(S) * 8));
+  std::vector<uint16_t> h(n);
+  std::vector<int64_t> hp(S);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (auto& x : h) x = to_bits(nd(rng), t);
+  for (int s = 0; s < S; ++s) hp[s] = s;
+  CK(cudaMemcpy(q, h.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(k, h.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(v, h.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(pos, hp.data(), S * 8, cudaMemcpyHostToDevice));
+  AttentionParams p;
+  p.dtype = t, p.batch = B, p.seqlen_q = S, p.seqlen_k = S, p.nheads_q = H, p.nheads_kv = H, p.head_dim = D;
+  p.softmax_scale = float(1.0 / std::sqrt(double(D)));
+  p.window_right = causal ? 0 : -1;
+  p.q = q, p.k = k, p.v = v, p.out = o, p.lse = lse;
+  p.q_strides = p.k_strides = p.v_strides = p.out_strides = strides_of(S, H, D, false);
+  p.pe.kind = pe, p.pe.dim = D, p.pe.log2_base = float(std::log2(10000.0)), p.pe.scale = 1.f;
+  p.pe.q_pos = pos, p.pe.q_pos_stride_s = 1, p.pe.k_pos = pos, p.pe.k_pos_stride_s = 1;
+  for (int i = 0; i < 3; ++i) run_attention_forward(p, 0);
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  const int iters = 20;
+  CK(cudaEventRecord(e0));
+  for (int i = 0; i < iters; ++i) run_attention_forward(p, 0);
+  CK(cudaEventRecord(e1));
+  CK(cudaEventSynchronize(e1));
+  float ms;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  ms /= iters;
+  const double flops = 4.0 * B * H * double(S) * S * D * (causal ? 0.5 : 1.0);
+  std::printf("time b%d h%d s%d d%d %s causal%d pe%d: %.3f ms, %.1f TFLOP/s\n", B, H, S, D,
+              t == DType::kFloat16 ? "fp16" : "bf16", int(causal), pe, ms, flops / ms / 1e9);
+  cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse), cudaFree(pos);
+}
+
+int main(int argc, char** argv) {
+  std::mt19937 rng(1234);
+  std::vector<Case> cases;
+  const DType F = DType::kFloat16, BF = DType::kBFloat16;
+  for (int d : {32, 64, 96, 128, 256})
+    for (DType t : {F, BF}) {
+      cases.push_back({2, 130, 200, 4, 2, d, t, -1, -1, false, 0, 0, 0, false, 0, d});   // tails, GQA
+      cases.push_back({1, 200, 130, 2, 1, d, t, -1, 0, true, 0, 0, 0, false, 0, d});     // causal sq > sk, bhsd
+      cases.push_back({1, 77, 300, 2, 2, d, t, 40, 7, false, 1, 0, 0, false, 0, d});      // window + rope neox
+    }
+  // Masks and edges (d 64 / 128).
+  cases.push_back({2, 257, 257, 2, 2, 128, F, -1, 0, false, 0, 0, 0, false, 0, 128});   // causal square
+  cases.push_back({1, 300, 64, 2, 2, 64, BF, -1, 0, false, 0, 0, 0, false, 0, 64});     // many empty rows
+  cases.push_back({1, 64, 300, 2, 2, 64, F, 0, 0, false, 0, 0, 0, false, 0, 64});       // window (0,0)
+  cases.push_back({1, 150, 150, 2, 2, 128, F, 5, -1, true, 0, 0, 0, false, 0, 128});    // left window only
+  cases.push_back({1, 100, 0, 2, 1, 64, F, -1, -1, false, 0, 0, 0, false, 0, 64});      // seqlen_k = 0
+  cases.push_back({1, 1, 513, 8, 1, 128, BF, -1, 0, false, 0, 0, 0, false, 0, 128});    // decode, MQA
+  cases.push_back({3, 33, 33, 3, 3, 32, F, -1, -1, false, 0, 0, 0, false, 0, 32});
+  // Positional encodings.
+  cases.push_back({2, 100, 160, 2, 1, 128, F, -1, -1, false, 1, 64, 1, false, 1000, 128});  // partial gpt-j
+  cases.push_back({1, 129, 129, 2, 2, 64, BF, -1, 0, false, 1, 0, 0, true, 3, 64});         // tables
+  cases.push_back({1, 50, 90, 2, 2, 64, F, -1, -1, true, 1, 24, 0, false, 7, 64});          // 12 pairs, neox
+  cases.push_back({1, 50, 90, 2, 2, 128, BF, 20, 3, false, 1, 0, 0, true, 0, 128});        // tables, window
+  cases.push_back({1, 90, 140, 2, 2, 96, F, -1, -1, false, 2, 0, 0, false, 0, 96});         // sinusoidal
+  cases.push_back({1, 90, 140, 2, 2, 96, F, -1, -1, false, 2, 0, 0, false, 0, 80});         // sinusoidal, padded d
+  cases.push_back({1, 70, 70, 2, 2, 256, BF, -1, 0, false, 1, 0, 1, false, 99000, 256});    // large positions
+  const bool timing_only = argc > 1 && std::strcmp(argv[1], "--timing-only") == 0;
+  int failures = 0;
+  if (!timing_only) {
+    for (const Case& c : cases) failures += !run_case(c, rng);
+    failures += !big_offset_check();
+    std::printf("%d / %zu cases failed\n", failures, cases.size() + 1);
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--no-timing") == 0) return failures != 0;
+  for (int d : {64, 128, 256}) {
+    time_case(4, 16, 4096, d, BF, false, 0);
+    time_case(4, 16, 4096, d, BF, true, 0);
+  }
+  time_case(4, 16, 4096, 128, F, false, 0);
+  time_case(4, 16, 4096, 96, BF, false, 0);
+  time_case(16, 16, 1024, 128, BF, true, 0);
+  time_case(4, 16, 4096, 128, BF, false, 1);
+  time_case(4, 16, 4096, 64, BF, false, 1);
+  return failures != 0;
+}

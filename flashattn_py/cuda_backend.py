@@ -1,0 +1,219 @@
+"""backend="cuda": the CUDA C++ kernels (csrc/, the extension flashattn_py._cuda).
+
+Same interface as the Triton backend (autograd.py): ``forward(q, k, v, params) -> (out, lse, scratch)``
+and ``backward(dout, q, k, v, out, lse, scratch, params) -> (dq, dk, dv)``. This module turns the
+normalized call (checks.AttentionParams) into the extension's params struct (csrc/params.h):
+device pointers, element strides, the stream, and the positional encoding as
+triton_kernels/positional.py ``kernel_encoding`` gives it to the Triton kernels.
+
+What the kernels support, and what this module does about the rest:
+- fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0, score
+  mods (softcap, ALiBi, bias / masks), masks aligned other than bottom-right, packed varlen, paged KV
+  and split-K raise NotImplementedError (csrc/params.h has no field for them).
+- Head dims 32, 64, 96, 128, 256 are compiled. Any other (a multiple of 8 up to 256) is zero-padded
+  here to the next compiled one, and outputs / gradients are sliced back: zero channels add nothing
+  to q k^T and produce zero output channels, and softmax_scale (from the original head_dim) and
+  rotary_dim are passed unchanged (rotary leaves channels past rotary_dim alone, so the padding
+  stays zero). Sinusoidal PE would be added to the padded channels too, so with a padded head dim
+  q and k are encoded here first (x * scale + PE over the original head_dim channels, fp32 math, one
+  rounding, as the kernels do), then padded, and the kernels run without encoding; their dq / dk
+  (w.r.t. the encoded q / k) are mapped back by the inverse, i.e. times scale.
+- pe_k_strategy is a Triton scheduling choice; the CUDA kernels always encode in-kernel.
+- The standalone ops (apply_rotary, add_sinusoidal) have no CUDA kernel: `encode` runs the Triton one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import buffers, positional
+from .checks import AttentionParams
+
+KERNEL_HEAD_DIMS = (32, 64, 96, 128, 256)
+BUILD_HINT = "build it with `FLASHATTN_BUILD_CUDA=1 pip install .` (needs nvcc, CUDA 12+) or use backend='triton'"
+
+_ext = None
+
+
+def extension():
+    """The compiled module flashattn_py._cuda; RuntimeError saying how to build it when it is missing."""
+    global _ext
+    if _ext is None:
+        try:
+            from . import _cuda
+        except ImportError as err:
+            raise RuntimeError(
+                f"backend='cuda' needs the CUDA extension flashattn_py._cuda, which is not built ({err}); "
+                f"{BUILD_HINT}"
+            ) from err
+        _ext = _cuda
+    return _ext
+
+
+def is_built() -> bool:
+    try:
+        extension()
+    except RuntimeError:
+        return False
+    return True
+
+
+def kernel_head_dim(head_dim: int) -> int:
+    """The compiled head dim that runs `head_dim` (itself, or the next one up, zero-padded)."""
+    return next(d for d in KERNEL_HEAD_DIMS if d >= head_dim)
+
+
+def encode(x, enc, positions, *, inverse=False, out=None):
+    """Standalone positional encoding (pe_ops): the Triton kernel, as backend='triton' runs it."""
+    from .triton_kernels.positional import encode as triton_encode
+
+    return triton_encode(x, enc, positions, inverse=inverse, out=out)
+
+
+def check_supported(params: AttentionParams) -> None:
+    if params.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"backend='cuda' supports float16 and bfloat16, got {params.dtype}; use backend='triton' for float32"
+        )
+    if params.has_dropout:
+        raise NotImplementedError(
+            f"backend='cuda' does not implement attention dropout (dropout_p={params.dropout_p}); "
+            "use backend='triton' or dropout_p=0"
+        )
+    # What csrc/params.h cannot express: refused here rather than computed wrongly.
+    mods = getattr(params, "mods", None)
+    if mods is not None and mods.active:
+        names = [n for n, on in (("softcap", mods.softcap > 0), ("alibi_slopes", mods.alibi_slopes is not None),
+                                 ("attn_mask / bias", mods.bias is not None)) if on]
+        raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
+    offset = getattr(params, "diagonal_offset", None)
+    if offset is not None and offset != params.seqlen_k - params.seqlen_q:
+        raise NotImplementedError(
+            "backend='cuda' aligns causal/window masks bottom-right only (FlashAttention's convention); "
+            f"this call aligns them at key {offset} (e.g. SDPA's top-left is_causal with seqlen_q != seqlen_k); "
+            "use backend='triton'"
+        )
+    if getattr(params, "lengths", None) is not None:
+        raise NotImplementedError("backend='cuda' has no variable-length (cu_seqlens / seqused_k) kernels; "
+                                  "use backend='triton'")
+    if getattr(params, "paged", None) is not None or getattr(params, "num_splits", 1) != 1:
+        raise NotImplementedError("backend='cuda' has no paged-KV or split-K decoding kernels; use backend='triton'")
+
+
+def _strides(ext, t: torch.Tensor):
+    assert t.stride(-1) == 1, "the kernels read the head dim with unit stride"
+    return ext.Strides(t.stride(0), t.stride(1), t.stride(2))
+
+
+def _pad(t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return t if t.shape[-1] == head_dim else F.pad(t, (0, head_dim - t.shape[-1]))
+
+
+def _encode_in_python(params: AttentionParams) -> bool:
+    """Sinusoidal PE with a padded head dim is applied here, not in the kernels (module docstring)."""
+    enc = params.encoding
+    return enc is not None and not enc.is_rotary and kernel_head_dim(params.head_dim) != params.head_dim
+
+
+def _pre_encode(x: torch.Tensor, enc, positions: torch.Tensor) -> torch.Tensor:
+    return positional.encode(x.float(), enc, positions).to(x.dtype)
+
+
+def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: bool):
+    """The struct fields every launch shares: shapes, scale, mask window, positional encoding."""
+    p = ext.AttentionParams()
+    p.dtype = ext.DType.float16 if params.dtype == torch.float16 else ext.DType.bfloat16
+    p.batch, p.seqlen_q, p.seqlen_k = params.batch, params.seqlen_q, params.seqlen_k
+    p.nheads_q, p.nheads_kv, p.head_dim = params.nheads_q, params.nheads_kv, head_dim
+    p.softmax_scale = params.softmax_scale  # from the original head_dim: padding must not change it
+    p.window_left, p.window_right = params.window
+    keep_alive = []  # tensors made here that the (asynchronous) launch reads
+    enc = params.encoding
+    if with_encoding and enc is not None:
+        spec, pe = enc.spec, p.pe
+        pe.kind = ext.PE_ROTARY if enc.is_rotary else ext.PE_SINUSOIDAL
+        pe.dim = enc.rotary_dim  # rotary: rotated channels; sinusoidal: head_dim (never padded here)
+        pe.interleaved = int(enc.is_rotary and spec.interleaved)
+        pe.log2_base = math.log2(spec.base)
+        pe.scale = 1.0 if enc.is_rotary else float(spec.scale)
+        if enc.is_rotary and spec.cos is not None:
+            cos = spec.cos.to(torch.float32).contiguous()
+            sin = spec.sin.to(torch.float32).contiguous()
+            keep_alive += [cos, sin]
+            pe.cos, pe.sin, pe.table_stride = cos.data_ptr(), sin.data_ptr(), cos.stride(0)
+        pe.q_pos, pe.q_pos_stride_b, pe.q_pos_stride_s = (
+            enc.q_positions.data_ptr(), enc.q_positions.stride(0), enc.q_positions.stride(1))
+        pe.k_pos, pe.k_pos_stride_b, pe.k_pos_stride_s = (
+            enc.k_positions.data_ptr(), enc.k_positions.stride(0), enc.k_positions.stride(1))
+    return p, keep_alive
+
+
+def _launch(fn, p, device: torch.device, keep_alive) -> None:
+    """Queue fn(p) on torch's current stream. `keep_alive`: the temporaries p points into; they may be
+    freed once the launch is queued (the caching allocator orders their reuse on this stream)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    fn(p, torch.cuda.current_stream(device).cuda_stream, index)
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
+    """bshd q, k, v (head dim contiguous) -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), ())."""
+    check_supported(params)
+    ext = extension()
+    out = buffers.empty_like(q)
+    lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    if params.batch == 0 or params.nheads_q == 0 or params.seqlen_q == 0:
+        return out, lse, ()
+    if params.seqlen_k == 0:  # nothing to attend to: out 0, lse -inf (no launch with an empty grid)
+        return out.zero_(), lse.fill_(-math.inf), ()
+    d = kernel_head_dim(params.head_dim)
+    enc = params.encoding
+    if _encode_in_python(params):
+        q, k = _pre_encode(q, enc, enc.q_positions), _pre_encode(k, enc, enc.k_positions)
+    q_k, k_k, v_k = (_pad(t, d) for t in (q, k, v))
+    out_k = out if d == params.head_dim else buffers.empty((*q.shape[:3], d), dtype=q.dtype, device=q.device)
+    p, keep_alive = _kernel_params(ext, params, d, with_encoding=not _encode_in_python(params))
+    p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
+    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t) for t in (q_k, k_k, v_k, out_k))
+    _launch(ext.forward, p, q.device, keep_alive + [q_k, k_k, v_k])
+    if out_k is not out:
+        out.copy_(out_k[..., : params.head_dim])
+    return out, lse, ()
+
+
+def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
+    """(dq, dk, dv) shaped and typed like q, k, v; w.r.t. the user's unencoded q and k."""
+    check_supported(params)
+    ext = extension()
+    dq, dk, dv = buffers.empty_like(q), buffers.empty_like(k), buffers.empty_like(v)
+    if params.batch == 0 or params.nheads_q == 0 or (params.seqlen_q == 0 and params.seqlen_k == 0):
+        return dq, dk, dv
+    if params.seqlen_q == 0 or params.seqlen_k == 0:  # no query sees a key: every gradient is 0
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()  # kernels read the head dim with unit stride
+    d = kernel_head_dim(params.head_dim)
+    enc, pre_encoded = params.encoding, _encode_in_python(params)
+    if pre_encoded:
+        q, k = _pre_encode(q, enc, enc.q_positions), _pre_encode(k, enc, enc.k_positions)
+    q_k, k_k, v_k, out_k, dout_k = (_pad(t, d) for t in (q, k, v, out, dout))
+    padded = d != params.head_dim
+    grads = tuple(buffers.empty((*t.shape[:3], d), dtype=t.dtype, device=t.device) for t in (q, k, v)) if padded \
+        else (dq, dk, dv)
+    delta = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    p, keep_alive = _kernel_params(ext, params, d, with_encoding=not pre_encoded)
+    p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
+    p.dout, p.delta = dout_k.data_ptr(), delta.data_ptr()
+    p.dq, p.dk, p.dv = (g.data_ptr() for g in grads)
+    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t) for t in (q_k, k_k, v_k, out_k))
+    p.dout_strides = _strides(ext, dout_k)
+    p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g) for g in grads)
+    _launch(ext.backward, p, q.device, keep_alive + [q_k, k_k, v_k, out_k, dout_k, delta])
+    if padded:
+        for user, kernel in zip((dq, dk, dv), grads):
+            kernel = kernel[..., : params.head_dim]
+            if pre_encoded and user is not dv:  # gradient w.r.t. x of x * scale + PE: times scale
+                kernel = kernel.float() * enc.spec.scale
+            user.copy_(kernel)
+    return dq, dk, dv

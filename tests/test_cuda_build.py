@@ -1,0 +1,216 @@
+"""The CUDA kernels (csrc/) compile, and what ptxas says about them, without a GPU.
+
+Compiled through the project's own CMakeLists.txt (the one list of nvcc flags) for sm_80 and sm_90:
+every kernel instance must use <= 255 registers and spill nothing, and the SASS must contain
+tensor-core instructions. A wheel built for FLASHATTN_CUDA_ARCHS=80 must hold SASS for sm_80 only
+(plus its PTX). Both skip, with the reason, where nvcc (or cmake/ninja) is missing; CI has nvcc.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHS = ("80", "90")
+MAX_REGISTERS = 255
+pytestmark = pytest.mark.cuda_build
+
+
+def find_nvcc():
+    for home in filter(None, (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda")):
+        if (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def find_cuobjdump(nvcc):
+    """The toolkit's cuobjdump, else the one Triton ships (same tool, any CUDA 12+ version reads sm_80/90)."""
+    found = Path(nvcc).parent / "cuobjdump"
+    if found.exists():
+        return str(found)
+    if shutil.which("cuobjdump"):
+        return shutil.which("cuobjdump")
+    try:
+        import triton
+
+        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        return str(bundled) if bundled.exists() else None
+    except ImportError:
+        return None
+
+
+def require_toolchain():
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (CUDA_HOME / PATH / /usr/local/cuda): the CUDA kernels are compiled in CI")
+    for tool in ("cmake", "ninja"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: pip install -e '.[test]' installs it")
+    if not list((ROOT / "csrc").glob("*.cu")):
+        pytest.skip("csrc/ has no .cu kernel sources yet")
+    return nvcc
+
+
+def run(cmd, **kwargs):
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc.stdout
+
+
+def installed_build():
+    """The CMake build dir of `pip install -e .` (setup.py) when it covers ARCHS and is newer than every
+    source: CI's set-up has just compiled the kernels there, with the same CMakeLists.txt."""
+    sources = [*(ROOT / "csrc").iterdir(), ROOT / "CMakeLists.txt"]
+    newest_source = max(p.stat().st_mtime for p in sources if p.is_file())
+    build = ROOT / "build" / "cmake"
+    log, cache = build / "ptxas.log", build / "CMakeCache.txt"
+    if not (log.exists() and cache.exists()) or log.stat().st_mtime < newest_source:
+        return None
+    archs = re.search(r"^FLASHATTN_CUDA_ARCHS:\w+=(.*)$", cache.read_text(), re.M)
+    return build if archs and set(ARCHS) <= set(archs[1].split(";")) else None
+
+
+@pytest.fixture(scope="module")
+def kernel_build(tmp_path_factory):
+    """The kernel objects of CMakeLists.txt for sm_80 and sm_90 (no Python module), and ptxas' report."""
+    nvcc = require_toolchain()
+    reuse = installed_build()
+    if reuse is not None:
+        return nvcc, reuse
+    build = tmp_path_factory.mktemp("cuda-kernels")
+    run(["cmake", "-S", ROOT, "-B", build, "-G", "Ninja", f"-DCMAKE_CUDA_COMPILER={nvcc}",
+         f"-DFLASHATTN_CUDA_ARCHS={';'.join(ARCHS)}", "-DFLASHATTN_BUILD_MODULE=OFF",
+         f"-DPython3_EXECUTABLE={sys.executable}"])
+    run(["cmake", "--build", build, "--parallel", str(os.cpu_count() or 1), "--target", "flashattn_ptxas_report"])
+    return nvcc, build
+
+
+# ---- ptxas' report ---------------------------------------------------------------------------------
+
+_ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\w+)'")
+_SPILLS = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
+_USED = re.compile(r"Used (?P<regs>\d+) registers")
+_SMEM = re.compile(r"(?P<smem>\d+) bytes smem")
+
+
+def parse_ptxas(text):
+    """{(kernel, arch): {"registers", "spill_stores", "spill_loads", "stack", "smem"}} from ptxas -v output."""
+    kernels, current = {}, None
+    for line in text.splitlines():
+        if m := _ENTRY.search(line):
+            current = (m["name"], m["arch"])
+            kernels[current] = {"registers": None, "spill_stores": 0, "spill_loads": 0, "stack": 0, "smem": 0}
+        elif current and (m := _SPILLS.search(line)):
+            kernels[current].update(stack=int(m["stack"]), spill_stores=int(m["stores"]), spill_loads=int(m["loads"]))
+        elif current and (m := _USED.search(line)):
+            kernels[current]["registers"] = int(m["regs"])
+            if s := _SMEM.search(line):
+                kernels[current]["smem"] = int(s["smem"])
+    return kernels
+
+
+def demangle(names):
+    cxxfilt = shutil.which("c++filt")
+    if not cxxfilt or not names:
+        return dict(zip(names, names))
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else dict(zip(names, names))
+
+
+def table(kernels):
+    names = demangle(sorted({name for name, _ in kernels}))
+    rows = [f"{'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>5} {'smem':>6}  kernel"]
+    for (name, arch), r in sorted(kernels.items(), key=lambda item: (item[0][1], names[item[0][0]])):
+        rows.append(f"{arch:6} {r['registers']!s:>4} {r['spill_stores']:>8} {r['spill_loads']:>8} {r['stack']:>5} "
+                    f"{r['smem']:>6}  {names[name]}")
+    return "\n".join(rows)
+
+
+def test_parse_ptxas_reads_every_entry():
+    text = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z3fooi' for 'sm_80'
+ptxas info    : Function properties for _Z3fooi
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 168 registers, used 1 barriers, 49152 bytes smem, 380 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z3fooi' for 'sm_90'
+ptxas info    : Function properties for _Z3fooi
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 128 registers, used 1 barriers
+"""
+    assert parse_ptxas(text) == {
+        ("_Z3fooi", "sm_80"): dict(registers=168, spill_stores=4, spill_loads=12, stack=8, smem=49152),
+        ("_Z3fooi", "sm_90"): dict(registers=128, spill_stores=0, spill_loads=0, stack=0, smem=0),
+    }
+
+
+def test_every_kernel_instance_fits_registers_without_spills(kernel_build):
+    _, build = kernel_build
+    wanted = {f"sm_{a}" for a in ARCHS}
+    kernels = {key: r for key, r in parse_ptxas((build / "ptxas.log").read_text()).items() if key[1] in wanted}
+    assert {arch for _, arch in kernels} == wanted, f"kernels per arch:\n{table(kernels)}"
+    bad = {key: r for key, r in kernels.items()
+           if r["registers"] is None or r["registers"] > MAX_REGISTERS or r["spill_stores"] or r["spill_loads"]}
+    assert not bad, f"kernels that spill or exceed {MAX_REGISTERS} registers:\n{table(bad)}\n\nall:\n{table(kernels)}"
+
+
+def sass_by_arch(cuobjdump, objects):
+    """{arch: SASS text} of the objects' cubins."""
+    sass = {}
+    for obj in objects:
+        text = run([cuobjdump, "-sass", obj])
+        for chunk in re.split(r"(?=\n\s*arch = sm_)", text):
+            if m := re.search(r"arch = (sm_\w+)", chunk):
+                sass[m[1]] = sass.get(m[1], "") + chunk
+    return sass
+
+
+def test_kernels_use_tensor_cores(kernel_build):
+    nvcc, build = kernel_build
+    cuobjdump = find_cuobjdump(nvcc)
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit bin/ or Triton's bundled copy)")
+    objects = sorted(build.rglob("*.cu.o"))
+    assert objects, "no kernel objects were built"
+    sass = sass_by_arch(cuobjdump, objects)
+    for arch in ARCHS:
+        text = sass.get(f"sm_{arch}", "")
+        # sm_80: mma.sync -> HMMA; sm_90: HMMA, or HGMMA for warpgroup MMA (wgmma, sm_90a only).
+        count = len(re.findall(r"\bHG?MMA\b", text))
+        assert count > 0, f"no tensor-core instruction (HMMA/HGMMA) in the sm_{arch} SASS of {[o.name for o in objects]}"
+
+
+# ---- the wheel -------------------------------------------------------------------------------------
+
+def _copy_tree(dst):
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                  ".hypothesis", "*.so", ".benchmarks")
+    shutil.copytree(ROOT, dst, ignore=skip)
+
+
+def test_wheel_for_one_arch_holds_only_that_arch(tmp_path):
+    """FLASHATTN_CUDA_ARCHS=80 -> SASS for sm_80 only, plus PTX for compute_80 (forward compatibility)."""
+    nvcc = require_toolchain()
+    cuobjdump = find_cuobjdump(nvcc)
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit bin/ or Triton's bundled copy)")
+    pytest.importorskip("pybind11", reason="pybind11 (a build requirement) is not installed: pip install -e '.[test]'")
+    src, wheels = tmp_path / "src", tmp_path / "wheels"
+    _copy_tree(src)  # a private copy: the build directory does not collide with the developer's
+    env = dict(os.environ, FLASHATTN_CUDA_ARCHS="80", FLASHATTN_BUILD_CUDA="1", CUDA_HOME=str(Path(nvcc).parents[1]))
+    # --no-build-isolation: the test extras already hold cmake, ninja and pybind11 (no network needed)
+    run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+        env=env)
+    (wheel,) = wheels.glob("flashattn_py-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        (module,) = [n for n in zf.namelist() if re.match(r"flashattn_py/_cuda.*\.so$", n)]
+        zf.extract(module, tmp_path / "unpacked")
+    so = tmp_path / "unpacked" / module
+    elves = re.findall(r"\.(sm_\w+)\.cubin", run([cuobjdump, "--list-elf", so]))
+    ptx = re.findall(r"\.(sm_\w+)\.ptx", run([cuobjdump, "--list-ptx", so]))
+    assert elves and set(elves) == {"sm_80"}, f"SASS archs in the wheel: {elves}"
+    assert set(ptx) == {"sm_80"}, f"PTX archs in the wheel: {ptx}"
