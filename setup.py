@@ -121,8 +121,11 @@ setup(
     package_dir={"flashattn_py": "flashattn_py", "flashattn_py.triton_kernels": "triton_kernels"},
     ext_modules=cuda_extensions(),
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["torch>=2.3", "triton>=3.2"],
-    # cmake, ninja, pybind11: tests/test_cuda_build.py compiles csrc/ (when nvcc exists)
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "numpy",
-                             "cmake>=3.24", "ninja", "pybind11>=2.12"]},
+    # tqdm: the benchmark harness's progress bar (python -m flashattn_py.bench is the main job).
+    install_requires=["torch>=2.3", "triton>=3.2", "tqdm"],
+    # bench: plots and the pytest-benchmark suites in bench/. test: cmake, ninja, pybind11 for
+    # tests/test_cuda_build.py (compiles csrc/ when nvcc exists); transformers for the integration tests.
+    extras_require={"bench": ["matplotlib", "pytest-benchmark"],
+                    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "numpy", "matplotlib",
+                             "pytest-benchmark", "transformers", "cmake>=3.24", "ninja", "pybind11>=2.12"]},
 )
