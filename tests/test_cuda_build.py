@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from flashattn_py.cuda_report import parse_ptxas, table
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("80", "90")
 MAX_REGISTERS = 255
@@ -91,44 +93,6 @@ def kernel_build(tmp_path_factory):
 
 
 # ---- ptxas' report ---------------------------------------------------------------------------------
-
-_ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\w+)'")
-_SPILLS = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, (?P<loads>\d+) bytes spill loads")
-_USED = re.compile(r"Used (?P<regs>\d+) registers")
-_SMEM = re.compile(r"(?P<smem>\d+) bytes smem")
-
-
-def parse_ptxas(text):
-    """{(kernel, arch): {"registers", "spill_stores", "spill_loads", "stack", "smem"}} from ptxas -v output."""
-    kernels, current = {}, None
-    for line in text.splitlines():
-        if m := _ENTRY.search(line):
-            current = (m["name"], m["arch"])
-            kernels[current] = {"registers": None, "spill_stores": 0, "spill_loads": 0, "stack": 0, "smem": 0}
-        elif current and (m := _SPILLS.search(line)):
-            kernels[current].update(stack=int(m["stack"]), spill_stores=int(m["stores"]), spill_loads=int(m["loads"]))
-        elif current and (m := _USED.search(line)):
-            kernels[current]["registers"] = int(m["regs"])
-            if s := _SMEM.search(line):
-                kernels[current]["smem"] = int(s["smem"])
-    return kernels
-
-
-def demangle(names):
-    cxxfilt = shutil.which("c++filt")
-    if not cxxfilt or not names:
-        return dict(zip(names, names))
-    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
-    return dict(zip(names, out)) if len(out) == len(names) else dict(zip(names, names))
-
-
-def table(kernels):
-    names = demangle(sorted({name for name, _ in kernels}))
-    rows = [f"{'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>5} {'smem':>6}  kernel"]
-    for (name, arch), r in sorted(kernels.items(), key=lambda item: (item[0][1], names[item[0][0]])):
-        rows.append(f"{arch:6} {r['registers']!s:>4} {r['spill_stores']:>8} {r['spill_loads']:>8} {r['stack']:>5} "
-                    f"{r['smem']:>6}  {names[name]}")
-    return "\n".join(rows)
 
 
 def test_parse_ptxas_reads_every_entry():
