@@ -127,5 +127,5 @@ setup(
     # tests/test_cuda_build.py (compiles csrc/ when nvcc exists); transformers for the integration tests.
     extras_require={"bench": ["matplotlib", "pytest-benchmark"],
                     "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "numpy", "matplotlib",
-                             "pytest-benchmark", "transformers", "cmake>=3.24", "ninja", "pybind11>=2.12"]},
+                             "pytest-benchmark", "transformers>=4.53", "cmake>=3.24", "ninja", "pybind11>=2.12"]},
 )

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import backends, checks
-from .autograd import AttentionFunction
+from . import backends, checks, ops
 
 
 def attention(
@@ -29,6 +28,7 @@ def attention(
     alibi_slopes: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
     alignment: str = "bottom_right",
+    seqused_k: torch.Tensor | None = None,
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -64,6 +64,10 @@ def attention(
     ``alignment``: "bottom_right" (FlashAttention, default) or "top_left" (SDPA's ``is_causal``): where
     the causal diagonal, the window and ALiBi distances sit when seqlen_q != seqlen_k.
 
+    ``seqused_k``: int32 (batch,) — sequence b attends to its first seqused_k[b] keys only (a padded
+    batch of different lengths without a mask tensor); the causal diagonal sits bottom-right of each
+    sequence's used keys. Packed variable-length batches: flashattn_py.flash_attn_varlen_func.
+
     ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
     deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
     """
@@ -72,17 +76,30 @@ def attention(
     return run(q, k, v, layout=layout, backend=backend, return_lse=return_lse, causal=causal,
                softmax_scale=softmax_scale, window_size=window_size, rotary=rotary, sinusoidal=sinusoidal,
                q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p,
-               softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment)
+               softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment,
+               seqused_k=seqused_k)
 
 
 def run(q, k, v, *, layout: str, backend: str, return_lse: bool, **options):
     """Every entry point's common path: layout -> checks.attention_params(**options) -> backend
-    -> the autograd Function -> layout."""
+    -> the attention custom op (ops.py: torch.compile traces it, autograd differentiates it) -> layout."""
     q, k, v = (checks.to_bshd(t, layout, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     params = checks.attention_params(q, k, v, **options)
+    out, lse = run_params(q, k, v, params, backend)
+    out = checks.to_bshd(out, layout, "out")
+    return (out, lse) if return_lse else out
+
+
+def run_params(q, k, v, params: checks.AttentionParams, backend: str):
+    """(out, lse) of bshd q, k, v described by params, on `backend`."""
     impl = backends.select(backend, q.device)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out, lse = AttentionFunction.apply(q, k, v, params, impl)
-    out = checks.to_bshd(out, layout, "out")
-    return (out, lse) if return_lse else out
+    if params.lengths is not None:
+        from .varlen import LengthsFunction, PerSequence
+
+        # Variable lengths: Triton reads them natively, other backends run sequence by sequence. Not
+        # yet through the custom op (ops.py), so torch.compile breaks the graph here.
+        native = getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False)
+        return LengthsFunction.apply(q, k, v, params, impl if native else PerSequence(impl))
+    return ops.attention(q, k, v, params, ops.backend_name(impl))

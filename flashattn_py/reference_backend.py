@@ -1,4 +1,4 @@
-"""backend="reference": the float64 naive reference behind the same autograd Function as the kernels.
+"""backend="reference": the float64 naive reference behind the same custom ops (ops.py) as the kernels.
 
 Materializes the (seqlen_q, seqlen_k) scores: for checking and tiny inputs, not for real sizes.
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference, torch_backend
+from . import ops, reference, torch_backend
 from .checks import AttentionParams
 
 
@@ -25,7 +25,7 @@ def forward(q, k, v, params: AttentionParams):
 
 
 def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
-    with torch.enable_grad():
+    with ops.autograd_inside_op():  # this backward runs inside the attention_backward custom op
         leaves = [t.detach().to(torch.float64).requires_grad_() for t in (q, k, v)]
         ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64, dropout_mask(params, q.device))
         grads = torch.autograd.grad(ref_out, leaves, dout.to(torch.float64))
