@@ -12,6 +12,7 @@
 #include "attention_bwd_dkdv.cuh"
 #include "attention_bwd_dq.cuh"
 #include "attention_bwd_preprocess.cuh"
+#include "dispatch.h"
 #include "errors.h"
 #include "launch.h"
 #include "params.h"
@@ -101,41 +102,16 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   }
 }
 
-template <typename T>
-void dispatch_head_dim(const AttentionParams& p, cudaStream_t stream) {
-  switch (p.head_dim) {
-    case 32: return launch_backward<T, 32>(p, stream);
-    case 64: return launch_backward<T, 64>(p, stream);
-    case 96: return launch_backward<T, 96>(p, stream);
-    case 128: return launch_backward<T, 128>(p, stream);
-    case 256: return launch_backward<T, 256>(p, stream);
-    default:
-      throw std::invalid_argument("attention backward (CUDA): head_dim " + std::to_string(p.head_dim) +
-                                  " is not compiled; supported: 32, 64, 96, 128, 256");
-  }
-}
-
 }  // namespace
 
 void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
   // Nothing to write: dq/dk/dv are empty tensors. (seqlen_q == 0 or seqlen_k == 0 alone still
   // launches the kernel that zero-fills the non-empty gradients.)
   if (p.batch == 0 || p.nheads_q == 0) return;
-  if (p.nheads_kv <= 0 || p.nheads_q % p.nheads_kv != 0) {
-    throw std::invalid_argument("attention backward (CUDA): nheads_q (" + std::to_string(p.nheads_q) +
-                                ") must be a positive multiple of nheads_kv (" +
-                                std::to_string(p.nheads_kv) + ")");
-  }
-  // Heads and batch ride grid axes 1 and 2 (at most 65535 each); sequence tiles use axis 0.
-  if (p.batch > 65535 || p.nheads_q > 65535) {
-    throw std::invalid_argument("attention backward (CUDA): batch and nheads must be <= 65535, got batch " +
-                                std::to_string(p.batch) + ", nheads " + std::to_string(p.nheads_q));
-  }
-  switch (p.dtype) {
-    case DType::kFloat16: return dispatch_head_dim<__half>(p, stream);
-    case DType::kBFloat16: return dispatch_head_dim<__nv_bfloat16>(p, stream);
-  }
-  throw std::invalid_argument("attention backward (CUDA): dtype must be float16 or bfloat16");
+  check_common(p, "backward");
+  dispatch(p, "backward", [&](auto type, auto head_dim) {
+    launch_backward<typename decltype(type)::type, decltype(head_dim)::value>(p, stream);
+  });
 }
 
 }  // namespace flashattn

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "attention_fwd.cuh"
+#include "dispatch.h"
 #include "errors.h"
 #include "launch.h"
 
@@ -45,55 +46,20 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
   check_launch(name.c_str());
 }
 
-template <typename T>
-void dispatch_head_dim(const AttentionParams& p, cudaStream_t stream) {
-  switch (p.head_dim) {
-    case 32: return launch_forward<T, 32>(p, stream);
-    case 64: return launch_forward<T, 64>(p, stream);
-    case 96: return launch_forward<T, 96>(p, stream);
-    case 128: return launch_forward<T, 128>(p, stream);
-    case 256: return launch_forward<T, 256>(p, stream);
-    default:
-      throw std::invalid_argument("flashattn_py CUDA forward: head_dim " + std::to_string(p.head_dim) +
-                                  " has no compiled kernel (32, 64, 96, 128, 256; pad to the next one)");
-  }
-}
-
 }  // namespace
 
 void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.nheads_q == 0) return;  // nothing to write
-  if (p.nheads_kv <= 0 || p.nheads_q % p.nheads_kv != 0) {
-    throw std::invalid_argument("flashattn_py CUDA forward: nheads_q (" + std::to_string(p.nheads_q) +
-                                ") must be a multiple of nheads_kv (" + std::to_string(p.nheads_kv) + ")");
-  }
-  if (p.nheads_q > 65535 || p.batch > 65535) {
-    throw std::invalid_argument("flashattn_py CUDA forward: batch and nheads must be <= 65535 (grid y/z)");
-  }
-  if (p.pe.kind != int(PEKind::kNone)) {  // the kernels index smem tiles by pe.dim: keep it inside
-    if (p.pe.kind != int(PEKind::kRotary) && p.pe.kind != int(PEKind::kSinusoidal)) {
-      throw std::invalid_argument("flashattn_py CUDA forward: unknown positional encoding kind " +
-                                  std::to_string(p.pe.kind));
-    }
-    if (p.pe.dim <= 0 || p.pe.dim % 2 != 0 || p.pe.dim > p.head_dim) {
-      throw std::invalid_argument("flashattn_py CUDA forward: positional dim " + std::to_string(p.pe.dim) +
-                                  " must be even and in [2, head_dim = " + std::to_string(p.head_dim) + "]");
-    }
-    if ((p.pe.cos == nullptr) != (p.pe.sin == nullptr)) {
-      throw std::invalid_argument("flashattn_py CUDA forward: rotary cos and sin tables go together");
-    }
-  }
+  check_common(p, "forward");
   check_vector_aligned(p.q, p.q_strides, p.batch, p.seqlen_q, p.nheads_q, "q");
   check_vector_aligned(p.out, p.out_strides, p.batch, p.seqlen_q, p.nheads_q, "out");
   if (p.seqlen_k > 0) {
     check_vector_aligned(p.k, p.k_strides, p.batch, p.seqlen_k, p.nheads_kv, "k");
     check_vector_aligned(p.v, p.v_strides, p.batch, p.seqlen_k, p.nheads_kv, "v");
   }
-  if (p.dtype == DType::kFloat16) {
-    dispatch_head_dim<__half>(p, stream);
-  } else {
-    dispatch_head_dim<__nv_bfloat16>(p, stream);
-  }
+  dispatch(p, "forward", [&](auto type, auto head_dim) {
+    launch_forward<typename decltype(type)::type, decltype(head_dim)::value>(p, stream);
+  });
 }
 
 }  // namespace flashattn

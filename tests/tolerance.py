@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import flashattn_py as fa
+from flashattn_py.accuracy import ATOL, error_bound, max_error  # noqa: F401  (ATOL: tests scale by it)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -45,34 +46,11 @@ def skip_unsupported(dtype=None, dropout_p=0.0):
     if dropout_p:
         pytest.skip(CUDA_NO_DROPOUT)
 
-# Absolute slack: about two units in the last place of a value of magnitude 1 (bf16: 2 x 2^-7,
-# fp16: 2 x 2^-10), scaled by the tensor's largest magnitude (see assert_within_naive_error).
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest |actual - expected|; infinities must match exactly (lse of rows that see no key)."""
-    actual, expected = actual.detach().double(), expected.detach().double()
-    assert not torch.isnan(actual).any(), "NaN in output (poisoned element never written, or a 0/0)"
-    infinite = torch.isinf(expected)
-    assert torch.equal(actual[infinite], expected[infinite]), "infinite entries differ from the reference"
-    finite = ~infinite
-    if not finite.any():
-        return 0.0
-    return (actual[finite] - expected[finite]).abs().max().item()
-
-
 def assert_within_naive_error(name: str, actual, exact, naive, dtype):
-    """err <= 2 x naive err + atol, atol = ATOL[dtype] x max(1, max |exact|): a couple of ulps of the
-    tensor's largest entries, since the final rounding to dtype alone costs up to half an ulp there
-    and the naive error can be luckily small on a given input (e.g. bf16 dv of magnitude 10: 1 ulp
-    is 0.0625)."""
-    err, naive_err = max_error(actual, exact), max_error(naive, exact)
-    finite = exact[torch.isfinite(exact)]
-    magnitude = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
-    atol = ATOL[dtype] * magnitude
-    assert err <= 2 * naive_err + atol, (
-        f"{name}: error {err:.3e} > 2 x naive {dtype} error {naive_err:.3e} + atol {atol:.1e}")
+    """The accuracy rule of flashattn_py.accuracy: err <= 2 x naive err + a couple of ulps of the
+    tensor's largest entries."""
+    err, bound = max_error(actual, exact), error_bound(exact, naive, dtype)
+    assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e} (2 x naive {dtype} error + atol)"
 
 
 def run_with_grads(fn, q, k, v, dout):
