@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command to run on a GPU machine (about 8 minutes on an H100):
-#   1. build the CUDA extension for this GPU's arch (editable install, no downloads),
+#   1. build the CUDA extension for this GPU's arch (editable install, no downloads), run the CUDA
+#      kernels' standalone self-tests,
 #   2. run the full test suite on the GPU (both backends against the float64 reference),
 #   3. the standard benchmark sweep (bf16, head_dim 64/128, seqlen 512..16k, causal on/off,
 #      fwd and fwd+bwd, with and without RoPE; every result checked before it is timed),
@@ -22,6 +23,15 @@ step "build for sm_$arch"
 { time FLASHATTN_BUILD_CUDA=1 FLASHATTN_CUDA_ARCHS="$arch" $PY -m pip install --no-deps --no-build-isolation \
     --no-index -e . ; } > "$out/build.txt" 2>&1 || echo "CUDA build failed (see $out/build.txt); continuing with Triton"
 tail -3 "$out/build.txt"
+
+step "CUDA kernel self-tests (no torch: every head dim x dtype, masks, RoPE, offsets > 2^31)"
+mkdir -p build
+for pass in fwd bwd; do
+  timeout 120 nvcc -std=c++17 -O3 --use_fast_math -gencode arch=compute_$arch,code=sm_$arch -Icsrc \
+      csrc/attention_$pass.cu csrc/tests/attention_${pass}_selftest.cu -o build/${pass}_selftest \
+    && timeout 60 build/${pass}_selftest > "$out/cuda-$pass-selftest.txt" 2>&1
+  echo "cuda $pass self-test exit code $?" | tee -a "$out/cuda-$pass-selftest.txt"
+done
 
 step "tests"
 PYTHONUNBUFFERED=1 timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -n "${TEST_WORKERS:-8}" -p no:cacheprovider \

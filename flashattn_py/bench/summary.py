@@ -89,7 +89,7 @@ def summarize(folder: Path) -> str:
                   "correctness check against the float64 reference first.", ""]
         lines += ["### Targets (DESIGN.md)", ""] + (targets(data["rows"]) or ["- no head_dim 128 bf16 seqlen >= 4k rows"]) + [""]
         lines += ["### Ours vs the best peer", ""] + comparison_table(data["rows"]) + [""]
-    for name in ("tests.txt", "sanitizer.txt", "build.txt"):
+    for name in ("tests.txt", "sanitizer.txt", "build.txt", "cuda-fwd-selftest.txt", "cuda-bwd-selftest.txt"):
         path = folder / name
         if path.exists():
             tail = path.read_text().strip().splitlines()[-3:]
