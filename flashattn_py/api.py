@@ -95,11 +95,4 @@ def run_params(q, k, v, params: checks.AttentionParams, backend: str):
     impl = backends.select(backend, q.device)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if params.lengths is not None:
-        from .varlen import LengthsFunction, PerSequence
-
-        # Variable lengths: Triton reads them natively, other backends run sequence by sequence. Not
-        # yet through the custom op (ops.py), so torch.compile breaks the graph here.
-        native = getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False)
-        return LengthsFunction.apply(q, k, v, params, impl if native else PerSequence(impl))
     return ops.attention(q, k, v, params, ops.backend_name(impl))

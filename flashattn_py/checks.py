@@ -191,7 +191,9 @@ def check_seqused_k(seqused_k, batch: int, seqlen_k: int, device, alignment: str
         raise ValueError(f"seqused_k is on {seqused_k.device} but q is on {device}")
     if alignment != "bottom_right":
         raise ValueError("seqused_k aligns each sequence bottom-right; alignment='top_left' is not supported with it")
-    if batch:  # one small device-to-host copy: a length past seqlen_k would read out of bounds
+    # One small device-to-host copy: a length past seqlen_k would read out of bounds. Not while
+    # torch.compile traces (it would break the graph; docs/entry-points.md).
+    if batch and not torch.compiler.is_compiling():
         low, high = int(seqused_k.min()), int(seqused_k.max())
         if low < 0 or high > seqlen_k:
             raise ValueError(f"seqused_k values must be in [0, seqlen_k={seqlen_k}], got values in [{low}, {high}]")

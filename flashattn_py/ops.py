@@ -28,7 +28,7 @@ import contextlib
 import torch
 
 from . import backends, score_mods
-from .checks import AttentionParams
+from .checks import AttentionParams, SequenceLengths
 from .positional import Encoding, Rotary, Sinusoidal
 from .score_mods import ScoreMods
 
@@ -45,9 +45,7 @@ def backend_name(module) -> str:
 
 def op_args(params: AttentionParams, backend: str) -> dict:
     """AttentionParams (minus what q, k, v's shapes and dtype say) -> the ops' keyword arguments."""
-    if getattr(params, "lengths", None) is not None:
-        raise NotImplementedError("per-sequence lengths (varlen.py) do not go through the attention custom ops")
-    enc, mods = params.encoding, params.mods
+    enc, mods, lengths = params.encoding, params.mods, params.lengths
     spec = None if enc is None else enc.spec
     rotary = isinstance(spec, Rotary)
     return dict(
@@ -71,15 +69,27 @@ def op_args(params: AttentionParams, backend: str) -> dict:
         softcap=mods.softcap,
         alibi_slopes=mods.alibi_slopes,
         attn_bias=mods.bias,
+        cu_seqlens_q=None if lengths is None else lengths.cu_seqlens_q,
+        cu_seqlens_k=None if lengths is None else lengths.cu_seqlens_k,
+        seqused_k=None if lengths is None else lengths.seqused_k,
+        max_seqlen_q=params.seqlen_q,
+        max_seqlen_k=params.seqlen_k,
     )
 
 
 def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_right, diagonal_offset, pe_kind,
                         pe_base, pe_scale, rotary_dim, rotary_interleaved, rotary_cos, rotary_sin, q_positions,
                         k_positions, pe_k_strategy, dropout_p, dropout_seed, softcap, alibi_slopes,
-                        attn_bias) -> AttentionParams:
+                        attn_bias, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
+                        max_seqlen_k) -> AttentionParams:
     """The inverse of `op_args`: the AttentionParams the backends read, from bshd q, k and the op arguments."""
     batch, seqlen_q, nheads_q, head_dim = q.shape
+    seqlen_k, lengths = k.shape[1], None
+    if cu_seqlens_q is not None:  # packed: q, k are (1, total, heads, head_dim)
+        lengths = SequenceLengths(cu_seqlens_q, cu_seqlens_k, None, q.shape[1], k.shape[1])
+        batch, seqlen_q, seqlen_k = cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k
+    elif seqused_k is not None:
+        lengths = SequenceLengths(seqused_k=seqused_k)
     encoding = None
     if pe_kind != PE_NONE:
         spec = (Rotary(base=pe_base, rotary_dim=rotary_dim, interleaved=rotary_interleaved, cos=rotary_cos,
@@ -87,11 +97,22 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
         encoding = Encoding(spec=spec, rotary_dim=rotary_dim, q_positions=q_positions, k_positions=k_positions)
     mods = ScoreMods(softcap, alibi_slopes, attn_bias)
     return AttentionParams(
-        batch=batch, seqlen_q=seqlen_q, seqlen_k=k.shape[1], nheads_q=nheads_q, nheads_kv=k.shape[2],
+        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=k.shape[2],
         head_dim=head_dim, softmax_scale=softmax_scale, window=(window_left, window_right), dtype=q.dtype,
         encoding=encoding, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p, dropout_seed=dropout_seed,
-        mods=mods if mods.active else score_mods.NONE, diagonal_offset=diagonal_offset,
+        mods=mods if mods.active else score_mods.NONE, diagonal_offset=diagonal_offset, lengths=lengths,
     )
+
+
+def _backend(name: str, device: torch.device, params: AttentionParams):
+    """The backend module, or for per-sequence lengths on a backend without variable-length kernels
+    the adapter that runs it sequence by sequence (varlen.PerSequence)."""
+    impl = backends.select(name, device)
+    if params.lengths is not None and not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
+        from .varlen import PerSequence
+
+        return PerSequence(impl)
+    return impl
 
 
 @contextlib.contextmanager
@@ -107,8 +128,13 @@ def autograd_inside_op():
         yield
 
 
-def _aux_shape(q: torch.Tensor, backend: str) -> tuple:
-    return (q.shape[0], q.shape[2], q.shape[1]) if backend in _LSE_LOG2_BACKENDS else (0,)
+def _lse_shape(q: torch.Tensor, cu_seqlens_q) -> tuple:
+    """(batch, nheads_q, seqlen_q); packed sequences (q is (1, total_q, ...)): (nheads_q, total_q)."""
+    return (q.shape[2], q.shape[1]) if cu_seqlens_q is not None else (q.shape[0], q.shape[2], q.shape[1])
+
+
+def _aux_shape(q: torch.Tensor, backend: str, cu_seqlens_q) -> tuple:
+    return _lse_shape(q, cu_seqlens_q) if backend in _LSE_LOG2_BACKENDS else (0,)
 
 
 def _scratch(aux: torch.Tensor, backend: str) -> tuple:
@@ -130,11 +156,13 @@ def attention_forward(
     rotary_interleaved: bool, rotary_cos: torch.Tensor | None, rotary_sin: torch.Tensor | None,
     q_positions: torch.Tensor | None, k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float,
     dropout_seed: int, softcap: float, alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
+    max_seqlen_q: int, max_seqlen_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bshd q, k, v -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), aux: see the module docstring)."""
     args = {name: value for name, value in locals().items() if name not in ("q", "k", "v")}
     params = params_from_op_args(q, k, **args)
-    out, lse, scratch = backends.select(backend, q.device).forward(q, k, v, params)
+    out, lse, scratch = _backend(backend, q.device, params).forward(q, k, v, params)
     if backend in _LSE_LOG2_BACKENDS:
         aux = scratch[0]
         if aux.untyped_storage().data_ptr() == lse.untyped_storage().data_ptr():
@@ -146,8 +174,9 @@ def attention_forward(
 
 @attention_forward.register_fake
 def _attention_forward_fake(q, k, v, backend, *args):
-    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
-    return torch.empty_like(q), lse, q.new_empty(_aux_shape(q, backend), dtype=torch.float32)
+    cu_seqlens_q = dict(zip(_SHARED, (backend, *args)))["cu_seqlens_q"]
+    lse = q.new_empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32)
+    return torch.empty_like(q), lse, q.new_empty(_aux_shape(q, backend, cu_seqlens_q), dtype=torch.float32)
 
 
 @torch.library.custom_op("flashattn_py::attention_backward", mutates_args=())
@@ -157,13 +186,14 @@ def attention_backward(
     diagonal_offset: int, pe_kind: int, pe_base: float, pe_scale: float, rotary_dim: int, rotary_interleaved: bool,
     rotary_cos: torch.Tensor | None, rotary_sin: torch.Tensor | None, q_positions: torch.Tensor | None,
     k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float, dropout_seed: int, softcap: float,
-    alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k)."""
     args = {name: value for name, value in locals().items()
             if name not in ("dout", "q", "k", "v", "out", "lse", "aux")}
     params = params_from_op_args(q, k, **args)
-    impl = backends.select(backend, q.device)
+    impl = _backend(backend, q.device, params)
     grads = impl.backward(dout, q, k, v, out, lse, _scratch(aux, backend), params)
     return tuple(_laid_out_like(g, t) for g, t in zip(grads, (q, k, v)))
 
@@ -176,8 +206,10 @@ def _attention_backward_fake(dout, q, k, v, *args):
 # Names of the scalar/optional arguments shared by both ops, in schema order.
 _SHARED = ("backend", "softmax_scale", "window_left", "window_right", "diagonal_offset", "pe_kind", "pe_base",
            "pe_scale", "rotary_dim", "rotary_interleaved", "rotary_cos", "rotary_sin", "q_positions", "k_positions",
-           "pe_k_strategy", "dropout_p", "dropout_seed", "softcap", "alibi_slopes", "attn_bias")
-_SHARED_TENSORS = ("rotary_cos", "rotary_sin", "q_positions", "k_positions", "alibi_slopes", "attn_bias")
+           "pe_k_strategy", "dropout_p", "dropout_seed", "softcap", "alibi_slopes", "attn_bias", "cu_seqlens_q",
+           "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k")
+_SHARED_TENSORS = ("rotary_cos", "rotary_sin", "q_positions", "k_positions", "alibi_slopes", "attn_bias",
+                   "cu_seqlens_q", "cu_seqlens_k", "seqused_k")
 
 
 def _setup_context(ctx, inputs, output):

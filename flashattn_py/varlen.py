@@ -16,10 +16,10 @@ import dataclasses
 
 import torch
 
-from . import api, checks, positional
+from . import api, checks
 
 
-def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, device) -> list[int]:
+def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, device) -> None:
     if not isinstance(cu, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
     if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
@@ -27,16 +27,17 @@ def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, 
                          f"of shape {tuple(cu.shape)}")
     if cu.device != device:
         raise ValueError(f"{name} is on {cu.device} but q is on {device}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
+        raise TypeError(f"max_seqlen for {name} must be an int, got {type(max_seqlen).__name__}")
+    if torch.compiler.is_compiling():
+        return  # the value checks below read the tensor on the host: a graph break (see docs/entry-points.md)
     # One small device-to-host copy: bad offsets would make the kernels read out of bounds.
     values = cu.tolist()
     lengths = [b - a for a, b in zip(values, values[1:])]
     if values[0] != 0 or values[-1] != total or any(n < 0 for n in lengths):
         raise ValueError(f"{name} must start at 0, never decrease and end at the packed length {total}; got {values}")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
-        raise TypeError(f"max_seqlen for {name} must be an int, got {type(max_seqlen).__name__}")
     if lengths and max(lengths) > max_seqlen:
         raise ValueError(f"{name} has a sequence of length {max(lengths)} > max_seqlen {max_seqlen}")
-    return lengths
 
 
 def token_positions(cu: torch.Tensor, total: int) -> torch.Tensor:
@@ -55,10 +56,11 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         if t.dim() != 3:
             raise ValueError(f"{name} must be packed (total_tokens, nheads, head_dim), got shape {tuple(t.shape)}")
     q4, k4, v4 = q[None], k[None], v[None]
-    lengths_q = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
-    lengths_k = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
-    if len(lengths_q) != len(lengths_k):
-        raise ValueError(f"cu_seqlens_q describes {len(lengths_q)} sequences but cu_seqlens_k {len(lengths_k)}")
+    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
+    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(f"cu_seqlens_q describes {cu_seqlens_q.shape[0] - 1} sequences but cu_seqlens_k "
+                         f"{cu_seqlens_k.shape[0] - 1}")
     if pe_k_strategy == "in_kernel":
         raise ValueError("pe_k_strategy='in_kernel' is not available for packed sequences (positions restart per "
                          "sequence; the encoding runs as a pre-pass): use 'auto' or 'prepass'")
@@ -67,7 +69,7 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
                      k_positions=token_positions(cu_seqlens_k, k.shape[0])) if encoded else {}
     params = checks.attention_params(q4, k4, v4, rotary=rotary, sinusoidal=sinusoidal, pe_k_strategy=pe_k_strategy,
                                      **positions, **options)
-    batch = len(lengths_q)
+    batch = cu_seqlens_q.shape[0] - 1
     mods = checks.check_score_mods(params.mods.softcap, alibi_slopes, None, batch=batch, nheads_q=params.nheads_q,
                                    seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, device=q.device)
     lengths = checks.SequenceLengths(cu_seqlens_q, cu_seqlens_k, None, q.shape[0], k.shape[0])
@@ -150,20 +152,3 @@ class PerSequence:
                 dout[q_rows], q[q_rows], k[k_rows], v[k_rows], out[q_rows], piece_lse, (), piece)
         return dq, dk, dv
 
-
-class LengthsFunction(torch.autograd.Function):
-    """Autograd for calls with per-sequence lengths (the backend interface of autograd.py)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, params, backend):
-        out, lse, scratch = backend.forward(q, k, v, params)
-        ctx.save_for_backward(q, k, v, out, lse, *scratch)
-        ctx.params, ctx.backend = params, backend
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, *scratch = ctx.saved_tensors
-        dq, dk, dv = ctx.backend.backward(dout, q, k, v, out, lse, tuple(scratch), ctx.params)
-        return dq, dk, dv, None, None

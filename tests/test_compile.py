@@ -192,3 +192,32 @@ def test_op_args_round_trip(backend):
         assert again.keys() == args.keys()
         for name, value in args.items():
             assert again[name] is value if isinstance(value, torch.Tensor) else again[name] == value, name
+
+
+class PackedBlock(torch.nn.Module):
+    """Packed variable-length attention (flash_attn_varlen_func) and a padded batch with seqused_k."""
+
+    def __init__(self, dim=32, nheads=2, backend="auto"):
+        super().__init__()
+        self.nheads, self.head_dim, self.backend = nheads, dim // nheads, backend
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+
+    def forward(self, x, cu_seqlens, used):
+        total = x.shape[0]
+        q, k, v = self.qkv(x).view(total, 3, self.nheads, self.head_dim).unbind(1)
+        packed = fa.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, 9, 9, causal=True, rotary=fa.Rotary(),
+                                           backend=self.backend)
+        padded = fa.attention(q[None, :9], k[None, :9], v[None, :9], causal=True, seqused_k=used,
+                              backend=self.backend)
+        return packed.sum(0) + padded.sum((0, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_packed_and_seqused_k_calls_match_eager(backend):
+    torch.manual_seed(0)
+    module = PackedBlock(backend=backend).to(DEVICE)
+    x = torch.randn(16, 32, device=DEVICE)
+    cu_seqlens = torch.tensor([0, 7, 7, 16], dtype=torch.int32, device=DEVICE)
+    used = torch.tensor([6], dtype=torch.int32, device=DEVICE)
+    eager, compiled = _eager_and_compiled(module, [x, cu_seqlens, used], compile_backend="aot_eager")
+    _assert_same(eager, compiled)
