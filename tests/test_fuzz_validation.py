@@ -32,6 +32,7 @@ def invalid_calls(draw):
         "rank", "not_tensor", "dtype", "mixed_dtype", "head_dim", "head_dim_mismatch", "gqa", "batch",
         "kv_seqlen", "kv_heads", "window_value", "window_type", "scale", "causal", "backend", "layout",
         "rotary_dim", "positions_shape", "positions_dtype", "strategy", "deterministic", "table_rows", "dropout",
+        "softcap", "alibi_shape", "alibi_dtype", "bias_shape", "bias_dtype", "seqused_k", "alignment",
     ]))
     bad_scalar = st.sampled_from(["x", [1.0], object()])  # None is the valid default
     if kind == "rank":
@@ -117,6 +118,32 @@ def invalid_calls(draw):
     if kind == "deterministic":
         options["deterministic"] = draw(st.sampled_from([1, "yes", None]))
         return q, k, v, options, TypeError, "deterministic"
+    if kind == "softcap":
+        options["softcap"] = draw(st.one_of(st.floats(-10.0, -1e-6), st.sampled_from([math.inf, math.nan, "1", True])))
+        return q, k, v, options, (TypeError, ValueError), "softcap"
+    if kind == "alibi_shape":
+        heads = hkv * group
+        options["alibi_slopes"] = torch.ones(draw(st.sampled_from([(heads + 1,), (batch + 1, heads), (heads, 1, 1)])))
+        return q, k, v, options, ValueError, "alibi_slopes must have shape"
+    if kind == "alibi_dtype":
+        options["alibi_slopes"] = torch.ones(hkv * group, dtype=draw(st.sampled_from([torch.float16, torch.int32])))
+        return q, k, v, options, TypeError, "alibi_slopes must be float32"
+    if kind == "bias_shape":
+        options["attn_bias"] = torch.zeros(draw(st.sampled_from([(sq + 1, sk), (sq, sk + 1), (batch + 1, 1, sq, sk),
+                                                                 (1, 1, 1, 1, sk)])))
+        return q, k, v, options, ValueError, "attn_bias of shape"
+    if kind == "bias_dtype":
+        options["attn_bias"] = torch.zeros(sq, sk, dtype=draw(st.sampled_from([torch.int32, torch.uint8, torch.int64])))
+        return q, k, v, options, TypeError, "attn_bias must be bool"
+    if kind == "seqused_k":
+        bad = draw(st.sampled_from(["too_long", "int64", "shape"]))
+        options["seqused_k"] = {"too_long": torch.full((batch,), sk + 1, dtype=torch.int32),
+                                "int64": torch.full((batch,), 1, dtype=torch.int64),
+                                "shape": torch.ones(batch + 1, dtype=torch.int32)}[bad]
+        return q, k, v, options, ValueError, "seqused_k"
+    if kind == "alignment":
+        options["alignment"] = draw(st.sampled_from(["top", "bottom-right", "", "left"]))
+        return q, k, v, options, ValueError, "alignment must be one of"
     rows = draw(st.integers(1, max(sq, sk) - 1)) if max(sq, sk) > 1 else None
     if rows is None:  # a one-token call cannot overrun a table: shape it wrong instead
         options["rotary"] = Rotary(cos=torch.ones(4, head_dim), sin=torch.ones(4, head_dim))
