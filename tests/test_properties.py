@@ -1,12 +1,12 @@
 """Random valid calls (hypothesis): every backend agrees with the float64 reference on any shape and
 option mix (seqlens, head dims, GQA, causal, window, RoPE/sinusoidal and the K strategy, dtype), not
-only on the hand-picked cases. Bounded so CI stays fast."""
+only on the hand-picked cases (plus softcap, ALiBi and top-left alignment). Bounded so CI stays fast."""
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flashattn_py.positional import Rotary, Sinusoidal
-from tolerance import check_against_reference, random_qkv
+from tolerance import DEVICE, check_against_reference, random_qkv
 
 
 @st.composite
@@ -25,6 +25,13 @@ def attention_calls(draw):
         options["sinusoidal"] = Sinusoidal(scale=draw(st.floats(0.25, 2.0)))
     if encoding != "none":
         options["pe_k_strategy"] = draw(st.sampled_from(["in_kernel", "prepass"]))
+    if draw(st.booleans()):  # score modifications (score_mods.py), and where the diagonal sits
+        if draw(st.booleans()):
+            options["softcap"] = draw(st.floats(0.5, 50.0))
+        if draw(st.booleans()):
+            gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+            options["alibi_slopes"] = torch.rand(shape[3], generator=gen).to(DEVICE)
+        options["alignment"] = draw(st.sampled_from(["bottom_right", "top_left"]))
     dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
     backend = draw(st.sampled_from(["triton", "triton", "torch"]))  # every backend; the kernels most
     return backend, shape, dtype, options, draw(st.integers(0, 2**31 - 1))
