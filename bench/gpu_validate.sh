@@ -5,7 +5,8 @@
 #   2. run the full test suite on the GPU (both backends against the float64 reference),
 #   3. the standard benchmark sweep (bf16, head_dim 64/128, seqlen 512..16k, causal on/off,
 #      fwd and fwd+bwd, with and without RoPE; every result checked before it is timed),
-#   4. compute-sanitizer memcheck + racecheck on a small fwd+bwd of each backend,
+#   4. decoding against contiguous and paged KV caches vs SDPA (python -m flashattn_py.bench decode),
+#      compute-sanitizer memcheck + racecheck on a small fwd+bwd of each backend,
 #   5. summary.md (targets met/missed, ours vs the best peer) next to the CSV/JSON/PNGs.
 # Everything lands in bench/results/<gpu>-<date>/: commit that folder, GPU numbers not committed are lost.
 # Each step has a time limit so a slow step cannot eat the others; a failed step is recorded, not fatal.
@@ -42,6 +43,10 @@ step "standard sweep"
 timeout "${SWEEP_TIMEOUT:-200}" $PY -m flashattn_py.bench --preset standard --out "$out" --name standard \
     > "$out/standard.txt" 2>"$out/standard.log"
 tail -5 "$out/standard.txt"
+
+step "decoding against a KV cache (tokens/s, KV bandwidth vs the copy bandwidth)"
+timeout "${DECODE_TIMEOUT:-90}" $PY -m flashattn_py.bench decode --out "$out" > "$out/decode.txt" 2>&1
+tail -20 "$out/decode.txt"
 
 step "compute-sanitizer"
 backends=$($PY -c "import flashattn_py._cuda" 2>/dev/null && echo "cuda triton" || echo "triton")

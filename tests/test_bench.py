@@ -139,3 +139,16 @@ def test_summary_states_targets_met_or_missed(tmp_path):
     text = summary.summarize(tmp_path)
     assert "MISSED: forward >= 550 TFLOP/s and >= 1.0x best SDPA" in text and "0.92x sdpa_cudnn" in text
     assert "| 128 | False | none | fwd | 8192 | 600.0 |" in text
+
+
+def test_decode_benchmark_checks_then_reports_throughput(tmp_path, monkeypatch):
+    from flashattn_py.bench import decode
+
+    monkeypatch.setattr(runner, "cpu_timer", stub_timer)
+    monkeypatch.setattr(runner, "gpu_timer", stub_timer)
+    assert decode.main(["--batch", "2", "--cache-lens", "40", "--page-sizes", "0", "16", "--heads", "4",
+                        "--kv-heads", "2", "--head-dim", "16", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    assert {(r["page_size"], r["implementation"]) for r in rows} >= {(0, "ours"), (16, "ours"), (0, "sdpa")}
+    assert all(r["status"] == "ok" and r["tokens_per_s"] == 2 / 1.0 * 1e3 for r in rows)
+    assert all(r["kv_gb_per_s"] == 2 * 2 * 40 * 2 * 16 * 2 / 1.0 / 1e6 for r in rows)

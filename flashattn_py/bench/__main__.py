@@ -1,5 +1,6 @@
 """``python -m flashattn_py.bench``: check every implementation against the float64 reference, then
-time the correct ones; ``python -m flashattn_py.bench report``: the static kernel report (no GPU).
+time the correct ones; ``python -m flashattn_py.bench report``: the static kernel report (no GPU);
+``python -m flashattn_py.bench decode``: decoding against a KV cache (tokens/s, KV bandwidth).
 
 On a GPU: our Triton and CUDA kernels against PyTorch SDPA (flash, efficient, cuDNN, math),
 FlexAttention, the naive reference and, with a positional encoding, the encoding as a separate kernel
@@ -121,6 +122,10 @@ def main(argv=None) -> int:
         from flashattn_py.bench.report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["decode"]:
+        from flashattn_py.bench.decode import main as decode_main
+
+        return decode_main(argv[1:])
     return run(_parser().parse_args(argv))
 
 

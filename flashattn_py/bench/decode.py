@@ -1,0 +1,166 @@
+"""``python -m flashattn_py.bench decode``: one decoding step against a KV cache.
+
+For each (batch, cache length, page size): our flash_attn_with_kvcache (Triton, split-K chosen
+automatically, and without split-K) against PyTorch SDPA attending to the same cache (a dense view of
+it; SDPA has no paged layout). One new query token per sequence, GQA heads. Reports tokens/s
+(sequences decoded per second), the bandwidth of reading the cache (K and V bytes / time) and that
+as a fraction of the device's copy bandwidth measured in the same run (the memory-bound limit).
+Each implementation is checked against the float64 reference on the same cache before it is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import flashattn_py as fa
+from flashattn_py import accuracy
+from flashattn_py.bench import output, runner
+from flashattn_py.bench.cases import DTYPES
+
+
+@dataclass
+class DecodeRow:
+    batch: int
+    cache_len: int
+    page_size: int  # 0: contiguous cache
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    implementation: str
+    status: str
+    ms: float | None = None
+    tokens_per_s: float | None = None
+    kv_gb_per_s: float | None = None
+    fraction_of_copy_bandwidth: float | None = None
+
+
+def make_cache(batch, cache_len, page_size, kv_heads, head_dim, dtype, device, gen):
+    """(k_cache, v_cache, block_table or None, dense k, dense v): a full cache of random keys/values."""
+    rand = lambda *s: torch.randn(*s, generator=gen).to(device, dtype)  # noqa: E731
+    if not page_size:
+        k, v = rand(batch, cache_len, kv_heads, head_dim), rand(batch, cache_len, kv_heads, head_dim)
+        return k, v, None, k, v
+    pages = -(-cache_len // page_size)
+    k_cache, v_cache = rand(batch * pages, page_size, kv_heads, head_dim), rand(batch * pages, page_size, kv_heads,
+                                                                                 head_dim)
+    table = torch.randperm(batch * pages, generator=gen).reshape(batch, pages).to(device, torch.int32)
+    dense = [c[table.long()].reshape(batch, pages * page_size, kv_heads, head_dim) for c in (k_cache, v_cache)]
+    return k_cache, v_cache, table, dense[0], dense[1]
+
+
+def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device):
+    def ours(splits):
+        return lambda: fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
+                                                  num_splits=splits, backend="triton" if device.type == "cuda"
+                                                  else "torch")
+
+    used = int(seqlens.max())
+    gqa = q.shape[2] != k_dense.shape[2]
+
+    def sdpa():
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k_dense[:, :used].transpose(1, 2), v_dense[:, :used].transpose(1, 2), enable_gqa=gqa)
+        return out.transpose(1, 2)
+
+    impls = {"ours": ours(0), "ours_no_split": ours(1), "sdpa": sdpa}
+    return impls if device.type == "cuda" else {"ours": ours(0), "sdpa": sdpa}
+
+
+def copy_bandwidth_gb_s(device, timer) -> float | None:
+    """Device memory bandwidth by a large copy (bytes read + written / time): the memory-bound limit."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(1 << 28, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / timer(lambda: dst.copy_(src)) / 1e6
+
+
+def run(args) -> list[DecodeRow]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    timer = runner.gpu_timer if device.type == "cuda" else runner.cpu_timer
+    dtype = DTYPES[args.dtype]
+    limit = copy_bandwidth_gb_s(device, timer)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for batch in args.batch:
+        for cache_len in args.cache_lens:
+            for page in args.page_sizes:
+                k_cache, v_cache, table, k_dense, v_dense = make_cache(batch, cache_len, page, args.kv_heads,
+                                                                       args.head_dim, dtype, device, gen)
+                q = torch.randn(batch, 1, args.heads, args.head_dim, generator=gen).to(device, dtype)
+                seqlens = torch.full((batch,), cache_len, dtype=torch.int32, device=device)
+                keys, values = k_dense[:, :cache_len], v_dense[:, :cache_len]  # pages may hold more rows
+                exact = fa.reference.attention(q, keys, values)
+                naive = fa.reference.attention(q, keys, values, compute_dtype=dtype)
+                bound = accuracy.error_bound(exact, naive, dtype)
+                kv_bytes = 2 * batch * cache_len * args.kv_heads * args.head_dim * q.element_size()
+                for name, fn in implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device).items():
+                    row = DecodeRow(batch, cache_len, page, args.heads, args.kv_heads, args.head_dim, args.dtype, name,
+                                    "ok")
+                    rows.append(row)
+                    err = accuracy.max_error(fn(), exact)
+                    if err > bound:
+                        row.status = f"wrong: error {err:.2e} > bound {bound:.2e}"
+                        continue
+                    row.ms = timer(fn)
+                    row.tokens_per_s = batch / row.ms * 1e3
+                    row.kv_gb_per_s = kv_bytes / row.ms / 1e6
+                    row.fraction_of_copy_bandwidth = row.kv_gb_per_s / limit if limit else None
+    return rows
+
+
+def format_table(rows: list[DecodeRow]) -> str:
+    f = lambda v, spec: "-".rjust(int(spec.split(".")[0])) if v is None else format(v, spec)  # noqa: E731
+    lines = [f"{'batch':>5} {'cache':>7} {'page':>5} {'implementation':>14} {'ms':>8} {'tokens/s':>10} "
+             f"{'KV GB/s':>8} {'of copy BW':>10}  status"]
+    for r in rows:
+        lines.append(f"{r.batch:5d} {r.cache_len:7d} {r.page_size:5d} {r.implementation:>14} {f(r.ms, '8.3f')} "
+                     f"{f(r.tokens_per_s, '10.0f')} {f(r.kv_gb_per_s, '8.1f')} {f(r.fraction_of_copy_bandwidth, '10.2f')}"
+                     f"  {'' if r.status == 'ok' else r.status}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    on_gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(prog="python -m flashattn_py.bench decode", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64] if on_gpu else [2])
+    p.add_argument("--cache-lens", type=int, nargs="+", default=[4096, 32768] if on_gpu else [96])
+    p.add_argument("--page-sizes", type=int, nargs="+", default=[0, 16, 256] if on_gpu else [0, 16],
+                   help="0: contiguous cache")
+    p.add_argument("--heads", type=int, default=32 if on_gpu else 4)
+    p.add_argument("--kv-heads", type=int, default=8 if on_gpu else 2)
+    p.add_argument("--head-dim", type=int, default=128 if on_gpu else 32)
+    p.add_argument("--dtype", choices=DTYPES, default="bf16" if on_gpu else "fp16")
+    p.add_argument("--out", type=Path, help="write decode.json and decode.csv into this folder")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    env = output.environment(device)
+    if not on_gpu:
+        print("CPU run: no GPU here. Correctness of the cache path at small sizes; CPU timings are not GPU "
+              "performance.\n")
+    rows = run(args)
+    print(f"{env['device']}  torch {env['torch']}  {args.dtype}  heads {args.heads}/{args.kv_heads}  "
+          f"head_dim {args.head_dim}")
+    print(format_table(rows))
+    if args.out:
+        import csv
+        import json
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        dicts = [asdict(r) for r in rows]
+        (args.out / "decode.json").write_text(json.dumps({"environment": env, "rows": dicts}, indent=1))
+        with (args.out / "decode.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(dicts[0]))
+            writer.writeheader()
+            writer.writerows(dicts)
+    return 1 if any(r.status.startswith("wrong") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
