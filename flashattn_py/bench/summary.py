@@ -20,13 +20,18 @@ def _key(r):
     return (r["head_dim"], r["dtype"], r["causal"], r["window"], r["encoding"], r["kv_heads"] != r["heads"], r["mode"], r["seqlen"])
 
 
+def _order(key) -> tuple:
+    """Sort key for mixed tuples: numbers numerically (seqlen 4096 before 16384), the rest as text."""
+    return tuple((0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in key)
+
+
 def comparison_table(rows) -> list[str]:
     groups = defaultdict(list)
     for r in rows:
         groups[_key(r)].append(r)
     lines = ["| head_dim | causal | encoding | mode | seqlen | triton TFLOP/s | cuda TFLOP/s | best peer | peer TFLOP/s | ours / best peer |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(groups, key=lambda k: tuple(map(str, k))):
+    for key in sorted(groups, key=_order):
         g = groups[key]
         by_name = {r["implementation"]: r for r in g}
         peer, ours = _best(g, False), _best(g, True)
@@ -45,7 +50,7 @@ def targets(rows) -> list[str]:
     groups = defaultdict(list)
     for r in sel:
         groups[(r["causal"], r["encoding"], r["mode"], r["seqlen"])].append(r)
-    for (causal, enc, mode, seqlen), g in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (causal, enc, mode, seqlen), g in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         ours = _best(g, True)
         if not ours:
             continue
