@@ -26,8 +26,11 @@ from flashattn_py.bench import output, runner  # noqa: E402
 
 # The standard sweep (bench/gpu_validate.sh): Llama-like hidden size 2048 (heads = 2048 / head_dim),
 # 16k tokens per batch at every seqlen, as FlashAttention's papers benchmark.
+# FlexAttention compiles once per shape (seconds each): the standard sweep leaves it out and
+# gpu_validate.sh times it on one size separately.
 STANDARD = dict(seqlens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16"],
-                causal=[False, True], encodings=["none", "rope"], hidden=2048, tokens=16384, modes=["fwd", "fwd+bwd"])
+                causal=[False, True], encodings=["none", "rope"], hidden=2048, tokens=16384, modes=["fwd", "fwd+bwd"],
+                skip=["flex"])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rotary", action="store_true", help="shorthand for --encoding rope")
     p.add_argument("--modes", nargs="+", choices=case_lib.MODES, default=["fwd", "fwd+bwd"])
     p.add_argument("--peers", nargs="+", help="only these implementations (names as in the table)")
+    p.add_argument("--skip", nargs="+", default=[], help="leave out implementations whose name contains one of these")
     p.add_argument("--out", type=Path, help="write <name>.json, <name>.csv and PNG plots into this folder")
     p.add_argument("--name", default="bench", help="file name stem for --out")
     p.add_argument("--profile", type=Path, metavar="TRACE.json", help="also write a torch.profiler Chrome trace")
@@ -64,8 +68,8 @@ def cases_from(args) -> list[case_lib.Case]:
                    encodings=["rope"] if args.rotary else args.encoding, gqa=args.gqa, windows=args.window,
                    tokens=args.tokens, hidden=args.hidden)
     if args.preset == "standard":
-        options.update({k: v for k, v in STANDARD.items() if k != "modes"})
-        args.modes = STANDARD["modes"]
+        options.update({k: v for k, v in STANDARD.items() if k not in ("modes", "skip")})
+        args.modes, args.skip = STANDARD["modes"], args.skip + STANDARD["skip"]
     hidden = options.pop("hidden")
     cases = []
     for head_dim in options.pop("head_dims"):
@@ -92,7 +96,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     for case in tqdm(cases, desc="cases", file=sys.stderr, disable=None):
-        rows += runner.measure_case(case, args.modes, device, timer, only=args.peers, nvtx=args.nvtx)
+        rows += runner.measure_case(case, args.modes, device, timer, only=args.peers, skip=args.skip, nvtx=args.nvtx)
     print(output.format_table(rows))
     _print_tuning_choices()
     if args.out:

@@ -122,11 +122,14 @@ def peak_memory_mib(step: Callable, device: torch.device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=None, nvtx: bool = False) -> list[Row]:
-    """Rows for every implementation x mode of this case; ratio_to_best_peer filled per mode."""
+def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=None, skip=(),
+                 nvtx: bool = False) -> list[Row]:
+    """Rows for every implementation x mode of this case (only: these names; skip: names containing
+    one of these); ratio_to_best_peer filled per mode."""
     impls = peer_registry.implementations(case, device)
     if only:
         impls = {n: p for n, p in impls.items() if n in only}
+    impls = {n: p for n, p in impls.items() if not any(s in n for s in skip)}
     q, k, v, dout = make_inputs(case, device)
     with_grads = any(m != "fwd" for m in modes)
     rows = []
