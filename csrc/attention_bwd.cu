@@ -104,6 +104,23 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
 
 }  // namespace
 
+std::vector<KernelLaunchInfo> backward_launch_info() {
+  std::vector<KernelLaunchInfo> info;
+  auto add = [&](auto head_dim) {
+    constexpr int kD = decltype(head_dim)::value;
+    using Tiles = BwdTiles<kD>;
+    info.push_back({"attention_bwd_preprocess_kernel", kD, bwd::kPreprocessThreads, 0});
+    info.push_back({"attention_bwd_dkdv_kernel", kD, Tiles::Dkdv::kThreads, Tiles::Dkdv::kSmemBytes});
+    info.push_back({"attention_bwd_dq_kernel", kD, Tiles::Dq::kThreads, Tiles::Dq::kSmemBytes});
+  };
+  add(std::integral_constant<int, 32>{});
+  add(std::integral_constant<int, 64>{});
+  add(std::integral_constant<int, 96>{});
+  add(std::integral_constant<int, 128>{});
+  add(std::integral_constant<int, 256>{});
+  return info;
+}
+
 void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
   // Nothing to write: dq/dk/dv are empty tensors. (seqlen_q == 0 or seqlen_k == 0 alone still
   // launches the kernel that zero-fills the non-empty gradients.)

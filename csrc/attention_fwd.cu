@@ -62,4 +62,19 @@ void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   });
 }
 
+std::vector<KernelLaunchInfo> forward_launch_info() {
+  std::vector<KernelLaunchInfo> info;
+  auto add = [&](auto head_dim) {
+    using Cfg = FwdConfig<decltype(head_dim)::value>;
+    info.push_back({"attention_fwd_kernel", decltype(head_dim)::value, Cfg::kThreads,
+                    int(Cfg::kSmemElems * 2)});  // 2-byte elements (fp16 / bf16)
+  };
+  add(std::integral_constant<int, 32>{});
+  add(std::integral_constant<int, 64>{});
+  add(std::integral_constant<int, 96>{});
+  add(std::integral_constant<int, 128>{});
+  add(std::integral_constant<int, 256>{});
+  return info;
+}
+
 }  // namespace flashattn

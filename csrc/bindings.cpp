@@ -168,4 +168,16 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("params"), py::arg("stream"), py::arg("device"),
       "dq, dk, dv (and the delta scratch) from dout, q, k, v, out, lse on `stream`; asynchronous");
+
+  m.def(
+      "launch_info",
+      [] {
+        py::list rows;
+        for (const auto& list : {forward_launch_info(), backward_launch_info()}) {
+          for (const auto& i : list) rows.append(py::make_tuple(i.kernel, i.head_dim, i.threads, i.dynamic_smem_bytes));
+        }
+        return rows;
+      },
+      "[(kernel, head_dim, threads per block, dynamic shared memory bytes)] of every compiled instance; no GPU "
+      "needed (the static report's occupancy)");
 }

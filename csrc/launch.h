@@ -7,6 +7,9 @@
 
 #include <cuda_runtime.h>
 
+#include <string>
+#include <vector>
+
 #include "params.h"
 
 namespace flashattn {
@@ -17,5 +20,17 @@ void run_attention_forward(const AttentionParams& params, cudaStream_t stream);
 // dq, dk, dv from dout, q, k, v, out, lse (params.delta is scratch the caller allocated).
 // dq/dk are gradients w.r.t. the user's (unencoded) q/k: the inverse encoding is applied in-kernel.
 void run_attention_backward(const AttentionParams& params, cudaStream_t stream);
+
+// What each compiled instance launches with (the same for fp16 and bf16), for the static report's
+// occupancy: ptxas reports registers, but threads per block and dynamic shared memory are launch
+// parameters. Needs no GPU.
+struct KernelLaunchInfo {
+  std::string kernel;  // the __global__ function's name
+  int head_dim;
+  int threads;
+  int dynamic_smem_bytes;
+};
+std::vector<KernelLaunchInfo> forward_launch_info();
+std::vector<KernelLaunchInfo> backward_launch_info();
 
 }  // namespace flashattn

@@ -50,16 +50,88 @@ def table(kernels: dict) -> str:
     return "\n".join(rows)
 
 
+def find_cuobjdump(nvcc: str | None = None) -> str | None:
+    """The toolkit's cuobjdump, else the one Triton ships (any CUDA 12+ cuobjdump reads sm_80/90)."""
+    candidates = [Path(nvcc).parent / "cuobjdump"] if nvcc else []
+    candidates += [Path("/usr/local/cuda/bin/cuobjdump")]
+    found = next((str(c) for c in candidates if c.exists()), None) or shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import triton
+
+        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        return str(bundled) if bundled.exists() else None
+    except ImportError:
+        return None
+
+
+_FUNCTION = re.compile(r"Function : (\S+)")
+_SASS_ARCH = re.compile(r"arch = (sm_\w+)")
+_TENSOR_CORE = re.compile(r"\b(HG?MMA)\b")
+
+
+def tensor_core_counts(objects, cuobjdump: str) -> dict:
+    """{(mangled kernel, arch): {"HMMA": n, "HGMMA": n}} from the objects' SASS."""
+    counts, arch, function = {}, None, None
+    for obj in objects:
+        text = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True).stdout
+        for line in text.splitlines():
+            if m := _SASS_ARCH.search(line):
+                arch = m[1]
+            elif m := _FUNCTION.search(line):
+                function = m[1]
+            elif function and (m := _TENSOR_CORE.search(line)):
+                entry = counts.setdefault((function, arch), {"HMMA": 0, "HGMMA": 0})
+                entry[m[1]] += 1
+    return counts
+
+
+_KERNEL_AND_HEAD_DIM = re.compile(r"(attention_\w+_kernel)<[^,]+, (?:[\w:]+Config<)?(\d+)")
+
+
+def launch_info() -> dict:
+    """{(kernel, head_dim): (threads, dynamic smem bytes)} from the built extension; {} without it."""
+    try:
+        from flashattn_py import _cuda
+    except ImportError:
+        return {}
+    return {(kernel, head_dim): (threads, smem) for kernel, head_dim, threads, smem in _cuda.launch_info()}
+
+
 def resource_rows(archs=(80, 90), log: Path = BUILD_LOG):
-    """(rows as dicts, problem): the report of the last `pip install -e .` build for these archs."""
+    """(rows as dicts, problem): the report of the last `pip install -e .` build for these archs, with
+    tensor-core instruction counts (cuobjdump) and theoretical occupancy (the extension's launch info)."""
+    from .kernel_report import theoretical_occupancy
+
     if not log.exists():
         return [], f"no ptxas report at {log}: build the extension first (FLASHATTN_BUILD_CUDA=1 pip install -e .)"
     wanted = {f"sm_{a}" for a in archs}
     kernels = {key: r for key, r in parse_ptxas(log.read_text()).items() if key[1] in wanted}
     names = demangle(sorted({name for name, _ in kernels}))
-    rows = [{"kernel": names[name], "arch": arch, **r} for (name, arch), r in sorted(kernels.items())]
+    cuobjdump = find_cuobjdump()
+    counts = tensor_core_counts(sorted(log.parent.rglob("*.cu.o")), cuobjdump) if cuobjdump else {}
+    launches = launch_info()
+    rows = []
+    for (name, arch), r in sorted(kernels.items()):
+        row = {"kernel": names[name], "arch": arch, **r, **counts.get((name, arch), {"HMMA": None, "HGMMA": None})}
+        m = _KERNEL_AND_HEAD_DIM.search(names[name])
+        threads, smem = launches.get((m[1], int(m[2])), (None, None)) if m else (None, None)
+        row["threads"], row["dynamic_smem"] = threads, smem
+        row["occupancy"] = None if threads is None else theoretical_occupancy(
+            int(arch.removeprefix("sm_").rstrip("a")), r["registers"], r["smem"] + smem, threads // 32)
+        rows.append(row)
     return rows, "" if rows else f"the build at {log} holds none of {sorted(wanted)}"
 
 
 def format_table(rows) -> str:
-    return table({(r["kernel"], r["arch"]): r for r in rows})
+    fmt = lambda v, w, spec="": "-".rjust(w) if v is None else format(v, f">{w}{spec}")  # noqa: E731
+    names = sorted({r["kernel"] for r in rows})
+    lines = [f"{'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'smem':>6} {'threads':>7} {'occ':>4} "
+             f"{'HMMA':>5} {'HGMMA':>5}  kernel"]
+    for r in sorted(rows, key=lambda r: (r["arch"], names.index(r["kernel"]))):
+        lines.append(f"{r['arch']:6} {fmt(r['registers'], 4)} {r['spill_stores']:>8} {r['spill_loads']:>8} "
+                     f"{fmt(None if r.get('dynamic_smem') is None else r['smem'] + r['dynamic_smem'], 6)} "
+                     f"{fmt(r.get('threads'), 7)} {fmt(r.get('occupancy'), 4, '.0%')} {fmt(r.get('HMMA'), 5)} "
+                     f"{fmt(r.get('HGMMA'), 5)}  {r['kernel']}")
+    return "\n".join(lines)

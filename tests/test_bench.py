@@ -126,6 +126,11 @@ def test_static_report_subcommand_fails_on_spills_and_covers_both_backends(tmp_p
     assert {r["kernel"] for r in data["triton"]} >= {"attention_fwd_kernel", "attention_bwd_dkdv_kernel"}
     assert all(r["occupancy"] > 0 for r in data["triton"])
     assert "cuda" in data  # rows when the extension was built here (CI builds it), else [] and the reason printed
+    for row in data["cuda"]:  # per instance: registers, spills, tensor-core instructions, occupancy
+        assert row["spill_stores"] == row["spill_loads"] == 0
+        assert row["occupancy"] is None or 0 < row["occupancy"] <= 1
+        if "preprocess" not in row["kernel"] and row["HMMA"] is not None:
+            assert row["HMMA"] + row["HGMMA"] > 0, row["kernel"]
 
 
 def test_summary_states_targets_met_or_missed(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flashattn_py.cuda_report import parse_ptxas, table
+from flashattn_py.cuda_report import find_cuobjdump, parse_ptxas, table
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("80", "90")
@@ -28,22 +28,6 @@ def find_nvcc():
         if (Path(home) / "bin" / "nvcc").exists():
             return str(Path(home) / "bin" / "nvcc")
     return shutil.which("nvcc")
-
-
-def find_cuobjdump(nvcc):
-    """The toolkit's cuobjdump, else the one Triton ships (same tool, any CUDA 12+ version reads sm_80/90)."""
-    found = Path(nvcc).parent / "cuobjdump"
-    if found.exists():
-        return str(found)
-    if shutil.which("cuobjdump"):
-        return shutil.which("cuobjdump")
-    try:
-        import triton
-
-        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        return str(bundled) if bundled.exists() else None
-    except ImportError:
-        return None
 
 
 def require_toolchain():
