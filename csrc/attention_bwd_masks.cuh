@@ -22,12 +22,11 @@ struct Range {
 struct MaskRule {
   int seqlen_q, seqlen_k;
   int left, right;  // < 0: unbounded on that side
-  int offset;       // key position of query 0: seqlen_k - seqlen_q (bottom-right alignment)
+  int offset;       // key position of query 0 (params.h diagonal_offset: bottom-right or top-left)
 
-  // The one place that reads the mask from the params (a top-left alignment, as SDPA's entry point
-  // uses, would only change `offset`).
+  // The one place that reads the mask from the params.
   __device__ __forceinline__ static MaskRule from(const AttentionParams& p) {
-    return {p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, p.seqlen_k - p.seqlen_q};
+    return {p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, int(diagonal_offset(p))};
   }
 
   // Keys that queries [q_start, q_end) can see (masks.key_range).

@@ -89,9 +89,9 @@ struct FwdConfig {
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "whole m16n8k16 k-slices");
 };
 
-// Sequence-row window [lo, hi) of keys that query `row` sees (masks.py, bottom-right aligned).
+// Sequence-row window [lo, hi) of keys that query `row` sees (masks.py; diagonal_offset in params.h).
 __device__ __forceinline__ void visible_key_range(int64_t row, const AttentionParams& p, int& lo, int& hi) {
-  const int64_t aligned = row + p.seqlen_k - p.seqlen_q;
+  const int64_t aligned = row + diagonal_offset(p);
   int64_t l = 0, h = p.seqlen_k;
   if (p.window_left >= 0) l = max(l, aligned - p.window_left);
   if (p.window_right >= 0) h = min(h, aligned + p.window_right + 1);
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
   }
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores in log2 units
   const int row0 = m_start + warp * kWarpRows + g;                   // rows row0 + 16 mi + 8 h
-  const int64_t diag = int64_t(p.seqlen_k) - p.seqlen_q;
+  const int64_t diag = diagonal_offset(p);
 
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int n_start = n_block * kBlockN;

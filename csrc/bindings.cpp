@@ -117,6 +117,7 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("softmax_scale", &AttentionParams::softmax_scale)
       .def_readwrite("window_left", &AttentionParams::window_left)
       .def_readwrite("window_right", &AttentionParams::window_right)
+      .def_readwrite("top_left", &AttentionParams::top_left)
       .def_readwrite("q_strides", &AttentionParams::q_strides)
       .def_readwrite("k_strides", &AttentionParams::k_strides)
       .def_readwrite("v_strides", &AttentionParams::v_strides)

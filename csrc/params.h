@@ -44,6 +44,7 @@ struct AttentionParams {
   int head_dim = 0;                 // 32, 64, 96, 128 or 256 (others rejected before launch)
   float softmax_scale = 0.f;
   int window_left = -1, window_right = -1;  // causal folded in (right = 0); -1 = unbounded
+  int top_left = 0;  // 0: query i at key i + seqlen_k - seqlen_q (FlashAttention); 1: at key i (SDPA)
 
   // Forward inputs / outputs (dtype), lse fp32 contiguous (batch, nheads_q, seqlen_q), natural log.
   const void* q = nullptr;
@@ -64,5 +65,16 @@ struct AttentionParams {
 
   PositionalParams pe;
 };
+
+#ifdef __CUDACC__
+#define FLASHATTN_HOST_DEVICE __host__ __device__
+#else
+#define FLASHATTN_HOST_DEVICE
+#endif
+
+// Key position of query 0, where the causal diagonal and the window sit (flashattn_py/masks.py).
+FLASHATTN_HOST_DEVICE inline int64_t diagonal_offset(const AttentionParams& p) {
+  return p.top_left ? 0 : int64_t(p.seqlen_k) - p.seqlen_q;
+}
 
 }  // namespace flashattn

@@ -8,7 +8,7 @@ triton_kernels/positional.py ``kernel_encoding`` gives it to the Triton kernels.
 
 What the kernels support, and what this module does about the rest:
 - fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0, score
-  mods (softcap, ALiBi, bias / masks), masks aligned other than bottom-right, packed varlen, paged KV
+  mods (softcap, ALiBi, bias / masks), packed varlen (run per sequence by the caller), paged KV
   and split-K raise NotImplementedError (csrc/params.h has no field for them).
 - Head dims 32, 64, 96, 128, 256 are compiled. Any other (a multiple of 8 up to 256) is zero-padded
   here to the next compiled one, and outputs / gradients are sliced back: zero channels add nothing
@@ -89,11 +89,10 @@ def check_supported(params: AttentionParams) -> None:
                                  ("attn_mask / bias", mods.bias is not None)) if on]
         raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
     offset = getattr(params, "diagonal_offset", None)
-    if offset is not None and offset != params.seqlen_k - params.seqlen_q:
+    if offset is not None and offset not in (0, params.seqlen_k - params.seqlen_q):
         raise NotImplementedError(
-            "backend='cuda' aligns causal/window masks bottom-right only (FlashAttention's convention); "
-            f"this call aligns them at key {offset} (e.g. SDPA's top-left is_causal with seqlen_q != seqlen_k); "
-            "use backend='triton'"
+            f"backend='cuda' aligns causal/window masks bottom-right or top-left; this call aligns them at key "
+            f"{offset}; use backend='triton'"
         )
     if getattr(params, "lengths", None) is not None:
         raise NotImplementedError("backend='cuda' has no variable-length (cu_seqlens / seqused_k) kernels; "
@@ -129,6 +128,8 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
     p.nheads_q, p.nheads_kv, p.head_dim = params.nheads_q, params.nheads_kv, head_dim
     p.softmax_scale = params.softmax_scale  # from the original head_dim: padding must not change it
     p.window_left, p.window_right = params.window
+    # csrc/params.h diagonal_offset: bottom-right (seqlen_k - seqlen_q) unless SDPA's top-left (0).
+    p.top_left = int(params.diagonal_offset is not None and params.diagonal_offset != params.seqlen_k - params.seqlen_q)
     keep_alive = []  # tensors made here that the (asynchronous) launch reads
     enc = params.encoding
     if with_encoding and enc is not None:

@@ -68,3 +68,13 @@ def test_causal_bottom_right_alignment(request, backend, seqlen_q, seqlen_k):
         last = i + seqlen_k - seqlen_q
         expected = v[0, : last + 1, 0].double().mean(0) if last >= 0 else torch.zeros(16, dtype=torch.float64)
         torch.testing.assert_close(got[0, i, 0].double(), expected.to(DEVICE), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(70, 30), (30, 70)])
+@pytest.mark.parametrize("window", [(-1, 0), (8, 3)])
+def test_top_left_alignment(request, backend, dtype, seqlen_q, seqlen_k, window):
+    """SDPA's alignment (query i at key i), with causal and a window, on every backend."""
+    q, k, v, dout = random_qkv(2, seqlen_q, seqlen_k, 4, 2, 64, dtype, seed=seed_of(request))
+    check_against_reference(backend, q, k, v, dout, window_size=window, alignment="top_left")

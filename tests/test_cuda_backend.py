@@ -88,7 +88,7 @@ def test_head_dims_run_in_the_next_compiled_one(head_dim, kernel):
 
 @pytest.mark.parametrize("change,message", [
     (lambda p: dict(mods=dataclasses.replace(p.mods, softcap=30.0)), r"softcap.*backend='triton'"),
-    (lambda p: dict(diagonal_offset=0), r"bottom-right only.*backend='triton'"),
+    (lambda p: dict(diagonal_offset=1), r"bottom-right or top-left.*backend='triton'"),
     (lambda p: dict(num_splits=4), r"split-K.*backend='triton'"),
 ])
 def test_features_without_a_params_field_are_refused(change, message):
