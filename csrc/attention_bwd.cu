@@ -113,11 +113,7 @@ std::vector<KernelLaunchInfo> backward_launch_info() {
     info.push_back({"attention_bwd_dkdv_kernel", kD, Tiles::Dkdv::kThreads, Tiles::Dkdv::kSmemBytes});
     info.push_back({"attention_bwd_dq_kernel", kD, Tiles::Dq::kThreads, Tiles::Dq::kSmemBytes});
   };
-  add(std::integral_constant<int, 32>{});
-  add(std::integral_constant<int, 64>{});
-  add(std::integral_constant<int, 96>{});
-  add(std::integral_constant<int, 128>{});
-  add(std::integral_constant<int, 256>{});
+  for_each_head_dim(add);
   return info;
 }
 

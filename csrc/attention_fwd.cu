@@ -69,11 +69,7 @@ std::vector<KernelLaunchInfo> forward_launch_info() {
     info.push_back({"attention_fwd_kernel", decltype(head_dim)::value, Cfg::kThreads,
                     int(Cfg::kSmemElems * 2)});  // 2-byte elements (fp16 / bf16)
   };
-  add(std::integral_constant<int, 32>{});
-  add(std::integral_constant<int, 64>{});
-  add(std::integral_constant<int, 96>{});
-  add(std::integral_constant<int, 128>{});
-  add(std::integral_constant<int, 256>{});
+  for_each_head_dim(add);
   return info;
 }
 

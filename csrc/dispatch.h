@@ -44,6 +44,16 @@ inline void check_common(const AttentionParams& p, const char* pass) {
   }
 }
 
+// f(std::integral_constant<int, kHeadDim>{}) for every compiled head dim.
+template <typename F>
+void for_each_head_dim(F&& f) {
+  f(std::integral_constant<int, 32>{});
+  f(std::integral_constant<int, 64>{});
+  f(std::integral_constant<int, 96>{});
+  f(std::integral_constant<int, 128>{});
+  f(std::integral_constant<int, 256>{});
+}
+
 // launch(TypeTag<T>{}, std::integral_constant<int, kHeadDim>{}) for the instance of p.dtype / p.head_dim.
 template <typename Launch>
 void dispatch(const AttentionParams& p, const char* pass, Launch&& launch) {

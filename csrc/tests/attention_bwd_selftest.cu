@@ -18,17 +18,9 @@
 #include <vector>
 
 #include "../launch.h"
+#include "selftest_util.h"
 
 using namespace flashattn;
-
-#define CK(x)                                                                               \
-  do {                                                                                      \
-    cudaError_t e_ = (x);                                                                   \
-    if (e_ != cudaSuccess) {                                                                \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                         \
-    }                                                                                       \
-  } while (0)
 
 struct Case {
   int batch, sq, sk, hq, hkv, d;
@@ -40,28 +32,6 @@ struct Case {
   int interleaved;
   bool misaligned;   // odd seq strides and an odd base offset: the element-wise load/store paths
 };
-
-static uint16_t to_bits(float x, DType t) {
-  uint16_t b;
-  if (t == DType::kFloat16) {
-    const __half h = __float2half_rn(x);
-    std::memcpy(&b, &h, 2);
-  } else {
-    const __nv_bfloat16 h = __float2bfloat16_rn(x);
-    std::memcpy(&b, &h, 2);
-  }
-  return b;
-}
-static float from_bits(uint16_t b, DType t) {
-  if (t == DType::kFloat16) {
-    __half h;
-    std::memcpy(&h, &b, 2);
-    return __half2float(h);
-  }
-  __nv_bfloat16 h;
-  std::memcpy(&h, &b, 2);
-  return __bfloat162float(h);
-}
 
 // A (b, s, h, d) tensor in bshd or bhsd order; `pad` extra elements per seq row (misaligned case).
 struct Layout {
