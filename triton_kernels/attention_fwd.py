@@ -21,6 +21,7 @@ from .configs import forward_candidates, forward_config
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
 from .score_mods import head_mods, modified_scores, score_mod_args
+from .split_merge import merge_splits
 
 
 @triton.jit
@@ -156,20 +157,6 @@ def paging_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
         return dict(block_table_ptr=dummy, stride_bt_b=0, page_size=1, PAGED=False)
     table = params.paged.block_table
     return dict(block_table_ptr=table, stride_bt_b=table.stride(0), page_size=params.paged.page_size, PAGED=True)
-
-
-def merge_splits(out_part: torch.Tensor, lse_part: torch.Tensor, out: torch.Tensor, lse_log2: torch.Tensor) -> None:
-    """Merge split-K partials: out = sum_s 2^(lse_s - m) out_s / sum_s 2^(lse_s - m), lse = m + log2 of
-    that sum (base 2, as the kernels store it). out_part (splits, b, s, h, d), lse_part (splits, b, h, s);
-    splits that saw no key have lse -inf and weigh 0; rows no split saw get out 0, lse -inf."""
-    m = lse_part.amax(dim=0)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    weights = torch.exp2(lse_part - m_safe)
-    total = weights.sum(dim=0)
-    seen = total > 0
-    lse_log2.copy_(torch.where(seen, m_safe + torch.log2(torch.where(seen, total, 1.0)), float("-inf")))
-    w = (weights / torch.where(seen, total, 1.0)).permute(0, 1, 3, 2)[..., None]  # (splits, b, s, h, 1)
-    out.copy_((out_part * w).sum(dim=0))
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
