@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from flashattn_py.bench import __main__ as bench
 from flashattn_py.bench import output, peers, runner

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py import positional
 from flashattn_py.modules import LlamaAttention, MultiheadAttention
 from tolerance import DEVICE, assert_within_naive_error, seed_of
 
