@@ -80,6 +80,10 @@ def cases_from(args) -> list[case_lib.Case]:
 
 def run(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.preset and device.type == "cpu":
+        print("--preset standard sizes GPU runs (up to 16k tokens per sequence); on a CPU run the default small "
+              "sizes instead", file=sys.stderr)
+        return 2
     cases = cases_from(args)
     if args.kernel:
         from flashattn_py.bench.profiling import kernel_loop
