@@ -179,16 +179,22 @@ def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: 
     return ScoreMods(float(softcap), slopes, bias)
 
 
+def check_int32_tensor(t, name: str, shape: tuple, device, shape_name: str = "") -> None:
+    """t is an int32 tensor of exactly `shape` on `device` (lengths, indices); shape_name: how the error
+    spells the shape, e.g. "(batch,)"."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32 or t.shape != shape:
+        expected = f"{shape_name} = {shape}" if shape_name else f"{shape}"
+        raise ValueError(f"{name} must be an int32 tensor of shape {expected}, got {t.dtype} of shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but q is on {device}")
+
+
 def check_seqused_k(seqused_k, batch: int, seqlen_k: int, device, alignment: str) -> SequenceLengths | None:
     if seqused_k is None:
         return None
-    if not isinstance(seqused_k, torch.Tensor):
-        raise TypeError(f"seqused_k must be a torch.Tensor, got {type(seqused_k).__name__}")
-    if seqused_k.dtype != torch.int32 or seqused_k.shape != (batch,):
-        raise ValueError(f"seqused_k must be an int32 tensor of shape (batch,) = ({batch},), got {seqused_k.dtype} "
-                         f"of shape {tuple(seqused_k.shape)}")
-    if seqused_k.device != device:
-        raise ValueError(f"seqused_k is on {seqused_k.device} but q is on {device}")
+    check_int32_tensor(seqused_k, "seqused_k", (batch,), device, "(batch,)")
     if alignment != "bottom_right":
         raise ValueError("seqused_k aligns each sequence bottom-right; alignment='top_left' is not supported with it")
     # One small device-to-host copy: a length past seqlen_k would read out of bounds. Not while

@@ -30,15 +30,6 @@ from .positional import Rotary
 from .varlen import PerSequence
 
 
-def _check_int_tensor(t, name: str, shape: tuple, device) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.int32 or t.shape != shape:
-        raise ValueError(f"{name} must be an int32 tensor of shape {shape}, got {t.dtype} of shape {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but q is on {device}")
-
-
 def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
     """(batch, capacity of each sequence's cache, page size or None), validated."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -64,7 +55,7 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
         page_size = k_cache.shape[1]
         return batch, block_table.shape[1] * page_size, page_size
     if cache_batch_idx is not None:
-        _check_int_tensor(cache_batch_idx, "cache_batch_idx", (batch,), q.device)
+        checks.check_int32_tensor(cache_batch_idx, "cache_batch_idx", (batch,), q.device)
         if batch and (int(cache_batch_idx.min()) < 0 or int(cache_batch_idx.max()) >= k_cache.shape[0]):
             raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]})")
     elif k_cache.shape[0] != batch:
@@ -128,7 +119,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         cache_seqlens = torch.full((batch,), capacity - new, dtype=torch.int32, device=q.device)
     elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
-    _check_int_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
+    checks.check_int32_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
     if batch and (int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) + new > capacity):
         raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
                          f"cache_seqlens up to {int(cache_seqlens.max())} with {new} new tokens")

@@ -20,6 +20,7 @@ import flashattn_py as fa
 from flashattn_py import accuracy
 from flashattn_py.bench import output, runner
 from flashattn_py.bench.cases import DTYPES
+from flashattn_py.kvcache import dense_cache
 
 
 @dataclass
@@ -38,6 +39,9 @@ class DecodeRow:
     kv_gb_per_s: float | None = None
     fraction_of_copy_bandwidth: float | None = None
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
 
 def make_cache(batch, cache_len, page_size, kv_heads, head_dim, dtype, device, gen):
     """(k_cache, v_cache, block_table or None, dense k, dense v): a full cache of random keys/values."""
@@ -49,8 +53,8 @@ def make_cache(batch, cache_len, page_size, kv_heads, head_dim, dtype, device, g
     k_cache, v_cache = rand(batch * pages, page_size, kv_heads, head_dim), rand(batch * pages, page_size, kv_heads,
                                                                                  head_dim)
     table = torch.randperm(batch * pages, generator=gen).reshape(batch, pages).to(device, torch.int32)
-    dense = [c[table.long()].reshape(batch, pages * page_size, kv_heads, head_dim) for c in (k_cache, v_cache)]
-    return k_cache, v_cache, table, dense[0], dense[1]
+    return (k_cache, v_cache, table, dense_cache(k_cache, table, page_size, None),
+            dense_cache(v_cache, table, page_size, None))
 
 
 def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device):
@@ -115,7 +119,7 @@ def run(args) -> list[DecodeRow]:
 
 
 def format_table(rows: list[DecodeRow]) -> str:
-    f = lambda v, spec: "-".rjust(int(spec.split(".")[0])) if v is None else format(v, spec)  # noqa: E731
+    f = output.fmt_cell
     lines = [f"{'batch':>5} {'cache':>7} {'page':>5} {'implementation':>14} {'ms':>8} {'tokens/s':>10} "
              f"{'KV GB/s':>8} {'of copy BW':>10}  status"]
     for r in rows:
@@ -149,16 +153,7 @@ def main(argv=None) -> int:
           f"head_dim {args.head_dim}")
     print(format_table(rows))
     if args.out:
-        import csv
-        import json
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        dicts = [asdict(r) for r in rows]
-        (args.out / "decode.json").write_text(json.dumps({"environment": env, "rows": dicts}, indent=1))
-        with (args.out / "decode.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(dicts[0]))
-            writer.writeheader()
-            writer.writerows(dicts)
+        output.write_json_csv(args.out, "decode", env, rows)
     return 1 if any(r.status.startswith("wrong") for r in rows) else 0
 
 

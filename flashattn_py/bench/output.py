@@ -28,7 +28,7 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def _fmt(value, spec: str) -> str:
+def fmt_cell(value, spec: str) -> str:
     width = int(spec.split(".")[0])
     return "-".rjust(width) if value is None else format(value, spec)
 
@@ -37,13 +37,14 @@ def format_table(rows: list[Row]) -> str:
     header = f"{'case':40} {'mode':>7} {'implementation':>22} {'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9} {'vs best peer':>12}  status"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.case.label():40} {r.mode:>7} {r.implementation:>22} {_fmt(r.ms, '9.3f')} "
-                     f"{_fmt(r.tflops, '8.1f')} {_fmt(r.peak_mib, '9.1f')} {_fmt(r.ratio_to_best_peer, '12.2f')}  "
+        lines.append(f"{r.case.label():40} {r.mode:>7} {r.implementation:>22} {fmt_cell(r.ms, '9.3f')} "
+                     f"{fmt_cell(r.tflops, '8.1f')} {fmt_cell(r.peak_mib, '9.1f')} {fmt_cell(r.ratio_to_best_peer, '12.2f')}  "
                      f"{'' if r.status == 'ok' else r.status}")
     return "\n".join(lines)
 
 
-def write_json_csv(out_dir: Path, name: str, env: dict, rows: list[Row]) -> list[Path]:
+def write_json_csv(out_dir: Path, name: str, env: dict, rows) -> list[Path]:
+    """<name>.json (environment + rows) and <name>.csv; rows have as_dict() (runner.Row, decode.DecodeRow)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dicts = [r.as_dict() for r in rows]
     json_path, csv_path = out_dir / f"{name}.json", out_dir / f"{name}.csv"

@@ -118,15 +118,9 @@ def flex(q, k, v, case: Case):
 
 
 def _cuda_extension_problem() -> str:
-    try:
-        from flashattn_py import cuda_backend  # noqa: F401
-    except ImportError as err:
-        return f"CUDA backend not importable ({err})"
-    try:
-        from flashattn_py import _cuda  # noqa: F401
-    except ImportError:
-        return "CUDA extension not built (FLASHATTN_BUILD_CUDA=1 pip install .)"
-    return ""
+    from flashattn_py import cuda_backend
+
+    return "" if cuda_backend.is_built() else "CUDA extension not built (FLASHATTN_BUILD_CUDA=1 pip install .)"
 
 
 def _ours(case: Case, device: torch.device) -> list[Peer]:
