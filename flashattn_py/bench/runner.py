@@ -52,24 +52,32 @@ def _outputs(fn: Callable, q, k, v, dout, with_grads: bool):
     return (out, *torch.autograd.grad(out, leaves, dout))
 
 
-def check(case: Case, fn: Callable, device: torch.device, with_grads: bool) -> str:
-    """"ok", or what is wrong: output (and gradients) against float64 within the accuracy rule."""
+def check_references(case: Case, device: torch.device, with_grads: bool):
+    """(inputs, float64 results, naive results in the case's dtype) of the check-sized case: computed
+    once per case and shared by every implementation's check."""
     small = check_case(case)
-    q, k, v, dout = make_inputs(small, device, seed=1)
+    inputs = make_inputs(small, device, seed=1)
+    exact = _outputs(peer_registry.reference(small), *inputs, with_grads)
+    naive = _outputs(peer_registry.reference(small, compute_dtype=small.torch_dtype), *inputs, with_grads)
+    return inputs, exact, naive
+
+
+def check(case: Case, fn: Callable, device: torch.device, with_grads: bool, references=None) -> str:
+    """"ok", or what is wrong: output (and gradients) against float64 within the accuracy rule.
+    references: check_references(case, device, with_grads), when several implementations share them."""
+    (q, k, v, dout), exact, naive = references or check_references(case, device, with_grads)
     try:
         got = _outputs(fn, q, k, v, dout, with_grads)
     except (RuntimeError, ValueError, NotImplementedError) as err:  # a peer that rejects this case (e.g.
         return f"unavailable: {_first_line(err)}"                     # an SDPA backend without a kernel for it)
     except Exception as err:  # anything else is a bug in the peer or here: reported as such
         return f"failed: {_first_line(err)}"
-    exact = _outputs(peer_registry.reference(small), q, k, v, dout, with_grads)
-    naive = _outputs(peer_registry.reference(small, compute_dtype=small.torch_dtype), q, k, v, dout, with_grads)
     for name, g, e, n in zip(("out", "dq", "dk", "dv"), got, exact, naive):
         try:
             err = accuracy.max_error(g, e)
         except AssertionError as problem:
             return f"wrong: {name}: {problem}"
-        bound = accuracy.error_bound(e, n, small.torch_dtype)
+        bound = accuracy.error_bound(e, n, case.torch_dtype)
         if err > bound:
             return f"wrong: {name} error {err:.2e} > bound {bound:.2e}"
     return "ok"
@@ -132,9 +140,11 @@ def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=
     impls = {n: p for n, p in impls.items() if not any(s in n for s in skip)}
     q, k, v, dout = make_inputs(case, device)
     with_grads = any(m != "fwd" for m in modes)
+    references = check_references(case, device, with_grads)
     rows = []
     for name, peer in impls.items():
-        status = f"unavailable: {peer.unavailable}" if peer.fn is None else check(case, peer.fn, device, with_grads)
+        status = (f"unavailable: {peer.unavailable}" if peer.fn is None
+                  else check(case, peer.fn, device, with_grads, references))
         if status == "ok" and device.type == "cpu" and not peer.timed_on_cpu:
             status = "not timed: Triton interpreter (correctness only; its speed is no performance figure)"
         for mode in modes:
