@@ -83,21 +83,21 @@ def check_supported(params: AttentionParams) -> None:
             "use backend='triton' or dropout_p=0"
         )
     # What csrc/params.h cannot express: refused here rather than computed wrongly.
-    mods = getattr(params, "mods", None)
-    if mods is not None and mods.active:
+    mods = params.mods
+    if mods.active:
         names = [n for n, on in (("softcap", mods.softcap > 0), ("alibi_slopes", mods.alibi_slopes is not None),
                                  ("attn_mask / bias", mods.bias is not None)) if on]
         raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
-    offset = getattr(params, "diagonal_offset", None)
+    offset = params.diagonal_offset
     if offset is not None and offset not in (0, params.seqlen_k - params.seqlen_q):
         raise NotImplementedError(
             f"backend='cuda' aligns causal/window masks bottom-right or top-left; this call aligns them at key "
             f"{offset}; use backend='triton'"
         )
-    if getattr(params, "lengths", None) is not None:
+    if params.lengths is not None:
         raise NotImplementedError("backend='cuda' has no variable-length (cu_seqlens / seqused_k) kernels; "
                                   "use backend='triton'")
-    if getattr(params, "paged", None) is not None or getattr(params, "num_splits", 1) != 1:
+    if params.paged is not None or params.num_splits != 1:
         raise NotImplementedError("backend='cuda' has no paged-KV or split-K decoding kernels; use backend='triton'")
 
 
