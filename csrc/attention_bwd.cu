@@ -72,7 +72,7 @@ void allow_smem(Kernel kernel, int bytes, const char* name) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kLayout>
 void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   using Tiles = BwdTiles<kHeadDim>;
   using Dkdv = typename Tiles::Dkdv;
@@ -81,12 +81,12 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   if (p.seqlen_q > 0) {
     using Shape = bwd::PreprocessShape<kHeadDim>;
     const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_q, Shape::kRowsPerBlock)), p.nheads_q, p.batch);
-    bwd::attention_bwd_preprocess_kernel<T, kHeadDim><<<grid, bwd::kPreprocessThreads, 0, stream>>>(p);
+    bwd::attention_bwd_preprocess_kernel<T, kHeadDim, kLayout><<<grid, bwd::kPreprocessThreads, 0, stream>>>(p);
     check_launch("attention_bwd_preprocess_kernel");
   }
   // With seqlen_q == 0 every key block sees no query: the kernel still runs and writes dK = dV = 0.
   if (p.seqlen_k > 0) {
-    auto kernel = bwd::attention_bwd_dkdv_kernel<T, Dkdv>;
+    auto kernel = bwd::attention_bwd_dkdv_kernel<T, Dkdv, kLayout>;
     allow_smem(kernel, Dkdv::kSmemBytes, "cudaFuncSetAttribute(attention_bwd_dkdv_kernel)");
     const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_k, Dkdv::kBlockN)), p.nheads_kv, p.batch);
     kernel<<<grid, Dkdv::kThreads, Dkdv::kSmemBytes, stream>>>(p);
@@ -94,7 +94,7 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   }
   // With seqlen_k == 0 no key block is visited and dQ = 0 is written.
   if (p.seqlen_q > 0) {
-    auto kernel = bwd::attention_bwd_dq_kernel<T, Dq>;
+    auto kernel = bwd::attention_bwd_dq_kernel<T, Dq, kLayout>;
     allow_smem(kernel, Dq::kSmemBytes, "cudaFuncSetAttribute(attention_bwd_dq_kernel)");
     const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_q, Dq::kBlockM)), p.nheads_q, p.batch);
     kernel<<<grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p);
@@ -122,8 +122,22 @@ void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
   // launches the kernel that zero-fills the non-empty gradients.)
   if (p.batch == 0 || p.nheads_q == 0) return;
   check_common(p, "backward");
+  if (p.block_table != nullptr || p.num_splits > 1) {
+    throw std::invalid_argument("flashattn_py CUDA backward: paged K/V and split-K are forward-only (decoding)");
+  }
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr) ||
+      (p.cu_seqlens_q != nullptr && p.seqused_k != nullptr)) {
+    throw std::invalid_argument("flashattn_py CUDA backward: cu_seqlens_q and cu_seqlens_k go together, without "
+                                "seqused_k");
+  }
   dispatch(p, "backward", [&](auto type, auto head_dim) {
-    launch_backward<typename decltype(type)::type, decltype(head_dim)::value>(p, stream);
+    using T = typename decltype(type)::type;
+    constexpr int kHeadDim = decltype(head_dim)::value;
+    if (has_sequence_layout(p)) {
+      launch_backward<T, kHeadDim, true>(p, stream);
+    } else {
+      launch_backward<T, kHeadDim, false>(p, stream);
+    }
   });
 }
 

@@ -54,8 +54,9 @@ struct DkdvConfig {
 };
 
 // Grid (ceil(seqlen_k / kBlockN), nheads_kv, batch); kThreads threads; Cfg::kSmemBytes dynamic smem.
-template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dkdv_kernel(const AttentionParams p) {
+// kLayout: compiled for variable lengths (sequence.h) or (false) for plain dense batches only.
+template <typename T, typename Cfg, bool kLayout>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionParams p) {
   constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM, BN = Cfg::kBlockN, kLd = Cfg::kLd;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);
@@ -72,25 +73,29 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dkdv_kernel(const
   const int64_t batch = blockIdx.z, kv_head = blockIdx.y;
   const int n0 = static_cast<int>(blockIdx.x) * BN;
   const int group = p.nheads_q / p.nheads_kv;
-  const MaskRule mask = MaskRule::from(p);
+  const SequenceView seq = sequence_view<kLayout>(p, batch);
+  if (n0 >= seq.k_rows) return;  // the grid covers the longest sequence of the batch
+  const MaskRule mask = MaskRule::from(p, seq);
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // exp(x) = exp2(x * log2 e)
   const bool encode = p.pe.kind != static_cast<int>(PEKind::kNone);
-  const int64_t* q_pos = p.pe.q_pos ? p.pe.q_pos + batch * p.pe.q_pos_stride_b : nullptr;
-  const int64_t* k_pos = p.pe.k_pos ? p.pe.k_pos + batch * p.pe.k_pos_stride_b : nullptr;
+  const int64_t* q_pos =
+      p.pe.q_pos ? p.pe.q_pos + position_offset(seq, p.pe.q_pos_stride_b, p.pe.q_pos_stride_s, batch, false) : nullptr;
+  const int64_t* k_pos =
+      p.pe.k_pos ? p.pe.k_pos + position_offset(seq, p.pe.k_pos_stride_b, p.pe.k_pos_stride_s, batch, true) : nullptr;
 
   // K and V of this block, once; K encoded at the key positions (the product uses encoded k).
   {
-    const T* k = static_cast<const T*>(p.k) + batch * p.k_strides.batch + kv_head * p.k_strides.head;
-    const T* v = static_cast<const T*>(p.v) + batch * p.v_strides.batch + kv_head * p.v_strides.head;
-    load_rows<T, BN, D, Cfg::kThreads>(sK, k, p.k_strides.seq, n0, p.seqlen_k,
+    const T* k = static_cast<const T*>(p.k) + row0_offset(seq, p.k_strides, batch, kv_head, true);
+    const T* v = static_cast<const T*>(p.v) + row0_offset(seq, p.v_strides, batch, kv_head, true);
+    load_rows<T, BN, D, Cfg::kThreads>(sK, k, p.k_strides.seq, n0, seq.seqlen_k,
                                        rows_are_16b_aligned(p.k, p.k_strides));
-    load_rows<T, BN, D, Cfg::kThreads>(sV, v, p.v_strides.seq, n0, p.seqlen_k,
+    load_rows<T, BN, D, Cfg::kThreads>(sV, v, p.v_strides.seq, n0, seq.seqlen_k,
                                        rows_are_16b_aligned(p.v, p.v_strides));
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
     if (encode) {
-      encode_rows_in_smem<T, BN, D, Cfg::kThreads>(sK, kLd, n0, p.seqlen_k, k_pos,
+      encode_rows_in_smem<T, BN, D, Cfg::kThreads>(sK, kLd, n0, seq.seqlen_k, k_pos,
                                                    p.pe.k_pos_stride_s, p.pe, false);
       __syncthreads();
     }
@@ -100,7 +105,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dkdv_kernel(const
   zero<Cfg::kCols>(dk);
   zero<Cfg::kCols>(dv);
 
-  const Range queries = mask.query_range(n0, min(n0 + BN, p.seqlen_k));
+  // Keys past seqused_k (n0 >= seq.seqlen_k) see no query: their dK = dV = 0 are still written below.
+  const Range queries = n0 < seq.seqlen_k ? mask.query_range(n0, min(n0 + BN, seq.seqlen_k)) : Range{0, 0};
   // Tiles aligned to BM (both bounds are <= seqlen_q, so int); the mask trims the edges. Tile t of
   // the flattened loop is query tile t % m_tiles of GQA member t / m_tiles.
   const int m_begin = static_cast<int>(queries.lo) / BM * BM;
@@ -117,24 +123,27 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dkdv_kernel(const
     const int member = tile / m_tiles;
     const int m0 = m_begin + (tile - member * m_tiles) * BM;
     const int64_t head = kv_head * group + member;
+    // Re-read rather than kept live across the loop: with variable lengths the sequence's first row
+    // was one value too many at d = 128 on sm_90 (a 4-byte spill).
+    const SequenceView seq = sequence_view<kLayout>(p, batch);
     T* stage = sQdO + (tile % Cfg::kStages) * 2 * BM * kLd;
     load_rows<T, BM, D, Cfg::kThreads>(
-        stage, static_cast<const T*>(p.q) + batch * p.q_strides.batch + head * p.q_strides.head,
-        p.q_strides.seq, m0, p.seqlen_q, rows_are_16b_aligned(p.q, p.q_strides));
+        stage, static_cast<const T*>(p.q) + row0_offset(seq, p.q_strides, batch, head, false),
+        p.q_strides.seq, m0, seq.seqlen_q, rows_are_16b_aligned(p.q, p.q_strides));
     load_rows<T, BM, D, Cfg::kThreads>(
         stage + BM * kLd,
-        static_cast<const T*>(p.dout) + batch * p.dout_strides.batch + head * p.dout_strides.head,
-        p.dout_strides.seq, m0, p.seqlen_q, rows_are_16b_aligned(p.dout, p.dout_strides));
+        static_cast<const T*>(p.dout) + row0_offset(seq, p.dout_strides, batch, head, false),
+        p.dout_strides.seq, m0, seq.seqlen_q, rows_are_16b_aligned(p.dout, p.dout_strides));
     cp_async_commit();
     float* stats = sStats + (tile % Cfg::kStages) * 2 * BM;
-    const int64_t stats_row0 = (batch * p.nheads_q + head) * p.seqlen_q;  // this head's row 0
+    const int64_t stats0 = stats_row0(p, seq, batch, head);  // this head's row 0
     for (int i = threadIdx.x; i < BM; i += Cfg::kThreads) {
       const int row = m0 + i;
-      const float lse = row < p.seqlen_q ? p.lse[stats_row0 + row] : -INFINITY;
+      const float lse = row < seq.seqlen_q ? p.lse[stats0 + row] : -INFINITY;
       // A row that saw no key (lse -inf) and padding rows get +inf: exp2(s - inf) = 0 exactly, so
       // they add nothing to dK/dV (and no inf - inf NaN appears).
       stats[i] = lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
-      stats[BM + i] = row < p.seqlen_q ? p.delta[stats_row0 + row] : 0.f;
+      stats[BM + i] = row < seq.seqlen_q ? p.delta[stats0 + row] : 0.f;
     }
   };
   if (Cfg::kStages == 2 && num_tiles > 0) issue(0);
@@ -155,7 +164,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dkdv_kernel(const
     __syncthreads();
     if (Cfg::kStages == 2 && tile + 1 < num_tiles) issue(tile + 1);
     if (encode) {
-      encode_rows_in_smem<T, BM, D, Cfg::kThreads>(sQ, kLd, m0, p.seqlen_q, q_pos,
+      encode_rows_in_smem<T, BM, D, Cfg::kThreads>(sQ, kLd, m0, mask.seqlen_q, q_pos,
                                                    p.pe.q_pos_stride_s, p.pe, false);
       __syncthreads();
     }
@@ -199,18 +208,18 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dkdv_kernel(const
   store_acc<Cfg::kCols>(sAcc_warp, kAccLd, dk, p.softmax_scale);
   __syncthreads();
   if (encode) {
-    encode_rows_in_smem<float, BN, D, Cfg::kThreads>(sAcc, kAccLd, n0, p.seqlen_k, k_pos,
+    encode_rows_in_smem<float, BN, D, Cfg::kThreads>(sAcc, kAccLd, n0, seq.k_rows, k_pos,
                                                      p.pe.k_pos_stride_s, p.pe, true);
     __syncthreads();
   }
-  T* dk_out = static_cast<T*>(p.dk) + batch * p.dk_strides.batch + kv_head * p.dk_strides.head;
-  store_rows<T, BN, D, Cfg::kThreads>(dk_out, p.dk_strides.seq, n0, p.seqlen_k, sAcc,
+  T* dk_out = static_cast<T*>(p.dk) + row0_offset(seq, p.dk_strides, batch, kv_head, true);
+  store_rows<T, BN, D, Cfg::kThreads>(dk_out, p.dk_strides.seq, n0, seq.k_rows, sAcc,
                                       rows_are_16b_aligned(p.dk, p.dk_strides));
   __syncthreads();
   store_acc<Cfg::kCols>(sAcc_warp, kAccLd, dv, 1.f);
   __syncthreads();
-  T* dv_out = static_cast<T*>(p.dv) + batch * p.dv_strides.batch + kv_head * p.dv_strides.head;
-  store_rows<T, BN, D, Cfg::kThreads>(dv_out, p.dv_strides.seq, n0, p.seqlen_k, sAcc,
+  T* dv_out = static_cast<T*>(p.dv) + row0_offset(seq, p.dv_strides, batch, kv_head, true);
+  store_rows<T, BN, D, Cfg::kThreads>(dv_out, p.dv_strides.seq, n0, seq.k_rows, sAcc,
                                       rows_are_16b_aligned(p.dv, p.dv_strides));
 }
 

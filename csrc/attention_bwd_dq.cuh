@@ -41,8 +41,9 @@ struct DqConfig {
 };
 
 // Grid (ceil(seqlen_q / kBlockM), nheads_q, batch); kThreads threads; Cfg::kSmemBytes dynamic smem.
-template <typename T, typename Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dq_kernel(const AttentionParams p) {
+// kLayout: compiled for variable lengths (sequence.h) or (false) for plain dense batches only.
+template <typename T, typename Cfg, bool kLayout>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dq_kernel(const AttentionParams p) {
   constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM, BN = Cfg::kBlockN, kLd = Cfg::kLd;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
@@ -55,19 +56,23 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dq_kernel(const A
   const int64_t batch = blockIdx.z, head = blockIdx.y;
   const int64_t kv_head = static_cast<int>(blockIdx.y) / (p.nheads_q / p.nheads_kv);  // 32-bit division
   const int m0 = static_cast<int>(blockIdx.x) * BM;
-  const MaskRule mask = MaskRule::from(p);
+  const SequenceView seq = sequence_view<kLayout>(p, batch);
+  if (m0 >= seq.seqlen_q) return;  // the grid covers the longest sequence of the batch
+  const MaskRule mask = MaskRule::from(p, seq);
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // exp(x) = exp2(x * log2 e)
   const bool encode = p.pe.kind != static_cast<int>(PEKind::kNone);
-  const int64_t* q_pos = p.pe.q_pos ? p.pe.q_pos + batch * p.pe.q_pos_stride_b : nullptr;
-  const int64_t* k_pos = p.pe.k_pos ? p.pe.k_pos + batch * p.pe.k_pos_stride_b : nullptr;
+  const int64_t* q_pos =
+      p.pe.q_pos ? p.pe.q_pos + position_offset(seq, p.pe.q_pos_stride_b, p.pe.q_pos_stride_s, batch, false) : nullptr;
+  const int64_t* k_pos =
+      p.pe.k_pos ? p.pe.k_pos + position_offset(seq, p.pe.k_pos_stride_b, p.pe.k_pos_stride_s, batch, true) : nullptr;
 
   // Q (encoded at the query positions) and dO, once.
   {
-    const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch + head * p.q_strides.head;
-    const T* dout = static_cast<const T*>(p.dout) + batch * p.dout_strides.batch + head * p.dout_strides.head;
-    load_rows<T, BM, D, Cfg::kThreads>(sQ, q, p.q_strides.seq, m0, p.seqlen_q,
+    const T* q = static_cast<const T*>(p.q) + row0_offset(seq, p.q_strides, batch, head, false);
+    const T* dout = static_cast<const T*>(p.dout) + row0_offset(seq, p.dout_strides, batch, head, false);
+    load_rows<T, BM, D, Cfg::kThreads>(sQ, q, p.q_strides.seq, m0, seq.seqlen_q,
                                        rows_are_16b_aligned(p.q, p.q_strides));
-    load_rows<T, BM, D, Cfg::kThreads>(sdO, dout, p.dout_strides.seq, m0, p.seqlen_q,
+    load_rows<T, BM, D, Cfg::kThreads>(sdO, dout, p.dout_strides.seq, m0, seq.seqlen_q,
                                        rows_are_16b_aligned(p.dout, p.dout_strides));
     cp_async_commit();
   }
@@ -75,30 +80,30 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dq_kernel(const A
   // saw no key, and padding rows, get lse +inf: exp2(s - inf) = 0 exactly, so dS = 0 there.
   const int row_lo = m0 + 16 * warp + g;  // query of acc[.][0..1]; +8 for [2..3]
   float lse2[2], delta[2];
+  const int64_t stats0 = stats_row0(p, seq, batch, head);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int64_t row = row_lo + 8 * h;
-    const int64_t at = (batch * p.nheads_q + head) * p.seqlen_q + row;
-    const float lse = row < p.seqlen_q ? p.lse[at] : -INFINITY;
+    const float lse = row < seq.seqlen_q ? p.lse[stats0 + row] : -INFINITY;
     lse2[h] = lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
-    delta[h] = row < p.seqlen_q ? p.delta[at] : 0.f;
+    delta[h] = row < seq.seqlen_q ? p.delta[stats0 + row] : 0.f;
   }
   cp_async_wait<0>();
   __syncthreads();
   if (encode) {
-    encode_rows_in_smem<T, BM, D, Cfg::kThreads>(sQ, kLd, m0, p.seqlen_q, q_pos,
+    encode_rows_in_smem<T, BM, D, Cfg::kThreads>(sQ, kLd, m0, seq.seqlen_q, q_pos,
                                                  p.pe.q_pos_stride_s, p.pe, false);
     __syncthreads();
   }
 
   float dq[D / 8][4];
   zero<D>(dq);
-  const Range keys = mask.key_range(m0, min(m0 + BM, p.seqlen_q));
+  const Range keys = mask.key_range(m0, min(m0 + BM, seq.seqlen_q));
   // Tiles aligned to BN (both bounds are <= seqlen_k, so int); the mask trims the edges.
   const int n_begin = static_cast<int>(keys.lo) / BN * BN;
   const int num_tiles = keys.lo < keys.hi ? (static_cast<int>(keys.hi) - n_begin + BN - 1) / BN : 0;
-  const T* k = static_cast<const T*>(p.k) + batch * p.k_strides.batch + kv_head * p.k_strides.head;
-  const T* v = static_cast<const T*>(p.v) + batch * p.v_strides.batch + kv_head * p.v_strides.head;
+  const T* k = static_cast<const T*>(p.k) + row0_offset(seq, p.k_strides, batch, kv_head, true);
+  const T* v = static_cast<const T*>(p.v) + row0_offset(seq, p.v_strides, batch, kv_head, true);
   const T* sQ_strip = sQ + 16 * warp * kLd;
   const T* sdO_strip = sdO + 16 * warp * kLd;
   // Start the copies of K/V tile `tile` into its stage. The alignment tests are recomputed from the
@@ -107,9 +112,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dq_kernel(const A
   auto issue = [&](int tile) {
     T* stage = sKV + (tile % Cfg::kStages) * 2 * BN * kLd;
     const int n0 = n_begin + tile * BN;
-    load_rows<T, BN, D, Cfg::kThreads>(stage, k, p.k_strides.seq, n0, p.seqlen_k,
+    load_rows<T, BN, D, Cfg::kThreads>(stage, k, p.k_strides.seq, n0, seq.seqlen_k,
                                        rows_are_16b_aligned(p.k, p.k_strides));
-    load_rows<T, BN, D, Cfg::kThreads>(stage + BN * kLd, v, p.v_strides.seq, n0, p.seqlen_k,
+    load_rows<T, BN, D, Cfg::kThreads>(stage + BN * kLd, v, p.v_strides.seq, n0, seq.seqlen_k,
                                        rows_are_16b_aligned(p.v, p.v_strides));
     cp_async_commit();
   };
@@ -129,7 +134,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dq_kernel(const A
     __syncthreads();
     if (Cfg::kStages == 2 && tile + 1 < num_tiles) issue(tile + 1);
     if (encode) {
-      encode_rows_in_smem<T, BN, D, Cfg::kThreads>(sK, kLd, n0, p.seqlen_k, k_pos,
+      encode_rows_in_smem<T, BN, D, Cfg::kThreads>(sK, kLd, n0, seq.seqlen_k, k_pos,
                                                    p.pe.k_pos_stride_s, p.pe, false);
       __syncthreads();
     }
@@ -167,12 +172,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) attention_bwd_dq_kernel(const A
   store_acc<D>(sAcc + 16 * warp * kAccLd, kAccLd, dq, p.softmax_scale);
   __syncthreads();
   if (encode) {
-    encode_rows_in_smem<float, BM, D, Cfg::kThreads>(sAcc, kAccLd, m0, p.seqlen_q, q_pos,
+    encode_rows_in_smem<float, BM, D, Cfg::kThreads>(sAcc, kAccLd, m0, seq.seqlen_q, q_pos,
                                                      p.pe.q_pos_stride_s, p.pe, true);
     __syncthreads();
   }
-  T* dq_out = static_cast<T*>(p.dq) + batch * p.dq_strides.batch + head * p.dq_strides.head;
-  store_rows<T, BM, D, Cfg::kThreads>(dq_out, p.dq_strides.seq, m0, p.seqlen_q, sAcc,
+  T* dq_out = static_cast<T*>(p.dq) + row0_offset(seq, p.dq_strides, batch, head, false);
+  store_rows<T, BM, D, Cfg::kThreads>(dq_out, p.dq_strides.seq, m0, seq.seqlen_q, sAcc,
                                       rows_are_16b_aligned(p.dq, p.dq_strides));
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "params.h"
+#include "sequence.h"
 
 namespace flashattn {
 namespace bwd {
@@ -24,9 +25,10 @@ struct MaskRule {
   int left, right;  // < 0: unbounded on that side
   int offset;       // key position of query 0 (params.h diagonal_offset: bottom-right or top-left)
 
-  // The one place that reads the mask from the params.
-  __device__ __forceinline__ static MaskRule from(const AttentionParams& p) {
-    return {p.seqlen_q, p.seqlen_k, p.window_left, p.window_right, int(diagonal_offset(p))};
+  // The one place that reads the mask: the window from the params, lengths and diagonal from the
+  // sequence (sequence.h).
+  __device__ __forceinline__ static MaskRule from(const AttentionParams& p, const SequenceView& seq) {
+    return {seq.seqlen_q, seq.seqlen_k, p.window_left, p.window_right, int(seq.diag)};
   }
 
   // Keys that queries [q_start, q_end) can see (masks.key_range).

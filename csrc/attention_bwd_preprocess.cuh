@@ -9,6 +9,7 @@
 
 #include "attention_bwd_tiles.cuh"
 #include "params.h"
+#include "sequence.h"
 
 namespace flashattn {
 namespace bwd {
@@ -36,20 +37,21 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
 }
 
 // Grid (ceil(seqlen_q / kRowsPerBlock), nheads_q, batch).
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kLayout>
 __global__ void __launch_bounds__(kPreprocessThreads)
     attention_bwd_preprocess_kernel(const AttentionParams p) {
   using Shape = PreprocessShape<kHeadDim>;
   const int64_t head = blockIdx.y, batch = blockIdx.z;
   const int64_t row = int64_t(blockIdx.x) * Shape::kRowsPerBlock + threadIdx.x / Shape::kThreadsPerRow;
   const int chunk = threadIdx.x % Shape::kThreadsPerRow;
-  const T* out = static_cast<const T*>(p.out) + batch * p.out_strides.batch + head * p.out_strides.head;
-  const T* dout = static_cast<const T*>(p.dout) + batch * p.dout_strides.batch + head * p.dout_strides.head;
+  const SequenceView seq = sequence_view<kLayout>(p, batch);
+  const T* out = static_cast<const T*>(p.out) + row0_offset(seq, p.out_strides, batch, head, false);
+  const T* dout = static_cast<const T*>(p.dout) + row0_offset(seq, p.dout_strides, batch, head, false);
   const bool vec16 =
       rows_are_16b_aligned(p.out, p.out_strides) && rows_are_16b_aligned(p.dout, p.dout_strides);
 
   float sum = 0.f;
-  if (row < p.seqlen_q && chunk < Shape::kChunks) {
+  if (row < seq.seqlen_q && chunk < Shape::kChunks) {
     const T* o = out + row * p.out_strides.seq + chunk * 8;
     const T* d = dout + row * p.dout_strides.seq + chunk * 8;
     if (vec16) {
@@ -64,7 +66,7 @@ __global__ void __launch_bounds__(kPreprocessThreads)
   for (int width = Shape::kThreadsPerRow / 2; width > 0; width /= 2) {
     sum += __shfl_xor_sync(0xffffffffu, sum, width);
   }
-  if (row < p.seqlen_q && chunk == 0) p.delta[(batch * p.nheads_q + head) * p.seqlen_q + row] = sum;
+  if (row < seq.seqlen_q && chunk == 0) p.delta[stats_row0(p, seq, batch, head) + row] = sum;
 }
 
 }  // namespace bwd

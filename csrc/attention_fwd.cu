@@ -9,6 +9,7 @@
 #include <string>
 
 #include "attention_fwd.cuh"
+#include "attention_split_merge.cuh"
 #include "dispatch.h"
 #include "errors.h"
 #include "launch.h"
@@ -29,21 +30,49 @@ void check_vector_aligned(const void* ptr, const Strides& s, int batch, int seql
   }
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kLayout>
 void launch_forward(const AttentionParams& p, cudaStream_t stream) {
-  using Cfg = FwdConfig<kHeadDim>;
+  using Cfg = FwdConfig<kHeadDim, kLayout>;
   const std::string name = std::string("attention_fwd_kernel<") +
                            (p.dtype == DType::kFloat16 ? "fp16" : "bf16") + ", head_dim " +
-                           std::to_string(kHeadDim) + ">";
-  const dim3 grid((p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM, p.nheads_q, p.batch);
+                           std::to_string(kHeadDim) + (kLayout ? ", per-sequence layout>" : ">");
+  const int64_t tiles = int64_t(p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM * p.num_splits;
+  if (tiles > 2147483647) throw std::invalid_argument("flashattn_py CUDA forward: too many query tiles x splits");
+  const dim3 grid(unsigned(tiles), p.nheads_q, p.batch);
   const size_t smem = size_t(Cfg::kSmemElems) * sizeof(T);
-  auto kernel = attention_fwd_kernel<T, kHeadDim>;
+  auto kernel = attention_fwd_kernel<T, kHeadDim, kLayout>;
   if (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                ("cudaFuncSetAttribute(" + name + ", MaxDynamicSharedMemorySize)").c_str());
   }
   kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
   check_launch(name.c_str());
+  if (p.num_splits > 1) {
+    const int64_t rows = int64_t(p.batch) * p.nheads_q * p.seqlen_q;
+    attention_split_merge_kernel<T><<<unsigned((rows + kMergeWarps - 1) / kMergeWarps), kMergeWarps * 32, 0, stream>>>(p);
+    check_launch("attention_split_merge_kernel");
+  }
+}
+
+// The variable-length, paged and split-K fields (params.h) describe layouts the kernels trust: what
+// they cannot check themselves is checked here. (Lengths and block-table entries are device data:
+// flashattn_py/varlen.py and kvcache.py check their values before the call.)
+void check_layout(const AttentionParams& p) {
+  const std::string who = "flashattn_py CUDA forward: ";
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
+    throw std::invalid_argument(who + "cu_seqlens_q and cu_seqlens_k go together");
+  }
+  const bool packed = p.cu_seqlens_q != nullptr;
+  if (packed && p.seqused_k != nullptr) throw std::invalid_argument(who + "seqused_k is for dense batches");
+  if (p.block_table != nullptr && (packed || p.page_size <= 0 || p.block_table_stride < 0)) {
+    throw std::invalid_argument(who + "a paged K/V needs a dense batch, page_size > 0 and a block table stride");
+  }
+  if (p.num_splits < 1 || p.num_splits > 256) {
+    throw std::invalid_argument(who + "num_splits must be in [1, 256], got " + std::to_string(p.num_splits));
+  }
+  if (p.num_splits > 1 && (packed || p.out_accum == nullptr || p.lse_accum == nullptr)) {
+    throw std::invalid_argument(who + "split-K needs a dense batch and the out_accum / lse_accum scratch");
+  }
 }
 
 }  // namespace
@@ -51,23 +80,34 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
 void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.nheads_q == 0) return;  // nothing to write
   check_common(p, "forward");
+  check_layout(p);
   check_vector_aligned(p.q, p.q_strides, p.batch, p.seqlen_q, p.nheads_q, "q");
   check_vector_aligned(p.out, p.out_strides, p.batch, p.seqlen_q, p.nheads_q, "out");
   if (p.seqlen_k > 0) {
-    check_vector_aligned(p.k, p.k_strides, p.batch, p.seqlen_k, p.nheads_kv, "k");
-    check_vector_aligned(p.v, p.v_strides, p.batch, p.seqlen_k, p.nheads_kv, "v");
+    const int kv_batches = p.block_table ? 2 : p.batch;  // paged: the batch stride is the page stride, always used
+    check_vector_aligned(p.k, p.k_strides, kv_batches, p.seqlen_k, p.nheads_kv, "k");
+    check_vector_aligned(p.v, p.v_strides, kv_batches, p.seqlen_k, p.nheads_kv, "v");
   }
   dispatch(p, "forward", [&](auto type, auto head_dim) {
-    launch_forward<typename decltype(type)::type, decltype(head_dim)::value>(p, stream);
+    using T = typename decltype(type)::type;
+    constexpr int kHeadDim = decltype(head_dim)::value;
+    if (has_sequence_layout(p)) {
+      launch_forward<T, kHeadDim, true>(p, stream);
+    } else {
+      launch_forward<T, kHeadDim, false>(p, stream);
+    }
   });
 }
 
 std::vector<KernelLaunchInfo> forward_launch_info() {
   std::vector<KernelLaunchInfo> info;
   auto add = [&](auto head_dim) {
-    using Cfg = FwdConfig<decltype(head_dim)::value>;
-    info.push_back({"attention_fwd_kernel", decltype(head_dim)::value, Cfg::kThreads,
-                    int(Cfg::kSmemElems * 2)});  // 2-byte elements (fp16 / bf16)
+    using Dense = FwdConfig<decltype(head_dim)::value, false>;
+    using Layout = FwdConfig<decltype(head_dim)::value, true>;
+    info.push_back({"attention_fwd_kernel", decltype(head_dim)::value, Dense::kThreads,
+                    int(Dense::kSmemElems * 2)});  // 2-byte elements (fp16 / bf16)
+    info.push_back({"attention_fwd_kernel[layout]", decltype(head_dim)::value, Layout::kThreads,
+                    int(Layout::kSmemElems * 2)});
   };
   for_each_head_dim(add);
   return info;

@@ -36,6 +36,7 @@
 #include "params.h"
 #include "positional.cuh"
 #include "primitives.cuh"
+#include "sequence.h"
 
 namespace flashattn {
 
@@ -74,13 +75,17 @@ struct FwdTileShape<256> {
   static constexpr bool kQInRegs = false;
 };
 
-template <int kHeadDim>
+// kLayout (the per-sequence layout instance: variable lengths, paged K/V, split-K) takes one slab per
+// warp: 64-row query tiles waste less on decoding (1 query) and short packed sequences, and leave
+// registers for the per-sequence values (with two slabs the d = 96 / 128 instances spilled 20-52
+// bytes on sm_80). At d = 256 it streams 16-key blocks (32 spilled 12 bytes on sm_80).
+template <int kHeadDim, bool kLayout = false>
 struct FwdConfig {
   using Shape = FwdTileShape<kHeadDim>;
-  static constexpr int kBlockM = Shape::kBlockM;
-  static constexpr int kBlockN = Shape::kBlockN;
+  static constexpr int kMSlabs = kLayout ? 1 : Shape::kMSlabs;  // 16-row slabs per warp
+  static constexpr int kBlockM = kLayout ? 16 * Shape::kWarps : Shape::kBlockM;
+  static constexpr int kBlockN = kLayout && kHeadDim == 256 ? 16 : Shape::kBlockN;
   static constexpr int kWarps = Shape::kWarps;
-  static constexpr int kMSlabs = Shape::kMSlabs;  // 16-row slabs per warp
   static constexpr bool kQInRegs = Shape::kQInRegs;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kLd = kHeadDim + 8;  // smem row pitch (elements), see primitives.cuh
@@ -89,20 +94,24 @@ struct FwdConfig {
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "whole m16n8k16 k-slices");
 };
 
-// Sequence-row window [lo, hi) of keys that query `row` sees (masks.py; diagonal_offset in params.h).
-__device__ __forceinline__ void visible_key_range(int64_t row, const AttentionParams& p, int& lo, int& hi) {
-  const int64_t aligned = row + diagonal_offset(p);
-  int64_t l = 0, h = p.seqlen_k;
+// Sequence-row window [lo, hi) of keys that query `row` of sequence `seq` sees (masks.py; the
+// diagonal offset comes from sequence.h).
+__device__ __forceinline__ void visible_key_range(int64_t row, const AttentionParams& p, const SequenceView& seq,
+                                                  int& lo, int& hi) {
+  const int64_t aligned = row + seq.diag;
+  int64_t l = 0, h = seq.seqlen_k;
   if (p.window_left >= 0) l = max(l, aligned - p.window_left);
   if (p.window_right >= 0) h = min(h, aligned + p.window_right + 1);
-  lo = int(min(l, int64_t(p.seqlen_k)));
+  lo = int(min(l, int64_t(seq.seqlen_k)));
   hi = int(max(h, int64_t(0)));
 }
 
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
+// kLayout: compiled for the per-sequence layouts (variable lengths, paged K/V, split-K; sequence.h),
+// or (false) for plain dense batches only.
+template <typename T, int kHeadDim, bool kLayout>
+__global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
     attention_fwd_kernel(const __grid_constant__ AttentionParams params) {
-  using Cfg = FwdConfig<kHeadDim>;
+  using Cfg = FwdConfig<kHeadDim, kLayout>;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kThreads = Cfg::kThreads, kLd = Cfg::kLd;
   constexpr int kSlicesQK = kHeadDim / 16;  // k-slices of S = Q K^T
   constexpr int kTilesS = kBlockN / 8;      // n8 tiles of S
@@ -119,46 +128,63 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
   const int g = lane / 4, t = lane % 4;
   // Heaviest query tiles first: under a causal mask the last tiles see the most keys; starting them
   // early keeps them out of the final, partly idle wave of CTAs (a small effect at 4k, < 1%).
-  const int m_start = (gridDim.x - 1 - blockIdx.x) * kBlockM;
+  // Split-K: the num_splits CTAs of one query tile are neighbours on grid axis 0.
+  const int num_splits = kLayout ? p.num_splits : 1;
+  const int m_tiles = gridDim.x / num_splits;
+  const int m_start = (m_tiles - 1 - int(blockIdx.x) / num_splits) * kBlockM;
+  const int split = int(blockIdx.x) % num_splits;
   const int head = blockIdx.y, batch = blockIdx.z;
   const int kv_head = head / (p.nheads_q / p.nheads_kv);
+  const SequenceView seq = sequence_view<kLayout>(p, batch);
+  if (kLayout && m_start >= seq.seqlen_q) return;  // the grid covers the longest sequence of the batch
 
-  const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch + head * p.q_strides.head;
-  const T* k = static_cast<const T*>(p.k) + batch * p.k_strides.batch + kv_head * p.k_strides.head;
-  const T* v = static_cast<const T*>(p.v) + batch * p.v_strides.batch + kv_head * p.v_strides.head;
+  const T* q = static_cast<const T*>(p.q) + row0_offset(seq, p.q_strides, batch, head, false);
+  // Paged K/V: k and v point at page 0 of this head; kv_row_offset finds each row's page.
+  const int32_t* pages = kLayout ? block_table_row(p, batch) : nullptr;
+  const T* k = static_cast<const T*>(p.k) +
+               (pages ? kv_head * p.k_strides.head : row0_offset(seq, p.k_strides, batch, kv_head, true));
+  const T* v = static_cast<const T*>(p.v) +
+               (pages ? kv_head * p.v_strides.head : row0_offset(seq, p.v_strides, batch, kv_head, true));
+  const auto k_row = [&](int row) { return kv_row_offset(pages, p.page_size, row, p.k_strides.batch, p.k_strides.seq); };
+  const auto v_row = [&](int row) { return kv_row_offset(pages, p.page_size, row, p.v_strides.batch, p.v_strides.seq); };
   const bool encode = p.pe.kind != int(PEKind::kNone);
-  const int64_t* q_pos = p.pe.q_pos != nullptr ? p.pe.q_pos + batch * p.pe.q_pos_stride_b : nullptr;
-  const int64_t* k_pos = p.pe.k_pos != nullptr ? p.pe.k_pos + batch * p.pe.k_pos_stride_b : nullptr;
+  const int64_t* q_pos = p.pe.q_pos != nullptr ? p.pe.q_pos + position_offset(seq, p.pe.q_pos_stride_b,
+                                                                               p.pe.q_pos_stride_s, batch, false)
+                                               : nullptr;
+  const int64_t* k_pos = p.pe.k_pos != nullptr ? p.pe.k_pos + position_offset(seq, p.pe.k_pos_stride_b,
+                                                                               p.pe.k_pos_stride_s, batch, true)
+                                               : nullptr;
 
   // Key blocks this query tile can see (masks.key_range); empty when every row is fully masked.
+  // Under split-K this CTA takes its share of them (sequence.h split_blocks).
   int n_block_min = 0, n_block_max = 0;
   {
     int lo_first, hi_first, lo_last, hi_last;
-    visible_key_range(m_start, p, lo_first, hi_first);
-    visible_key_range(min(m_start + kBlockM, p.seqlen_q) - 1, p, lo_last, hi_last);
+    visible_key_range(m_start, p, seq, lo_first, hi_first);
+    visible_key_range(min(m_start + kBlockM, seq.seqlen_q) - 1, p, seq, lo_last, hi_last);
     if (hi_last > lo_first) {
-      n_block_min = lo_first / kBlockN;
-      n_block_max = (hi_last + kBlockN - 1) / kBlockN;
+      const BlockRange share =
+          split_blocks(lo_first / kBlockN, (hi_last + kBlockN - 1) / kBlockN, split, num_splits);
+      n_block_min = share.first;
+      n_block_max = share.last;
     }
   }
 
   // Prologue: the Q tile and the first K and V tiles, encoded before anyone reads them.
-  cp_async_tile<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, q, p.q_strides.seq, m_start, p.seqlen_q);
+  cp_async_tile<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, q, p.q_strides.seq, m_start, seq.seqlen_q);
   cp_async_commit();
   if (n_block_min < n_block_max) {
-    cp_async_tile<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, k, p.k_strides.seq, n_block_min * kBlockN,
-                                                  p.seqlen_k);
-    cp_async_tile<T, kBlockN, kHeadDim, kThreads>(v_s, kLd, v, p.v_strides.seq, n_block_min * kBlockN,
-                                                  p.seqlen_k);
+    cp_async_rows<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, k, k_row, n_block_min * kBlockN, seq.seqlen_k);
+    cp_async_rows<T, kBlockN, kHeadDim, kThreads>(v_s, kLd, v, v_row, n_block_min * kBlockN, seq.seqlen_k);
     cp_async_commit();
   }
   cp_async_wait<0>();
   __syncthreads();
   if (encode) {
-    encode_rows_in_smem<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, m_start, p.seqlen_q, q_pos,
+    encode_rows_in_smem<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, m_start, seq.seqlen_q, q_pos,
                                                         p.pe.q_pos_stride_s, p.pe, false);
     if (n_block_min < n_block_max) {
-      encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, n_block_min * kBlockN, p.seqlen_k, k_pos,
+      encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, n_block_min * kBlockN, seq.seqlen_k, k_pos,
                                                           p.pe.k_pos_stride_s, p.pe, false);
     }
     __syncthreads();
@@ -189,7 +215,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
   }
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores in log2 units
   const int row0 = m_start + warp * kWarpRows + g;                   // rows row0 + 16 mi + 8 h
-  const int64_t diag = diagonal_offset(p);
+  const int64_t diag = seq.diag;
 
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int n_start = n_block * kBlockN;
@@ -200,9 +226,9 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
     T* k_next = k_s + (stage ^ 1) * kBlockN * kLd;
     if (has_next) {  // K_{j+1}, V_{j+1} stream in under all of block j's math
       const int next_start = n_start + kBlockN;
-      cp_async_tile<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, k, p.k_strides.seq, next_start, p.seqlen_k);
-      cp_async_tile<T, kBlockN, kHeadDim, kThreads>(v_s + (stage ^ 1) * kBlockN * kLd, kLd, v, p.v_strides.seq,
-                                                    next_start, p.seqlen_k);
+      cp_async_rows<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, k, k_row, next_start, seq.seqlen_k);
+      cp_async_rows<T, kBlockN, kHeadDim, kThreads>(v_s + (stage ^ 1) * kBlockN * kLd, kLd, v, v_row, next_start,
+                                                    seq.seqlen_k);
       cp_async_commit();
     }
 
@@ -242,7 +268,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
     // Masks cost only on blocks that cross the sequence end, the causal/right diagonal or the
     // left window edge (conservative over the whole query tile).
     const bool need_mask =
-        n_start + kBlockN > p.seqlen_k ||
+        n_start + kBlockN > seq.seqlen_k ||
         (p.window_right >= 0 && n_start + kBlockN - 1 > m_start + diag + p.window_right) ||
         (p.window_left >= 0 && n_start < int64_t(m_start) + kBlockM - 1 + diag - p.window_left);
 
@@ -254,7 +280,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
       for (int h = 0; h < 2; ++h) {
         int lo = 0, hi = kBlockN;  // visible columns of this row, relative to n_start
         if (need_mask) {
-          visible_key_range(row0 + 16 * mi + 8 * h, p, lo, hi);
+          visible_key_range(row0 + 16 * mi + 8 * h, p, seq, lo, hi);
           lo -= n_start;
           hi -= n_start;
         }
@@ -330,7 +356,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
     __syncthreads();     // ... everyone's; and every warp is done reading buffer `stage`, which the next
                          // iteration refills with block j+2
     if (encode && has_next) {
-      encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, n_start + kBlockN, p.seqlen_k, k_pos,
+      encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, n_start + kBlockN, seq.seqlen_k, k_pos,
                                                           p.pe.k_pos_stride_s, p.pe, false);
       __syncthreads();
     }
@@ -338,6 +364,11 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
 
   // Epilogue: normalize, lse (natural log), stage this warp's rows in its own Q smem rows (only this
   // warp ever reads them, so __syncwarp suffices), then 16-byte coalesced stores of the valid rows.
+  // Split-K instead stores this CTA's partial result in fp32 (normalized over its own keys) straight
+  // from the accumulators, for the merge kernel (attention_split_merge.cuh).
+  const int64_t stats0 = stats_row0(p, seq, batch, head);
+  const bool partial = num_splits > 1;
+  const int64_t partial_row0 = partial ? split * (int64_t(p.batch) * p.nheads_q * p.seqlen_q) + stats0 : 0;
   T* o_stage = q_s + warp * kWarpRows * kLd;
 #pragma unroll
   for (int mi = 0; mi < kMSlabs; ++mi) {
@@ -346,10 +377,20 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
       const float l = quad_sum(l_row[mi][h]);
       const float inv_l = l > 0.f ? 1.f / l : 0.f;  // l = 0: the row saw no key, out = 0
       const int row = row0 + 16 * mi + 8 * h;
-      if (t == 0 && row < p.seqlen_q) {
-        const float lse = l > 0.f ? (m_row[mi][h] + log2f(l)) * 0.6931471805599453f : -INFINITY;
-        p.lse[(int64_t(batch) * p.nheads_q + head) * p.seqlen_q + row] = lse;
+      const auto lse = [&] { return l > 0.f ? (m_row[mi][h] + log2f(l)) * 0.6931471805599453f : -INFINITY; };
+      if (partial) {
+        if (row < seq.seqlen_q) {
+          if (t == 0) p.lse_accum[partial_row0 + row] = lse();
+          float* o = p.out_accum + (partial_row0 + row) * kHeadDim + 2 * t;
+#pragma unroll
+          for (int j = 0; j < kTilesO; ++j) {
+            *reinterpret_cast<float2*>(o + j * 8) = make_float2(o_acc[mi][j][2 * h] * inv_l,
+                                                                o_acc[mi][j][2 * h + 1] * inv_l);
+          }
+        }
+        continue;
       }
+      if (t == 0 && row < seq.seqlen_q) p.lse[stats0 + row] = lse();
 #pragma unroll
       for (int j = 0; j < kTilesO; ++j) {
         *reinterpret_cast<uint32_t*>(o_stage + (16 * mi + g + 8 * h) * kLd + j * 8 + 2 * t) =
@@ -357,15 +398,16 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim>::kThreads, 1)
       }
     }
   }
+  if (partial) return;
   __syncwarp();
-  T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + head * p.out_strides.head;
+  T* out = static_cast<T*>(p.out) + row0_offset(seq, p.out_strides, batch, head, false);
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
 #pragma unroll
   for (int i = 0; i < kWarpRows * kChunksPerRow / 32; ++i) {
     const int c = i * 32 + lane;
     const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
     const int row = m_start + warp * kWarpRows + r;
-    if (row < p.seqlen_q) {
+    if (row < seq.seqlen_q) {
       *reinterpret_cast<uint4*>(out + row * p.out_strides.seq + col) =
           *reinterpret_cast<const uint4*>(o_stage + r * kLd + col);
     }

@@ -126,7 +126,10 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("dq_strides", &AttentionParams::dq_strides)
       .def_readwrite("dk_strides", &AttentionParams::dk_strides)
       .def_readwrite("dv_strides", &AttentionParams::dv_strides)
-      .def_readwrite("pe", &AttentionParams::pe);
+      .def_readwrite("pe", &AttentionParams::pe)
+      .def_readwrite("block_table_stride", &AttentionParams::block_table_stride)
+      .def_readwrite("page_size", &AttentionParams::page_size)
+      .def_readwrite("num_splits", &AttentionParams::num_splits);
   pointer_field(params, "q", &AttentionParams::q);
   pointer_field(params, "k", &AttentionParams::k);
   pointer_field(params, "v", &AttentionParams::v);
@@ -137,6 +140,12 @@ PYBIND11_MODULE(_cuda, m) {
   pointer_field(params, "dk", &AttentionParams::dk);
   pointer_field(params, "dv", &AttentionParams::dv);
   pointer_field(params, "delta", &AttentionParams::delta);
+  pointer_field(params, "cu_seqlens_q", &AttentionParams::cu_seqlens_q);
+  pointer_field(params, "cu_seqlens_k", &AttentionParams::cu_seqlens_k);
+  pointer_field(params, "seqused_k", &AttentionParams::seqused_k);
+  pointer_field(params, "block_table", &AttentionParams::block_table);
+  pointer_field(params, "out_accum", &AttentionParams::out_accum);
+  pointer_field(params, "lse_accum", &AttentionParams::lse_accum);
 
   m.def(
       "device_count",

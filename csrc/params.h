@@ -64,6 +64,32 @@ struct AttentionParams {
   Strides dout_strides, dq_strides, dk_strides, dv_strides;
 
   PositionalParams pe;
+
+  // Variable lengths (flashattn_py/varlen.py), int32 device arrays; nullptr: every sequence is
+  // (seqlen_q, seqlen_k). sequence.h turns them into each CTA's view of its sequence.
+  //  - cu_seqlens_q / cu_seqlens_k (batch + 1 prefix sums): packed batches. Sequence b is rows
+  //    cu[b] .. cu[b + 1] - 1 of q/out (resp. k/v) and of the position tensors; batch strides are not
+  //    used; seqlen_q / seqlen_k are the longest sequence's; lse / delta are (nheads_q, total_q).
+  //  - seqused_k (batch): dense batches where sequence b attends to its first seqused_k[b] keys (the
+  //    backward writes zero dk / dv for the others).
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  const int32_t* seqused_k = nullptr;
+
+  // Paged K/V (forward only; dense batches): k and v are (num_pages, page_size, nheads_kv, head_dim),
+  // k_strides.batch / v_strides.batch are page strides, and key row j of sequence b lives in page
+  // block_table[b * block_table_stride + j / page_size], row j % page_size.
+  const int32_t* block_table = nullptr;
+  int64_t block_table_stride = 0;
+  int page_size = 0;
+
+  // Split-K forward (flash-decoding; dense batches): num_splits CTAs share each query tile, each over
+  // one slice of its key blocks, and write an fp32 partial result: out_accum[split][r][head_dim] and
+  // lse_accum[split][r] (natural log) with r = (b * nheads_q + h) * seqlen_q + row, contiguous. The
+  // merge kernel combines them into out and lse.
+  int num_splits = 1;
+  float* out_accum = nullptr;
+  float* lse_accum = nullptr;
 };
 
 #ifdef __CUDACC__
@@ -72,9 +98,5 @@ struct AttentionParams {
 #define FLASHATTN_HOST_DEVICE
 #endif
 
-// Key position of query 0, where the causal diagonal and the window sit (flashattn_py/masks.py).
-FLASHATTN_HOST_DEVICE inline int64_t diagonal_offset(const AttentionParams& p) {
-  return p.top_left ? 0 : int64_t(p.seqlen_k) - p.seqlen_q;
-}
 
 }  // namespace flashattn

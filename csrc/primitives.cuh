@@ -167,13 +167,14 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Issue (not commit) the copy of rows [first_row, first_row + kRows) of a row-major global matrix
-// (row stride `gmem_row_stride` elements, kCols contiguous elements per row) into a row-major smem
-// tile with `ld` elements per row. Rows >= seqlen are zero-filled, so padded rows are harmless in MMAs
-// (and 0 * V never meets garbage). gmem points at row 0 of this (batch, head). All kThreads threads call.
-template <typename T, int kRows, int kCols, int kThreads>
-__device__ __forceinline__ void cp_async_tile(T* smem, int ld, const T* gmem, int64_t gmem_row_stride,
-                                              int first_row, int seqlen) {
+// Issue (not commit) the copy of rows [first_row, first_row + kRows) of a global matrix into a
+// row-major smem tile with `ld` elements per row; row r of the matrix starts at gmem + row_offset(r)
+// (kCols contiguous elements). Rows >= seqlen are zero-filled, so padded rows are harmless in MMAs
+// (and 0 * V never meets garbage); their copies point at gmem, which must be mapped. All kThreads
+// threads call.
+template <typename T, int kRows, int kCols, int kThreads, typename RowOffset>
+__device__ __forceinline__ void cp_async_rows(T* smem, int ld, const T* gmem, RowOffset row_offset, int first_row,
+                                              int seqlen) {
   constexpr int kChunksPerRow = kCols * int(sizeof(T)) / 16;
   constexpr int kElemsPerChunk = 16 / int(sizeof(T));
   constexpr int kChunks = kRows * kChunksPerRow;
@@ -186,9 +187,18 @@ __device__ __forceinline__ void cp_async_tile(T* smem, int ld, const T* gmem, in
     const int col = (c % kChunksPerRow) * kElemsPerChunk;
     const int row = first_row + r;
     const bool valid = row < seqlen;
-    const T* src = valid ? gmem + int64_t(row) * gmem_row_stride + col : gmem;
+    const T* src = valid ? gmem + row_offset(row) + col : gmem;
     cp_async_16(smem + r * ld + col, src, valid);
   }
+}
+
+// cp_async_rows of a matrix with a constant row stride (`gmem_row_stride` elements); gmem points at
+// row 0 of this (batch, head).
+template <typename T, int kRows, int kCols, int kThreads>
+__device__ __forceinline__ void cp_async_tile(T* smem, int ld, const T* gmem, int64_t gmem_row_stride,
+                                              int first_row, int seqlen) {
+  cp_async_rows<T, kRows, kCols, kThreads>(
+      smem, ld, gmem, [=](int row) { return int64_t(row) * gmem_row_stride; }, first_row, seqlen);
 }
 
 // ---- reductions --------------------------------------------------------------------------------------

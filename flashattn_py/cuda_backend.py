@@ -7,9 +7,12 @@ device pointers, element strides, the stream, and the positional encoding as
 triton_kernels/positional.py ``kernel_encoding`` gives it to the Triton kernels.
 
 What the kernels support, and what this module does about the rest:
-- fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0, score
-  mods (softcap, ALiBi, bias / masks), packed varlen (run per sequence by the caller), paged KV
-  and split-K raise NotImplementedError (csrc/params.h has no field for them).
+- fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0 and score
+  mods (softcap, ALiBi, bias / masks) raise NotImplementedError (csrc/params.h has no field for them).
+- Variable lengths run natively (csrc/sequence.h): packed batches (cu_seqlens; tensors (1, total, h, d),
+  lse (nheads, total_q)) and seqused_k, forward and backward; a paged K/V (block_table, any page
+  size) and split-K (num_splits > 1, merged by attention_split_merge.cuh) in the forward, for
+  kvcache.py. Those calls run the kernels' per-sequence layout instance.
 - Head dims 32, 64, 96, 128, 256 are compiled. Any other (a multiple of 8 up to 256) is zero-padded
   here to the next compiled one, and outputs / gradients are sliced back: zero channels add nothing
   to q k^T and produce zero output channels, and softmax_scale (from the original head_dim) and
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from . import buffers, positional
 from .checks import AttentionParams
 
+SUPPORTS_PACKED_SEQUENCES = True  # the kernels read cu_seqlens / seqused_k / block tables themselves
 KERNEL_HEAD_DIMS = (32, 64, 96, 128, 256)
 BUILD_HINT = "build it with `FLASHATTN_BUILD_CUDA=1 pip install .` (needs nvcc, CUDA 12+) or use backend='triton'"
 
@@ -89,21 +93,21 @@ def check_supported(params: AttentionParams) -> None:
                                  ("attn_mask / bias", mods.bias is not None)) if on]
         raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
     offset = params.diagonal_offset
-    if offset is not None and offset not in (0, params.seqlen_k - params.seqlen_q):
+    # Variable lengths always align bottom-right per sequence (csrc/sequence.h; checks.py refuses others).
+    if params.lengths is None and offset is not None and offset not in (0, params.seqlen_k - params.seqlen_q):
         raise NotImplementedError(
             f"backend='cuda' aligns causal/window masks bottom-right or top-left; this call aligns them at key "
             f"{offset}; use backend='triton'"
         )
-    if params.lengths is not None:
-        raise NotImplementedError("backend='cuda' has no variable-length (cu_seqlens / seqused_k) kernels; "
-                                  "use backend='triton'")
-    if params.paged is not None or params.num_splits != 1:
-        raise NotImplementedError("backend='cuda' has no paged-KV or split-K decoding kernels; use backend='triton'")
+    if params.num_splits > 256:
+        raise ValueError(f"backend='cuda' takes num_splits <= 256, got {params.num_splits}")
 
 
-def _strides(ext, t: torch.Tensor):
+def _strides(ext, t: torch.Tensor, params: AttentionParams):
+    """Element strides as csrc/params.h takes them; a packed batch is one sequence of rows (batch stride
+    unused, passed as 0 as the Triton launcher does)."""
     assert t.stride(-1) == 1, "the kernels read the head dim with unit stride"
-    return ext.Strides(t.stride(0), t.stride(1), t.stride(2))
+    return ext.Strides(0 if params.is_varlen else t.stride(0), t.stride(1), t.stride(2))
 
 
 def _pad(t: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -148,6 +152,18 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
             enc.q_positions.data_ptr(), enc.q_positions.stride(0), enc.q_positions.stride(1))
         pe.k_pos, pe.k_pos_stride_b, pe.k_pos_stride_s = (
             enc.k_positions.data_ptr(), enc.k_positions.stride(0), enc.k_positions.stride(1))
+    lengths = params.lengths
+    if lengths is not None:  # int32 device arrays the kernels read (csrc/sequence.h)
+        if lengths.cu_seqlens_q is not None:
+            p.cu_seqlens_q, p.cu_seqlens_k = lengths.cu_seqlens_q.data_ptr(), lengths.cu_seqlens_k.data_ptr()
+        if lengths.seqused_k is not None:
+            p.seqused_k = lengths.seqused_k.data_ptr()
+    if params.paged is not None:
+        table = params.paged.block_table
+        if table.stride(-1) != 1:
+            table = table.contiguous()
+            keep_alive.append(table)
+        p.block_table, p.block_table_stride, p.page_size = table.data_ptr(), table.stride(0), params.paged.page_size
     return p, keep_alive
 
 
@@ -159,11 +175,11 @@ def _launch(fn, p, device: torch.device, keep_alive) -> None:
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
-    """bshd q, k, v (head dim contiguous) -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), ())."""
+    """bshd q, k, v (head dim contiguous) -> (out like q, lse fp32 params.lse_shape, ())."""
     check_supported(params)
     ext = extension()
     out = buffers.empty_like(q)
-    lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    lse = buffers.empty(params.lse_shape, dtype=torch.float32, device=q.device)
     if params.batch == 0 or params.nheads_q == 0 or params.seqlen_q == 0:
         return out, lse, ()
     if params.seqlen_k == 0:  # nothing to attend to: out 0, lse -inf (no launch with an empty grid)
@@ -176,7 +192,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Attention
     out_k = out if d == params.head_dim else buffers.empty((*q.shape[:3], d), dtype=q.dtype, device=q.device)
     p, keep_alive = _kernel_params(ext, params, d, with_encoding=not _encode_in_python(params))
     p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
-    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t) for t in (q_k, k_k, v_k, out_k))
+    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t, params) for t in (q_k, k_k, v_k, out_k))
+    if params.num_splits > 1:  # split-K: fp32 partial results per split, merged by the extension
+        rows = params.batch * params.nheads_q * params.seqlen_q
+        out_accum = buffers.empty((params.num_splits, rows, d), dtype=torch.float32, device=q.device)
+        lse_accum = buffers.empty((params.num_splits, rows), dtype=torch.float32, device=q.device)
+        p.num_splits, p.out_accum, p.lse_accum = params.num_splits, out_accum.data_ptr(), lse_accum.data_ptr()
+        keep_alive += [out_accum, lse_accum]
     _launch(ext.forward, p, q.device, keep_alive + [q_k, k_k, v_k])
     if out_k is not out:
         out.copy_(out_k[..., : params.head_dim])
@@ -202,14 +224,14 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
     padded = d != params.head_dim
     grads = tuple(buffers.empty((*t.shape[:3], d), dtype=t.dtype, device=t.device) for t in (q, k, v)) if padded \
         else (dq, dk, dv)
-    delta = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
+    delta = buffers.empty(params.lse_shape, dtype=torch.float32, device=q.device)  # laid out like lse
     p, keep_alive = _kernel_params(ext, params, d, with_encoding=not pre_encoded)
     p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
     p.dout, p.delta = dout_k.data_ptr(), delta.data_ptr()
     p.dq, p.dk, p.dv = (g.data_ptr() for g in grads)
-    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t) for t in (q_k, k_k, v_k, out_k))
-    p.dout_strides = _strides(ext, dout_k)
-    p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g) for g in grads)
+    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t, params) for t in (q_k, k_k, v_k, out_k))
+    p.dout_strides = _strides(ext, dout_k, params)
+    p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g, params) for g in grads)
     _launch(ext.backward, p, q.device, keep_alive + [q_k, k_k, v_k, out_k, dout_k, delta])
     if padded:
         for user, kernel in zip((dq, dk, dv), grads):

@@ -88,6 +88,20 @@ def tensor_core_counts(objects, cuobjdump: str) -> dict:
 
 
 _KERNEL_AND_HEAD_DIM = re.compile(r"(attention_\w+_kernel)<[^,]+, (?:[\w:]+Config<)?(\d+)")
+# The per-sequence layout instance (variable lengths, paged K/V, split-K: csrc/sequence.h) ends its
+# template arguments with `true`; the forward's launches differently and is listed as "<kernel>[layout]".
+_LAYOUT_INSTANCE = re.compile(r", true>\(")
+
+
+def instance_launch(launches: dict, demangled: str):
+    """(threads, dynamic smem bytes) of a demangled kernel instance, (None, None) when unknown."""
+    m = _KERNEL_AND_HEAD_DIM.search(demangled)
+    if not m:
+        return None, None
+    kernel, head_dim = m[1], int(m[2])
+    if _LAYOUT_INSTANCE.search(demangled) and (f"{kernel}[layout]", head_dim) in launches:
+        kernel = f"{kernel}[layout]"
+    return launches.get((kernel, head_dim), (None, None))
 
 
 def launch_info() -> dict:
@@ -115,8 +129,7 @@ def resource_rows(archs=(80, 90), log: Path = BUILD_LOG):
     rows = []
     for (name, arch), r in sorted(kernels.items()):
         row = {"kernel": names[name], "arch": arch, **r, **counts.get((name, arch), {"HMMA": None, "HGMMA": None})}
-        m = _KERNEL_AND_HEAD_DIM.search(names[name])
-        threads, smem = launches.get((m[1], int(m[2])), (None, None)) if m else (None, None)
+        threads, smem = instance_launch(launches, names[name])
         row["threads"], row["dynamic_smem"] = threads, smem
         row["occupancy"] = None if threads is None else theoretical_occupancy(
             int(arch.removeprefix("sm_").rstrip("a")), r["registers"], r["smem"] + smem, threads // 32)

@@ -68,6 +68,11 @@ def test_extension_params_fields_round_trip():
     assert (p.head_dim, p.window_left, p.softmax_scale) == (96, 7, 0.125)
     assert (p.q_strides.batch, p.q_strides.seq, p.q_strides.head) == (2**33, 1024, 128)
     assert (p.pe.kind, p.pe.dim) == (1, 64)
+    # The per-sequence layout fields (csrc/sequence.h).
+    p.cu_seqlens_q, p.seqused_k, p.block_table, p.out_accum = 2**40 + 64, 2**41, 2**42 + 4, 2**43 + 16
+    p.block_table_stride, p.page_size, p.num_splits = 7, 16, 3
+    assert (p.cu_seqlens_q, p.seqused_k, p.block_table, p.out_accum) == (2**40 + 64, 2**41, 2**42 + 4, 2**43 + 16)
+    assert (p.block_table_stride, p.page_size, p.num_splits) == (7, 16, 3)
 
 
 @pytest.mark.parametrize("dtype,options,error,message", [
@@ -80,6 +85,13 @@ def test_unsupported_by_design_raises_clear_errors(dtype, options, error, messag
         cuda_backend.check_supported(attention_params(q, q, q, **options))
 
 
+def test_too_many_splits_are_refused():
+    q = torch.randn(1, 1, 2, 32, dtype=torch.float16)
+    params = dataclasses.replace(attention_params(q, q, q), num_splits=300)
+    with pytest.raises(ValueError, match=r"num_splits <= 256"):
+        cuda_backend.check_supported(params)
+
+
 @pytest.mark.parametrize("head_dim,kernel", [(8, 32), (32, 32), (40, 64), (64, 64), (72, 96), (96, 96),
                                              (104, 128), (128, 128), (136, 256), (256, 256)])
 def test_head_dims_run_in_the_next_compiled_one(head_dim, kernel):
@@ -89,7 +101,6 @@ def test_head_dims_run_in_the_next_compiled_one(head_dim, kernel):
 @pytest.mark.parametrize("change,message", [
     (lambda p: dict(mods=dataclasses.replace(p.mods, softcap=30.0)), r"softcap.*backend='triton'"),
     (lambda p: dict(diagonal_offset=1), r"bottom-right or top-left.*backend='triton'"),
-    (lambda p: dict(num_splits=4), r"split-K.*backend='triton'"),
 ])
 def test_features_without_a_params_field_are_refused(change, message):
     """What csrc/params.h cannot express raises instead of running without it."""

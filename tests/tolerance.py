@@ -20,6 +20,7 @@ CUDA_NO_GPU = "backend='cuda' needs an NVIDIA GPU; CUDA kernels are only compile
 CUDA_NOT_BUILT = "backend='cuda': the extension flashattn_py._cuda is not built (FLASHATTN_BUILD_CUDA=1 pip install .)"
 CUDA_NO_FP32 = "backend='cuda' supports fp16/bf16 only (by design); fp32 runs on backend='triton'"
 CUDA_NO_DROPOUT = "backend='cuda' has no attention dropout (by design); dropout runs on backend='triton'"
+CUDA_NO_SCORE_MODS = "backend='cuda' has no softcap / ALiBi / bias kernels; they run on backend='triton'"
 _backend_under_test = None
 
 

@@ -1,7 +1,8 @@
 """``python -m flashattn_py.bench decode``: one decoding step against a KV cache.
 
 For each (batch, cache length, page size): our flash_attn_with_kvcache (Triton, split-K chosen
-automatically, and without split-K) against PyTorch SDPA attending to the same cache (a dense view of
+automatically, and without split-K; the same with the CUDA kernels when the extension is built)
+against PyTorch SDPA attending to the same cache (a dense view of
 it; SDPA has no paged layout). One new query token per sequence, GQA heads. Reports tokens/s
 (sequences decoded per second), the bandwidth of reading the cache (K and V bytes / time) and that
 as a fraction of the device's copy bandwidth measured in the same run (the memory-bound limit).
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 import flashattn_py as fa
-from flashattn_py import accuracy
+from flashattn_py import accuracy, cuda_backend
 from flashattn_py.bench import output, runner
 from flashattn_py.bench.cases import DTYPES
 from flashattn_py.kvcache import dense_cache
@@ -58,10 +59,9 @@ def make_cache(batch, cache_len, page_size, kv_heads, head_dim, dtype, device, g
 
 
 def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device):
-    def ours(splits):
+    def ours(splits, backend="triton" if device.type == "cuda" else "torch"):
         return lambda: fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
-                                                  num_splits=splits, backend="triton" if device.type == "cuda"
-                                                  else "torch")
+                                                  num_splits=splits, backend=backend)
 
     used = int(seqlens.max())
     gqa = q.shape[2] != k_dense.shape[2]
@@ -71,8 +71,12 @@ def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, devic
             q.transpose(1, 2), k_dense[:, :used].transpose(1, 2), v_dense[:, :used].transpose(1, 2), enable_gqa=gqa)
         return out.transpose(1, 2)
 
-    impls = {"ours": ours(0), "ours_no_split": ours(1), "sdpa": sdpa}
-    return impls if device.type == "cuda" else {"ours": ours(0), "sdpa": sdpa}
+    if device.type != "cuda":
+        return {"ours": ours(0), "sdpa": sdpa}
+    impls = {"ours": ours(0), "ours_no_split": ours(1)}
+    if cuda_backend.is_built():
+        impls.update(ours_cuda=ours(0, "cuda"), ours_cuda_no_split=ours(1, "cuda"))
+    return {**impls, "sdpa": sdpa}
 
 
 def copy_bandwidth_gb_s(device, timer) -> float | None:
@@ -120,10 +124,10 @@ def run(args) -> list[DecodeRow]:
 
 def format_table(rows: list[DecodeRow]) -> str:
     f = output.fmt_cell
-    lines = [f"{'batch':>5} {'cache':>7} {'page':>5} {'implementation':>14} {'ms':>8} {'tokens/s':>10} "
+    lines = [f"{'batch':>5} {'cache':>7} {'page':>5} {'implementation':>18} {'ms':>8} {'tokens/s':>10} "
              f"{'KV GB/s':>8} {'of copy BW':>10}  status"]
     for r in rows:
-        lines.append(f"{r.batch:5d} {r.cache_len:7d} {r.page_size:5d} {r.implementation:>14} {f(r.ms, '8.3f')} "
+        lines.append(f"{r.batch:5d} {r.cache_len:7d} {r.page_size:5d} {r.implementation:>18} {f(r.ms, '8.3f')} "
                      f"{f(r.tokens_per_s, '10.0f')} {f(r.kv_gb_per_s, '8.1f')} {f(r.fraction_of_copy_bandwidth, '10.2f')}"
                      f"  {'' if r.status == 'ok' else r.status}")
     return "\n".join(lines)

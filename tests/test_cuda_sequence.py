@@ -1,0 +1,145 @@
+"""csrc/sequence.h — where each sequence of a variable-length, seqused_k or paged batch lives, as every
+CUDA kernel reads it — against the Python rules, without a GPU: the header is plain C++ with
+__host__ __device__ functions, so csrc/tests/sequence_probe.cpp compiles it with the host compiler
+and prints what the kernels would compute.
+
+Checked against: varlen.varlen_params (packed rows, lse layout), varlen.token_positions (positions
+restart per sequence), masks.diagonal_offset (bottom-right per sequence), kvcache._cache_rows (the
+page and slot of a cache row), and the split-K contract (contiguous shares covering every block).
+"""
+import shutil
+import subprocess
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from flashattn_py import masks
+from flashattn_py.kvcache import _cache_rows
+from flashattn_py.varlen import token_positions, varlen_params
+from test_cuda_build import ROOT
+
+# The probe's fixed strides (sequence_probe.cpp): tensors (batch, seq, head) = (1000000, 100, 7),
+# positions (batch, seq) = (1000, 3), pages 100000 apart with rows 100 apart.
+BATCH_STRIDE, SEQ_STRIDE, HEAD_STRIDE = 1_000_000, 100, 7
+POS_STRIDE_B, POS_STRIDE_S = 1000, 3
+PAGE_STRIDE = 100_000
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no host C++ compiler (c++ / g++) to build csrc/tests/sequence_probe.cpp")
+    exe = tmp_path_factory.mktemp("probe") / "sequence_probe"
+    proc = subprocess.run([compiler, "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",
+                           str(ROOT / "csrc" / "tests" / "sequence_probe.cpp"), "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return exe
+
+
+def run_probe(exe, *, batch, seqlen_q, seqlen_k, nheads_q=3, top_left=0, cu_q=None, cu_k=None, seqused=None,
+              page_size=0, table=None, num_splits=1):
+    """{"seq": {b: fields}, "kv": {b: offsets}, "split": {b: [(first, last)]}} printed by the probe."""
+    header = [batch, seqlen_q, seqlen_k, nheads_q, top_left, int(cu_q is not None), int(seqused is not None),
+              page_size, table.shape[1] if table is not None else 0, num_splits]
+    values = header + (list(cu_q) + list(cu_k) if cu_q is not None else []) + list(seqused or [])
+    values += table.flatten().tolist() if table is not None else []
+    proc = subprocess.run([str(exe)], input=" ".join(map(str, values)), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = {"seq": {}, "kv": {}, "split": {}}
+    names = ("q_row0", "k_row0", "seqlen_q", "seqlen_k", "k_rows", "diag", "stats_head1", "q_offset", "k_offset",
+             "qpos_offset")
+    for line in proc.stdout.splitlines():
+        kind, b, *rest = line.split()
+        b, rest = int(b), [int(x) for x in rest]
+        if kind == "seq":
+            out["seq"][b] = dict(zip(names, rest))
+        elif kind == "kv":
+            out["kv"][b] = rest
+        else:
+            out["split"].setdefault(b, []).append((rest[1], rest[2]))
+    return out
+
+
+def _cu(lengths):
+    return [0] + torch.tensor(lengths).cumsum(0).tolist()
+
+
+PACKED = {"ragged": ([5, 0, 33, 1, 17], [7, 3, 30, 1, 17]), "one": ([70], [45]), "empty_k": ([4, 9], [0, 12])}
+
+
+@pytest.mark.parametrize("lengths", PACKED.values(), ids=PACKED.keys())
+def test_packed_sequences_match_varlen_rules(probe, lengths):
+    lens_q, lens_k = lengths
+    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
+    total_q, total_k = cu_q[-1], cu_k[-1]
+    q, k = torch.zeros(total_q, 3, 8), torch.zeros(total_k, 3, 8)
+    params = varlen_params(q, k, k, torch.tensor(cu_q, dtype=torch.int32), torch.tensor(cu_k, dtype=torch.int32),
+                           max(lens_q), max(lens_k), causal=True)
+    got = run_probe(probe, batch=len(lens_q), seqlen_q=max(lens_q), seqlen_k=max(lens_k), cu_q=cu_q, cu_k=cu_k,
+                    top_left=1)  # top_left is ignored: packed sequences align bottom-right each
+    positions = token_positions(torch.tensor(cu_q, dtype=torch.int32), total_q)[0]
+    lse_b, lse_h = params.lse_strides
+    for b, s in got["seq"].items():
+        assert (s["q_row0"], s["k_row0"]) == (cu_q[b], cu_k[b])
+        assert (s["seqlen_q"], s["seqlen_k"], s["k_rows"]) == (lens_q[b], lens_k[b], lens_k[b])
+        assert s["diag"] == masks.diagonal_offset(lens_q[b], lens_k[b])
+        assert s["stats_head1"] == b * lse_b + 1 * lse_h + cu_q[b]  # lse (nheads, total_q)
+        # Packed rows: batch stride unused, rows from the sequence's first packed row.
+        assert s["q_offset"] == cu_q[b] * SEQ_STRIDE + HEAD_STRIDE
+        assert s["k_offset"] == cu_k[b] * SEQ_STRIDE + HEAD_STRIDE
+        first = s["qpos_offset"] // POS_STRIDE_S  # positions restart at 0 in every sequence
+        assert positions[first:first + lens_q[b]].tolist() == list(range(lens_q[b]))
+
+
+@pytest.mark.parametrize("top_left", [0, 1])
+def test_dense_and_seqused_batches(probe, top_left):
+    batch, seqlen_q, seqlen_k, nheads = 3, 4, 10, 3
+    dense = run_probe(probe, batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads, top_left=top_left)
+    used = [0, 6, 10]
+    ragged = run_probe(probe, batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads, top_left=top_left,
+                       seqused=used)
+    for b in range(batch):
+        d, r = dense["seq"][b], ragged["seq"][b]
+        assert d["diag"] == (0 if top_left else masks.diagonal_offset(seqlen_q, seqlen_k))
+        # seqused_k: fewer keys attended, every key row still owned (zero gradients), bottom-right per sequence.
+        assert (r["seqlen_k"], r["k_rows"], r["diag"]) == (used[b], seqlen_k, masks.diagonal_offset(seqlen_q, used[b]))
+        for s in (d, r):
+            assert (s["q_row0"], s["k_row0"], s["seqlen_q"]) == (0, 0, seqlen_q)
+            assert s["stats_head1"] == (b * nheads + 1) * seqlen_q  # lse (batch, nheads, seqlen_q)
+            assert s["q_offset"] == s["k_offset"] == b * BATCH_STRIDE + HEAD_STRIDE
+            assert s["qpos_offset"] == b * POS_STRIDE_B
+
+
+@pytest.mark.parametrize("page_size", [16, 5, 1])
+def test_paged_rows_match_the_cache_layout(probe, page_size):
+    gen = torch.Generator().manual_seed(page_size)
+    batch, max_pages = 3, 4
+    table = torch.randperm(batch * max_pages, generator=gen).reshape(batch, max_pages).to(torch.int32)
+    used = [0, page_size * max_pages, page_size + 1]
+    got = run_probe(probe, batch=batch, seqlen_q=1, seqlen_k=page_size * max_pages, seqused=used,
+                    page_size=page_size, table=table)
+    for b in range(batch):
+        pages, slots = _cache_rows(torch.zeros(batch, dtype=torch.int32), used[b], page_size, table, None, batch)
+        expected = (pages[b] * PAGE_STRIDE + slots[b] * SEQ_STRIDE).tolist()
+        assert got["kv"][b] == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks=st.integers(0, 70), num_splits=st.integers(2, 17))
+def test_split_k_shares_cover_the_key_blocks_once(probe, blocks, num_splits):
+    """Splits are in order, contiguous, cover [1, 1 + blocks) exactly, at most ceil(blocks / splits)
+    blocks each, and the empty ones (more splits than work) come last."""
+    got = run_probe(probe, batch=1, seqlen_q=1, seqlen_k=blocks, num_splits=num_splits)["split"][0]
+    assert len(got) == num_splits
+    share = -(-blocks // num_splits)
+    position = 1
+    for first, last in got:
+        assert first == position and first <= last <= first + share
+        position = last
+    assert position == 1 + blocks
+    sizes = [last - first for first, last in got]
+    assert sizes == sorted(sizes, reverse=True) or blocks == 0
+
