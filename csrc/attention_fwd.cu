@@ -49,6 +49,9 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
   check_launch(name.c_str());
   if (p.num_splits > 1) {
     const int64_t rows = int64_t(p.batch) * p.nheads_q * p.seqlen_q;
+    if ((rows + kMergeWarps - 1) / kMergeWarps > 2147483647) {
+      throw std::invalid_argument("flashattn_py CUDA forward: too many rows to merge for split-K");
+    }
     attention_split_merge_kernel<T><<<unsigned((rows + kMergeWarps - 1) / kMergeWarps), kMergeWarps * 32, 0, stream>>>(p);
     check_launch("attention_split_merge_kernel");
   }
@@ -64,6 +67,7 @@ void check_layout(const AttentionParams& p) {
   }
   const bool packed = p.cu_seqlens_q != nullptr;
   if (packed && p.seqused_k != nullptr) throw std::invalid_argument(who + "seqused_k is for dense batches");
+  if (packed && p.total_q < 0) throw std::invalid_argument(who + "total_q must be the packed row count of q");
   if (p.block_table != nullptr && (packed || p.page_size <= 0 || p.block_table_stride < 0)) {
     throw std::invalid_argument(who + "a paged K/V needs a dense batch, page_size > 0 and a block table stride");
   }
@@ -110,6 +114,7 @@ std::vector<KernelLaunchInfo> forward_launch_info() {
                     int(Layout::kSmemElems * 2)});
   };
   for_each_head_dim(add);
+  info.push_back({"attention_split_merge_kernel", 0, kMergeWarps * 32, 0});  // any head dim (runtime loop)
   return info;
 }
 

@@ -129,7 +129,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("pe", &AttentionParams::pe)
       .def_readwrite("block_table_stride", &AttentionParams::block_table_stride)
       .def_readwrite("page_size", &AttentionParams::page_size)
-      .def_readwrite("num_splits", &AttentionParams::num_splits);
+      .def_readwrite("num_splits", &AttentionParams::num_splits)
+      .def_readwrite("total_q", &AttentionParams::total_q);
   pointer_field(params, "q", &AttentionParams::q);
   pointer_field(params, "k", &AttentionParams::k);
   pointer_field(params, "v", &AttentionParams::v);

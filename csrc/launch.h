@@ -26,7 +26,7 @@ void run_attention_backward(const AttentionParams& params, cudaStream_t stream);
 // parameters. Needs no GPU.
 struct KernelLaunchInfo {
   std::string kernel;  // the __global__ function's name
-  int head_dim;
+  int head_dim;  // 0: one instance for every head dim
   int threads;
   int dynamic_smem_bytes;
 };

@@ -74,6 +74,7 @@ struct AttentionParams {
   //    backward writes zero dk / dv for the others).
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
+  int total_q = 0;  // packed: rows of q (cu_seqlens_q[batch]), the lse / delta row length
   const int32_t* seqused_k = nullptr;
 
   // Paged K/V (forward only; dense batches): k and v are (num_pages, page_size, nheads_kv, head_dim),

@@ -76,7 +76,7 @@ FLASHATTN_HOST_DEVICE inline int64_t position_offset(const SequenceView& s, int6
 // (nheads_q, total_q) when packed (FlashAttention's varlen layout).
 FLASHATTN_HOST_DEVICE inline int64_t stats_row0(const AttentionParams& p, const SequenceView& s, int64_t batch,
                                                 int64_t head) {
-  if (s.packed) return head * int64_t(p.cu_seqlens_q[p.batch]) + s.q_row0;
+  if (s.packed) return head * int64_t(p.total_q) + s.q_row0;
   return (batch * p.nheads_q + head) * int64_t(p.seqlen_q);
 }
 

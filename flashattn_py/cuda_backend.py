@@ -153,11 +153,17 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
         pe.k_pos, pe.k_pos_stride_b, pe.k_pos_stride_s = (
             enc.k_positions.data_ptr(), enc.k_positions.stride(0), enc.k_positions.stride(1))
     lengths = params.lengths
-    if lengths is not None:  # int32 device arrays the kernels read (csrc/sequence.h)
+    if lengths is not None:  # int32 device arrays the kernels read with unit stride (csrc/sequence.h)
+        def address(t):
+            t = t.contiguous()
+            keep_alive.append(t)
+            return t.data_ptr()
+
         if lengths.cu_seqlens_q is not None:
-            p.cu_seqlens_q, p.cu_seqlens_k = lengths.cu_seqlens_q.data_ptr(), lengths.cu_seqlens_k.data_ptr()
+            p.cu_seqlens_q, p.cu_seqlens_k = address(lengths.cu_seqlens_q), address(lengths.cu_seqlens_k)
+            p.total_q = lengths.total_q  # the lse rows allocated here, whatever the device array says
         if lengths.seqused_k is not None:
-            p.seqused_k = lengths.seqused_k.data_ptr()
+            p.seqused_k = address(lengths.seqused_k)
     if params.paged is not None:
         table = params.paged.block_table
         if table.stride(-1) != 1:

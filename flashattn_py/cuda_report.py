@@ -96,8 +96,9 @@ _LAYOUT_INSTANCE = re.compile(r", true>\(")
 def instance_launch(launches: dict, demangled: str):
     """(threads, dynamic smem bytes) of a demangled kernel instance, (None, None) when unknown."""
     m = _KERNEL_AND_HEAD_DIM.search(demangled)
-    if not m:
-        return None, None
+    if not m:  # a kernel with no head-dim parameter is listed with head_dim 0
+        name = re.search(r"(attention_\w+_kernel)<", demangled)
+        return launches.get((name[1], 0), (None, None)) if name else (None, None)
     kernel, head_dim = m[1], int(m[2])
     if _LAYOUT_INSTANCE.search(demangled) and (f"{kernel}[layout]", head_dim) in launches:
         kernel = f"{kernel}[layout]"

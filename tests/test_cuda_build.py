@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flashattn_py.cuda_report import find_cuobjdump, parse_ptxas, table
+from flashattn_py.cuda_report import find_cuobjdump, instance_launch, parse_ptxas, table
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("80", "90")
@@ -94,6 +94,21 @@ ptxas info    : Used 128 registers, used 1 barriers
         ("_Z3fooi", "sm_80"): dict(registers=168, spill_stores=4, spill_loads=12, stack=8, smem=49152),
         ("_Z3fooi", "sm_90"): dict(registers=128, spill_stores=0, spill_loads=0, stack=0, smem=0),
     }
+
+
+def test_launch_info_is_matched_to_each_instance():
+    """The report's occupancy needs each instance's launch: the forward's per-sequence layout instance
+    (template argument `true`) launches other tiles than the dense one; the merge kernel has no head dim."""
+    launches = {("attention_fwd_kernel", 128): (128, 69632), ("attention_fwd_kernel[layout]", 128): (128, 52224),
+                ("attention_bwd_dq_kernel", 128): (128, 50000), ("attention_split_merge_kernel", 0): (128, 0)}
+    fwd = "void flashattn::attention_fwd_kernel<__half, 128, {}>(flashattn::AttentionParams)"
+    assert instance_launch(launches, fwd.format("false")) == (128, 69632)
+    assert instance_launch(launches, fwd.format("true")) == (128, 52224)
+    dq = "void flashattn::bwd::attention_bwd_dq_kernel<__half, flashattn::bwd::DqConfig<128, 4, 32, 2>, true>(x)"
+    assert instance_launch(launches, dq) == (128, 50000)  # same launch for both instances
+    merge = "void flashattn::attention_split_merge_kernel<__nv_bfloat16>(flashattn::AttentionParams)"
+    assert instance_launch(launches, merge) == (128, 0)
+    assert instance_launch(launches, "void other_kernel<int>()") == (None, None)
 
 
 def test_every_kernel_instance_fits_registers_without_spills(kernel_build):

@@ -46,6 +46,7 @@ int main() {
     cu_k = read_ints(p.batch + 1);
     p.cu_seqlens_q = cu_q.data();
     p.cu_seqlens_k = cu_k.data();
+    p.total_q = cu_q[p.batch];
   }
   if (has_seqused) {
     used = read_ints(p.batch);
