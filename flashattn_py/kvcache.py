@@ -13,10 +13,10 @@ What one call does (inference only, no autograd):
 Caches: contiguous (batch_cache, seqlen_cache, nheads_k, head_dim) with an optional ``cache_batch_idx``
 choosing each sequence's row, or paged: (num_pages, page_size, nheads_k, head_dim) with ``block_table``
 (batch, max_pages) int32 — any page size (serving systems use 16; FlashAttention 2 needs multiples of
-256). The Triton kernels read pages through the block table; with few queries per sequence
+256). The Triton and CUDA kernels read pages through the block table; with few queries per sequence
 (decoding) the key range is split across programs and merged through the lse (split-K,
-flash-decoding) so one query per sequence still fills the GPU. Other backends gather the cache into
-a dense copy first.
+flash-decoding) so one query per sequence still fills the GPU. The PyTorch and reference backends
+gather the cache into a dense copy first.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                      seqused_k=seqused)
     impl = backends.select(backend, q.device)
     q = q if q.stride(-1) == 1 else q.contiguous()
-    if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton kernels read the cache in place
+    if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton / CUDA kernels read the cache in place
         if page_size is not None:
             params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
             k_view, v_view = k_cache, v_cache

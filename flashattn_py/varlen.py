@@ -6,8 +6,8 @@ cu_seqlens_q[b] .. cu_seqlens_q[b+1] - 1 (int32 prefix sums starting at 0). Ever
 restarts: causal / window alignment is bottom-right within each sequence, RoPE / sinusoidal positions
 start at 0 in each sequence, ALiBi distances are within the sequence. lse is (nheads, total_q).
 
-The Triton kernels read the packed tensors directly (their grid covers the longest sequence; each
-program reads its sequence's bounds). Backends without packed-sequence kernels run each sequence as
+The Triton and CUDA kernels read the packed tensors directly (their grid covers the longest sequence;
+each program reads its sequence's bounds: triton_kernels/common.py sequence_bounds, csrc/sequence.h). Backends without packed-sequence kernels run each sequence as
 a dense batch of one (``PerSequence``): same results, a launch per sequence.
 """
 from __future__ import annotations
@@ -102,8 +102,8 @@ class PerSequence:
     """Adapter giving a backend without variable-length kernels the same interface: each sequence
     runs as a dense batch of one through the wrapped backend (forward and backward). Packed batches
     (cu_seqlens) and dense batches with seqused_k (the keys past seqused_k[b] get zero gradients).
-    The wrapped backend must keep no scratch between its forward and backward (the PyTorch,
-    reference and CUDA backends keep none)."""
+    The wrapped backend must keep no scratch between its forward and backward (the PyTorch and
+    reference backends keep none; Triton and CUDA read the lengths themselves)."""
 
     def __init__(self, backend):
         self.backend = backend

@@ -70,9 +70,7 @@ def _cu(lengths):
 PACKED = {"ragged": ([5, 0, 33, 1, 17], [7, 3, 30, 1, 17]), "one": ([70], [45]), "empty_k": ([4, 9], [0, 12])}
 
 
-@pytest.mark.parametrize("lengths", PACKED.values(), ids=PACKED.keys())
-def test_packed_sequences_match_varlen_rules(probe, lengths):
-    lens_q, lens_k = lengths
+def check_packed(probe, lens_q, lens_k):
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
     total_q, total_k = cu_q[-1], cu_k[-1]
     q, k = torch.zeros(total_q, 3, 8), torch.zeros(total_k, 3, 8)
@@ -82,6 +80,7 @@ def test_packed_sequences_match_varlen_rules(probe, lengths):
                     top_left=1)  # top_left is ignored: packed sequences align bottom-right each
     positions = token_positions(torch.tensor(cu_q, dtype=torch.int32), total_q)[0]
     lse_b, lse_h = params.lse_strides
+    assert sorted(got["seq"]) == list(range(len(lens_q)))
     for b, s in got["seq"].items():
         assert (s["q_row0"], s["k_row0"]) == (cu_q[b], cu_k[b])
         assert (s["seqlen_q"], s["seqlen_k"], s["k_rows"]) == (lens_q[b], lens_k[b], lens_k[b])
@@ -92,6 +91,18 @@ def test_packed_sequences_match_varlen_rules(probe, lengths):
         assert s["k_offset"] == cu_k[b] * SEQ_STRIDE + HEAD_STRIDE
         first = s["qpos_offset"] // POS_STRIDE_S  # positions restart at 0 in every sequence
         assert positions[first:first + lens_q[b]].tolist() == list(range(lens_q[b]))
+
+
+@pytest.mark.parametrize("lengths", PACKED.values(), ids=PACKED.keys())
+def test_packed_sequences_match_varlen_rules(probe, lengths):
+    check_packed(probe, *lengths)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 300)), min_size=1, max_size=9))
+def test_random_packed_batches_match_varlen_rules(probe, pairs):
+    lens_q, lens_k = [q for q, _ in pairs], [k for _, k in pairs]
+    check_packed(probe, lens_q, lens_k)
 
 
 @pytest.mark.parametrize("top_left", [0, 1])
