@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import multiprocessing
@@ -40,19 +41,24 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FWD_MODULE = "flashattn_py.triton_kernels.attention_fwd"
 BWD_MODULE = "flashattn_py.triton_kernels.attention_bwd"
 PE_MODULE = "flashattn_py.triton_kernels.positional"
+MERGE_MODULE = "flashattn_py.triton_kernels.split_merge"
 ATTENTION_KERNELS = (  # (module, name), in report order
     (FWD_MODULE, "attention_fwd_kernel"),
     (BWD_MODULE, "attention_bwd_preprocess_kernel"),
     (BWD_MODULE, "attention_bwd_dkdv_kernel"),
     (BWD_MODULE, "attention_bwd_dq_kernel"),
 )
-# The encoding pre-pass (pe_k_strategy="prepass") launches this one too.
-KERNELS = ATTENTION_KERNELS + ((PE_MODULE, "encode_kernel"),)
+# The encoding pre-pass (pe_k_strategy="prepass") launches this one too; decoding with split-K the
+# merge of the partial results.
+KERNELS = ATTENTION_KERNELS + ((PE_MODULE, "encode_kernel"), (MERGE_MODULE, "merge_splits_kernel"))
+DECODE_KERNELS = ("attention_fwd_kernel", "merge_splits_kernel")
 # Positional-encoding variants. Encoded ones force pe_k_strategy="in_kernel" (every kernel encodes
 # its q and k tiles itself: the most code and registers), except "rope-prepass", the path "auto"
-# takes at training lengths (streamed operands encoded by encode_kernel beforehand).
+# takes at training lengths (streamed operands encoded by encode_kernel beforehand). "decode" is not
+# an encoding: one decoding step through flash_attn_with_kvcache (one query per sequence, a paged
+# cache, split-K), which launches the forward with its decode tiles and the merge kernel only.
 PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
-               "score-mods")
+               "score-mods", "decode")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
 # constexpr) and seqlens that are not multiples of 16. Sizes do not matter otherwise.
 _BATCH, _SEQLEN_Q, _SEQLEN_K, _NHEADS_Q, _NHEADS_KV = 2, 77, 93, 8, 2
@@ -201,15 +207,37 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
     q = torch.zeros(_BATCH, _SEQLEN_Q, _NHEADS_Q, head_dim, dtype=torch_dtype)
     k = torch.zeros(_BATCH, _SEQLEN_K, _NHEADS_KV, head_dim, dtype=torch_dtype)
     v = torch.zeros_like(k)
-    params = attention_params(q, k, v, causal=has_window, **_encoding_options(pe, head_dim))
     calls: list[KernelLaunch] = []
-    with _recording(calls):
-        out, lse, scratch = fwd.attention_forward(q, k, v, params)
-        bwd.attention_backward(torch.zeros_like(out), q, k, v, out, lse, scratch, params)
+    if pe == "decode":
+        with _recording(calls):
+            _decode_step(fwd, torch_dtype, head_dim, has_window)
+        expected = list(DECODE_KERNELS)
+    else:
+        params = attention_params(q, k, v, causal=has_window, **_encoding_options(pe, head_dim))
+        with _recording(calls):
+            out, lse, scratch = fwd.attention_forward(q, k, v, params)
+            bwd.attention_backward(torch.zeros_like(out), q, k, v, out, lse, scratch, params)
+        expected = [name for _, name in ATTENTION_KERNELS]
     names = [c.kernel for c in calls if c.kernel != "encode_kernel"]
-    if names != [name for _, name in ATTENTION_KERNELS]:
-        raise RuntimeError(f"expected the launchers to launch {[n for _, n in ATTENTION_KERNELS]}, they launched {names}")
+    if names != expected:
+        raise RuntimeError(f"expected the launchers to launch {expected}, they launched {names}")
     return calls
+
+
+def _decode_step(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
+    """One decoding step as flash_attn_with_kvcache launches it on the Triton backend (kvcache.py; that
+    entry point itself refuses CPU tensors without the interpreter): a query per sequence against a
+    paged cache (page size 16) with _SEQLEN_K used tokens, split-K forced (3 splits)."""
+    from .checks import PagedKV, attention_params
+    page_size, pages = 16, -(-_SEQLEN_K // 16)
+    q = torch.zeros(_BATCH, 1, _NHEADS_Q, head_dim, dtype=dtype)
+    cache = torch.zeros(_BATCH * pages, page_size, _NHEADS_KV, head_dim, dtype=dtype)
+    table = torch.arange(_BATCH * pages, dtype=torch.int32).reshape(_BATCH, pages)
+    shape_k = cache[:1, :1].expand(_BATCH, pages * page_size, _NHEADS_KV, head_dim)
+    params = attention_params(q, shape_k, shape_k, causal=causal,
+                              seqused_k=torch.full((_BATCH,), _SEQLEN_K, dtype=torch.int32))
+    params = dataclasses.replace(params, paged=PagedKV(table, page_size), num_splits=3)
+    fwd.attention_forward(q, cache, cache, params)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ The report runs once, in a subprocess: the kernels must be imported without TRIT
 makes configs.py return the interpreter tile sizes).
 
 By default the report covers the kernels without encoding, with a softcap, with an attention bias,
+one decoding step (flash_attn_with_kvcache: decode tiles, paged cache, split-K and its merge kernel),
 and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
 attention kernels compiled without encoding code). The in-kernel encoding variants compile more than
 10x slower and are known to spill at head_dim >= 128 (docs/design.md), so they are opt-in:
@@ -27,18 +28,23 @@ import pytest
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
-PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass softcap attn-bias")
+PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass softcap attn-bias decode")
                     .replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
 ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
+MERGE = "merge_splits_kernel"  # split-K partials -> out, lse (decoding); no matmul
+DECODE = "decode"  # the variant that is one decoding step: forward and merge only
 MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 # At head_dim 256 the dK/dV kernel holds k, v, dk, dv and a streamed q/dO tile (5 x BLOCK_N x 256):
 # every tile with BLOCK_N >= 64 spills on sm_90, and with BLOCK_N = 32 Triton emits mma.sync instead
 # of wgmma. No spills wins (triton_kernels/configs.py); this is the one instance allowed mma.sync.
 # An attention-bias tile costs the dK/dV kernel so many registers that only BLOCK_N = 32 stays
 # spill-free (configs.dkdv_config(bias=True)), so it too runs mma.sync on sm_90 with a bias.
+# Decoding runs 16-row query tiles (configs.DECODE_MAX_SEQLEN_Q); wgmma needs 64 rows per warpgroup,
+# so the decode forward is mma.sync on sm_90 (it is bound by reading the cache, not by the MMAs).
 MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256, pe) for pe in PE_VARIANTS} | {
-    ("attention_bwd_dkdv_kernel", d, "attn-bias") for d in HEAD_DIMS}
+    ("attention_bwd_dkdv_kernel", d, "attn-bias") for d in HEAD_DIMS} | {
+    ("attention_fwd_kernel", d, DECODE) for d in HEAD_DIMS}
 
 MAX_REGISTERS = 255  # per thread, both archs
 MAX_SHARED_BYTES = {80: 163 * 1024, 90: 227 * 1024}  # opt-in max shared memory per block
@@ -48,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _key(kernel, arch, dtype, head_dim, pe):
-    return kernel, arch, dtype, head_dim, None if kernel == PREPROCESS else pe
+    return kernel, arch, dtype, head_dim, None if kernel in (PREPROCESS, MERGE) else pe
 
 
 def _run_report(out: Path) -> None:
@@ -85,9 +91,14 @@ def report(tmp_path_factory) -> dict:
 
 
 def _launched(kernel, pe) -> bool:
-    """Whether one forward + backward with this encoding variant launches the kernel (listed once)."""
+    """Whether one forward + backward with this encoding variant (or the decoding step) launches the
+    kernel; kernels without a variant of their own are listed once."""
+    if pe == DECODE:
+        return kernel in ("attention_fwd_kernel", MERGE)
+    if kernel == MERGE:
+        return False
     if kernel == PREPROCESS:
-        return pe == PE_VARIANTS[0]
+        return pe == next(p for p in PE_VARIANTS if p != DECODE)
     # encode_kernel: the pre-pass, and the backward's decoding of dq/dk, with an encoding only.
     return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias")
 
@@ -109,7 +120,7 @@ def _describe(row) -> str:
 
 
 def test_report_covers_every_kernel_arch_dtype_and_head_dim(report):
-    expected = {_key(k, a, d, h, pe) for k in (*MATMUL_KERNELS, PREPROCESS, ENCODE)
+    expected = {_key(k, a, d, h, pe) for k in (*MATMUL_KERNELS, PREPROCESS, ENCODE, MERGE)
                 for a in ARCHS for d in DTYPES for h in HEAD_DIMS for pe in PE_VARIANTS if _launched(k, pe)}
     assert set(report) == expected
 
@@ -123,14 +134,14 @@ def test_matmul_kernels_use_tensor_cores(report, kernel, arch, dtype, head_dim, 
     assert row["facts"]["mma_instructions"][instruction] > 0, f"no {instruction}: {_describe(row)}"
 
 
-@pytest.mark.parametrize("kernel, arch, dtype, head_dim, pe", _instances((*MATMUL_KERNELS, PREPROCESS, ENCODE)))
+@pytest.mark.parametrize("kernel, arch, dtype, head_dim, pe", _instances((*MATMUL_KERNELS, PREPROCESS, ENCODE, MERGE)))
 def test_kernels_do_not_spill_registers(report, kernel, arch, dtype, head_dim, pe):
     row = report[_key(kernel, arch, dtype, head_dim, pe)]
     facts = row["facts"]
     assert (facts["spill_stores"], facts["spill_loads"]) == (0, 0), f"spills: {_describe(row)}"
 
 
-@pytest.mark.parametrize("kernel, arch, dtype, head_dim, pe", _instances((*MATMUL_KERNELS, PREPROCESS, ENCODE)))
+@pytest.mark.parametrize("kernel, arch, dtype, head_dim, pe", _instances((*MATMUL_KERNELS, PREPROCESS, ENCODE, MERGE)))
 def test_kernels_fit_register_file_and_shared_memory(report, kernel, arch, dtype, head_dim, pe):
     row = report[_key(kernel, arch, dtype, head_dim, pe)]
     facts = row["facts"]

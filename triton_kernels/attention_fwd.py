@@ -171,7 +171,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     if params.seqlen_q == 0 or params.batch == 0 or params.nheads_q == 0:
         return out, lse_log2, (lse_log2,)
     block_d = head_dim_block(params.head_dim)
-    cfg = forward_config(block_d, bias=params.mods.bias is not None)
+    cfg = forward_config(block_d, bias=params.mods.bias is not None, seqlen_q=params.seqlen_q)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
     streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(params.seqlen_q, cfg.block_m))
     pe_args = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
@@ -202,7 +202,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
         )
 
     launch(autotune.pick("attention_fwd", autotune.key_of(params, q.dtype, block_d, pe_args), cfg,
-                         lambda arch: forward_candidates(block_d, arch, params.mods.bias is not None), launch, q.device))
+                         lambda arch: forward_candidates(block_d, arch, params.mods.bias is not None, params.seqlen_q),
+                         launch, q.device))
     if splits > 1:
         merge_splits(out_part, lse_part, out, lse_log2)
     return out, lse_log2 * LN2, (lse_log2, *streams.scratch)

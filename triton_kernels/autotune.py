@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from .common import INTERPRETED
+from . import configs
 from .configs import TileConfig
 
 _USED: dict[str, str] = {}  # "kernel key" -> "config (how chosen)"
@@ -63,8 +64,9 @@ def key_of(params, dtype: torch.dtype, block_d: int, pe_args: dict) -> str:
     bucket = 1 << min(max(longest - 1, 1).bit_length(), 15)
     pe = f"pe{pe_args.get('Q_PE_KIND', 0)}{pe_args.get('K_PE_KIND', 0)}"
     mask = "full" if not params.has_window else "causal" if params.window == (-1, 0) else "window"
+    decode = " decode" if configs.is_decode(params.seqlen_q) else ""  # its own tiles (configs.py)
     return (f"d{block_d} {str(dtype).replace('torch.', '')} {mask} {pe} "
-            f"dropout{int(params.dropout_p > 0)} s<={bucket}")
+            f"dropout{int(params.dropout_p > 0)} s<={bucket}{decode}")
 
 
 def pick(kernel: str, key: str, default: TileConfig, candidates: Callable[[int], Sequence[TileConfig]],

@@ -22,14 +22,28 @@ class TileConfig:
 
 
 _INTERPRETER_FORWARD = TileConfig(32, 16, 4, 1)
+_INTERPRETER_DECODE = TileConfig(16, 16, 4, 1)
+
+# Decoding (a few queries per sequence against a long cache): with 128-row query tiles a one-token
+# step computes 128x the useful q k^T and P V, about as long as reading K/V takes on an H100 at
+# head_dim 128 (65 kFLOP per key and head vs 512 bytes), so decoding would not be memory-bound.
+# Queries up to this many per sequence run 16-row tiles, the smallest tl.dot takes.
+DECODE_MAX_SEQLEN_Q = 16
+
+
+def is_decode(seqlen_q: int | None) -> bool:
+    return seqlen_q is not None and seqlen_q <= DECODE_MAX_SEQLEN_Q
 _INTERPRETER_DKDV = TileConfig(16, 32, 4, 1)
 _INTERPRETER_DQ = TileConfig(32, 16, 4, 1)
 
 
-def forward_config(block_d: int, bias: bool = False) -> TileConfig:
-    """bias: an attention-bias tile is loaded too (its 2-D pointer tile costs registers)."""
+def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None) -> TileConfig:
+    """bias: an attention-bias tile is loaded too (its 2-D pointer tile costs registers). seqlen_q:
+    the call's (longest) query count; decoding lengths get decode tiles (DECODE_MAX_SEQLEN_Q)."""
     if INTERPRETED:
-        return _INTERPRETER_FORWARD
+        return _INTERPRETER_DECODE if is_decode(seqlen_q) else _INTERPRETER_FORWARD
+    if is_decode(seqlen_q) and not bias:  # 4 warps share the 16 rows; K/V tiles as wide as registers allow
+        return TileConfig(16, 64, 4, 3) if block_d <= 128 else TileConfig(16, 32, 4, 2)
     if bias and block_d == 128:
         return TileConfig(128, 32, 8, 3)
     if block_d <= 128:
@@ -68,12 +82,15 @@ def dq_config(block_d: int) -> TileConfig:
 # that trade tile size against pipelining depth. sm_90 has 228 KB of shared memory per SM (sm_80:
 # 164 KB), so it gets the deeper / wider variants; a candidate that does not fit is skipped at run
 # time. tests/test_autotune.py checks every candidate against the reference on a GPU.
-def forward_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileConfig]:
-    default = forward_config(block_d, bias)
+def forward_candidates(block_d: int, arch: int, bias: bool = False, seqlen_q: int | None = None) -> list[TileConfig]:
+    default = forward_config(block_d, bias, seqlen_q)
     if bias:
         return [default]
     if INTERPRETED:
         return [default]
+    if is_decode(seqlen_q):
+        return [default, TileConfig(16, 128, 4, 2) if block_d <= 64 else TileConfig(16, 32, 4, 3),
+                TileConfig(16, 64, 2, 3)]
     if block_d <= 64:
         extra = [TileConfig(128, 128, 8, 2), TileConfig(128, 64, 4, 3), TileConfig(64, 64, 4, 4)]
     elif block_d <= 128:

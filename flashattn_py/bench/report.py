@@ -54,8 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=[80, 90])
     p.add_argument("--dtype", nargs="+", default=["fp16", "bf16"])
     p.add_argument("--head-dim", type=int, nargs="+", default=[64, 128, 256])
-    p.add_argument("--pe", nargs="+", default=["none", "rope-prepass"],
-                   help="Triton positional-encoding variants (static_report --pe)")
+    p.add_argument("--pe", nargs="+", default=["none", "rope-prepass", "decode"],
+                   help="Triton variants (static_report --pe): positional encodings, score mods, and "
+                        "'decode' (one flash_attn_with_kvcache step: decode tiles, paged cache, split-K)")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA extension's report")
     p.add_argument("--json", metavar="PATH", help="write {triton: rows, cuda: rows} as JSON")
     args = p.parse_args(argv)
