@@ -25,8 +25,9 @@ _INTERPRETER_FORWARD = TileConfig(32, 16, 4, 1)
 _INTERPRETER_DECODE = TileConfig(16, 16, 4, 1)
 
 # Decoding (a few queries per sequence against a long cache): with 128-row query tiles a one-token
-# step computes 128x the useful q k^T and P V, about as long as reading K/V takes on an H100 at
-# head_dim 128 (65 kFLOP per key and head vs 512 bytes), so decoding would not be memory-bound.
+# step computes 128x the useful q k^T and P V: at head_dim 128, 65 kFLOP per key and head against
+# 512 bytes of K/V, which at an H100's peak rates takes about as long as the read, so decoding would
+# not be memory-bound.
 # Queries up to this many per sequence run 16-row tiles, the smallest tl.dot takes.
 DECODE_MAX_SEQLEN_Q = 16
 
