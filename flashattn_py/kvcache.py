@@ -11,7 +11,7 @@ What one call does (inference only, no autograd):
    of the sequence (bottom-right), without a mask tensor (seqused_k).
 
 Caches: contiguous (batch_cache, seqlen_cache, nheads_k, head_dim) with an optional ``cache_batch_idx``
-choosing each sequence's row, or paged: (num_pages, page_size, nheads_k, head_dim) with ``block_table``
+choosing each sequence's row (read in place, as a one-page-per-sequence block table), or paged: (num_pages, page_size, nheads_k, head_dim) with ``block_table``
 (batch, max_pages) int32 — any page size (serving systems use 16; FlashAttention 2 needs multiples of
 256). The Triton and CUDA kernels read pages through the block table; with few queries per sequence
 (decoding) the key range is split across programs and merged through the lse (split-K,
@@ -148,13 +148,16 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     impl = backends.select(backend, q.device)
     q = q if q.stride(-1) == 1 else q.contiguous()
     if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton / CUDA kernels read the cache in place
+        k_view, v_view = k_cache, v_cache
         if page_size is not None:
             params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
-            k_view, v_view = k_cache, v_cache
-        elif cache_batch_idx is not None:
+        elif cache_batch_idx is not None and capacity > 0:
+            # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
+            # sequence, the page being the whole row (gathering the rows would copy the cache each step).
+            one_page = checks.PagedKV(cache_batch_idx[:, None].contiguous(), capacity)
+            params = dataclasses.replace(params, paged=one_page)
+        elif cache_batch_idx is not None:  # an empty cache: nothing to read
             k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
-        else:
-            k_view, v_view = k_cache, v_cache
         params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device))
         out, lse, _ = impl.forward(q, k_view, v_view, params)
     else:
