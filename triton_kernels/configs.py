@@ -22,7 +22,7 @@ class TileConfig:
 
 
 _INTERPRETER_FORWARD = TileConfig(32, 16, 4, 1)
-_INTERPRETER_DECODE = TileConfig(16, 16, 4, 1)
+_INTERPRETER_DECODE = TileConfig(16, 32, 4, 1)  # decoding lengths: 16 rows, still unequal
 
 # Decoding (a few queries per sequence against a long cache): with 128-row query tiles a one-token
 # step computes 128x the useful q k^T and P V: at head_dim 128, 65 kFLOP per key and head against
