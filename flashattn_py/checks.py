@@ -6,7 +6,9 @@ not disagree about shapes, scale or masks. Every error names the argument and wh
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,27 @@ LAYOUTS = ("bshd", "bhsd")
 # "prepass": K is encoded once into a scratch buffer that forward and backward read; "auto": decided
 # per call by the backend (docs/design.md).
 PE_K_STRATEGIES = ("auto", "in_kernel", "prepass")
+
+_prechecked = threading.local()
+
+
+@contextlib.contextmanager
+def values_prechecked():
+    """Within it, the checks that read tensor values on the host (lengths, positions: a device sync
+    each) are skipped: for a caller that has checked the same values itself in one sync
+    (kvcache.py: a decoding step would otherwise wait for the GPU several times)."""
+    before = getattr(_prechecked, "on", False)
+    _prechecked.on = True
+    try:
+        yield
+    finally:
+        _prechecked.on = before
+
+
+def reads_values() -> bool:
+    """Whether value checks run: not while torch.compile traces (a host read breaks the graph) and not
+    inside values_prechecked()."""
+    return not torch.compiler.is_compiling() and not getattr(_prechecked, "on", False)
 # Where the causal diagonal and window sit when seqlen_q != seqlen_k (masks.py): FlashAttention's
 # bottom-right (query i at key i + seqlen_k - seqlen_q) or SDPA's top-left (query i at key i).
 ALIGNMENTS = ("bottom_right", "top_left")
@@ -199,7 +222,7 @@ def check_seqused_k(seqused_k, batch: int, seqlen_k: int, device, alignment: str
         raise ValueError("seqused_k aligns each sequence bottom-right; alignment='top_left' is not supported with it")
     # One small device-to-host copy: a length past seqlen_k would read out of bounds. Not while
     # torch.compile traces (it would break the graph; docs/entry-points.md).
-    if batch and not torch.compiler.is_compiling():
+    if batch and reads_values():
         low, high = int(seqused_k.min()), int(seqused_k.max())
         if low < 0 or high > seqlen_k:
             raise ValueError(f"seqused_k values must be in [0, seqlen_k={seqlen_k}], got values in [{low}, {high}]")

@@ -49,18 +49,38 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
                              f"{tuple(getattr(block_table, 'shape', ()))}")
         if block_table.device != q.device:
             raise ValueError(f"block_table is on {block_table.device} but q is on {q.device}")
-        pages = int(block_table.max()) if block_table.numel() else 0
-        if block_table.numel() and (int(block_table.min()) < 0 or pages >= k_cache.shape[0]):
-            raise ValueError(f"block_table entries must be page indices in [0, {k_cache.shape[0]}), got up to {pages}")
-        page_size = k_cache.shape[1]
+        page_size = k_cache.shape[1]  # its entries are checked with the other values (_check_values)
         return batch, block_table.shape[1] * page_size, page_size
     if cache_batch_idx is not None:
         checks.check_int32_tensor(cache_batch_idx, "cache_batch_idx", (batch,), q.device)
-        if batch and (int(cache_batch_idx.min()) < 0 or int(cache_batch_idx.max()) >= k_cache.shape[0]):
-            raise ValueError(f"cache_batch_idx entries must be in [0, {k_cache.shape[0]})")
     elif k_cache.shape[0] != batch:
         raise ValueError(f"k_cache holds {k_cache.shape[0]} sequences but q has batch {batch} (or pass cache_batch_idx)")
     return batch, k_cache.shape[1], None
+
+
+def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary):
+    """Every check of a step that reads tensor values, in one device-to-host copy (a decoding loop
+    would otherwise wait for the GPU at each of them): lengths fit the cache, block-table and
+    cache_batch_idx entries are rows of it, and the rotary tables reach the last rotated position
+    (cache_seqlens + last_position). Skipped while torch.compile traces."""
+    if not checks.reads_values() or cache_seqlens.numel() == 0:
+        return
+    parts = [cache_seqlens.min(), cache_seqlens.max()]
+    for index in (block_table, cache_batch_idx):
+        if index is not None and index.numel():
+            parts += [index.min(), index.max()]
+    low, high, *indices = torch.stack([p.to(torch.int64) for p in parts]).tolist()
+    if low < 0 or high + new > capacity:
+        raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
+                         f"cache_seqlens from {low} to {high} with {new} new tokens")
+    rows = k_cache.shape[0]
+    if block_table is not None and indices and (indices[0] < 0 or indices[1] >= rows):
+        raise ValueError(f"block_table entries must be page indices in [0, {rows}), got {indices[0]} to {indices[1]}")
+    if cache_batch_idx is not None and indices and (indices[0] < 0 or indices[1] >= rows):
+        raise ValueError(f"cache_batch_idx entries must be in [0, {rows}), got {indices[0]} to {indices[1]}")
+    if rotary is not None and high + last_position >= rotary.cos.shape[0]:
+        raise ValueError(f"rotary positions reach position {high + last_position} but the rotary cos/sin tables "
+                         f"have {rotary.cos.shape[0]} rows")
 
 
 def _cache_rows(seqlens, count, page_size, block_table, cache_batch_idx, batch):
@@ -120,9 +140,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     checks.check_int32_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
-    if batch and (int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) + new > capacity):
-        raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
-                         f"cache_seqlens up to {int(cache_seqlens.max())} with {new} new tokens")
     rotary = None
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
@@ -131,38 +148,41 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"rotary_cos must be (seqlen_ro, rotary_dim / 2), got {tuple(rotary_cos.shape)}")
         rotary = Rotary(rotary_dim=2 * rotary_cos.shape[1], interleaved=rotary_interleaved, cos=rotary_cos,
                         sin=rotary_sin)
-    if k is not None:
-        append_to_cache(k_cache, v_cache, k, v, cache_seqlens, rotary, page_size, block_table, cache_batch_idx,
-                        backend)
-    seqused = cache_seqlens + new
-    if rotary is not None:
-        per_token = causal or tuple(window_size) != (-1, -1)
-        offsets = cache_seqlens.to(torch.int64)
-        positions = offsets[:, None] + (torch.arange(q.shape[1], device=q.device) if per_token else 0)
-        q = apply_rotary(q, rotary, positions=positions.expand(batch, q.shape[1]).contiguous(), backend=backend)
-    # A shape carrier for the checks (no copy): keys of every sequence, up to the cache capacity.
-    shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
-    params = checks.attention_params(q, shape_k, shape_k, causal=causal, softmax_scale=softmax_scale,
-                                     window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-                                     seqused_k=seqused)
-    impl = backends.select(backend, q.device)
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton / CUDA kernels read the cache in place
-        k_view, v_view = k_cache, v_cache
-        if page_size is not None:
-            params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
-        elif cache_batch_idx is not None and capacity > 0:
-            # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
-            # sequence, the page being the whole row (gathering the rows would copy the cache each step).
-            one_page = checks.PagedKV(cache_batch_idx[:, None].contiguous(), capacity)
-            params = dataclasses.replace(params, paged=one_page)
-        elif cache_batch_idx is not None:  # an empty cache: nothing to read
-            k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
-        params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device))
-        out, lse, _ = impl.forward(q, k_view, v_view, params)
-    else:
-        k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))
-        out, lse, _ = PerSequence(impl).forward(q, k_dense, v_dense, params)
+    per_token = causal or tuple(window_size) != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
+    last_position = max(new - 1, q.shape[1] - 1 if per_token else 0, 0)
+    _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary)
+    with checks.values_prechecked():  # the rest reads no value again: one sync per step
+        if k is not None:
+            append_to_cache(k_cache, v_cache, k, v, cache_seqlens, rotary, page_size, block_table, cache_batch_idx,
+                            backend)
+        seqused = cache_seqlens + new
+        if rotary is not None:
+            offsets = cache_seqlens.to(torch.int64)
+            positions = offsets[:, None] + (torch.arange(q.shape[1], device=q.device) if per_token else 0)
+            q = apply_rotary(q, rotary, positions=positions.expand(batch, q.shape[1]).contiguous(), backend=backend)
+        # A shape carrier for the checks (no copy): keys of every sequence, up to the cache capacity.
+        shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
+        params = checks.attention_params(q, shape_k, shape_k, causal=causal, softmax_scale=softmax_scale,
+                                         window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+                                         seqused_k=seqused)
+        impl = backends.select(backend, q.device)
+        q = q if q.stride(-1) == 1 else q.contiguous()
+        if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton / CUDA kernels read the cache in place
+            k_view, v_view = k_cache, v_cache
+            if page_size is not None:
+                params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
+            elif cache_batch_idx is not None and capacity > 0:
+                # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
+                # sequence, the page being the whole row (gathering the rows would copy the cache each step).
+                one_page = checks.PagedKV(cache_batch_idx[:, None].contiguous(), capacity)
+                params = dataclasses.replace(params, paged=one_page)
+            elif cache_batch_idx is not None:  # an empty cache: nothing to read
+                k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
+            params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device))
+            out, lse, _ = impl.forward(q, k_view, v_view, params)
+        else:
+            k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))
+            out, lse, _ = PerSequence(impl).forward(q, k_dense, v_dense, params)
     return (out, lse) if return_softmax_lse else out
 
 

@@ -135,6 +135,35 @@ def test_split_k_over_long_caches_matches_reference(request, backend, page_size,
         assert_within_naive_error(f"lse[{b}]", lse[b:b + 1], exact_lse, naive_lse, dtype)
 
 
+def test_a_decoding_step_reads_device_values_once(monkeypatch):
+    """Every value check of a step (lengths fit the cache, pages exist, rotary tables reach the last
+    position) is one device-to-host copy: each extra one would make a decoding loop wait for the GPU."""
+    reads = []
+    for name in ("tolist", "item", "__int__", "__bool__", "__index__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name, **kw: (reads.append(_n),
+                                                                                                 _f(self, *a, **kw))[1])
+    gen = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, torch.float16)  # noqa: E731
+    k_cache, v_cache = rand(8, 16, HK, D), rand(8, 16, HK, D)
+    table = torch.arange(8, dtype=torch.int32, device=DEVICE).reshape(2, 4)
+    cos, sin = _tables(16)
+    reads.clear()
+    flash_attn_with_kvcache(rand(2, 1, H, D), k_cache, v_cache, rand(2, 1, HK, D), rand(2, 1, HK, D), cos, sin,
+                            torch.tensor([5, 9], dtype=torch.int32, device=DEVICE), block_table=table, causal=True,
+                            num_splits=2, backend="triton")
+    assert reads == ["tolist"], f"host reads of device values in one step: {reads}"
+
+
+def test_rotary_tables_must_reach_the_step_positions():
+    k_cache = torch.zeros(2, 64, HK, D, dtype=torch.float16, device=DEVICE)
+    cos, sin = _tables(16, length=40)
+    with pytest.raises(ValueError, match="reach position 40 but the rotary cos/sin tables have 40 rows"):
+        flash_attn_with_kvcache(torch.zeros(2, 1, H, D, dtype=torch.float16, device=DEVICE), k_cache, k_cache,
+                                rotary_cos=cos, rotary_sin=sin, cache_seqlens=torch.tensor([3, 40], dtype=torch.int32,
+                                                                                           device=DEVICE), causal=True)
+
+
 @pytest.mark.parametrize("call,error,message", [
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s + 60, k=q[:, :, :2], v=q[:, :, :2]),
      ValueError, "must fit the cache"),
