@@ -42,9 +42,12 @@ def values_prechecked():
 
 
 def reads_values() -> bool:
-    """Whether value checks run: not while torch.compile traces (a host read breaks the graph) and not
-    inside values_prechecked()."""
-    return not torch.compiler.is_compiling() and not getattr(_prechecked, "on", False)
+    """Whether value checks run: not while torch.compile traces (a host read breaks the graph), not
+    while a CUDA graph is being captured (a host read is illegal there), and not inside
+    values_prechecked()."""
+    if torch.compiler.is_compiling() or getattr(_prechecked, "on", False):
+        return False
+    return not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 # Where the causal diagonal and window sit when seqlen_q != seqlen_k (masks.py): FlashAttention's
 # bottom-right (query i at key i + seqlen_k - seqlen_q) or SDPA's top-left (query i at key i).
 ALIGNMENTS = ("bottom_right", "top_left")
