@@ -155,6 +155,36 @@ def test_a_decoding_step_reads_device_values_once(monkeypatch):
     assert reads == ["tolist"], f"host reads of device values in one step: {reads}"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_a_decoding_step_replays_from_a_cuda_graph(backend):
+    """Serving loops capture the decoding step once and replay it: no host read may happen inside
+    (value checks are skipped while capturing), and a replay with new inputs equals an eager call."""
+    gen = torch.Generator().manual_seed(1)
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, torch.float16)  # noqa: E731
+    k_cache, v_cache = rand(16, 16, HK, D), rand(16, 16, HK, D)
+    table = torch.randperm(16, generator=gen).reshape(2, 8).to(DEVICE, torch.int32)
+    q, seqlens = rand(2, 1, H, D), torch.tensor([7, 100], dtype=torch.int32, device=DEVICE)
+
+    def step():
+        return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table, causal=True,
+                                       num_splits=2, backend=backend)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compiles the kernels outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    q.copy_(rand(2, 1, H, D))
+    seqlens.copy_(torch.tensor([90, 3], dtype=torch.int32))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, step())
+
+
 def test_rotary_tables_must_reach_the_step_positions():
     k_cache = torch.zeros(2, 64, HK, D, dtype=torch.float16, device=DEVICE)
     cos, sin = _tables(16, length=40)
