@@ -49,7 +49,8 @@ timeout "${FLEX_TIMEOUT:-45}" $PY -m flashattn_py.bench --head-dim 128 --dtype b
     --tokens 16384 --peers triton cuda sdpa_flash sdpa_cudnn flex --out "$out" --name flex > "$out/flex.txt" 2>&1
 
 step "decoding against a KV cache (tokens/s, KV bandwidth vs the copy bandwidth)"
-timeout "${DECODE_TIMEOUT:-90}" $PY -m flashattn_py.bench decode --out "$out" > "$out/decode.txt" 2>&1
+timeout "${DECODE_TIMEOUT:-90}" $PY -m flashattn_py.bench decode --batch 1 64 --page-sizes 0 16 --out "$out" \
+    > "$out/decode.txt" 2>&1
 tail -20 "$out/decode.txt"
 
 step "compute-sanitizer"

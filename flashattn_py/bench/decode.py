@@ -5,7 +5,9 @@ automatically, and without split-K; the same with the CUDA kernels when the exte
 against PyTorch SDPA attending to the same cache (a dense view of
 it; SDPA has no paged layout). One new query token per sequence, GQA heads. Reports tokens/s
 (sequences decoded per second), the bandwidth of reading the cache (K and V bytes / time) and that
-as a fraction of the device's copy bandwidth measured in the same run (the memory-bound limit).
+as a fraction of the device's copy bandwidth measured in the same run (the memory-bound limit). On a
+GPU every implementation is also timed replayed from a CUDA graph ("+graph", as serving loops run a
+step): the eager times include each call's Python and launch overhead, the graph times the kernels.
 Each implementation is checked against the float64 reference on the same cache (on three of the
 sequences: checked_sequences) before it is timed.
 """
@@ -89,7 +91,9 @@ def copy_bandwidth_gb_s(device, timer) -> float | None:
     return 2 * src.numel() / timer(lambda: dst.copy_(src)) / 1e6
 
 
-def run(args) -> list[DecodeRow]:
+def run(args, on_row=None) -> list[DecodeRow]:
+    """The rows of every (batch, cache length, page size, implementation); on_row(row) is called as
+    each one is finished (main prints it: a run cut short by a time limit keeps what it measured)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timer = runner.gpu_timer if device.type == "cuda" else runner.cpu_timer
     dtype = DTYPES[args.dtype]
@@ -111,7 +115,10 @@ def run(args) -> list[DecodeRow]:
                 naive = fa.reference.attention(q[checked], keys, values, compute_dtype=dtype)
                 bound = accuracy.error_bound(exact, naive, dtype)
                 kv_bytes = 2 * batch * cache_len * args.kv_heads * args.head_dim * q.element_size()
-                for name, fn in implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device).items():
+                impls = implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device)
+                if args.cuda_graphs:  # the serving setup: the step captured once, replayed (no Python per step)
+                    impls.update({f"{name}+graph": graphed(fn) for name, fn in impls.items()})
+                for name, fn in impls.items():
                     row = DecodeRow(batch, cache_len, page, args.heads, args.kv_heads, args.head_dim, args.dtype, name,
                                     "ok")
                     rows.append(row)
@@ -127,7 +134,30 @@ def run(args) -> list[DecodeRow]:
                     row.tokens_per_s = batch / row.ms * 1e3
                     row.kv_gb_per_s = kv_bytes / row.ms / 1e6
                     row.fraction_of_copy_bandwidth = row.kv_gb_per_s / limit if limit else None
+                if on_row is not None:
+                    for row in rows[-len(impls):]:
+                        on_row(row)
     return rows
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph on first use (after one eager warm-up call that compiles what it
+    launches); returns a function that replays it and returns the captured output."""
+    state = {}
+
+    def replay():
+        if "graph" not in state:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            state["graph"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state["graph"]):
+                state["out"] = fn()
+        state["graph"].replay()
+        return state["out"]
+    return replay
 
 
 def checked_sequences(batch: int) -> list[int]:
@@ -137,15 +167,16 @@ def checked_sequences(batch: int) -> list[int]:
     return sorted({0, batch // 2, batch - 1})
 
 
-def format_table(rows: list[DecodeRow]) -> str:
+TABLE_HEADER = (f"{'batch':>5} {'cache':>7} {'page':>5} {'implementation':>24} {'ms':>8} {'tokens/s':>10} "
+                f"{'KV GB/s':>8} {'of copy BW':>10}  status")
+
+
+def format_row(r: DecodeRow) -> str:
     f = output.fmt_cell
-    lines = [f"{'batch':>5} {'cache':>7} {'page':>5} {'implementation':>18} {'ms':>8} {'tokens/s':>10} "
-             f"{'KV GB/s':>8} {'of copy BW':>10}  status"]
-    for r in rows:
-        lines.append(f"{r.batch:5d} {r.cache_len:7d} {r.page_size:5d} {r.implementation:>18} {f(r.ms, '8.3f')} "
-                     f"{f(r.tokens_per_s, '10.0f')} {f(r.kv_gb_per_s, '8.1f')} {f(r.fraction_of_copy_bandwidth, '10.2f')}"
-                     f"  {'' if r.status == 'ok' else r.status}")
-    return "\n".join(lines)
+    return (f"{r.batch:5d} {r.cache_len:7d} {r.page_size:5d} {r.implementation:>24} {f(r.ms, '8.3f')} "
+            f"{f(r.tokens_per_s, '10.0f')} {f(r.kv_gb_per_s, '8.1f')} {f(r.fraction_of_copy_bandwidth, '10.2f')}"
+            f"  {'' if r.status == 'ok' else r.status}")
+
 
 
 def main(argv=None) -> int:
@@ -161,16 +192,18 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=int, default=128 if on_gpu else 32)
     p.add_argument("--dtype", choices=DTYPES, default="bf16" if on_gpu else "fp16")
     p.add_argument("--out", type=Path, help="write decode.json and decode.csv into this folder")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=on_gpu,
+                   help="also time every implementation replayed from a CUDA graph (default: on a GPU)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if on_gpu else "cpu")
     env = output.environment(device)
     if not on_gpu:
         print("CPU run: no GPU here. Correctness of the cache path at small sizes; CPU timings are not GPU "
               "performance.\n")
-    rows = run(args)
     print(f"{env['device']}  torch {env['torch']}  {args.dtype}  heads {args.heads}/{args.kv_heads}  "
           f"head_dim {args.head_dim}")
-    print(format_table(rows))
+    print(TABLE_HEADER)
+    rows = run(args, on_row=lambda row: print(format_row(row), flush=True))
     if args.out:
         output.write_json_csv(args.out, "decode", env, rows)
     return 1 if any(r.status.startswith("wrong") for r in rows) else 0
