@@ -108,3 +108,48 @@ def test_features_without_a_params_field_are_refused(change, message):
     params = attention_params(q, k, k, causal=True)
     with pytest.raises(NotImplementedError, match=message):
         cuda_backend.check_supported(dataclasses.replace(params, **change(params)))
+
+
+def _built_extension():
+    if not cuda_backend.is_built():
+        pytest.skip("flashattn_py._cuda is not built (FLASHATTN_BUILD_CUDA=1 pip install .)")
+    return cuda_backend.extension()
+
+
+def test_packed_batches_reach_the_kernel_params():
+    """What csrc/sequence.h reads for a packed call: the cu_seqlens arrays, total_q (the lse row length
+    the caller allocated) and batch strides 0 (rows are addressed from each sequence's first row)."""
+    from flashattn_py.varlen import varlen_params
+
+    ext = _built_extension()
+    q, k = torch.zeros(9, 4, 64, dtype=torch.float16), torch.zeros(12, 2, 64, dtype=torch.float16)
+    cu_q, cu_k = torch.tensor([0, 4, 9], dtype=torch.int32), torch.tensor([0, 7, 12], dtype=torch.int32)
+    params = varlen_params(q, k, k, cu_q, cu_k, 5, 7, causal=True, rotary=fa.Rotary())
+    p, keep_alive = cuda_backend._kernel_params(ext, params, 64, with_encoding=True)
+    assert (p.cu_seqlens_q, p.cu_seqlens_k) == (cu_q.data_ptr(), cu_k.data_ptr())  # contiguous: no copy
+    assert (p.total_q, p.batch, p.seqlen_q, p.seqlen_k) == (9, 2, 5, 7)
+    assert p.seqused_k == 0 and p.block_table == 0 and p.num_splits == 1
+    strides = cuda_backend._strides(ext, q[None], params)
+    assert (strides.batch, strides.seq, strides.head) == (0, 4 * 64, 64)
+    assert p.pe.kind == ext.PE_ROTARY and p.pe.q_pos == params.encoding.q_positions.data_ptr()
+
+
+def test_paged_decoding_reaches_the_kernel_params():
+    """A paged, seqused_k call: the block table (made contiguous when it is not, and kept alive), its
+    row stride and the page size; a strided seqused_k is passed as a contiguous copy."""
+    from flashattn_py.checks import PagedKV
+
+    ext = _built_extension()
+    q = torch.zeros(3, 1, 4, 64, dtype=torch.float16)
+    shape_k = torch.zeros(1, 1, 2, 64, dtype=torch.float16).expand(3, 48, 2, 64)
+    used = torch.tensor([5, 0, 1, 0, 48, 0], dtype=torch.int32)[::2]  # strided view
+    table = torch.arange(18, dtype=torch.int32).reshape(6, 3).t()  # (3, 6), not contiguous
+    params = dataclasses.replace(attention_params(q, shape_k, shape_k, causal=True, seqused_k=used),
+                                 paged=PagedKV(table, 8), num_splits=3)
+    cuda_backend.check_supported(params)
+    p, keep_alive = cuda_backend._kernel_params(ext, params, 64, with_encoding=False)
+    copies = {t.data_ptr(): t for t in keep_alive}
+    assert p.seqused_k in copies and copies[p.seqused_k].tolist() == [5, 1, 48]
+    assert p.block_table in copies and torch.equal(copies[p.block_table], table)
+    assert (p.block_table_stride, p.page_size) == (6, 8)
+    assert p.cu_seqlens_q == 0 and p.total_q == 0
