@@ -11,6 +11,7 @@ The report runs once, in a subprocess: the kernels must be imported without TRIT
 makes configs.py return the interpreter tile sizes).
 
 By default the report covers the kernels without encoding, with a softcap, with an attention bias,
+with all three score modifications at once (softcap + ALiBi + bias),
 one decoding step (flash_attn_with_kvcache: decode tiles, paged cache, split-K and its merge kernel),
 and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
 attention kernels compiled without encoding code). The in-kernel encoding variants compile more than
@@ -28,7 +29,7 @@ import pytest
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
-PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass softcap attn-bias decode")
+PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass softcap attn-bias score-mods decode")
                     .replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
 ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
@@ -43,7 +44,7 @@ MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attentio
 # Decoding runs 16-row query tiles (configs.DECODE_MAX_SEQLEN_Q); wgmma needs 64 rows per warpgroup,
 # so the decode forward is mma.sync on sm_90 (it is bound by reading the cache, not by the MMAs).
 MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256, pe) for pe in PE_VARIANTS} | {
-    ("attention_bwd_dkdv_kernel", d, "attn-bias") for d in HEAD_DIMS} | {
+    ("attention_bwd_dkdv_kernel", d, pe) for d in HEAD_DIMS for pe in ("attn-bias", "score-mods")} | {
     ("attention_fwd_kernel", d, DECODE) for d in HEAD_DIMS}
 
 MAX_REGISTERS = 255  # per thread, both archs
@@ -100,7 +101,7 @@ def _launched(kernel, pe) -> bool:
     if kernel == PREPROCESS:
         return pe == next(p for p in PE_VARIANTS if p != DECODE)
     # encode_kernel: the pre-pass, and the backward's decoding of dq/dk, with an encoding only.
-    return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias")
+    return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias", "score-mods")
 
 
 def _instances(kernels):
