@@ -3,6 +3,8 @@ reference built by gathering each sequence's keys; and a greedy decoding loop ag
 full attention every step."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import flashattn_py as fa
 from flashattn_py import positional
@@ -274,3 +276,58 @@ def test_greedy_decoding_with_the_cache_equals_full_recompute(backend, page_size
             step_input = model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)
             cached = torch.cat([cached, step_input], dim=1)
     assert torch.equal(cached, tokens), f"cached decoding {cached.tolist()} != full recompute {tokens.tolist()}"
+
+
+@st.composite
+def decoding_steps(draw):
+    """A random cache step: contiguous / batch-indexed / paged (any page size), lengths including 0,
+    new tokens or none, 1-20 queries (decode and prefill-chunk tiles), GQA, causal / window, split-K."""
+    batch, group = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 4]))
+    layout = draw(st.sampled_from(["dense", "batch_idx", "paged"]))
+    page_size = draw(st.sampled_from([1, 5, 16, 32])) if layout == "paged" else None
+    capacity = draw(st.integers(1, 90))
+    new = draw(st.integers(0, min(capacity, 4)))
+    seqlens = [draw(st.integers(0, capacity - new)) for _ in range(batch)]
+    return dict(batch=batch, group=group, layout=layout, page_size=page_size, capacity=capacity, new=new,
+                seqlens=seqlens, seqlen_q=draw(st.integers(1, 20)), causal=draw(st.booleans()),
+                window=draw(st.sampled_from([(-1, -1), (8, 0), (3, 5)])), num_splits=draw(st.integers(1, 4)),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(decoding_steps())
+def test_random_cache_steps_match_reference(step):
+    """The Triton path (decode tiles, paging, split-K) on random steps against the float64 reference
+    of each sequence's gathered keys; the cache holds the appended tokens afterwards."""
+    dtype, b = torch.float16, step["batch"]
+    gen = torch.Generator().manual_seed(step["seed"])
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    capacity, new, page_size = step["capacity"], step["new"], step["page_size"]
+    if step["layout"] == "paged":
+        pages = -(-capacity // page_size)
+        k_cache, v_cache = rand(b * pages + 1, page_size, HK, D), rand(b * pages + 1, page_size, HK, D)
+        table = torch.randperm(b * pages + 1, generator=gen)[:b * pages].reshape(b, pages).to(DEVICE, torch.int32)
+        batch_idx, rows = None, lambda c: c[table.long()].reshape(b, -1, HK, D)
+    else:
+        count = b + 2 if step["layout"] == "batch_idx" else b
+        k_cache, v_cache = rand(count, capacity, HK, D), rand(count, capacity, HK, D)
+        batch_idx = torch.randperm(count, generator=gen)[:b].to(DEVICE, torch.int32) if count > b else None
+        table = None
+        rows = (lambda c: c[batch_idx.long()]) if batch_idx is not None else (lambda c: c)
+    q = rand(b, step["seqlen_q"], HK * step["group"], D)
+    k_new, v_new = (rand(b, new, HK, D), rand(b, new, HK, D)) if new else (None, None)
+    seqlens = torch.tensor(step["seqlens"], dtype=torch.int32, device=DEVICE)
+    with fa.poisoned_outputs():
+        out = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=batch_idx,
+                                      block_table=table, causal=step["causal"], window_size=step["window"],
+                                      num_splits=step["num_splits"], backend="triton")
+    keys, values = rows(k_cache), rows(v_cache)
+    for i, n in enumerate(step["seqlens"]):
+        if new:
+            assert torch.equal(keys[i, n:n + new], k_new[i]) and torch.equal(values[i, n:n + new], v_new[i])
+
+        def reference(dt):
+            return fa.reference.attention(q[i:i + 1], keys[i:i + 1, :n + new], values[i:i + 1, :n + new],
+                                          causal=step["causal"], window_size=step["window"], compute_dtype=dt)
+
+        assert_within_naive_error(f"out[{i}]", out[i:i + 1], reference(torch.float64), reference(dtype), dtype)
