@@ -122,22 +122,9 @@ void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
   // launches the kernel that zero-fills the non-empty gradients.)
   if (p.batch == 0 || p.nheads_q == 0) return;
   check_common(p, "backward");
-  if (p.block_table != nullptr || p.num_splits > 1) {
-    throw std::invalid_argument("flashattn_py CUDA backward: paged K/V and split-K are forward-only (decoding)");
-  }
-  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr) ||
-      (p.cu_seqlens_q != nullptr && p.seqused_k != nullptr)) {
-    throw std::invalid_argument("flashattn_py CUDA backward: cu_seqlens_q and cu_seqlens_k go together, without "
-                                "seqused_k");
-  }
-  dispatch(p, "backward", [&](auto type, auto head_dim) {
-    using T = typename decltype(type)::type;
-    constexpr int kHeadDim = decltype(head_dim)::value;
-    if (has_sequence_layout(p)) {
-      launch_backward<T, kHeadDim, true>(p, stream);
-    } else {
-      launch_backward<T, kHeadDim, false>(p, stream);
-    }
+  check_layout(p, "backward", /*decoding=*/false);
+  dispatch(p, "backward", [&](auto type, auto head_dim, auto layout) {
+    launch_backward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value>(p, stream);
   });
 }
 

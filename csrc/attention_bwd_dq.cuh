@@ -61,10 +61,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dq_kernel(cons
   const MaskRule mask = MaskRule::from(p, seq);
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // exp(x) = exp2(x * log2 e)
   const bool encode = p.pe.kind != static_cast<int>(PEKind::kNone);
-  const int64_t* q_pos =
-      p.pe.q_pos ? p.pe.q_pos + position_offset(seq, p.pe.q_pos_stride_b, p.pe.q_pos_stride_s, batch, false) : nullptr;
-  const int64_t* k_pos =
-      p.pe.k_pos ? p.pe.k_pos + position_offset(seq, p.pe.k_pos_stride_b, p.pe.k_pos_stride_s, batch, true) : nullptr;
+  const int64_t* q_pos = sequence_positions(p.pe, seq, batch, false);
+  const int64_t* k_pos = sequence_positions(p.pe, seq, batch, true);
 
   // Q (encoded at the query positions) and dO, once.
   {

@@ -57,34 +57,12 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
   }
 }
 
-// The variable-length, paged and split-K fields (params.h) describe layouts the kernels trust: what
-// they cannot check themselves is checked here. (Lengths and block-table entries are device data:
-// flashattn_py/varlen.py and kvcache.py check their values before the call.)
-void check_layout(const AttentionParams& p) {
-  const std::string who = "flashattn_py CUDA forward: ";
-  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
-    throw std::invalid_argument(who + "cu_seqlens_q and cu_seqlens_k go together");
-  }
-  const bool packed = p.cu_seqlens_q != nullptr;
-  if (packed && p.seqused_k != nullptr) throw std::invalid_argument(who + "seqused_k is for dense batches");
-  if (packed && p.total_q < 0) throw std::invalid_argument(who + "total_q must be the packed row count of q");
-  if (p.block_table != nullptr && (packed || p.page_size <= 0 || p.block_table_stride < 0)) {
-    throw std::invalid_argument(who + "a paged K/V needs a dense batch, page_size > 0 and a block table stride");
-  }
-  if (p.num_splits < 1 || p.num_splits > 256) {
-    throw std::invalid_argument(who + "num_splits must be in [1, 256], got " + std::to_string(p.num_splits));
-  }
-  if (p.num_splits > 1 && (packed || p.out_accum == nullptr || p.lse_accum == nullptr)) {
-    throw std::invalid_argument(who + "split-K needs a dense batch and the out_accum / lse_accum scratch");
-  }
-}
-
 }  // namespace
 
 void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.nheads_q == 0) return;  // nothing to write
   check_common(p, "forward");
-  check_layout(p);
+  check_layout(p, "forward", /*decoding=*/true);
   check_vector_aligned(p.q, p.q_strides, p.batch, p.seqlen_q, p.nheads_q, "q");
   check_vector_aligned(p.out, p.out_strides, p.batch, p.seqlen_q, p.nheads_q, "out");
   if (p.seqlen_k > 0) {
@@ -92,14 +70,8 @@ void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
     check_vector_aligned(p.k, p.k_strides, kv_batches, p.seqlen_k, p.nheads_kv, "k");
     check_vector_aligned(p.v, p.v_strides, kv_batches, p.seqlen_k, p.nheads_kv, "v");
   }
-  dispatch(p, "forward", [&](auto type, auto head_dim) {
-    using T = typename decltype(type)::type;
-    constexpr int kHeadDim = decltype(head_dim)::value;
-    if (has_sequence_layout(p)) {
-      launch_forward<T, kHeadDim, true>(p, stream);
-    } else {
-      launch_forward<T, kHeadDim, false>(p, stream);
-    }
+  dispatch(p, "forward", [&](auto type, auto head_dim, auto layout) {
+    launch_forward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value>(p, stream);
   });
 }
 

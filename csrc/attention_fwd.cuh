@@ -148,12 +148,8 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
   const auto k_row = [&](int row) { return kv_row_offset(pages, p.page_size, row, p.k_strides.batch, p.k_strides.seq); };
   const auto v_row = [&](int row) { return kv_row_offset(pages, p.page_size, row, p.v_strides.batch, p.v_strides.seq); };
   const bool encode = p.pe.kind != int(PEKind::kNone);
-  const int64_t* q_pos = p.pe.q_pos != nullptr ? p.pe.q_pos + position_offset(seq, p.pe.q_pos_stride_b,
-                                                                               p.pe.q_pos_stride_s, batch, false)
-                                               : nullptr;
-  const int64_t* k_pos = p.pe.k_pos != nullptr ? p.pe.k_pos + position_offset(seq, p.pe.k_pos_stride_b,
-                                                                               p.pe.k_pos_stride_s, batch, true)
-                                               : nullptr;
+  const int64_t* q_pos = sequence_positions(p.pe, seq, batch, false);
+  const int64_t* k_pos = sequence_positions(p.pe, seq, batch, true);
 
   // Key blocks this query tile can see (masks.key_range); empty when every row is fully masked.
   // Under split-K this CTA takes its share of them (sequence.h split_blocks).

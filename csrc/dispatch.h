@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "params.h"
+#include "sequence.h"
 
 namespace flashattn {
 
@@ -44,6 +45,32 @@ inline void check_common(const AttentionParams& p, const char* pass) {
   }
 }
 
+// The variable-length, paged and split-K fields (params.h) describe layouts the kernels trust: what
+// they cannot check themselves is checked here. (Lengths and block-table entries are device data:
+// flashattn_py/varlen.py and kvcache.py check their values before the call.) decoding: the pass
+// takes paged K/V and split-K (the forward); the backward does not.
+inline void check_layout(const AttentionParams& p, const char* pass, bool decoding) {
+  const std::string who = std::string("flashattn_py CUDA ") + pass + ": ";
+  if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
+    throw std::invalid_argument(who + "cu_seqlens_q and cu_seqlens_k go together");
+  }
+  const bool packed = p.cu_seqlens_q != nullptr;
+  if (packed && p.seqused_k != nullptr) throw std::invalid_argument(who + "seqused_k is for dense batches");
+  if (packed && p.total_q < 0) throw std::invalid_argument(who + "total_q must be the packed row count of q");
+  if (!decoding && (p.block_table != nullptr || p.num_splits != 1)) {
+    throw std::invalid_argument(who + "paged K/V and split-K are forward-only (decoding)");
+  }
+  if (p.block_table != nullptr && (packed || p.page_size <= 0 || p.block_table_stride < 0)) {
+    throw std::invalid_argument(who + "a paged K/V needs a dense batch, page_size > 0 and a block table stride");
+  }
+  if (p.num_splits < 1 || p.num_splits > 256) {
+    throw std::invalid_argument(who + "num_splits must be in [1, 256], got " + std::to_string(p.num_splits));
+  }
+  if (p.num_splits > 1 && (packed || p.out_accum == nullptr || p.lse_accum == nullptr)) {
+    throw std::invalid_argument(who + "split-K needs a dense batch and the out_accum / lse_accum scratch");
+  }
+}
+
 // f(std::integral_constant<int, kHeadDim>{}) for every compiled head dim.
 template <typename F>
 void for_each_head_dim(F&& f) {
@@ -54,16 +81,22 @@ void for_each_head_dim(F&& f) {
   f(std::integral_constant<int, 256>{});
 }
 
-// launch(TypeTag<T>{}, std::integral_constant<int, kHeadDim>{}) for the instance of p.dtype / p.head_dim.
+// launch(TypeTag<T>{}, std::integral_constant<int, kHeadDim>{}, std::integral_constant<bool, kLayout>{})
+// for the instance of p.dtype / p.head_dim, and the per-sequence layout instance when the call uses
+// a layout field (sequence.h has_sequence_layout), the dense one otherwise.
 template <typename Launch>
 void dispatch(const AttentionParams& p, const char* pass, Launch&& launch) {
+  auto by_layout = [&](auto type, auto head_dim) {
+    if (has_sequence_layout(p)) return launch(type, head_dim, std::true_type{});
+    return launch(type, head_dim, std::false_type{});
+  };
   auto by_head_dim = [&](auto type) {
     switch (p.head_dim) {
-      case 32: return launch(type, std::integral_constant<int, 32>{});
-      case 64: return launch(type, std::integral_constant<int, 64>{});
-      case 96: return launch(type, std::integral_constant<int, 96>{});
-      case 128: return launch(type, std::integral_constant<int, 128>{});
-      case 256: return launch(type, std::integral_constant<int, 256>{});
+      case 32: return by_layout(type, std::integral_constant<int, 32>{});
+      case 64: return by_layout(type, std::integral_constant<int, 64>{});
+      case 96: return by_layout(type, std::integral_constant<int, 96>{});
+      case 128: return by_layout(type, std::integral_constant<int, 128>{});
+      case 256: return by_layout(type, std::integral_constant<int, 256>{});
       default:
         throw std::invalid_argument(std::string("flashattn_py CUDA ") + pass + ": head_dim " +
                                     std::to_string(p.head_dim) +

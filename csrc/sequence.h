@@ -72,6 +72,16 @@ FLASHATTN_HOST_DEVICE inline int64_t position_offset(const SequenceView& s, int6
   return s.packed ? (key_side ? s.k_row0 : s.q_row0) * stride_s : batch * stride_b;
 }
 
+// The position of row 0 of the sequence in pe's q (key_side false) or k position tensor; nullptr
+// when the encoding has none (positions = row indices).
+FLASHATTN_HOST_DEVICE inline const int64_t* sequence_positions(const PositionalParams& pe, const SequenceView& s,
+                                                              int64_t batch, bool key_side) {
+  const int64_t* pos = key_side ? pe.k_pos : pe.q_pos;
+  if (pos == nullptr) return nullptr;
+  return pos + (key_side ? position_offset(s, pe.k_pos_stride_b, pe.k_pos_stride_s, batch, true)
+                         : position_offset(s, pe.q_pos_stride_b, pe.q_pos_stride_s, batch, false));
+}
+
 // Index of (row 0 of the sequence, head) in lse / delta: (batch, nheads_q, seqlen_q) when dense,
 // (nheads_q, total_q) when packed (FlashAttention's varlen layout).
 FLASHATTN_HOST_DEVICE inline int64_t stats_row0(const AttentionParams& p, const SequenceView& s, int64_t batch,

@@ -57,12 +57,16 @@ int main() {
     p.block_table = table.data();
   }
   const Strides strides{1000000, 100, 7};
+  std::vector<int64_t> positions(1 << 20);  // a q position tensor with strides (1000, 3)
+  p.pe.q_pos = positions.data();
+  p.pe.q_pos_stride_b = 1000;
+  p.pe.q_pos_stride_s = 3;
   for (int b = 0; b < p.batch; ++b) {
     const SequenceView s = sequence_view(p, b);
     std::printf("seq %d %lld %lld %d %d %d %lld %lld %lld %lld %lld\n", b, (long long)s.q_row0, (long long)s.k_row0,
                 s.seqlen_q, s.seqlen_k, s.k_rows, (long long)s.diag, (long long)stats_row0(p, s, b, 1),
                 (long long)row0_offset(s, strides, b, 1, false), (long long)row0_offset(s, strides, b, 1, true),
-                (long long)position_offset(s, 1000, 3, b, false));
+                (long long)(sequence_positions(p.pe, s, b, false) - positions.data()));
     if (p.page_size > 0) {
       std::printf("kv %d", b);
       for (int row = 0; row < s.seqlen_k; ++row) {
