@@ -8,10 +8,7 @@
 # returns only what is written there) everything lands there directly. Commit what it writes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')" || exit 1
-gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
-arch=$($PY -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+. bench/gpu_common.sh  # PY, gpu, arch, step, build_cuda
 out=${OUT:-bench/results/decode-${gpu}-$(date -u +%Y-%m-%d)}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -19,18 +16,15 @@ export PYTHONUNBUFFERED=1
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   date -u; git log -1 --format='commit %H'; } > "$out/gpu.txt" 2>&1
 
-echo "== build for sm_$arch ($(date -u +%T))"
-{ time FLASHATTN_BUILD_CUDA=1 FLASHATTN_CUDA_ARCHS="$arch" $PY -m pip install --no-deps --no-build-isolation \
-    --no-index -e . ; } > "$out/build.txt" 2>&1 || echo "CUDA build failed (see $out/build.txt); continuing with Triton"
-tail -3 "$out/build.txt"
+build_cuda "$out"
 
-echo "== variable-length, KV-cache and alignment tests ($(date -u +%T))"
+step "variable-length, KV-cache and alignment tests"
 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n "${TEST_WORKERS:-16}" -p no:cacheprovider -rs \
   tests/test_varlen.py tests/test_kvcache.py tests/test_attention.py::test_top_left_alignment \
   > "$out/tests.txt" 2>&1
 tail -3 "$out/tests.txt"
 
-echo "== decoding benchmark ($(date -u +%T))"
+step "decoding benchmark"
 timeout "${DECODE_TIMEOUT:-200}" $PY -m flashattn_py.bench decode --out "$out" > "$out/decode.txt" 2>&1
 tail -30 "$out/decode.txt"
 echo "results in $out"

@@ -14,18 +14,11 @@
 # Each step has a time limit so a slow step cannot eat the others; a failed step is recorded, not fatal.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')" || exit 1
-gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
-arch=$($PY -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")
+. bench/gpu_common.sh  # PY, gpu, arch, step, build_cuda
 out="bench/results/${gpu}-$(date -u +%Y-%m-%d)"
 mkdir -p "$out"
-step() { echo "== $1 ($(date -u +%T))"; }
 
-step "build for sm_$arch"
-{ time FLASHATTN_BUILD_CUDA=1 FLASHATTN_CUDA_ARCHS="$arch" $PY -m pip install --no-deps --no-build-isolation \
-    --no-index -e . ; } > "$out/build.txt" 2>&1 || echo "CUDA build failed (see $out/build.txt); continuing with Triton"
-tail -3 "$out/build.txt"
+build_cuda "$out"
 
 step "CUDA kernel self-tests (no torch: every head dim x dtype, masks, RoPE, offsets > 2^31)"
 mkdir -p build
