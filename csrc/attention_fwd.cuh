@@ -95,11 +95,11 @@ struct FwdConfig {
 };
 
 // Sequence-row window [lo, hi) of keys that query `row` of sequence `seq` sees (masks.py; the
-// diagonal offset comes from sequence.h).
+// diagonal offset and the first visible key, leftpad_k, come from sequence.h).
 __device__ __forceinline__ void visible_key_range(int64_t row, const AttentionParams& p, const SequenceView& seq,
                                                   int& lo, int& hi) {
   const int64_t aligned = row + seq.diag;
-  int64_t l = 0, h = seq.seqlen_k;
+  int64_t l = seq.k_first, h = seq.seqlen_k;
   if (p.window_left >= 0) l = max(l, aligned - p.window_left);
   if (p.window_right >= 0) h = min(h, aligned + p.window_right + 1);
   lo = int(min(l, int64_t(seq.seqlen_k)));
@@ -151,8 +151,9 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
   const int64_t* q_pos = sequence_positions(p.pe, seq, batch, false);
   const int64_t* k_pos = sequence_positions(p.pe, seq, batch, true);
 
-  // Key blocks this query tile can see (masks.key_range); empty when every row is fully masked.
-  // Under split-K this CTA takes its share of them (sequence.h split_blocks).
+  // Key blocks this query tile can see (masks.key_range), from the block of the first visible key;
+  // empty when every row is fully masked. Under split-K this CTA takes its share of them (sequence.h
+  // split_blocks).
   int n_block_min = 0, n_block_max = 0;
   {
     int lo_first, hi_first, lo_last, hi_last;
@@ -166,12 +167,17 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
     }
   }
 
-  // Prologue: the Q tile and the first K and V tiles, encoded before anyone reads them.
+  // Prologue: the Q tile and the first K and V tiles, encoded before anyone reads them. Only this
+  // first block can start before the first visible key (seq.k_first): its padding rows are loaded as
+  // copies of row k_first, so padding is never read. It may hold anything, and a NaN in V would
+  // survive P = 0 in P V; the copies are masked like the padding (-inf scores).
   cp_async_tile<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, q, p.q_strides.seq, m_start, seq.seqlen_q);
   cp_async_commit();
   if (n_block_min < n_block_max) {
-    cp_async_rows<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, k, k_row, n_block_min * kBlockN, seq.seqlen_k);
-    cp_async_rows<T, kBlockN, kHeadDim, kThreads>(v_s, kLd, v, v_row, n_block_min * kBlockN, seq.seqlen_k);
+    const auto k_row0 = [&](int row) { return k_row(kLayout ? max(row, seq.k_first) : row); };
+    const auto v_row0 = [&](int row) { return v_row(kLayout ? max(row, seq.k_first) : row); };
+    cp_async_rows<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, k, k_row0, n_block_min * kBlockN, seq.seqlen_k);
+    cp_async_rows<T, kBlockN, kHeadDim, kThreads>(v_s, kLd, v, v_row0, n_block_min * kBlockN, seq.seqlen_k);
     cp_async_commit();
   }
   cp_async_wait<0>();
@@ -261,10 +267,11 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
       }
     }
 
-    // Masks cost only on blocks that cross the sequence end, the causal/right diagonal or the
-    // left window edge (conservative over the whole query tile).
+    // Masks cost only on blocks that cross the sequence end, the first visible key, the causal/right
+    // diagonal or the left window edge (conservative over the whole query tile). Dense batches have
+    // no first visible key to test.
     const bool need_mask =
-        n_start + kBlockN > seq.seqlen_k ||
+        n_start + kBlockN > seq.seqlen_k || (kLayout && n_start < seq.k_first) ||
         (p.window_right >= 0 && n_start + kBlockN - 1 > m_start + diag + p.window_right) ||
         (p.window_left >= 0 && n_start < int64_t(m_start) + kBlockM - 1 + diag - p.window_left);
 

@@ -144,6 +144,7 @@ PYBIND11_MODULE(_cuda, m) {
   pointer_field(params, "cu_seqlens_q", &AttentionParams::cu_seqlens_q);
   pointer_field(params, "cu_seqlens_k", &AttentionParams::cu_seqlens_k);
   pointer_field(params, "seqused_k", &AttentionParams::seqused_k);
+  pointer_field(params, "leftpad_k", &AttentionParams::leftpad_k);
   pointer_field(params, "block_table", &AttentionParams::block_table);
   pointer_field(params, "out_accum", &AttentionParams::out_accum);
   pointer_field(params, "lse_accum", &AttentionParams::lse_accum);

@@ -48,7 +48,7 @@ inline void check_common(const AttentionParams& p, const char* pass) {
 // The variable-length, paged and split-K fields (params.h) describe layouts the kernels trust: what
 // they cannot check themselves is checked here. (Lengths and block-table entries are device data:
 // flashattn_py/varlen.py and kvcache.py check their values before the call.) decoding: the pass
-// takes paged K/V and split-K (the forward); the backward does not.
+// takes paged K/V, split-K and leftpad_k (the forward); the backward does not.
 inline void check_layout(const AttentionParams& p, const char* pass, bool decoding) {
   const std::string who = std::string("flashattn_py CUDA ") + pass + ": ";
   if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr)) {
@@ -56,12 +56,20 @@ inline void check_layout(const AttentionParams& p, const char* pass, bool decodi
   }
   const bool packed = p.cu_seqlens_q != nullptr;
   if (packed && p.seqused_k != nullptr) throw std::invalid_argument(who + "seqused_k is for dense batches");
+  if (p.leftpad_k != nullptr && !decoding) {  // the backward kernels do not read it
+    throw std::invalid_argument(who + "leftpad_k is forward-only (decoding)");
+  }
+  if (p.leftpad_k != nullptr && (packed || p.seqused_k == nullptr)) {
+    throw std::invalid_argument(who + "leftpad_k needs a dense batch with seqused_k");
+  }
   if (packed && p.total_q < 0) throw std::invalid_argument(who + "total_q must be the packed row count of q");
   if (!decoding && (p.block_table != nullptr || p.num_splits != 1)) {
     throw std::invalid_argument(who + "paged K/V and split-K are forward-only (decoding)");
   }
-  if (p.block_table != nullptr && (packed || p.page_size <= 0 || p.block_table_stride < 0)) {
-    throw std::invalid_argument(who + "a paged K/V needs a dense batch, page_size > 0 and a block table stride");
+  // A packed batch may read paged K/V (flash_attn_varlen_func(block_table=)): its cu_seqlens_k give
+  // each sequence's key count, and its keys are rows 0.. of its pages (kv_row_offset ignores k_row0).
+  if (p.block_table != nullptr && (p.page_size <= 0 || p.block_table_stride < 0)) {
+    throw std::invalid_argument(who + "a paged K/V needs page_size > 0 and a block table stride");
   }
   if (p.num_splits < 1 || p.num_splits > 256) {
     throw std::invalid_argument(who + "num_splits must be in [1, 256], got " + std::to_string(p.num_splits));

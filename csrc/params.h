@@ -72,14 +72,20 @@ struct AttentionParams {
   //    used; seqlen_q / seqlen_k are the longest sequence's; lse / delta are (nheads_q, total_q).
   //  - seqused_k (batch): dense batches where sequence b attends to its first seqused_k[b] keys (the
   //    backward writes zero dk / dv for the others).
+  //  - leftpad_k (batch; with seqused_k, forward only): sequence b's first leftpad_k[b] key rows are
+  //    padding (kvcache.py's cache_leftpad), so it sees keys leftpad_k[b] .. seqused_k[b] - 1. Key
+  //    indices are not shifted: the diagonal and window stay where seqused_k puts them.
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
   int total_q = 0;  // packed: rows of q (cu_seqlens_q[batch]), the lse / delta row length
   const int32_t* seqused_k = nullptr;
+  const int32_t* leftpad_k = nullptr;
 
-  // Paged K/V (forward only; dense batches): k and v are (num_pages, page_size, nheads_kv, head_dim),
+  // Paged K/V (forward only): k and v are (num_pages, page_size, nheads_kv, head_dim),
   // k_strides.batch / v_strides.batch are page strides, and key row j of sequence b lives in page
-  // block_table[b * block_table_stride + j / page_size], row j % page_size.
+  // block_table[b * block_table_stride + j / page_size], row j % page_size. Dense or packed batches:
+  // a packed one's cu_seqlens_k give only each sequence's key count (its keys are rows 0.. of its own
+  // pages, not packed rows).
   const int32_t* block_table = nullptr;
   int64_t block_table_stride = 0;
   int page_size = 0;

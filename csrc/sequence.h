@@ -1,5 +1,5 @@
 // Where one sequence of a batch lives, as every CUDA kernel sees it: the one reading of the
-// variable-length fields of AttentionParams (cu_seqlens_q/k, seqused_k) and of the paged K/V layout.
+// variable-length fields of AttentionParams (cu_seqlens_q/k, seqused_k, leftpad_k) and of the paged K/V layout.
 // The same rules as triton_kernels/common.py (sequence_bounds, kv_row_offsets) and
 // flashattn_py/masks.py (the causal diagonal sits bottom-right of each sequence's own lengths).
 //
@@ -17,6 +17,7 @@ struct SequenceView {
   int64_t q_row0 = 0, k_row0 = 0;  // first row of the sequence in the (packed) tensors; 0 when dense
   int seqlen_q = 0;                // its queries
   int seqlen_k = 0;                // the keys it attends to (seqused_k when given)
+  int k_first = 0;                 // its first visible key (leftpad_k when given); rows before are padding
   int k_rows = 0;                  // key rows it owns in k/v/dk/dv (>= seqlen_k; the rest get 0 gradients)
   int64_t diag = 0;                // key position of its query 0 (bottom-right, or top-left when asked)
   bool packed = false;             // rows of one packed tensor (cu_seqlens): batch strides unused
@@ -26,7 +27,8 @@ struct SequenceView {
 // instance for plain dense batches reads its lengths from the (constant-bank) params, which costs no
 // registers: the per-sequence values spilled registers in the tightest kernels (ptxas).
 FLASHATTN_HOST_DEVICE inline bool has_sequence_layout(const AttentionParams& p) {
-  return p.cu_seqlens_q != nullptr || p.seqused_k != nullptr || p.block_table != nullptr || p.num_splits > 1;
+  return p.cu_seqlens_q != nullptr || p.seqused_k != nullptr || p.leftpad_k != nullptr || p.block_table != nullptr ||
+         p.num_splits > 1;
 }
 
 // kLayout false: the dense view of every batch (the params' own lengths), whatever the fields say.
@@ -51,6 +53,7 @@ FLASHATTN_HOST_DEVICE inline SequenceView sequence_view(const AttentionParams& p
   }
   s.k_rows = s.seqlen_k;
   if (p.seqused_k != nullptr) s.seqlen_k = p.seqused_k[batch];
+  if (p.leftpad_k != nullptr) s.k_first = p.leftpad_k[batch];  // a bound on visible keys, not a shift
   // Variable lengths always align bottom-right per sequence (flashattn_py/checks.py refuses top-left).
   const bool per_sequence = p.cu_seqlens_q != nullptr || p.seqused_k != nullptr;
   s.diag = (p.top_left && !per_sequence) ? 0 : int64_t(s.seqlen_k) - s.seqlen_q;

@@ -57,12 +57,17 @@ ALIGNMENTS = ("bottom_right", "top_left")
 class SequenceLengths:
     """Per-sequence lengths. Packed variable-length batches (cu_seqlens_*): sequence b is rows
     cu[b] .. cu[b+1] - 1 of (1, total, nheads, head_dim) tensors. seqused_k (dense batches): sequence b
-    attends to its first seqused_k[b] keys only. int32 tensors on the inputs' device."""
+    attends to its first seqused_k[b] keys only. leftpad_k (with seqused_k; forward only, for
+    kvcache.py's cache_leftpad): the first leftpad_k[b] key rows of sequence b are padding, so it sees
+    keys leftpad_k[b] .. seqused_k[b] - 1; the causal diagonal, window and ALiBi distances stay where
+    seqused_k puts them (key indices are not shifted), as FlashAttention's cache_leftpad.
+    int32 tensors on the inputs' device."""
     cu_seqlens_q: torch.Tensor | None = None
     cu_seqlens_k: torch.Tensor | None = None
     seqused_k: torch.Tensor | None = None
     total_q: int = 0  # rows of the packed q (= cu_seqlens_q[-1])
     total_k: int = 0
+    leftpad_k: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +220,18 @@ def check_int32_tensor(t, name: str, shape: tuple, device, shape_name: str = "")
         raise ValueError(f"{name} must be an int32 tensor of shape {expected}, got {t.dtype} of shape {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but q is on {device}")
+
+
+def check_block_table(block_table, batch: int, device) -> None:
+    """The shape, dtype and device of a paged K/V's block table (int32 (batch, max_pages)); its entries
+    are device data, checked by the caller with its other values (one device-to-host copy)."""
+    if not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2 \
+            or block_table.shape[0] != batch:
+        raise ValueError(f"block_table must be an int32 tensor of shape (batch={batch}, max_pages), got "
+                         f"{getattr(block_table, 'dtype', type(block_table).__name__)} "
+                         f"{tuple(getattr(block_table, 'shape', ()))}")
+    if block_table.device != device:
+        raise ValueError(f"block_table is on {block_table.device} but q is on {device}")
 
 
 def check_seqused_k(seqused_k, batch: int, seqlen_k: int, device, alignment: str) -> SequenceLengths | None:

@@ -10,9 +10,10 @@ What the kernels support, and what this module does about the rest:
 - fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0 and score
   mods (softcap, ALiBi, bias / masks) raise NotImplementedError (csrc/params.h has no field for them).
 - Variable lengths run natively (csrc/sequence.h): packed batches (cu_seqlens; tensors (1, total, h, d),
-  lse (nheads, total_q)) and seqused_k, forward and backward; a paged K/V (block_table, any page
-  size) and split-K (num_splits > 1, merged by attention_split_merge.cuh) in the forward, for
-  kvcache.py. Those calls run the kernels' per-sequence layout instance.
+  lse (nheads, total_q)) and seqused_k, forward and backward; leftpad_k (a first visible key per
+  sequence), a paged K/V (block_table, any page size) and split-K (num_splits > 1, merged by
+  attention_split_merge.cuh) in the forward, for kvcache.py. Those calls run the kernels'
+  per-sequence layout instance.
 - Head dims 32, 64, 96, 128, 256 are compiled. Any other (a multiple of 8 up to 256) is zero-padded
   here to the next compiled one, and outputs / gradients are sliced back: zero channels add nothing
   to q k^T and produce zero output channels, and softmax_scale (from the original head_dim) and
@@ -103,11 +104,12 @@ def check_supported(params: AttentionParams) -> None:
         raise ValueError(f"backend='cuda' takes num_splits <= 256, got {params.num_splits}")
 
 
-def _strides(ext, t: torch.Tensor, params: AttentionParams):
+def _strides(ext, t: torch.Tensor, params: AttentionParams, paged: bool = False):
     """Element strides as csrc/params.h takes them; a packed batch is one sequence of rows (batch stride
-    unused, passed as 0 as the Triton launcher does)."""
+    unused, passed as 0 as the Triton launcher does). paged: t is a paged K/V, whose first stride is
+    the page stride, packed batch or not."""
     assert t.stride(-1) == 1, "the kernels read the head dim with unit stride"
-    return ext.Strides(0 if params.is_varlen else t.stride(0), t.stride(1), t.stride(2))
+    return ext.Strides(0 if params.is_varlen and not paged else t.stride(0), t.stride(1), t.stride(2))
 
 
 def _pad(t: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -164,6 +166,8 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
             p.total_q = lengths.total_q  # the lse rows allocated here, whatever the device array says
         if lengths.seqused_k is not None:
             p.seqused_k = address(lengths.seqused_k)
+        if lengths.leftpad_k is not None:  # forward only: the extension refuses it in the backward
+            p.leftpad_k = address(lengths.leftpad_k)
     if params.paged is not None:
         table = params.paged.block_table
         if table.stride(-1) != 1:
@@ -198,7 +202,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Attention
     out_k = out if d == params.head_dim else buffers.empty((*q.shape[:3], d), dtype=q.dtype, device=q.device)
     p, keep_alive = _kernel_params(ext, params, d, with_encoding=not _encode_in_python(params))
     p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
-    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t, params) for t in (q_k, k_k, v_k, out_k))
+    paged = params.paged is not None
+    p.q_strides, p.out_strides = _strides(ext, q_k, params), _strides(ext, out_k, params)
+    p.k_strides, p.v_strides = _strides(ext, k_k, params, paged), _strides(ext, v_k, params, paged)
     if params.num_splits > 1:  # split-K: fp32 partial results per split, merged by the extension
         rows = params.batch * params.nheads_q * params.seqlen_q
         out_accum = buffers.empty((params.num_splits, rows, d), dtype=torch.float32, device=q.device)

@@ -10,6 +10,14 @@ What one call does (inference only, no autograd):
 3. Attention over each sequence's cache_seqlens[b] + seqlen_new keys, the causal diagonal at the end
    of the sequence (bottom-right), without a mask tensor (seqused_k).
 
+``cache_leftpad`` (batch,) int32, FlashAttention 2's left padding: sequence b's first cache_leftpad[b]
+cache slots are padding (a left-padded batch of prompts), so it attends to slots cache_leftpad[b] ..
+cache_seqlens[b] + seqlen_new - 1 (the padding may arrive with the new tokens: a left-padded prompt
+prefilled into an empty cache). cache_seqlens still counts from slot 0 (padding included), and so
+do the rotary positions and the causal diagonal: RoPE depends only on position differences, and the
+padding is never attended. Every cache layout takes it (FlashAttention 2 refuses it with a paged cache;
+here it is only a lower bound on the visible keys, checks.SequenceLengths.leftpad_k).
+
 Caches: contiguous (batch_cache, seqlen_cache, nheads_k, head_dim) with an optional ``cache_batch_idx``
 choosing each sequence's row (read in place, as a one-page-per-sequence block table), or paged:
 (num_pages, page_size, nheads_k, head_dim) with ``block_table`` (batch, max_pages) int32 — any page size (serving systems use 16; FlashAttention 2 needs multiples of
@@ -42,13 +50,7 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
     if block_table is not None:
         if cache_batch_idx is not None:
             raise NotImplementedError("cache_batch_idx with a paged cache (block_table): index the block table instead")
-        if not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2 \
-                or block_table.shape[0] != batch:
-            raise ValueError(f"block_table must be an int32 tensor of shape (batch={batch}, max_pages), got "
-                             f"{getattr(block_table, 'dtype', type(block_table).__name__)} "
-                             f"{tuple(getattr(block_table, 'shape', ()))}")
-        if block_table.device != q.device:
-            raise ValueError(f"block_table is on {block_table.device} but q is on {q.device}")
+        checks.check_block_table(block_table, batch, q.device)
         page_size = k_cache.shape[1]  # its entries are checked with the other values (_check_values)
         return batch, block_table.shape[1] * page_size, page_size
     if cache_batch_idx is not None:
@@ -58,14 +60,18 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
     return batch, k_cache.shape[1], None
 
 
-def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary):
+def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary,
+                  cache_leftpad=None):
     """Every check of a step that reads tensor values, in one device-to-host copy (a decoding loop
-    would otherwise wait for the GPU at each of them): lengths fit the cache, block-table and
-    cache_batch_idx entries are rows of it, and the rotary tables reach the last rotated position
-    (cache_seqlens + last_position). Skipped where checks.reads_values() says so (tracing, graph capture)."""
+    would otherwise wait for the GPU at each of them): lengths fit the cache, the left padding lies
+    within them, block-table and cache_batch_idx entries are rows of it, and the rotary tables reach the
+    last rotated position (cache_seqlens + last_position). Skipped where checks.reads_values() says so
+    (tracing, graph capture)."""
     if not checks.reads_values() or cache_seqlens.numel() == 0:
         return
     parts = [cache_seqlens.min(), cache_seqlens.max()]
+    if cache_leftpad is not None:
+        parts += [cache_leftpad.min(), (cache_seqlens + new - cache_leftpad).min()]
     for index in (block_table, cache_batch_idx):
         if index is not None and index.numel():
             parts += [index.min(), index.max()]
@@ -73,6 +79,12 @@ def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_ta
     if low < 0 or high + new > capacity:
         raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
                          f"cache_seqlens from {low} to {high} with {new} new tokens")
+    if cache_leftpad is not None:
+        pad_low, room, *indices = indices
+        if pad_low < 0 or room < 0:
+            raise ValueError("cache_leftpad must be in [0, cache_seqlens + seqlen_new] for every sequence (the "
+                             f"padding comes first in the cache), got a minimum of {pad_low} and a minimum of "
+                             f"cache_seqlens + seqlen_new - cache_leftpad of {room}")
     rows = k_cache.shape[0]
     if block_table is not None and indices and (indices[0] < 0 or indices[1] >= rows):
         raise ValueError(f"block_table entries must be page indices in [0, {rows}), got {indices[0]} to {indices[1]}")
@@ -121,8 +133,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, backend="auto"):
     """See the module docstring. Returns out (batch, seqlen_q, nheads, head_dim), and the lse
     (batch, nheads, seqlen_q) fp32 too if return_softmax_lse. num_splits: 0 picks (GPU, seqlen_q <= 64)."""
-    if cache_leftpad is not None:
-        raise NotImplementedError("cache_leftpad is not supported")
     batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
@@ -140,6 +150,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     checks.check_int32_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
+    if cache_leftpad is not None:
+        checks.check_int32_tensor(cache_leftpad, "cache_leftpad", (batch,), q.device)
     rotary = None
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos and rotary_sin must be given together")
@@ -150,7 +162,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                         sin=rotary_sin)
     per_token = causal or tuple(window_size) != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
     last_position = max(new - 1, q.shape[1] - 1 if per_token else 0, 0)
-    _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary)
+    _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary,
+                  cache_leftpad)
     with checks.values_prechecked():  # the rest reads no value again: one sync per step
         if k is not None:
             append_to_cache(k_cache, v_cache, k, v, cache_seqlens, rotary, page_size, block_table, cache_batch_idx,
@@ -165,6 +178,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         params = checks.attention_params(q, shape_k, shape_k, causal=causal, softmax_scale=softmax_scale,
                                          window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
                                          seqused_k=seqused)
+        if cache_leftpad is not None:  # keys before it are padding: a lower bound on the visible keys
+            params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=cache_leftpad))
         impl = backends.select(backend, q.device)
         q = q if q.stride(-1) == 1 else q.contiguous()
         if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton / CUDA kernels read the cache in place

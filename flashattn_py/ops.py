@@ -86,7 +86,7 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, lengths = k.shape[1], None
     if cu_seqlens_q is not None:  # packed: q, k are (1, total, heads, head_dim)
-        lengths = SequenceLengths(cu_seqlens_q, cu_seqlens_k, None, q.shape[1], k.shape[1])
+        lengths = SequenceLengths(cu_seqlens_q, cu_seqlens_k, total_q=q.shape[1], total_k=k.shape[1])
         batch, seqlen_q, seqlen_k = cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k
     elif seqused_k is not None:
         lengths = SequenceLengths(seqused_k=seqused_k)

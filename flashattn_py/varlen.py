@@ -72,7 +72,7 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     batch = cu_seqlens_q.shape[0] - 1
     mods = checks.check_score_mods(params.mods.softcap, alibi_slopes, None, batch=batch, nheads_q=params.nheads_q,
                                    seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, device=q.device)
-    lengths = checks.SequenceLengths(cu_seqlens_q, cu_seqlens_k, None, q.shape[0], k.shape[0])
+    lengths = checks.SequenceLengths(cu_seqlens_q, cu_seqlens_k, total_q=q.shape[0], total_k=k.shape[0])
     return dataclasses.replace(params, batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, lengths=lengths,
                                mods=mods if mods.active else params.mods)
 
@@ -84,12 +84,18 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """FlashAttention 2's ``flash_attn_varlen_func`` on our kernels (see the module docstring), plus
     fused ``rotary=`` / ``sinusoidal=`` encodings whose positions restart at 0 in each sequence.
     return_attn_probs=True returns (out, lse (nheads, total_q), None): packed sequences have no one
-    (seqlen_q, seqlen_k) matrix to return."""
-    if block_table is not None:
-        raise NotImplementedError("block_table (paged K/V) is not supported by flash_attn_varlen_func; "
-                                  "use flash_attn_with_kvcache")
+    (seqlen_q, seqlen_k) matrix to return. With block_table, k and v are a paged KV cache
+    (varlen_paged.py: inference only)."""
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    if block_table is not None:
+        from .varlen_paged import paged_varlen_forward  # it imports this module
+
+        out, lse = paged_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                                        dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal, backend=backend,
+                                        causal=causal, softmax_scale=softmax_scale, window_size=window_size,
+                                        softcap=softcap, alibi_slopes=alibi_slopes, pe_k_strategy=pe_k_strategy)
+        return (out, lse, None) if return_attn_probs else out
     params = varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                            softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
                            alibi_slopes=alibi_slopes, dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal,
@@ -117,7 +123,8 @@ class PerSequence:
             spans = [((0, cu_q[b], cu_q[b + 1]), (0, cu_k[b], cu_k[b + 1])) for b in range(params.batch)]
         else:
             used = lengths.seqused_k.tolist()
-            spans = [((b, 0, params.seqlen_q), (b, 0, used[b])) for b in range(params.batch)]
+            first = [0] * params.batch if lengths.leftpad_k is None else lengths.leftpad_k.tolist()
+            spans = [((b, 0, params.seqlen_q), (b, first[b], used[b])) for b in range(params.batch)]
         enc = params.encoding
         for b, ((qb, q0, q1), (kb, k0, k1)) in enumerate(spans):
             q_rows, k_rows = (slice(qb, qb + 1), slice(q0, q1)), (slice(kb, kb + 1), slice(k0, k1))

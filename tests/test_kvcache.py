@@ -26,22 +26,30 @@ def _rotate(x, cos, sin, positions, interleaved, dtype):
     return positional.rotate(x, cos.to(dtype)[positions], sin.to(dtype)[positions], 2 * cos.shape[1], interleaved)
 
 
-CASES = {  # name: (page_size or None, cache_batch_idx, new tokens, seqlen_q, rotary, causal, num_splits)
-    "paged16_decode_rope_neox": (16, False, 1, 1, "neox", True, 1),
-    "paged16_decode_split3": (16, False, 1, 1, "gptj", True, 3),
-    "paged64_prefill_chunk": (64, False, 5, 5, "gptj", True, 1),
-    "paged16_no_new_noncausal": (16, False, 0, 2, None, False, 2),
-    "dense_decode_rope": (None, False, 1, 1, "neox", True, 1),
-    "dense_batch_idx_new3": (None, True, 3, 3, "gptj", True, 1),
-    "dense_noncausal_rope_one_position": (None, False, 2, 2, "neox", False, 1),
+# name: (page_size or None, cache_batch_idx, new tokens, seqlen_q, rotary, causal, num_splits, cache_leftpad)
+CASES = {
+    "paged16_decode_rope_neox": (16, False, 1, 1, "neox", True, 1, False),
+    "paged16_decode_split3": (16, False, 1, 1, "gptj", True, 3, False),
+    "paged64_prefill_chunk": (64, False, 5, 5, "gptj", True, 1, False),
+    "paged16_no_new_noncausal": (16, False, 0, 2, None, False, 2, False),
+    "dense_decode_rope": (None, False, 1, 1, "neox", True, 1, False),
+    "dense_batch_idx_new3": (None, True, 3, 3, "gptj", True, 1, False),
+    "dense_noncausal_rope_one_position": (None, False, 2, 2, "neox", False, 1, False),
+    "dense_leftpad_decode_rope": (None, False, 1, 1, "neox", True, 1, True),
+    "dense_batch_idx_leftpad_chunk": (None, True, 3, 3, "gptj", True, 1, True),
+    "paged16_leftpad_split3": (16, False, 1, 1, "gptj", True, 3, True),
+    "paged16_leftpad_no_new_noncausal": (16, False, 0, 2, None, False, 2, True),
 }
+# Left padding of the sequences below (cache_seqlens 0, 1, 37): none; all of the one cached token (only
+# the new ones are seen); 35 of 37, past the first key block of every tile config.
+LEFTPAD = [0, 1, 35]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES)
 def test_append_and_attend_match_reference(request, backend, dtype, case):
-    page_size, use_batch_idx, new, seqlen_q, rope, causal, splits = CASES[case]
+    page_size, use_batch_idx, new, seqlen_q, rope, causal, splits, use_leftpad = CASES[case]
     gen = torch.Generator().manual_seed(seed_of(request))
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
     batch, capacity = 3, 64
@@ -60,11 +68,20 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
     q = rand(batch, seqlen_q, H, D)
     k_new, v_new = (rand(batch, new, HK, D), rand(batch, new, HK, D)) if new else (None, None)
     cos, sin = _tables(16) if rope else (None, None)
+    leftpad = torch.tensor(LEFTPAD if use_leftpad else [0] * batch, dtype=torch.int32, device=DEVICE)
+    for b, first in enumerate(leftpad.tolist()):  # padding may hold anything: NaN must not reach the output
+        slots = torch.arange(first, device=DEVICE)
+        if page_size is None:
+            rows = batch_idx[b].long() if batch_idx is not None else b
+            k_cache[rows, slots], v_cache[rows, slots] = float("nan"), float("nan")
+        else:
+            pages = block_table[b].long()[slots // page_size]
+            k_cache[pages, slots % page_size], v_cache[pages, slots % page_size] = float("nan"), float("nan")
     before_k, before_v = k_cache.clone(), v_cache.clone()
 
     with fa.poisoned_outputs():
         out, lse = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cos, sin, seqlens, batch_idx,
-                                           block_table=block_table, causal=causal, rotary_interleaved=rope == "gptj",
+                                           cache_leftpad=leftpad if use_leftpad else None, block_table=block_table, causal=causal, rotary_interleaved=rope == "gptj",
                                            num_splits=splits, return_softmax_lse=True, backend=backend)
 
     def dense(cache):
@@ -77,19 +94,23 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
     for b in range(batch):
         n = int(seqlens[b])
         # Old tokens untouched; new ones appended (rotated at their absolute positions).
-        assert torch.equal(k_after[b, :n], k_before[b, :n]) and torch.equal(v_after[b, :n], v_before[b, :n])
-        assert torch.equal(k_after[b, n + new:], k_before[b, n + new:]), "the cache past the new tokens changed"
+        unchanged = dict(rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(k_after[b, :n], k_before[b, :n], **unchanged)
+        torch.testing.assert_close(v_after[b, :n], v_before[b, :n], **unchanged)
+        torch.testing.assert_close(k_after[b, n + new:], k_before[b, n + new:], **unchanged,
+                                   msg="the cache past the new tokens changed")
         if new:
             assert torch.equal(v_after[b, n:n + new], v_new[b])
             exact_k = _rotate(k_new, cos, sin, positions_new, rope == "gptj", torch.float64)[b] if rope else k_new[b]
             naive_k = _rotate(k_new, cos, sin, positions_new, rope == "gptj", dtype)[b] if rope else k_new[b]
             assert_within_naive_error("appended k", k_after[b, n:n + new], exact_k, naive_k, dtype)
-    # The output: each sequence's keys (old cache + new, rotated) against q rotated at its positions.
+    # The output: each sequence's keys (old cache + new, rotated; past the left padding) against q
+    # rotated at its positions (counted from cache slot 0, padding included, as the new keys are).
     per_token = causal
     q_positions = seqlens.long()[:, None] + (torch.arange(seqlen_q, device=DEVICE) if per_token else 0)
     q_positions = q_positions.expand(batch, seqlen_q)
     for b in range(batch):
-        n = int(seqlens[b]) + new
+        n, first = int(seqlens[b]) + new, int(leftpad[b])
 
         def reference(dt):
             keys = k_before[b:b + 1, :n].to(dt).clone()
@@ -97,7 +118,8 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
                 keys[:, n - new:] = (_rotate(k_new, cos, sin, positions_new, rope == "gptj", dt) if rope else k_new.to(dt))[b:b + 1]
             values = torch.cat([v_before[b:b + 1, :n - new], v_new[b:b + 1]], dim=1).to(dt) if new else v_before[b:b + 1, :n].to(dt)
             query = _rotate(q, cos, sin, q_positions, rope == "gptj", dt)[b:b + 1] if rope else q[b:b + 1].to(dt)
-            return fa.reference.attention(query, keys, values, causal=causal, return_lse=True, compute_dtype=dt)
+            return fa.reference.attention(query, keys[:, first:], values[:, first:], causal=causal, return_lse=True,
+                                          compute_dtype=dt)
 
         (exact, exact_lse), (naive, naive_lse) = reference(torch.float64), reference(dtype)
         assert_within_naive_error(f"out[{b}]", out[b:b + 1], exact, naive, dtype)
@@ -202,7 +224,11 @@ def test_rotary_tables_must_reach_the_step_positions():
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s.long()), ValueError, "int32"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc[:1], vc[:1], cache_seqlens=s), ValueError, "cache_batch_idx"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, k=q[:, :, :2]), ValueError, "together"),
-    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_leftpad=s), NotImplementedError, "cache_leftpad"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s, cache_leftpad=s + 1), ValueError,
+     r"cache_leftpad must be in \[0, cache_seqlens \+ seqlen_new\]"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s, cache_leftpad=s - 4), ValueError,
+     "cache_leftpad must be in"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_leftpad=s[:1]), ValueError, "cache_leftpad"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, block_table=(s * 3 - 9).reshape(2, 1)),
      ValueError, "block_table entries must be page indices"),
 ])
@@ -278,18 +304,65 @@ def test_greedy_decoding_with_the_cache_equals_full_recompute(backend, page_size
     assert torch.equal(cached, tokens), f"cached decoding {cached.tolist()} != full recompute {tokens.tolist()}"
 
 
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("page_size", [None, 16])
+def test_left_padded_batch_decodes_like_each_prompt_alone(backend, page_size):
+    """Batched generation from prompts of different lengths, left-padded to one length (as a
+    tokenizer with padding_side="left" gives them): with cache_leftpad the padding is never attended
+    and the greedy tokens equal decoding each prompt alone. Rotary positions count from slot 0 of the
+    cache, padding included, for keys and queries alike: RoPE sees only their differences."""
+    torch.manual_seed(0)
+    model = TinyDecoder().to(DEVICE)
+    cos, sin = model.cos.to(DEVICE), model.sin.to(DEVICE)
+    rotary = fa.Rotary(interleaved=True, cos=cos, sin=sin)
+    prompts = [[3, 14, 15, 9, 2, 6], [5, 35, 8], [7]]
+    steps, width = 6, max(map(len, prompts))
+    with torch.no_grad():
+        alone = []
+        for prompt in prompts:  # each prompt alone, full recompute per step
+            tokens = torch.tensor([prompt], device=DEVICE)
+            for _ in range(steps):
+                x, q, k, v = model.project(tokens)
+                attn = fa.attention(q, k, v, causal=True, rotary=rotary, backend=backend)
+                tokens = torch.cat([tokens, model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            alone.append(tokens[0, len(prompt):].tolist())
+        batch, capacity = len(prompts), 32
+        padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=DEVICE)
+        leftpad = torch.tensor([width - len(p) for p in prompts], dtype=torch.int32, device=DEVICE)
+        if page_size is None:
+            k_cache, block_table = torch.zeros(batch, capacity, model.kv_heads, model.head_dim, device=DEVICE), None
+        else:
+            pages = batch * capacity // page_size
+            k_cache = torch.zeros(pages, page_size, model.kv_heads, model.head_dim, device=DEVICE)
+            block_table = torch.randperm(pages).reshape(batch, -1).to(DEVICE, torch.int32)
+        v_cache = torch.zeros_like(k_cache)
+        seqlens = torch.zeros(batch, dtype=torch.int32, device=DEVICE)
+        step_input, generated = padded, []
+        for _ in range(steps):
+            x, q, k, v = model.project(step_input)
+            attn = flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cos, sin, seqlens, cache_leftpad=leftpad,
+                                           block_table=block_table, causal=True, backend=backend)
+            seqlens = seqlens + step_input.shape[1]
+            step_input = model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)
+            generated.append(step_input)
+    batched = torch.cat(generated, dim=1).tolist()
+    assert batched == alone, f"left-padded batch {batched} != each prompt alone {alone}"
+
 @st.composite
 def decoding_steps(draw):
     """A random cache step: contiguous / batch-indexed / paged (any page size), lengths including 0,
-    new tokens or none, 1-20 queries (decode and prefill-chunk tiles), GQA, causal / window, split-K."""
+    new tokens or none, 1-20 queries (decode and prefill-chunk tiles), GQA, causal / window, split-K,
+    left padding or none."""
     batch, group = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 4]))
     layout = draw(st.sampled_from(["dense", "batch_idx", "paged"]))
     page_size = draw(st.sampled_from([1, 5, 16, 32])) if layout == "paged" else None
     capacity = draw(st.integers(1, 90))
     new = draw(st.integers(0, min(capacity, 4)))
     seqlens = [draw(st.integers(0, capacity - new)) for _ in range(batch)]
+    leftpad = [draw(st.integers(0, n + new)) for n in seqlens] if draw(st.booleans()) else None
     return dict(batch=batch, group=group, layout=layout, page_size=page_size, capacity=capacity, new=new,
-                seqlens=seqlens, seqlen_q=draw(st.integers(1, 20)), causal=draw(st.booleans()),
+                seqlens=seqlens, leftpad=leftpad, seqlen_q=draw(st.integers(1, 20)), causal=draw(st.booleans()),
                 window=draw(st.sampled_from([(-1, -1), (8, 0), (3, 5)])), num_splits=draw(st.integers(1, 4)),
                 seed=draw(st.integers(0, 2**16)))
 
@@ -317,8 +390,11 @@ def test_random_cache_steps_match_reference(step):
     q = rand(b, step["seqlen_q"], HK * step["group"], D)
     k_new, v_new = (rand(b, new, HK, D), rand(b, new, HK, D)) if new else (None, None)
     seqlens = torch.tensor(step["seqlens"], dtype=torch.int32, device=DEVICE)
+    leftpad = step["leftpad"]
     with fa.poisoned_outputs():
         out = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=batch_idx,
+                                      cache_leftpad=None if leftpad is None else torch.tensor(
+                                          leftpad, dtype=torch.int32, device=DEVICE),
                                       block_table=table, causal=step["causal"], window_size=step["window"],
                                       num_splits=step["num_splits"], backend="triton")
     keys, values = rows(k_cache), rows(v_cache)
@@ -326,8 +402,10 @@ def test_random_cache_steps_match_reference(step):
         if new:
             assert torch.equal(keys[i, n:n + new], k_new[i]) and torch.equal(values[i, n:n + new], v_new[i])
 
+        first = 0 if leftpad is None else leftpad[i]
+
         def reference(dt):
-            return fa.reference.attention(q[i:i + 1], keys[i:i + 1, :n + new], values[i:i + 1, :n + new],
+            return fa.reference.attention(q[i:i + 1], keys[i:i + 1, first:n + new], values[i:i + 1, first:n + new],
                                           causal=step["causal"], window_size=step["window"], compute_dtype=dt)
 
         assert_within_naive_error(f"out[{i}]", out[i:i + 1], reference(torch.float64), reference(dtype), dtype)

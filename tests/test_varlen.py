@@ -106,8 +106,8 @@ def test_seqused_k_equals_attending_to_each_prefix(request, backend, dtype, caus
     (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 4, 8), ValueError, "length 8 > max_seqlen 4"),
     (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu[:2], cu, 8, 8), ValueError, "end at the packed length"),
     (lambda q, k, v, cu: flash_attn_varlen_func(q[None], k, v, cu, cu, 8, 8), ValueError, "packed"),
-    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, block_table=cu), NotImplementedError,
-     "block_table"),
+    (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, block_table=cu), ValueError,
+     r"k must be a paged cache"),
     (lambda q, k, v, cu: flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, rotary=fa.Rotary(), pe_k_strategy="in_kernel"),
      ValueError, "in_kernel"),
     (lambda q, k, v, cu: fa.attention(q[None], k[None], v[None], seqused_k=torch.tensor([99], dtype=torch.int32,
@@ -121,3 +121,89 @@ def test_bad_lengths_are_named(call, error, message):
     cu = torch.tensor([0, 8, 12], dtype=torch.int32, device=DEVICE)
     with pytest.raises(error, match=message):
         call(q, k, v, cu)
+
+
+PAGED_OPTIONS = {
+    "causal": dict(causal=True),
+    "window": dict(window_size=(6, 0)),
+    "noncausal_softcap_alibi": dict(softcap=3.0),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("page_size", [1, 5, 16])
+@pytest.mark.parametrize("options", PAGED_OPTIONS)
+def test_packed_queries_against_a_paged_cache_match_reference(request, backend, dtype, page_size, options):
+    """flash_attn_varlen_func(block_table=): packed queries (chunked prefill and one-token decode rows in
+    one batch, sq <, =, > sk, an empty sequence) against keys in scattered pages of any size; the
+    reference runs each sequence on its keys gathered from the pages."""
+    options = dict(PAGED_OPTIONS[options])
+    if options.get("softcap"):
+        if backend == "cuda":
+            pytest.skip(CUDA_NO_SCORE_MODS)
+        options["alibi_slopes"] = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    gen = torch.Generator().manual_seed(seed_of(request))
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    lens_q, lens_k = [6, 1, 0, 9], [40, 23, 7, 4]
+    h, hk, d, max_pages = 4, 2, 32, -(-40 // page_size)
+    pages = 4 * max_pages + 3
+    k_cache, v_cache = rand(pages, page_size, hk, d), rand(pages, page_size, hk, d)
+    block_table = torch.randperm(pages, generator=gen)[:4 * max_pages].reshape(4, max_pages).to(DEVICE, torch.int32)
+    q = rand(sum(lens_q), h, d)
+    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
+    with fa.poisoned_outputs():
+        out, lse, _ = flash_attn_varlen_func(q, k_cache, v_cache, cu_q, cu_k, max(lens_q), max(lens_k),
+                                             block_table=block_table, return_attn_probs=True, backend=backend,
+                                             **options)
+    keys = k_cache[block_table.long()].reshape(4, -1, hk, d)
+    values = v_cache[block_table.long()].reshape(4, -1, hk, d)
+    for b, (nq, nk) in enumerate(zip(lens_q, lens_k)):
+        rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
+        piece = dict(options)
+        if "alibi_slopes" in piece:
+            piece["alibi_slopes"] = piece["alibi_slopes"][b:b + 1]
+
+        def reference(dt):
+            return fa.reference.attention(q[None, rows], keys[b:b + 1, :nk], values[b:b + 1, :nk], return_lse=True,
+                                          compute_dtype=dt, **piece)
+
+        (exact, exact_lse), (naive, naive_lse) = reference(torch.float64), reference(dtype)
+        assert_within_naive_error(f"out of sequence {b}", out[None, rows], exact, naive, dtype)
+        assert_within_naive_error(f"lse of sequence {b}", lse[None, :, rows], exact_lse, naive_lse, dtype)
+
+
+def test_a_paged_varlen_call_has_no_backward():
+    """Inference only: the forward runs on inputs that require grad (a model in eval mode without
+    no_grad), and backward says why it cannot run instead of returning wrong gradients."""
+    q = torch.randn(5, 2, 16, device=DEVICE, dtype=torch.float16, requires_grad=True)
+    k_cache = torch.randn(4, 16, 2, 16, device=DEVICE, dtype=torch.float16)
+    cu = torch.tensor([0, 5], dtype=torch.int32, device=DEVICE)
+    table = torch.tensor([[2, 0]], dtype=torch.int32, device=DEVICE)
+    out = flash_attn_varlen_func(q, k_cache, k_cache, cu, torch.tensor([0, 20], dtype=torch.int32, device=DEVICE),
+                                 5, 20, block_table=table, causal=True)
+    with pytest.raises(NotImplementedError, match="block_table .* has no backward"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk * 6, 5, 120, block_table=t),
+     "cu_seqlens_k has a sequence of 120 keys but block_table lists 32 rows"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t + 3),
+     r"block_table entries must be page indices in \[0, 4\)"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t.long()),
+     "block_table must be an int32 tensor"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc[0], kc[0], cu, cuk, 5, 20, block_table=t),
+     r"k must be a paged cache \(num_pages, page_size, nheads_k, head_dim\)"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t,
+                                                      rotary=fa.Rotary()), "keys already encoded"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t, dropout_p=0.1),
+     "dropout_p must be 0 with block_table"),
+])
+def test_bad_paged_varlen_arguments_are_named(call, message):
+    q = torch.randn(5, 2, 16, device=DEVICE, dtype=torch.float16)
+    k_cache = torch.randn(4, 16, 2, 16, device=DEVICE, dtype=torch.float16)
+    cu = torch.tensor([0, 5], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=message):
+        call(q, k_cache, cu, torch.tensor([0, 20], dtype=torch.int32, device=DEVICE),
+             torch.tensor([[2, 0]], dtype=torch.int32, device=DEVICE))

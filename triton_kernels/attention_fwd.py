@@ -29,13 +29,13 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
                       window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
                       drop_row_length,
-                      mods, paging, stride_kpage, stride_vpage,
+                      mods, paging, stride_kpage, stride_vpage, k_first,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
                       K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                       HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
-                      PAGED: tl.constexpr):
+                      PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if PAGED:  # a paged KV cache holds keys already encoded: plain gathered loads
@@ -53,6 +53,9 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
                                HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
         keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW)
+        if HAS_LEFTPAD:  # keys before k_first are padding (cache_leftpad), which may hold anything:
+            keep = keep & (offs_n[None, :] >= k_first)  # their scores are dropped, and their values zeroed
+            v_tile = tl.where(offs_n[:, None] >= k_first, v_tile, 0.0)  # so that 0 * NaN cannot reach acc
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row with nothing visible yet keeps max -inf; subtracting 0 there keeps exp2 at 0, not NaN.
@@ -82,13 +85,13 @@ def attention_fwd_kernel(
     kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
-    cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
+    cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h, leftpad_k_ptr,
     block_table_ptr, stride_bt_b, page_size, num_splits, stride_o_split, stride_lse_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr,
 ):
     # Split-K (flash-decoding): num_splits programs share a query tile, each over a slice of its key
     # blocks, writing a partial (out, lse) that attention_forward merges. num_splits = 1: no split.
@@ -118,10 +121,15 @@ def attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_k, diag_offset, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
+    k_first = 0
+    if HAS_LEFTPAD:  # the first visible key bounds the key blocks too, before they are split
+        k_first = tl.load(leftpad_k_ptr + batch)
+        lo = tl.maximum(lo, k_first // BLOCK_N * BLOCK_N)
     per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), num_splits) * BLOCK_N
     lo = lo + split * per_split
     hi = tl.minimum(hi, lo + per_split)
     if PAGED:  # stride_kb / stride_vb are the page strides; the block table says where rows live
+        # (a packed batch's keys too: its cu_seqlens_k give lengths, not rows, of paged keys)
         k_base = k_ptr + kv_head * stride_kh
         v_base = v_ptr + kv_head * stride_vh
     else:
@@ -134,9 +142,9 @@ def attention_fwd_kernel(
         dropout_p, dropout_scale, dropout_seed, row_base, seqlen_k_max,
         head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                   bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI),
-        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb,
+        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
         BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
-        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED)
+        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
@@ -157,6 +165,12 @@ def paging_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
         return dict(block_table_ptr=dummy, stride_bt_b=0, page_size=1, PAGED=False)
     table = params.paged.block_table
     return dict(block_table_ptr=table, stride_bt_b=table.stride(0), page_size=params.paged.page_size, PAGED=True)
+
+
+def leftpad_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
+    """Kernel arguments for a first visible key per sequence (SequenceLengths.leftpad_k)."""
+    leftpad = params.lengths.leftpad_k if params.lengths is not None else None
+    return dict(leftpad_k_ptr=dummy if leftpad is None else leftpad, HAS_LEFTPAD=leftpad is not None)
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
@@ -184,19 +198,21 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
                                                           device=q.device)
     out_view = out_part if splits == 1 else out_part[0]
     paging = paging_args(params, q)
+    paged = params.paged is not None
 
     def launch(cfg):
         grid = (triton.cdiv(params.seqlen_q, cfg.block_m) * splits, params.nheads_q, params.batch)
         attention_fwd_kernel[grid](
             streams.q, streams.k, v, out_part, lse_part,
-            *bsh_strides(streams.q, params), *bsh_strides(streams.k, params), *bsh_strides(v, params),
+            *bsh_strides(streams.q, params), *bsh_strides(streams.k, params, paged),
+            *bsh_strides(v, params, paged),
             *bsh_strides(out_view, params),
             params.seqlen_q, params.seqlen_k, params.nheads_q, params.head_dim, params.group_size,
             params.softmax_scale * LOG2E, params.window[0], params.window[1], params.diagonal_offset,
             **dropout_args(params),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-            **pe_args, **mods_args, **sequence_args(params, q), **paging,
+            **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad_args(params, q),
             num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
             stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )

@@ -163,11 +163,12 @@ def sequence_args(params, dummy: torch.Tensor) -> dict:
     return args
 
 
-def bsh_strides(t: torch.Tensor, params) -> tuple[int, int, int]:
+def bsh_strides(t: torch.Tensor, params, paged: bool = False) -> tuple[int, int, int]:
     """(batch, seq, head) element strides of a bshd tensor as the kernels address it: a packed
     variable-length batch is one (1, total, h, d) tensor whose sequences start at cu_seqlens rows, so
-    its batch stride is 0 (sequence_bounds adds the start row)."""
-    return (0 if params.is_varlen else t.stride(0)), t.stride(1), t.stride(2)
+    its batch stride is 0 (sequence_bounds adds the start row). paged: t is a paged K/V, whose first
+    stride is the page stride, packed batch or not (kv_row_offsets)."""
+    return (0 if params.is_varlen and not paged else t.stride(0)), t.stride(1), t.stride(2)
 
 
 @triton.jit

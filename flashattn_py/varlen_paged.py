@@ -1,0 +1,106 @@
+"""``flash_attn_varlen_func(..., block_table=)``: packed queries against a paged KV cache (chunked
+prefill and mixed prefill / decode batches of a serving engine, FlashAttention 2's paged varlen call).
+
+k and v are then caches of pages, (num_pages, page_size, nheads_k, head_dim), any page size (FlashAttention
+2: multiples of 256). Sequence b's keys are its first cu_seqlens_k[b + 1] - cu_seqlens_k[b] cache rows:
+row j in page block_table[b, j // page_size] at j % page_size. Queries are packed as in every
+varlen call; causal / window align bottom-right in each sequence, as there.
+
+Inference only, like flash_attn_with_kvcache: a forward pass (the output still joins the autograd
+graph, so a model in eval mode without torch.no_grad runs, but its backward raises), no dropout, and no
+rotary= / sinusoidal=: a cache holds keys already encoded (kvcache.py rotates them as it appends), so
+rotate the queries with apply_rotary at their absolute positions. The Triton and CUDA kernels read the
+pages in place; other backends gather each sequence's rows into a packed copy first.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import backends, checks
+from .varlen import PerSequence, token_positions, varlen_params
+
+
+class _NoBackward(torch.autograd.Function):
+    """Passes the paged forward's output through; its backward says why there is none."""
+
+    @staticmethod
+    def forward(ctx, out, *inputs):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("flash_attn_varlen_func with block_table (a paged KV cache) is inference-only and "
+                                  "has no backward; run it under torch.no_grad() or pass packed k, v")
+
+
+def _check_cache(q, k_cache, v_cache, block_table, batch):
+    for name, t in (("k", k_cache), ("v", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a paged cache (num_pages, page_size, nheads_k, head_dim) with "
+                             f"block_table, got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k {tuple(k_cache.shape)} and v {tuple(v_cache.shape)} differ in shape")
+    checks.check_block_table(block_table, batch, q.device)
+
+
+def _check_values(cu_seqlens_k, block_table, capacity, num_pages):
+    """Sequence lengths fit the pages the block table lists, entries are pages of the cache: one
+    device-to-host copy (skipped where checks.reads_values() says so)."""
+    if not checks.reads_values() or block_table.shape[0] == 0:
+        return
+    lengths = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
+    parts = [lengths.max()] + ([block_table.min(), block_table.max()] if block_table.numel() else [])
+    longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
+    if longest > capacity:
+        raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
+                         f"sequence ({block_table.shape[1]} pages of {capacity // max(block_table.shape[1], 1)})")
+    if entries and (entries[0] < 0 or entries[1] >= num_pages):
+        raise ValueError(f"block_table entries must be page indices in [0, {num_pages}), got {entries[0]} to "
+                         f"{entries[1]}")
+
+
+def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
+    """(total_k, nheads_k, head_dim) copy of each sequence's cache rows, packed as cu_seqlens_k says."""
+    rows = token_positions(cu_seqlens_k, total_k)[0]  # row within its sequence
+    sequence = torch.searchsorted(cu_seqlens_k[1:].to(torch.int64), torch.arange(total_k, device=cache.device),
+                                  right=True)
+    pages = block_table.to(torch.int64)[sequence, rows // page_size]
+    return cache[pages, rows % page_size]
+
+
+def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                         *, dropout_p, rotary, sinusoidal, backend, **options):
+    """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache."""
+    if rotary is not None or sinusoidal is not None:
+        raise ValueError("rotary= / sinusoidal= are not available with block_table: a paged cache holds keys already "
+                         "encoded; rotate q with flashattn_py.apply_rotary at its positions")
+    if dropout_p != 0.0:
+        raise ValueError(f"dropout_p must be 0 with block_table (a paged cache is for inference), got {dropout_p}")
+    if not isinstance(cu_seqlens_q, torch.Tensor) or cu_seqlens_q.dim() != 1:
+        raise ValueError("cu_seqlens_q must be a 1-D int32 tensor of batch + 1 prefix sums")
+    batch = cu_seqlens_q.shape[0] - 1
+    _check_cache(q, k_cache, v_cache, block_table, batch)
+    num_pages, page_size = k_cache.shape[:2]
+    if not isinstance(cu_seqlens_k, torch.Tensor):
+        raise TypeError(f"cu_seqlens_k must be a torch.Tensor, got {type(cu_seqlens_k).__name__}")
+    # The packed key count comes from cu_seqlens_k itself (the pages have no packed length to check it
+    # against); varlen_params then checks the prefix sums as for packed keys.
+    total_k = int(cu_seqlens_k[-1]) if cu_seqlens_k.numel() and checks.reads_values() else 0
+    shape_k = k_cache[0, :1].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
+    params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)
+    _check_values(cu_seqlens_k, block_table, block_table.shape[1] * page_size, num_pages)
+    impl = backends.select(backend, q.device)
+    q4 = (q if q.stride(-1) == 1 else q.contiguous())[None]
+    with torch.no_grad():
+        if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the kernels read the pages in place
+            paged = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
+            out, lse, _ = impl.forward(q4, k_cache, v_cache, paged)
+        else:
+            k, v = (packed_rows(c, cu_seqlens_k, block_table, page_size, total_k)[None] for c in (k_cache, v_cache))
+            out, lse, _ = PerSequence(impl).forward(q4, k, v, params)
+    out = out[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache)):
+        out = _NoBackward.apply(out, q, k_cache, v_cache)
+    return out, lse
