@@ -56,7 +56,7 @@ DECODE_KERNELS = ("attention_fwd_kernel", "merge_splits_kernel")
 # its q and k tiles itself: the most code and registers), except "rope-prepass", the path "auto"
 # takes at training lengths (streamed operands encoded by encode_kernel beforehand). "decode" is not
 # an encoding: one decoding step through flash_attn_with_kvcache (one query per sequence, a paged
-# cache, split-K), which launches the forward with its decode tiles and the merge kernel only.
+# cache, split-K, left padding), which launches the forward with its decode tiles and the merge kernel only.
 PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
                "score-mods", "decode")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
@@ -227,7 +227,8 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
 def _decode_step(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
     """One decoding step as flash_attn_with_kvcache launches it on the Triton backend (kvcache.py; that
     entry point itself refuses CPU tensors without the interpreter): a query per sequence against a
-    paged cache (page size 16) with _SEQLEN_K used tokens, split-K forced (3 splits)."""
+    paged cache (page size 16) with _SEQLEN_K used tokens after some left padding (cache_leftpad),
+    split-K forced (3 splits): the decoding forward with every option it can take."""
     from .checks import PagedKV, attention_params
     page_size, pages = 16, -(-_SEQLEN_K // 16)
     q = torch.zeros(_BATCH, 1, _NHEADS_Q, head_dim, dtype=dtype)
@@ -236,7 +237,9 @@ def _decode_step(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
     shape_k = cache[:1, :1].expand(_BATCH, pages * page_size, _NHEADS_KV, head_dim)
     params = attention_params(q, shape_k, shape_k, causal=causal,
                               seqused_k=torch.full((_BATCH,), _SEQLEN_K, dtype=torch.int32))
-    params = dataclasses.replace(params, paged=PagedKV(table, page_size), num_splits=3)
+    leftpad = torch.full((_BATCH,), 5, dtype=torch.int32)
+    params = dataclasses.replace(params, paged=PagedKV(table, page_size), num_splits=3,
+                                 lengths=dataclasses.replace(params.lengths, leftpad_k=leftpad))
     fwd.attention_forward(q, cache, cache, params)
 
 

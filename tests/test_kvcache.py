@@ -264,45 +264,50 @@ class TinyDecoder(torch.nn.Module):
         return self.head(x + self.o(attn.reshape(*attn.shape[:2], -1)))
 
 
+def _greedy_full_recompute(model, rotary, tokens, steps, backend):
+    """tokens followed by `steps` greedy tokens, recomputing full causal attention at every step."""
+    for _ in range(steps):
+        x, q, k, v = model.project(tokens)
+        attn = fa.attention(q, k, v, causal=True, rotary=rotary, backend=backend)
+        tokens = torch.cat([tokens, model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
+def _greedy_with_cache(model, prompt, steps, page_size, backend, cache_leftpad=None):
+    """(batch, steps) greedy tokens: the prompt prefilled into an empty cache (contiguous, or scattered
+    pages of page_size), then one token per step through flash_attn_with_kvcache."""
+    batch, capacity = prompt.shape[0], 32
+    if page_size is None:
+        k_cache, block_table = torch.zeros(batch, capacity, model.kv_heads, model.head_dim, device=DEVICE), None
+    else:
+        pages = batch * capacity // page_size + 1
+        k_cache = torch.zeros(pages, page_size, model.kv_heads, model.head_dim, device=DEVICE)
+        block_table = torch.randperm(pages)[:pages - 1].reshape(batch, -1).to(DEVICE, torch.int32)
+    v_cache = torch.zeros_like(k_cache)
+    seqlens = torch.zeros(batch, dtype=torch.int32, device=DEVICE)
+    step_input, generated = prompt, []
+    for _ in range(steps):
+        x, q, k, v = model.project(step_input)
+        attn = flash_attn_with_kvcache(q, k_cache, v_cache, k, v, model.cos.to(DEVICE), model.sin.to(DEVICE), seqlens,
+                                       cache_leftpad=cache_leftpad, block_table=block_table, causal=True,
+                                       rotary_interleaved=True, backend=backend)
+        seqlens = seqlens + step_input.shape[1]
+        step_input = model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)
+        generated.append(step_input)
+    return torch.cat(generated, dim=1)
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])  # an fp32 model: the cuda backend is fp16/bf16 only
 @pytest.mark.parametrize("page_size", [None, 16])
 def test_greedy_decoding_with_the_cache_equals_full_recompute(backend, page_size):
     torch.manual_seed(0)
     model = TinyDecoder().to(DEVICE)
-    cos, sin = model.cos.to(DEVICE), model.sin.to(DEVICE)
-    rotary = fa.Rotary(interleaved=True, cos=cos, sin=sin)
+    rotary = fa.Rotary(interleaved=True, cos=model.cos.to(DEVICE), sin=model.sin.to(DEVICE))
     prompt = torch.tensor([[3, 14, 15, 9, 2, 6], [5, 35, 8, 9, 7, 9]], device=DEVICE)
-    steps, batch = 8, prompt.shape[0]
     with torch.no_grad():
-        # Path 1: recompute full causal attention over the whole sequence at every step.
-        tokens = prompt
-        for _ in range(steps):
-            x, q, k, v = model.project(tokens)
-            attn = fa.attention(q, k, v, causal=True, rotary=rotary, backend=backend)
-            tokens = torch.cat([tokens, model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)], dim=1)
-        # Path 2: prefill the cache with the prompt, then one token per step through the cache.
-        capacity = 32
-        if page_size is None:
-            k_cache = torch.zeros(batch, capacity, model.kv_heads, model.head_dim, device=DEVICE)
-            block_table = None
-        else:
-            k_cache = torch.zeros(batch * capacity // page_size + 1, page_size, model.kv_heads, model.head_dim,
-                                  device=DEVICE)
-            block_table = torch.arange(1, batch * capacity // page_size + 1, dtype=torch.int32,
-                                       device=DEVICE).flip(0).reshape(batch, -1)
-        v_cache = torch.zeros_like(k_cache)
-        cached = prompt
-        seqlens = torch.zeros(batch, dtype=torch.int32, device=DEVICE)
-        step_input = prompt
-        for _ in range(steps):
-            x, q, k, v = model.project(step_input)
-            attn = flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cos, sin, seqlens, block_table=block_table,
-                                           causal=True, rotary_interleaved=True, backend=backend)
-            seqlens = seqlens + step_input.shape[1]
-            step_input = model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)
-            cached = torch.cat([cached, step_input], dim=1)
-    assert torch.equal(cached, tokens), f"cached decoding {cached.tolist()} != full recompute {tokens.tolist()}"
-
+        full = _greedy_full_recompute(model, rotary, prompt, 8, backend)[:, prompt.shape[1]:]
+        cached = _greedy_with_cache(model, prompt, 8, page_size, backend)
+    assert torch.equal(cached, full), f"cached decoding {cached.tolist()} != full recompute {full.tolist()}"
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -314,40 +319,19 @@ def test_left_padded_batch_decodes_like_each_prompt_alone(backend, page_size):
     cache, padding included, for keys and queries alike: RoPE sees only their differences."""
     torch.manual_seed(0)
     model = TinyDecoder().to(DEVICE)
-    cos, sin = model.cos.to(DEVICE), model.sin.to(DEVICE)
-    rotary = fa.Rotary(interleaved=True, cos=cos, sin=sin)
-    prompts = [[3, 14, 15, 9, 2, 6], [5, 35, 8], [7]]
-    steps, width = 6, max(map(len, prompts))
+    rotary = fa.Rotary(interleaved=True, cos=model.cos.to(DEVICE), sin=model.sin.to(DEVICE))
+    prompts, steps, pad = [[3, 14, 15, 9, 2, 6], [5, 35, 8], [7]], 6, 49
     with torch.no_grad():
-        alone = []
-        for prompt in prompts:  # each prompt alone, full recompute per step
-            tokens = torch.tensor([prompt], device=DEVICE)
-            for _ in range(steps):
-                x, q, k, v = model.project(tokens)
-                attn = fa.attention(q, k, v, causal=True, rotary=rotary, backend=backend)
-                tokens = torch.cat([tokens, model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)], dim=1)
-            alone.append(tokens[0, len(prompt):].tolist())
-        batch, capacity = len(prompts), 32
-        padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=DEVICE)
-        leftpad = torch.tensor([width - len(p) for p in prompts], dtype=torch.int32, device=DEVICE)
-        if page_size is None:
-            k_cache, block_table = torch.zeros(batch, capacity, model.kv_heads, model.head_dim, device=DEVICE), None
-        else:
-            pages = batch * capacity // page_size
-            k_cache = torch.zeros(pages, page_size, model.kv_heads, model.head_dim, device=DEVICE)
-            block_table = torch.randperm(pages).reshape(batch, -1).to(DEVICE, torch.int32)
-        v_cache = torch.zeros_like(k_cache)
-        seqlens = torch.zeros(batch, dtype=torch.int32, device=DEVICE)
-        step_input, generated = padded, []
-        for _ in range(steps):
-            x, q, k, v = model.project(step_input)
-            attn = flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cos, sin, seqlens, cache_leftpad=leftpad,
-                                           block_table=block_table, causal=True, backend=backend)
-            seqlens = seqlens + step_input.shape[1]
-            step_input = model.logits(x, attn)[:, -1].argmax(-1, keepdim=True)
-            generated.append(step_input)
-    batched = torch.cat(generated, dim=1).tolist()
+        model.embed.weight[pad] *= 30  # loud padding: attending it would change the tokens
+    width = max(map(len, prompts))
+    padded = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=DEVICE)
+    leftpad = torch.tensor([width - len(p) for p in prompts], dtype=torch.int32, device=DEVICE)
+    with torch.no_grad():
+        alone = [_greedy_full_recompute(model, rotary, torch.tensor([p], device=DEVICE), steps, backend)[0, len(p):]
+                 .tolist() for p in prompts]
+        batched = _greedy_with_cache(model, padded, steps, page_size, backend, cache_leftpad=leftpad).tolist()
     assert batched == alone, f"left-padded batch {batched} != each prompt alone {alone}"
+
 
 @st.composite
 def decoding_steps(draw):
