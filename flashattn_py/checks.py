@@ -99,6 +99,9 @@ class AttentionParams:
     lengths: SequenceLengths | None = None
     paged: PagedKV | None = None  # forward only (decoding)
     num_splits: int = 1  # split-K of the forward over key blocks, merged through the lse (decoding)
+    # The Triton forward's FlashAttention 3 pack_gqa: the query heads of a KV head share one tile.
+    # None: it decides (triton_kernels/configs.packs_gqa); a scheduling hint, the results are the same.
+    pack_gqa: bool | None = None
 
     @property
     def is_varlen(self) -> bool:

@@ -115,13 +115,14 @@ def append_to_cache(k_cache, v_cache, k, v, seqlens, rotary, page_size, block_ta
     v_cache[index] = v
 
 
-def _num_splits(requested: int, params: checks.AttentionParams, device) -> int:
+def _num_splits(requested: int, params: checks.AttentionParams, device, impl) -> int:
     if requested:
         return requested
     if device.type != "cuda" or params.seqlen_q > 64:
         return 1
-    # Enough programs to cover every SM twice; each split keeps at least 256 keys of work.
-    programs = params.batch * params.nheads_q
+    # Enough programs to cover every SM twice; each split keeps at least 256 keys of work. Programs
+    # per split: as the backend launches them (Triton packs GQA heads into one), else one per head.
+    programs = impl.forward_programs(params) if hasattr(impl, "forward_programs") else params.batch * params.nheads_q
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(2 * sms // max(programs, 1), params.seqlen_k // 256, 64))
 
@@ -130,12 +131,17 @@ def _num_splits(requested: int, params: checks.AttentionParams, device) -> int:
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                             cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None,
                             causal=False, window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
-                            alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, backend="auto"):
+                            alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, pack_gqa=None,
+                            backend="auto"):
     """See the module docstring. Returns out (batch, seqlen_q, nheads, head_dim), and the lse
-    (batch, nheads, seqlen_q) fp32 too if return_softmax_lse. num_splits: 0 picks (GPU, seqlen_q <= 64)."""
+    (batch, nheads, seqlen_q) fp32 too if return_softmax_lse. num_splits: 0 picks (GPU, seqlen_q <= 64).
+    pack_gqa (FlashAttention 3's): the query heads that share a KV head run in one tile of the Triton
+    forward; None lets it decide (it packs at decoding lengths), the other backends ignore it."""
     batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
+    if pack_gqa is not None and not isinstance(pack_gqa, bool):
+        raise TypeError(f"pack_gqa must be None or a bool, got {type(pack_gqa).__name__}")
     if (k is None) != (v is None):
         raise ValueError("pass the new k and v together (or neither)")
     new = 0 if k is None else k.shape[1]
@@ -193,7 +199,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                 params = dataclasses.replace(params, paged=one_page)
             elif cache_batch_idx is not None:  # an empty cache: nothing to read
                 k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
-            params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device))
+            params = dataclasses.replace(params, pack_gqa=pack_gqa)
+            params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device, impl))
             out, lse, _ = impl.forward(q, k_view, v_view, params)
         else:
             k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))

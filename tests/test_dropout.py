@@ -26,11 +26,12 @@ def call_with_mask(backend, q, k, v, dout, seed, **options):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("options", [dict(causal=True), dict(window_size=(8, 3))], ids=["causal", "window"])
-def test_dropout_matches_reference_with_the_same_mask(request, backend, dtype, options):
-    q, k, v, dout = random_qkv(2, 50, 37, 4, 2, 32, dtype, seed=seed_of(request))
+@pytest.mark.parametrize("seqlen_q", [50, 3])  # 3: decoding lengths, where the Triton forward packs GQA heads
+def test_dropout_matches_reference_with_the_same_mask(request, backend, dtype, options, seqlen_q):
+    q, k, v, dout = random_qkv(2, seqlen_q, 37, 4, 2, 32, dtype, seed=seed_of(request))
     options = dict(options, dropout_p=0.3)
     got, mask = call_with_mask(backend, q, k, v, dout, seed_of(request), **options)
-    assert mask.shape == (2, 4, 50, 37)
+    assert mask.shape == (2, 4, seqlen_q, 37)
 
     def reference(compute_dtype):
         return run_with_grads(lambda *t: fa.reference.attention(

@@ -159,6 +159,32 @@ def test_split_k_over_long_caches_matches_reference(request, backend, page_size,
         assert_within_naive_error(f"lse[{b}]", lse[b:b + 1], exact_lse, naive_lse, dtype)
 
 
+@pytest.mark.parametrize("pack_gqa", [None, True, False])
+@pytest.mark.parametrize("seqlen_q,group", [(1, 4), (3, 8), (7, 2)])
+def test_pack_gqa_matches_reference(request, pack_gqa, seqlen_q, group):
+    """The Triton forward with the query heads of each KV head packed into one tile's rows (and
+    without): per-row heads reach the ALiBi slopes, the output / lse rows and the split-K partials."""
+    dtype, batch, capacity, hk = torch.float16, 2, 100, 2
+    gen = torch.Generator().manual_seed(seed_of(request))
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    k_cache, v_cache = rand(batch, capacity, hk, D), rand(batch, capacity, hk, D)
+    q = rand(batch, seqlen_q, hk * group, D)
+    slopes = torch.rand(batch, hk * group, generator=gen).to(DEVICE)
+    seqlens = torch.tensor([capacity, 45], dtype=torch.int32, device=DEVICE)
+    options = dict(causal=True, window_size=(60, 0), softcap=5.0)
+    with fa.poisoned_outputs():
+        out, lse = flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, alibi_slopes=slopes,
+                                           num_splits=2, pack_gqa=pack_gqa, return_softmax_lse=True,
+                                           backend="triton", **options)
+    for b, n in enumerate(seqlens.tolist()):
+        def reference(dt):
+            return fa.reference.attention(q[b:b + 1], k_cache[b:b + 1, :n], v_cache[b:b + 1, :n], return_lse=True,
+                                          alibi_slopes=slopes[b:b + 1], compute_dtype=dt, **options)
+
+        (exact, exact_lse), (naive, naive_lse) = reference(torch.float64), reference(dtype)
+        assert_within_naive_error(f"out[{b}]", out[b:b + 1], exact, naive, dtype)
+        assert_within_naive_error(f"lse[{b}]", lse[b:b + 1], exact_lse, naive_lse, dtype)
+
 def test_a_decoding_step_reads_device_values_once(monkeypatch):
     """Every value check of a step (lengths fit the cache, pages exist, rotary tables reach the last
     position) is one device-to-host copy: each extra one would make a decoding loop wait for the GPU."""
@@ -229,6 +255,7 @@ def test_rotary_tables_must_reach_the_step_positions():
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_seqlens=s, cache_leftpad=s - 4), ValueError,
      "cache_leftpad must be in"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_leftpad=s[:1]), ValueError, "cache_leftpad"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, pack_gqa=1), TypeError, "pack_gqa must be None or a bool"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, block_table=(s * 3 - 9).reshape(2, 1)),
      ValueError, "block_table entries must be page indices"),
 ])

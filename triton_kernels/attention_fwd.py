@@ -17,7 +17,7 @@ from .common import (LN2, LOG2E, check_launch_limits, dot_flags, dropout_args, d
                      bsh_strides, kv_row_offsets, sequence_args, sequence_bounds,
                      keep_mask, key_block_range, load_tile, tile_dot)
 from . import autotune
-from .configs import forward_candidates, forward_config
+from .configs import forward_candidates, forward_config, packs_gqa
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
 from .score_mods import head_mods, modified_scores, score_mod_args
@@ -92,23 +92,44 @@ def attention_fwd_kernel(
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr,
+    PACK_GQA: tl.constexpr,
 ):
     # Split-K (flash-decoding): num_splits programs share a query tile, each over a slice of its key
     # blocks, writing a partial (out, lse) that attention_forward merges. num_splits = 1: no split.
     pid_m = tl.program_id(0) // num_splits
     split = tl.program_id(0) % num_splits
-    head = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
-    kv_head = (head // group_size).to(tl.int64)
-    head = head.to(tl.int64)
     seqlen_k_max = seqlen_k  # the dropout counter's row length: the same for every sequence
     q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset = sequence_bounds(
         batch, seqlen_q, seqlen_k, diag_offset, cu_q_ptr, cu_k_ptr, seqused_k_ptr, IS_VARLEN, HAS_SEQUSED_K)
-    if pid_m * BLOCK_M >= seqlen_q:  # the grid covers the longest sequence of a packed batch
-        return
-    row_base = batch * stride_lse_b + head * stride_lse_h + q_start  # this head's lse row of query 0
+    if PACK_GQA:
+        # Grid axis 1 is the KV head, and a tile's rows are (query, head) pairs of the group_size query
+        # heads that share it, head fastest: one query per sequence still fills group_size rows, and
+        # the group reads its K/V once. Row r is query r // group_size of head
+        # kv_head * group_size + r % group_size; `head` is a column of per-row heads, which the
+        # pointer and ALiBi / bias arithmetic below broadcasts like the scalar head of a plain tile.
+        kv_head = tl.program_id(1).to(tl.int64)
+        if pid_m * BLOCK_M >= seqlen_q * group_size:  # the grid covers the longest sequence
+            return
+        offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = offs_r // group_size
+        row_head = kv_head * group_size + offs_r % group_size
+        head = row_head[:, None]
+        m_first = pid_m * BLOCK_M // group_size  # the tile's first query
+    else:
+        head = tl.program_id(1)
+        kv_head = (head // group_size).to(tl.int64)
+        head = head.to(tl.int64)
+        if pid_m * BLOCK_M >= seqlen_q:  # the grid covers the longest sequence of a packed batch
+            return
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_head = head
+        m_first = pid_m * BLOCK_M
+    row_base = batch * stride_lse_b + row_head * stride_lse_h + q_start  # the head's lse row of query 0
+    drop_row_base = row_base  # dropout counters count lse rows too (common.dropout_keep)
+    if PACK_GQA:
+        drop_row_base = row_base[:, None]  # per row, broadcast against the tile's query column
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh + q_start * stride_qs, offs_m, offs_d,
@@ -119,7 +140,8 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo, hi = key_block_range(pid_m * BLOCK_M, seqlen_k, diag_offset, window_left, window_right,
+    # Under PACK_GQA the tile spans fewer than BLOCK_M queries: a range for BLOCK_M is a superset.
+    lo, hi = key_block_range(m_first, seqlen_k, diag_offset, window_left, window_right,
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     k_first = 0
     if HAS_LEFTPAD:  # the first visible key bounds the key blocks too, before they are split
@@ -139,7 +161,7 @@ def attention_fwd_kernel(
         acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        dropout_p, dropout_scale, dropout_seed, row_base, seqlen_k_max,
+        dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
         head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                   bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI),
         (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
@@ -173,6 +195,21 @@ def leftpad_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
     return dict(leftpad_k_ptr=dummy if leftpad is None else leftpad, HAS_LEFTPAD=leftpad is not None)
 
 
+def _query_layout(params: AttentionParams) -> tuple[bool, int, int]:
+    """(pack_gqa, tile rows per (batch, grid head), grid heads): with pack_gqa the rows are the
+    (query, head) pairs of a KV head's group and the grid runs over KV heads."""
+    if packs_gqa(params.pack_gqa, params.seqlen_q, params.group_size):
+        return True, params.seqlen_q * params.group_size, params.nheads_kv
+    return False, params.seqlen_q, params.nheads_q
+
+
+def forward_programs(params: AttentionParams) -> int:
+    """Programs the forward launches per split: what kvcache.py sizes split-K by."""
+    _, rows, heads = _query_layout(params)
+    cfg = forward_config(head_dim_block(params.head_dim), bias=params.mods.bias is not None, seqlen_q=params.seqlen_q)
+    return triton.cdiv(rows, cfg.block_m) * heads * params.batch
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
     """bshd q, k, v (head dim contiguous, any other strides) -> (out like q, lse fp32 (b, h, s), scratch).
 
@@ -186,8 +223,9 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
         return out, lse_log2, (lse_log2,)
     block_d = head_dim_block(params.head_dim)
     cfg = forward_config(block_d, bias=params.mods.bias is not None, seqlen_q=params.seqlen_q)
+    pack, rows, heads = _query_layout(params)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
-    streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(params.seqlen_q, cfg.block_m))
+    streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(rows, cfg.block_m))
     pe_args = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
     mods_args = score_mod_args(params, q)
 
@@ -201,7 +239,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     paged = params.paged is not None
 
     def launch(cfg):
-        grid = (triton.cdiv(params.seqlen_q, cfg.block_m) * splits, params.nheads_q, params.batch)
+        grid = (triton.cdiv(rows, cfg.block_m) * splits, heads, params.batch)
         attention_fwd_kernel[grid](
             streams.q, streams.k, v, out_part, lse_part,
             *bsh_strides(streams.q, params), *bsh_strides(streams.k, params, paged),
@@ -213,7 +251,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
             **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad_args(params, q),
-            num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
+            PACK_GQA=pack, num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
             stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )
 

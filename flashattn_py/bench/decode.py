@@ -1,7 +1,8 @@
 """``python -m flashattn_py.bench decode``: one decoding step against a KV cache.
 
 For each (batch, cache length, page size): our flash_attn_with_kvcache (Triton, split-K chosen
-automatically, and without split-K; the same with the CUDA kernels when the extension is built)
+automatically, without split-K, and without packing the GQA heads of a KV head into one tile
+(pack_gqa=False; it packs by default); the CUDA kernels, with and without split-K, when the extension is built)
 against PyTorch SDPA attending to the same cache (a dense view of
 it; SDPA has no paged layout). One new query token per sequence, GQA heads. Reports tokens/s
 (sequences decoded per second), the bandwidth of reading the cache (K and V bytes / time) and that
@@ -62,9 +63,9 @@ def make_cache(batch, cache_len, page_size, kv_heads, head_dim, dtype, device, g
 
 
 def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, device):
-    def ours(splits, backend="triton" if device.type == "cuda" else "torch"):
+    def ours(splits, backend="triton" if device.type == "cuda" else "torch", pack_gqa=None):
         return lambda: fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
-                                                  num_splits=splits, backend=backend)
+                                                  num_splits=splits, pack_gqa=pack_gqa, backend=backend)
 
     used = int(seqlens.max())
     gqa = q.shape[2] != k_dense.shape[2]
@@ -76,7 +77,7 @@ def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, devic
 
     if device.type != "cuda":
         return {"ours": ours(0), "sdpa": sdpa}
-    impls = {"ours": ours(0), "ours_no_split": ours(1)}
+    impls = {"ours": ours(0), "ours_no_split": ours(1), "ours_no_pack_gqa": ours(0, pack_gqa=False)}
     if cuda_backend.is_built():
         impls.update(ours_cuda=ours(0, "cuda"), ours_cuda_no_split=ours(1, "cuda"))
     return {**impls, "sdpa": sdpa}
