@@ -19,6 +19,7 @@ SHAPES = [
     (1, 17, 130, 4, 1, 128),    # sq < sk, MQA (ratio 4)
     (1, 128, 128, 2, 1, 32),    # exact multiples of every tile size
     (1, 130, 17, 2, 2, 64),     # sq >> sk: most rows see no key under causal
+    (2, 3, 70, 8, 2, 32),       # decoding lengths, GQA 4: the forward packs the 4 heads into one tile
 ]
 MASKS = {
     "full": dict(),

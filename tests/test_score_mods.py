@@ -27,7 +27,8 @@ def _bias(kind, b, h, sq, sk, dtype, gen):
     raise ValueError(kind)
 
 
-SHAPES = [(2, 37, 45, 4, 2, 32), (1, 70, 17, 2, 1, 64)]  # GQA, sq < sk and sq > sk
+# GQA, sq < sk and sq > sk; decoding lengths (the forward packs the GQA heads: per-row slopes / bias rows)
+SHAPES = [(2, 37, 45, 4, 2, 32), (1, 70, 17, 2, 1, 64), (2, 4, 45, 6, 2, 32)]
 MODS = {
     "softcap": lambda b, h, gen: dict(softcap=1.5),
     "softcap_large_logits": lambda b, h, gen: dict(softcap=30.0, softmax_scale=2.0),
