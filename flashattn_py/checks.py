@@ -225,6 +225,15 @@ def check_int32_tensor(t, name: str, shape: tuple, device, shape_name: str = "")
         raise ValueError(f"{name} is on {t.device} but q is on {device}")
 
 
+def check_decode_schedule(num_splits, pack_gqa) -> None:
+    """The scheduling hints of the inference calls: num_splits an int >= 0 (0: automatic), pack_gqa
+    None or a bool."""
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
+    if pack_gqa is not None and not isinstance(pack_gqa, bool):
+        raise TypeError(f"pack_gqa must be None or a bool, got {type(pack_gqa).__name__}")
+
+
 def check_block_table(block_table, batch: int, device) -> None:
     """The shape, dtype and device of a paged K/V's block table (int32 (batch, max_pages)); its entries
     are device data, checked by the caller with its other values (one device-to-host copy)."""

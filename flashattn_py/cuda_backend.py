@@ -27,6 +27,7 @@ What the kernels support, and what this module does about the rest:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -187,6 +188,10 @@ def _launch(fn, p, device: torch.device, keep_alive) -> None:
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
     """bshd q, k, v (head dim contiguous) -> (out like q, lse fp32 params.lse_shape, ())."""
     check_supported(params)
+    if params.is_varlen and params.num_splits > 1:
+        # Split-K is a scheduling choice (the result is the same); the kernels' split scratch rows are
+        # laid out for dense batches (csrc/params.h out_accum), so a packed batch runs unsplit.
+        params = dataclasses.replace(params, num_splits=1)
     ext = extension()
     out = buffers.empty_like(q)
     lse = buffers.empty(params.lse_shape, dtype=torch.float32, device=q.device)

@@ -115,7 +115,8 @@ def append_to_cache(k_cache, v_cache, k, v, seqlens, rotary, page_size, block_ta
     v_cache[index] = v
 
 
-def _num_splits(requested: int, params: checks.AttentionParams, device, impl) -> int:
+def split_count(requested: int, params: checks.AttentionParams, device, impl) -> int:
+    """num_splits of a decoding forward: as requested, or (0) enough programs to fill the GPU."""
     if requested:
         return requested
     if device.type != "cuda" or params.seqlen_q > 64:
@@ -138,10 +139,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     pack_gqa (FlashAttention 3's): the query heads that share a KV head run in one tile of the Triton
     forward; None lets it decide (it packs at decoding lengths), the other backends ignore it."""
     batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
-    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
-        raise ValueError(f"num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
-    if pack_gqa is not None and not isinstance(pack_gqa, bool):
-        raise TypeError(f"pack_gqa must be None or a bool, got {type(pack_gqa).__name__}")
+    checks.check_decode_schedule(num_splits, pack_gqa)
     if (k is None) != (v is None):
         raise ValueError("pass the new k and v together (or neither)")
     new = 0 if k is None else k.shape[1]
@@ -200,7 +198,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             elif cache_batch_idx is not None:  # an empty cache: nothing to read
                 k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
             params = dataclasses.replace(params, pack_gqa=pack_gqa)
-            params = dataclasses.replace(params, num_splits=_num_splits(num_splits, params, q.device, impl))
+            params = dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl))
             out, lse, _ = impl.forward(q, k_view, v_view, params)
         else:
             k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))

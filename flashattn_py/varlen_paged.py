@@ -6,6 +6,10 @@ k and v are then caches of pages, (num_pages, page_size, nheads_k, head_dim), an
 row j in page block_table[b, j // page_size] at j % page_size. Queries are packed as in every
 varlen call; causal / window align bottom-right in each sequence, as there.
 
+Decoding rows of such a batch get what flash_attn_with_kvcache gives them: split-K over long caches
+(num_splits, automatic on a GPU; the CUDA kernels run packed batches unsplit) and the Triton forward's
+GQA packing (pack_gqa).
+
 Inference only, like flash_attn_with_kvcache: a forward pass (the output still joins the autograd
 graph, so a model in eval mode without torch.no_grad runs, but its backward raises), no dropout, and no
 rotary= / sinusoidal=: a cache holds keys already encoded (kvcache.py rotates them as it appends), so
@@ -19,6 +23,7 @@ import dataclasses
 import torch
 
 from . import backends, checks
+from .kvcache import split_count
 from .varlen import PerSequence, token_positions, varlen_params
 
 
@@ -71,11 +76,13 @@ def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
 
 
 def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
-                         *, dropout_p, rotary, sinusoidal, backend, **options):
-    """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache."""
+                         *, num_splits, pack_gqa, dropout_p, rotary, sinusoidal, backend, **options):
+    """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache.
+    num_splits (0: automatic) and pack_gqa as flash_attn_with_kvcache takes them."""
     if rotary is not None or sinusoidal is not None:
         raise ValueError("rotary= / sinusoidal= are not available with block_table: a paged cache holds keys already "
                          "encoded; rotate q with flashattn_py.apply_rotary at its positions")
+    checks.check_decode_schedule(num_splits, pack_gqa)
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p must be 0 with block_table (a paged cache is for inference), got {dropout_p}")
     if not isinstance(cu_seqlens_q, torch.Tensor) or cu_seqlens_q.dim() != 1:
@@ -95,7 +102,8 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
     q4 = (q if q.stride(-1) == 1 else q.contiguous())[None]
     with torch.no_grad():
         if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the kernels read the pages in place
-            paged = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
+            paged = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size), pack_gqa=pack_gqa)
+            paged = dataclasses.replace(paged, num_splits=split_count(num_splits, paged, q.device, impl))
             out, lse, _ = impl.forward(q4, k_cache, v_cache, paged)
         else:
             k, v = (packed_rows(c, cu_seqlens_k, block_table, page_size, total_k)[None] for c in (k_cache, v_cache))

@@ -134,10 +134,11 @@ PAGED_OPTIONS = {
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("page_size", [1, 5, 16])
 @pytest.mark.parametrize("options", PAGED_OPTIONS)
-def test_packed_queries_against_a_paged_cache_match_reference(request, backend, dtype, page_size, options):
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_packed_queries_against_a_paged_cache_match_reference(request, backend, dtype, page_size, options, num_splits):
     """flash_attn_varlen_func(block_table=): packed queries (chunked prefill and one-token decode rows in
-    one batch, sq <, =, > sk, an empty sequence) against keys in scattered pages of any size; the
-    reference runs each sequence on its keys gathered from the pages."""
+    one batch, sq <, =, > sk, an empty sequence) against keys in scattered pages of any size, split-K
+    or not; the reference runs each sequence on its keys gathered from the pages."""
     options = dict(PAGED_OPTIONS[options])
     if options.get("softcap"):
         if backend == "cuda":
@@ -154,8 +155,8 @@ def test_packed_queries_against_a_paged_cache_match_reference(request, backend, 
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
     with fa.poisoned_outputs():
         out, lse, _ = flash_attn_varlen_func(q, k_cache, v_cache, cu_q, cu_k, max(lens_q), max(lens_k),
-                                             block_table=block_table, return_attn_probs=True, backend=backend,
-                                             **options)
+                                             block_table=block_table, num_splits=num_splits,
+                                             return_attn_probs=True, backend=backend, **options)
     keys = k_cache[block_table.long()].reshape(4, -1, hk, d)
     values = v_cache[block_table.long()].reshape(4, -1, hk, d)
     for b, (nq, nk) in enumerate(zip(lens_q, lens_k)):
@@ -199,6 +200,10 @@ def test_a_paged_varlen_call_has_no_backward():
                                                       rotary=fa.Rotary()), "keys already encoded"),
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t, dropout_p=0.1),
      "dropout_p must be 0 with block_table"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc[0], kc[0], cu, cuk, 5, 20, num_splits=2),
+     "pass them with block_table only"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t, num_splits=-1),
+     "num_splits must be an int >= 0"),
 ])
 def test_bad_paged_varlen_arguments_are_named(call, message):
     q = torch.randn(5, 2, 16, device=DEVICE, dtype=torch.float16)

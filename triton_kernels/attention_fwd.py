@@ -259,5 +259,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
                          lambda arch: forward_candidates(block_d, arch, params.mods.bias is not None, params.seqlen_q),
                          launch, q.device))
     if splits > 1:
-        merge_splits(out_part, lse_part, out, lse_log2)
+        if params.is_varlen:  # lse rows (nheads, total_q): the merge takes (batch = 1, nheads, total_q)
+            merge_splits(out_part, lse_part[:, None], out, lse_log2[None])
+        else:
+            merge_splits(out_part, lse_part, out, lse_log2)
     return out, lse_log2 * LN2, (lse_log2, *streams.scratch)
