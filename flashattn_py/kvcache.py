@@ -177,33 +177,45 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             offsets = cache_seqlens.to(torch.int64)
             positions = offsets[:, None] + (torch.arange(q.shape[1], device=q.device) if per_token else 0)
             q = apply_rotary(q, rotary, positions=positions.expand(batch, q.shape[1]).contiguous(), backend=backend)
-        # A shape carrier for the checks (no copy): keys of every sequence, up to the cache capacity.
-        shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
-        params = checks.attention_params(q, shape_k, shape_k, causal=causal, softmax_scale=softmax_scale,
-                                         window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-                                         seqused_k=seqused)
-        if cache_leftpad is not None:  # keys before it are padding: a lower bound on the visible keys
-            params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=cache_leftpad))
         impl = backends.select(backend, q.device)
         q = q if q.stride(-1) == 1 else q.contiguous()
-        if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the Triton / CUDA kernels read the cache in place
-            k_view, v_view = k_cache, v_cache
-            if page_size is not None:
-                params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
-            elif cache_batch_idx is not None and capacity > 0:
-                # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
-                # sequence, the page being the whole row (gathering the rows would copy the cache each step).
-                one_page = checks.PagedKV(cache_batch_idx[:, None].contiguous(), capacity)
-                params = dataclasses.replace(params, paged=one_page)
-            elif cache_batch_idx is not None:  # an empty cache: nothing to read
-                k_view, v_view = k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()]
-            params = dataclasses.replace(params, pack_gqa=pack_gqa)
-            params = dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl))
-            out, lse, _ = impl.forward(q, k_view, v_view, params)
-        else:
+        params = step_params(q, k_cache, seqused, capacity=capacity, page_size=page_size, block_table=block_table,
+                             cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, num_splits=num_splits,
+                             pack_gqa=pack_gqa, impl=impl, causal=causal, softmax_scale=softmax_scale,
+                             window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes)
+        if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
             k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))
             out, lse, _ = PerSequence(impl).forward(q, k_dense, v_dense, params)
+        elif params.paged is None and cache_batch_idx is not None:  # an empty cache: nothing to read
+            out, lse, _ = impl.forward(q, k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()], params)
+        else:  # the kernels read the cache in place
+            out, lse, _ = impl.forward(q, k_cache, v_cache, params)
     return (out, lse) if return_softmax_lse else out
+
+
+def step_params(q, k_cache, seqused, *, capacity, page_size, block_table, cache_batch_idx, cache_leftpad, num_splits,
+                pack_gqa, impl, **options) -> checks.AttentionParams:
+    """The AttentionParams of one step's attention over the cache (its new tokens already appended):
+    sequence b attends to seqused[b] keys (after cache_leftpad[b] of padding). For a backend whose
+    kernels read the cache in place (SUPPORTS_PACKED_SEQUENCES) they also say how: paged, a
+    cache_batch_idx row as a one-page block table, split-K, GQA packing; other backends get the
+    lengths only and are given a dense copy of the cache."""
+    batch = q.shape[0]
+    # A shape carrier for the checks (no copy): keys of every sequence, up to the cache capacity.
+    shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
+    params = checks.attention_params(q, shape_k, shape_k, seqused_k=seqused, **options)
+    if cache_leftpad is not None:  # keys before it are padding: a lower bound on the visible keys
+        params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=cache_leftpad))
+    if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
+        return params
+    if page_size is not None:
+        params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
+    elif cache_batch_idx is not None and capacity > 0:
+        # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
+        # sequence, the page being the whole row (gathering the rows would copy the cache each step).
+        params = dataclasses.replace(params, paged=checks.PagedKV(cache_batch_idx[:, None].contiguous(), capacity))
+    params = dataclasses.replace(params, pack_gqa=pack_gqa)
+    return dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl))
 
 
 def dense_cache(cache, block_table, page_size, cache_batch_idx):

@@ -229,17 +229,16 @@ def _decode_step(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
     entry point itself refuses CPU tensors without the interpreter): a query per sequence against a
     paged cache (page size 16) with _SEQLEN_K used tokens after some left padding (cache_leftpad),
     split-K forced (3 splits): the decoding forward with every option it can take."""
-    from .checks import PagedKV, attention_params
+    from . import triton_backend
+    from .kvcache import step_params
     page_size, pages = 16, -(-_SEQLEN_K // 16)
     q = torch.zeros(_BATCH, 1, _NHEADS_Q, head_dim, dtype=dtype)
     cache = torch.zeros(_BATCH * pages, page_size, _NHEADS_KV, head_dim, dtype=dtype)
     table = torch.arange(_BATCH * pages, dtype=torch.int32).reshape(_BATCH, pages)
-    shape_k = cache[:1, :1].expand(_BATCH, pages * page_size, _NHEADS_KV, head_dim)
-    params = attention_params(q, shape_k, shape_k, causal=causal,
-                              seqused_k=torch.full((_BATCH,), _SEQLEN_K, dtype=torch.int32))
-    leftpad = torch.full((_BATCH,), 5, dtype=torch.int32)
-    params = dataclasses.replace(params, paged=PagedKV(table, page_size), num_splits=3,
-                                 lengths=dataclasses.replace(params.lengths, leftpad_k=leftpad))
+    params = step_params(q, cache, torch.full((_BATCH,), _SEQLEN_K, dtype=torch.int32), capacity=pages * page_size,
+                         page_size=page_size, block_table=table, cache_batch_idx=None,
+                         cache_leftpad=torch.full((_BATCH,), 5, dtype=torch.int32), num_splits=3, pack_gqa=None,
+                         impl=triton_backend, causal=causal)
     fwd.attention_forward(q, cache, cache, params)
 
 
