@@ -29,8 +29,9 @@ def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, 
         raise ValueError(f"{name} is on {cu.device} but q is on {device}")
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
         raise TypeError(f"max_seqlen for {name} must be an int, got {type(max_seqlen).__name__}")
-    if torch.compiler.is_compiling():
-        return  # the value checks below read the tensor on the host: a graph break (see docs/entry-points.md)
+    if not checks.reads_values():
+        return  # they read the tensor on the host: a graph break while torch.compile traces, illegal while
+        # a CUDA graph is captured (validate eagerly once); see docs/entry-points.md
     # One small device-to-host copy: bad offsets would make the kernels read out of bounds.
     values = cu.tolist()
     lengths = [b - a for a, b in zip(values, values[1:])]

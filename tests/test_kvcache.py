@@ -207,18 +207,26 @@ def test_a_decoding_step_reads_device_values_once(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_a_decoding_step_replays_from_a_cuda_graph(backend):
+@pytest.mark.parametrize("entry", ["flash_attn_with_kvcache", "flash_attn_varlen_func"])
+def test_a_decoding_step_replays_from_a_cuda_graph(backend, entry):
     """Serving loops capture the decoding step once and replay it: no host read may happen inside
-    (value checks are skipped while capturing), and a replay with new inputs equals an eager call."""
+    (value checks are skipped while capturing), and a replay with new inputs equals an eager call.
+    Through the KV-cache call, and the packed call against the pages (one query per sequence)."""
     gen = torch.Generator().manual_seed(1)
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, torch.float16)  # noqa: E731
     k_cache, v_cache = rand(16, 16, HK, D), rand(16, 16, HK, D)
     table = torch.randperm(16, generator=gen).reshape(2, 8).to(DEVICE, torch.int32)
     q, seqlens = rand(2, 1, H, D), torch.tensor([7, 100], dtype=torch.int32, device=DEVICE)
 
+    cu_q = torch.tensor([0, 1, 2], dtype=torch.int32, device=DEVICE)
+
     def step():
-        return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table, causal=True,
-                                       num_splits=2, backend=backend)
+        if entry == "flash_attn_with_kvcache":
+            return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, block_table=table,
+                                           causal=True, num_splits=2, backend=backend)
+        cu_k = torch.cat([seqlens.new_zeros(1), seqlens.cumsum(0, dtype=torch.int32)])  # on the device, captured
+        return fa.flash_attn_varlen_func(q[:, 0], k_cache, v_cache, cu_q, cu_k, 1, 128, block_table=table,
+                                         causal=True, num_splits=2, backend=backend)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
