@@ -234,6 +234,24 @@ def check_decode_schedule(num_splits, pack_gqa) -> None:
         raise TypeError(f"pack_gqa must be None or a bool, got {type(pack_gqa).__name__}")
 
 
+def check_kv_cache(k_cache, v_cache, device, *, paged: bool, names=("k_cache", "v_cache")) -> None:
+    """K and V caches: 4-D tensors of one shape and dtype on q's device; a paged one (num_pages,
+    page_size, nheads_k, head_dim) with page_size >= 1. (q's dtype and head dims against them: the
+    attention checks.)"""
+    layout = "(num_pages, page_size, nheads_k, head_dim)" if paged else "(batch_cache, seqlen_cache, nheads_k, head_dim)"
+    for name, t in zip(names, (k_cache, v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D cache {layout}, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but q is on {device}")
+    if k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"{names[0]} ({k_cache.dtype} {tuple(k_cache.shape)}) and {names[1]} ({v_cache.dtype} "
+                         f"{tuple(v_cache.shape)}) must have one shape and dtype")
+    if paged and k_cache.shape[1] < 1:
+        raise ValueError(f"a paged cache needs page_size >= 1, got {names[0]} of shape {tuple(k_cache.shape)}")
+
+
 def check_block_table(block_table, batch: int, device) -> None:
     """The shape, dtype and device of a paged K/V's block table (int32 (batch, max_pages)); its entries
     are device data, checked by the caller with its other values (one device-to-host copy)."""

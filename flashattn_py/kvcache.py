@@ -40,12 +40,10 @@ from .varlen import PerSequence
 
 def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
     """(batch, capacity of each sequence's cache, page size or None), validated."""
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor, got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"q must be a 4-D tensor (batch, seqlen_q, nheads, head_dim), got "
+                         f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    checks.check_kv_cache(k_cache, v_cache, q.device, paged=block_table is not None)
     batch = q.shape[0]
     if block_table is not None:
         if cache_batch_idx is not None:
@@ -205,11 +203,12 @@ def step_params(q, k_cache, seqused, *, capacity, page_size, block_table, cache_
     shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
     params = checks.attention_params(q, shape_k, shape_k, seqused_k=seqused, **options)
     if cache_leftpad is not None:  # keys before it are padding: a lower bound on the visible keys
-        params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=cache_leftpad))
+        leftpad = cache_leftpad.contiguous()  # the kernels index it with unit stride
+        params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=leftpad))
     if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
         return params
     if page_size is not None:
-        params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
+        params = dataclasses.replace(params, paged=checks.PagedKV(block_table.contiguous(), page_size))
     elif cache_batch_idx is not None and capacity > 0:
         # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
         # sequence, the page being the whole row (gathering the rows would copy the cache each step).

@@ -40,30 +40,23 @@ class _NoBackward(torch.autograd.Function):
                                   "has no backward; run it under torch.no_grad() or pass packed k, v")
 
 
-def _check_cache(q, k_cache, v_cache, block_table, batch):
-    for name, t in (("k", k_cache), ("v", v_cache)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a paged cache (num_pages, page_size, nheads_k, head_dim) with "
-                             f"block_table, got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k {tuple(k_cache.shape)} and v {tuple(v_cache.shape)} differ in shape")
-    checks.check_block_table(block_table, batch, q.device)
-
-
-def _check_values(cu_seqlens_k, block_table, capacity, num_pages):
-    """Sequence lengths fit the pages the block table lists, entries are pages of the cache: one
-    device-to-host copy (skipped where checks.reads_values() says so)."""
+def _check_values(cu_seqlens_k, block_table, capacity, num_pages) -> int:
+    """The packed key count (cu_seqlens_k[-1]: the pages have no packed length to check it against),
+    having checked in one device-to-host copy that the sequence lengths fit the pages the block table
+    lists and its entries are pages of the cache. Where checks.reads_values() says no host read may
+    happen (tracing, graph capture): none, and 0."""
     if not checks.reads_values() or block_table.shape[0] == 0:
-        return
+        return 0
     lengths = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
-    parts = [lengths.max()] + ([block_table.min(), block_table.max()] if block_table.numel() else [])
-    longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
+    parts = [cu_seqlens_k[-1], lengths.max()] + ([block_table.min(), block_table.max()] if block_table.numel() else [])
+    total, longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
     if longest > capacity:
         raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
                          f"sequence ({block_table.shape[1]} pages of {capacity // max(block_table.shape[1], 1)})")
     if entries and (entries[0] < 0 or entries[1] >= num_pages):
         raise ValueError(f"block_table entries must be page indices in [0, {num_pages}), got {entries[0]} to "
                          f"{entries[1]}")
+    return total
 
 
 def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
@@ -88,16 +81,15 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
     if not isinstance(cu_seqlens_q, torch.Tensor) or cu_seqlens_q.dim() != 1:
         raise ValueError("cu_seqlens_q must be a 1-D int32 tensor of batch + 1 prefix sums")
     batch = cu_seqlens_q.shape[0] - 1
-    _check_cache(q, k_cache, v_cache, block_table, batch)
+    checks.check_kv_cache(k_cache, v_cache, q.device, paged=True, names=("k", "v"))
+    checks.check_block_table(block_table, batch, q.device)
+    block_table = block_table.contiguous()  # the kernels index its rows with unit stride
     num_pages, page_size = k_cache.shape[:2]
-    if not isinstance(cu_seqlens_k, torch.Tensor):
-        raise TypeError(f"cu_seqlens_k must be a torch.Tensor, got {type(cu_seqlens_k).__name__}")
-    # The packed key count comes from cu_seqlens_k itself (the pages have no packed length to check it
-    # against); varlen_params then checks the prefix sums as for packed keys.
-    total_k = int(cu_seqlens_k[-1]) if cu_seqlens_k.numel() and checks.reads_values() else 0
-    shape_k = k_cache[0, :1].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
+    checks.check_int32_tensor(cu_seqlens_k, "cu_seqlens_k", (batch + 1,), q.device, "(batch + 1,)")
+    total_k = _check_values(cu_seqlens_k, block_table, block_table.shape[1] * page_size, num_pages)
+    shape_k = k_cache[:1, 0].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
+    # varlen_params checks the prefix sums as for packed keys (of total_k rows).
     params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)
-    _check_values(cu_seqlens_k, block_table, block_table.shape[1] * page_size, num_pages)
     impl = backends.select(backend, q.device)
     q4 = (q if q.stride(-1) == 1 else q.contiguous())[None]
     with torch.no_grad():
@@ -105,7 +97,8 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
             paged = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size), pack_gqa=pack_gqa)
             paged = dataclasses.replace(paged, num_splits=split_count(num_splits, paged, q.device, impl))
             out, lse, _ = impl.forward(q4, k_cache, v_cache, paged)
-        else:
+        else:  # a packed copy of the keys: its length is read on the host (a graph break when traced)
+            total_k = int(cu_seqlens_k[-1])
             k, v = (packed_rows(c, cu_seqlens_k, block_table, page_size, total_k)[None] for c in (k_cache, v_cache))
             out, lse, _ = PerSequence(impl).forward(q4, k, v, params)
     out = out[0]

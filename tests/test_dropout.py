@@ -26,7 +26,7 @@ def call_with_mask(backend, q, k, v, dout, seed, **options):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("options", [dict(causal=True), dict(window_size=(8, 3))], ids=["causal", "window"])
-@pytest.mark.parametrize("seqlen_q", [50, 3])  # 3: decoding lengths, where the Triton forward packs GQA heads
+@pytest.mark.parametrize("seqlen_q", [50, 3])  # 3: decoding lengths (the Triton forward's decode tiles)
 def test_dropout_matches_reference_with_the_same_mask(request, backend, dtype, options, seqlen_q):
     q, k, v, dout = random_qkv(2, seqlen_q, 37, 4, 2, 32, dtype, seed=seed_of(request))
     options = dict(options, dropout_p=0.3)

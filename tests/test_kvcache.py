@@ -1,6 +1,8 @@
 """flash_attn_with_kvcache: the cache contents after the append and the output, against the float64
 reference built by gathering each sequence's keys; and a greedy decoding loop against recomputing
 full attention every step."""
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -185,6 +187,56 @@ def test_pack_gqa_matches_reference(request, pack_gqa, seqlen_q, group):
         assert_within_naive_error(f"out[{b}]", out[b:b + 1], exact, naive, dtype)
         assert_within_naive_error(f"lse[{b}]", lse[b:b + 1], exact_lse, naive_lse, dtype)
 
+FORCED_PACK_OPTIONS = {  # what the packed tile broadcasts per row, beyond a decoding step's options
+    "dropout": dict(causal=True, dropout_p=0.3),
+    "rope_in_kernel": dict(causal=True, rotary=fa.Rotary(), pe_k_strategy="in_kernel"),
+    "sinusoidal": dict(sinusoidal=fa.Sinusoidal(), pe_k_strategy="in_kernel"),
+    "bias_alibi_softcap": dict(softcap=4.0, window_size=(9, 2)),
+}
+
+
+@pytest.mark.parametrize("options", FORCED_PACK_OPTIONS)
+def test_forced_pack_gqa_equals_the_unpacked_forward(request, options):
+    """pack_gqa=True on calls the default leaves unpacked (in-kernel encodings, dropout, bias): per-row
+    positions, dropout counters, bias rows and ALiBi slopes give the unpacked forward's result."""
+    from flashattn_py import triton_backend
+    from flashattn_py.checks import attention_params
+
+    dtype, gen = torch.float16, torch.Generator().manual_seed(seed_of(request))
+    q, k, v = (torch.randn(*shape, generator=gen).to(DEVICE, dtype) for shape in
+               ((2, 5, 8, D), (2, 40, 2, D), (2, 40, 2, D)))
+    options = dict(FORCED_PACK_OPTIONS[options])
+    if "softcap" in options:
+        options.update(alibi_slopes=torch.rand(2, 8, generator=gen).to(DEVICE),
+                       attn_bias=torch.randn(2, 8, 5, 40, generator=gen).to(DEVICE, dtype))
+    params = attention_params(q, k, v, **options)
+    packed, unpacked = (triton_backend.forward(q, k, v, dataclasses.replace(params, pack_gqa=pack))[:2]
+                        for pack in (True, False))
+    torch.testing.assert_close(packed, unpacked)
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_strided_index_tensors_are_read_by_value(request, backend):
+    """cache_leftpad, cache_seqlens and block_table given as strided views (columns of larger tensors)
+    mean what their values say: kernels that index them with unit stride get contiguous copies."""
+    dtype, batch, page = torch.float16, 3, 16
+    gen = torch.Generator().manual_seed(seed_of(request))
+    k_cache, v_cache = (torch.randn(12, page, HK, D, generator=gen).to(DEVICE, dtype) for _ in range(2))
+    table = torch.randperm(12, generator=gen).reshape(batch, 4).to(DEVICE, torch.int32)
+    q = torch.randn(batch, 1, H, D, generator=gen).to(DEVICE, dtype)
+    seqlens, leftpad = torch.tensor([60, 17, 33], dtype=torch.int32), torch.tensor([20, 0, 31], dtype=torch.int32)
+
+    def strided(t):  # the same values, every other element of a larger tensor
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=DEVICE)
+        wide[..., ::2] = t.to(DEVICE)
+        return wide[..., ::2]
+
+    def call(view):
+        return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=view(seqlens), cache_leftpad=view(leftpad),
+                                       block_table=view(table), causal=True, backend=backend)
+
+    assert not strided(table).is_contiguous()
+    torch.testing.assert_close(call(strided), call(lambda t: t.to(DEVICE)), rtol=0, atol=0)
+
 def test_a_decoding_step_reads_device_values_once(monkeypatch):
     """Every value check of a step (lengths fit the cache, pages exist, rotary tables reach the last
     position) is one device-to-host copy: each extra one would make a decoding loop wait for the GPU."""
@@ -264,6 +316,7 @@ def test_rotary_tables_must_reach_the_step_positions():
      "cache_leftpad must be in"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, cache_leftpad=s[:1]), ValueError, "cache_leftpad"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, pack_gqa=1), TypeError, "pack_gqa must be None or a bool"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc.float()), ValueError, "must have one shape and dtype"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, block_table=(s * 3 - 9).reshape(2, 1)),
      ValueError, "block_table entries must be page indices"),
 ])

@@ -25,7 +25,7 @@ ENCODINGS = {
     "partial_gptj_tables": lambda d: dict(rotary=table_rotary(300, 16, interleaved=True)),
     "sinusoidal": lambda d: dict(sinusoidal=Sinusoidal(base=1000.0, scale=0.5)),
 }
-SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40), (2, 5, 40, 8, 2, 32)]  # last: GQA heads packed
+SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40), (2, 5, 40, 8, 2, 32)]  # last: decoding lengths, GQA 4
 
 
 @pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])

@@ -27,7 +27,7 @@ def _bias(kind, b, h, sq, sk, dtype, gen):
     raise ValueError(kind)
 
 
-# GQA, sq < sk and sq > sk; decoding lengths (the forward packs the GQA heads: per-row slopes / bias rows)
+# GQA, sq < sk and sq > sk; decoding lengths (the Triton forward packs the GQA heads without a bias: per-row slopes)
 SHAPES = [(2, 37, 45, 4, 2, 32), (1, 70, 17, 2, 1, 64), (2, 4, 45, 6, 2, 32)]
 MODS = {
     "softcap": lambda b, h, gen: dict(softcap=1.5),

@@ -39,9 +39,9 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if PAGED:  # a paged KV cache holds keys already encoded: plain gathered loads
-            tile_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
-            k_rows = kv_row_offsets(offs_n, seqlen_k, paging, stride_kpage, stride_ks, PAGED)
-            v_rows = kv_row_offsets(offs_n, seqlen_k, paging, stride_vpage, stride_vs, PAGED)
+            tile_mask = (offs_n[:, None] >= k_first) & (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
+            k_rows = kv_row_offsets(offs_n, k_first, seqlen_k, paging, stride_kpage, stride_ks, PAGED)
+            v_rows = kv_row_offsets(offs_n, k_first, seqlen_k, paging, stride_vpage, stride_vs, PAGED)
             k_tile = tl.load(k_base + k_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
             v_tile = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
         else:
@@ -92,7 +92,7 @@ def attention_fwd_kernel(
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr,
-    PACK_GQA: tl.constexpr,
+    PACK_GQA: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     # Split-K (flash-decoding): num_splits programs share a query tile, each over a slice of its key
     # blocks, writing a partial (out, lse) that attention_forward merges. num_splits = 1: no split.
@@ -175,30 +175,34 @@ def attention_fwd_kernel(
     # way, so at large logits (1e4) no rounding of a conversion (x ln 2, x log2 e) enters exp2.
     lse_log2 = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
 
-    out_ptrs = (out_ptr + split * stride_o_split + batch * stride_ob + head * stride_oh + q_start * stride_os
+    if SPLIT_K:  # this split's partial; 64-bit, as split * stride passes 2^31 elements at large batches
+        out_ptr += split.to(tl.int64) * stride_o_split
+        lse_log2_ptr += split.to(tl.int64) * stride_lse_split
+    out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh + q_start * stride_os
                 + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :])
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
-    tl.store(lse_log2_ptr + split * stride_lse_split + row_base + offs_m, lse_log2, mask=offs_m < seqlen_q)
+    tl.store(lse_log2_ptr + row_base + offs_m, lse_log2, mask=offs_m < seqlen_q)
 
 
 def paging_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
     """Kernel arguments for a paged K/V (placeholders when K/V are contiguous rows)."""
     if params.paged is None:
         return dict(block_table_ptr=dummy, stride_bt_b=0, page_size=1, PAGED=False)
-    table = params.paged.block_table
+    table = params.paged.block_table.contiguous()  # rows indexed with unit stride
     return dict(block_table_ptr=table, stride_bt_b=table.stride(0), page_size=params.paged.page_size, PAGED=True)
 
 
 def leftpad_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
     """Kernel arguments for a first visible key per sequence (SequenceLengths.leftpad_k)."""
     leftpad = params.lengths.leftpad_k if params.lengths is not None else None
-    return dict(leftpad_k_ptr=dummy if leftpad is None else leftpad, HAS_LEFTPAD=leftpad is not None)
+    return dict(leftpad_k_ptr=dummy if leftpad is None else leftpad.contiguous(), HAS_LEFTPAD=leftpad is not None)
 
 
 def _query_layout(params: AttentionParams) -> tuple[bool, int, int]:
     """(pack_gqa, tile rows per (batch, grid head), grid heads): with pack_gqa the rows are the
     (query, head) pairs of a KV head's group and the grid runs over KV heads."""
-    if packs_gqa(params.pack_gqa, params.seqlen_q, params.group_size):
+    plain = params.encoding is None and not params.has_dropout and params.mods.bias is None
+    if packs_gqa(params.pack_gqa, params.seqlen_q, params.group_size, plain):
         return True, params.seqlen_q * params.group_size, params.nheads_kv
     return False, params.seqlen_q, params.nheads_q
 
@@ -251,7 +255,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
             **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad_args(params, q),
-            PACK_GQA=pack, num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
+            PACK_GQA=pack, SPLIT_K=splits > 1, num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
             stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )
 

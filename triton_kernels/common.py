@@ -156,9 +156,10 @@ def sequence_args(params, dummy: torch.Tensor) -> dict:
     lengths = params.lengths
     args = dict(IS_VARLEN=lengths is not None and lengths.cu_seqlens_q is not None,
                 HAS_SEQUSED_K=lengths is not None and lengths.seqused_k is not None)
-    args.update(cu_q_ptr=lengths.cu_seqlens_q if args["IS_VARLEN"] else dummy,
-                cu_k_ptr=lengths.cu_seqlens_k if args["IS_VARLEN"] else dummy,
-                seqused_k_ptr=lengths.seqused_k if args["HAS_SEQUSED_K"] else dummy)
+    # The kernels index them with unit stride: a strided view (a column of a larger tensor) is copied.
+    args.update(cu_q_ptr=lengths.cu_seqlens_q.contiguous() if args["IS_VARLEN"] else dummy,
+                cu_k_ptr=lengths.cu_seqlens_k.contiguous() if args["IS_VARLEN"] else dummy,
+                seqused_k_ptr=lengths.seqused_k.contiguous() if args["HAS_SEQUSED_K"] else dummy)
     args.update(zip(("stride_lse_b", "stride_lse_h"), params.lse_strides))
     return args
 
@@ -172,12 +173,13 @@ def bsh_strides(t: torch.Tensor, params, paged: bool = False) -> tuple[int, int,
 
 
 @triton.jit
-def kv_row_offsets(offs_n, seqlen_k, paging, stride_page, stride_s, PAGED: tl.constexpr):
+def kv_row_offsets(offs_n, k_first, seqlen_k, paging, stride_page, stride_s, PAGED: tl.constexpr):
     """Element offsets of key/value rows offs_n: contiguous rows, or (PAGED) rows of the pages a
     sequence's block-table row lists: row j lives in page table[j // page_size] at j % page_size.
-    paging = (this sequence's block-table row, page size); rows past seqlen_k read page 0 (masked)."""
+    paging = (this sequence's block-table row, page size); rows outside [k_first, seqlen_k) read no
+    table entry (page 0, masked): a serving engine may leave the entries of padding pages unset."""
     if PAGED:
         table, page_size = paging
-        page = tl.load(table + offs_n // page_size, mask=offs_n < seqlen_k, other=0)
+        page = tl.load(table + offs_n // page_size, mask=(offs_n >= k_first) & (offs_n < seqlen_k), other=0)
         return page.to(tl.int64) * stride_page + (offs_n % page_size).to(tl.int64) * stride_s
     return offs_n.to(tl.int64) * stride_s

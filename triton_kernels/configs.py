@@ -36,14 +36,17 @@ def is_decode(seqlen_q: int | None) -> bool:
     return seqlen_q is not None and seqlen_q <= DECODE_MAX_SEQLEN_Q
 
 
-def packs_gqa(pack_gqa: bool | None, seqlen_q: int, group_size: int) -> bool:
+def packs_gqa(pack_gqa: bool | None, seqlen_q: int, group_size: int, plain: bool) -> bool:
     """Whether the forward packs the group_size query heads of a KV head into one tile's rows
     (FlashAttention 3's pack_gqa; attention_fwd_kernel PACK_GQA). By default at decoding lengths: a
     one-query step then fills group_size rows of the 16-row tile instead of one, and the group
-    reads its K/V once instead of group_size times. pack_gqa True / False overrides (with GQA)."""
+    reads its K/V once instead of group_size times. Only for plain calls (no in-kernel encoding,
+    dropout or bias: a decoding step's), the ones the static report checks spill-free; with per-row
+    encoding or bias pointers the packed tile spilled 4-20 bytes on sm_80 (head_dim 64). pack_gqa
+    True / False overrides (with GQA)."""
     if group_size <= 1:
         return False
-    return is_decode(seqlen_q) if pack_gqa is None else bool(pack_gqa)
+    return is_decode(seqlen_q) and plain if pack_gqa is None else bool(pack_gqa)
 _INTERPRETER_DKDV = TileConfig(16, 32, 4, 1)
 _INTERPRETER_DQ = TileConfig(32, 16, 4, 1)
 

@@ -30,18 +30,25 @@ def merge_splits_kernel(out_part_ptr, lse_part_ptr, out_ptr, lse_ptr,
     rows = offs_m < seqlen
     lse_base = lse_part_ptr + batch * stride_lb + head * stride_lh + offs_m
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    # The splits are walked by advancing pointers, never by split * stride, which would pass 2^31
+    # elements (32-bit) at large (packed) batches.
+    lse_split = lse_base
     for split in range(0, num_splits):
-        m = tl.maximum(m, tl.load(lse_base + split * stride_ls, mask=rows, other=float("-inf")))
+        m = tl.maximum(m, tl.load(lse_split, mask=rows, other=float("-inf")))
+        lse_split += stride_ls
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     tile_mask = rows[:, None] & (offs_d[None, :] < head_dim)
     part_base = (out_part_ptr + batch * stride_pb + head * stride_ph + offs_m[:, None].to(tl.int64) * stride_pseq
                  + offs_d[None, :])
+    lse_split, part_split = lse_base, part_base
     for split in range(0, num_splits):
-        w = tl.math.exp2(tl.load(lse_base + split * stride_ls, mask=rows, other=float("-inf")) - m_safe)
+        w = tl.math.exp2(tl.load(lse_split, mask=rows, other=float("-inf")) - m_safe)
         total += w
-        acc += w[:, None] * tl.load(part_base + split * stride_ps, mask=tile_mask, other=0.0)
+        acc += w[:, None] * tl.load(part_split, mask=tile_mask, other=0.0)
+        lse_split += stride_ls
+        part_split += stride_ps
     seen = total > 0.0
     out = acc / tl.where(seen, total, 1.0)[:, None]
     out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh + offs_m[:, None].to(tl.int64) * stride_os
