@@ -38,6 +38,8 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
+        # Rows before k_first (cache_leftpad) are padding, which may hold anything: V reads them as 0,
+        # since a NaN there would reach acc through 0 * NaN (their scores are masked below).
         if PAGED:  # a paged KV cache holds keys already encoded: plain gathered loads
             tile_mask = (offs_n[:, None] >= k_first) & (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
             k_rows = kv_row_offsets(offs_n, k_first, seqlen_k, paging, stride_kpage, stride_ks, PAGED)
@@ -47,15 +49,19 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         else:
             k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
                                        K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
-            v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+            if HAS_LEFTPAD:
+                v_tile = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :],
+                                 mask=(offs_n[:, None] >= k_first) & (offs_n[:, None] < seqlen_k)
+                                 & (offs_d[None, :] < head_dim), other=0.0)
+            else:
+                v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
         raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
         s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
                                HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
         keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW)
-        if HAS_LEFTPAD:  # keys before k_first are padding (cache_leftpad), which may hold anything:
-            keep = keep & (offs_n[None, :] >= k_first)  # their scores are dropped, and their values zeroed
-            v_tile = tl.where(offs_n[:, None] >= k_first, v_tile, 0.0)  # so that 0 * NaN cannot reach acc
+        if HAS_LEFTPAD:  # keys before k_first are padding
+            keep = keep & (offs_n[None, :] >= k_first)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row with nothing visible yet keeps max -inf; subtracting 0 there keeps exp2 at 0, not NaN.
