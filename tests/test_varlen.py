@@ -2,6 +2,8 @@
 float64 reference run on each sequence separately, forward, lse and all gradients."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import flashattn_py as fa
 from flashattn_py.varlen import flash_attn_varlen_func
@@ -216,3 +218,49 @@ def test_bad_paged_varlen_arguments_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call(q, k_cache, cu, torch.tensor([0, 20], dtype=torch.int32, device=DEVICE),
              torch.tensor([[2, 0]], dtype=torch.int32, device=DEVICE))
+
+
+@st.composite
+def paged_batches(draw):
+    """A random packed batch against a paged cache: 1-4 sequences of 0-20 queries and 0-70 keys (a
+    sequence may have more queries than keys), page sizes 1-32, GQA, causal / window, split-K, GQA
+    packing on or off."""
+    batch, page_size = draw(st.integers(1, 4)), draw(st.sampled_from([1, 3, 16, 32]))
+    lens_k = [draw(st.integers(0, 70)) for _ in range(batch)]
+    lens_q = [draw(st.integers(0, 20)) for _ in range(batch)]
+    return dict(lens_q=lens_q, lens_k=lens_k, page_size=page_size, group=draw(st.sampled_from([1, 2, 4])),
+                causal=draw(st.booleans()), window=draw(st.sampled_from([(-1, -1), (7, 0), (3, 5)])),
+                num_splits=draw(st.integers(1, 4)), pack_gqa=draw(st.sampled_from([None, False, True])),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(paged_batches())
+def test_random_paged_batches_match_reference(case):
+    """The Triton kernels on random packed batches against scattered pages, per sequence against the
+    float64 reference on its keys gathered from the pages."""
+    dtype, hk, d = torch.float16, 2, 32
+    gen = torch.Generator().manual_seed(case["seed"])
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    lens_q, lens_k, page_size = case["lens_q"], case["lens_k"], case["page_size"]
+    batch, max_pages = len(lens_q), max(1, -(-max(lens_k) // page_size))
+    pages = batch * max_pages + 1
+    k_cache, v_cache = rand(pages, page_size, hk, d), rand(pages, page_size, hk, d)
+    table = torch.randperm(pages, generator=gen)[:batch * max_pages].reshape(batch, max_pages).to(DEVICE, torch.int32)
+    q = rand(sum(lens_q), hk * case["group"], d)
+    cu_q = _cu(lens_q)
+    with fa.poisoned_outputs():
+        out = flash_attn_varlen_func(q, k_cache, v_cache, cu_q, _cu(lens_k), max(lens_q), max(lens_k),
+                                     block_table=table, causal=case["causal"], window_size=case["window"],
+                                     num_splits=case["num_splits"], pack_gqa=case["pack_gqa"], backend="triton")
+    keys = k_cache[table.long()].reshape(batch, -1, hk, d)
+    values = v_cache[table.long()].reshape(batch, -1, hk, d)
+    for b, nk in enumerate(lens_k):
+        rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
+
+        def reference(dt):
+            return fa.reference.attention(q[None, rows], keys[b:b + 1, :nk], values[b:b + 1, :nk], causal=case["causal"],
+                                          window_size=case["window"], compute_dtype=dt)
+
+        assert_within_naive_error(f"out of sequence {b}", out[None, rows], reference(torch.float64),
+                                  reference(dtype), dtype)
