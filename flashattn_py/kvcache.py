@@ -88,7 +88,7 @@ def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_ta
         raise ValueError(f"block_table entries must be page indices in [0, {rows}), got {indices[0]} to {indices[1]}")
     if cache_batch_idx is not None and indices and (indices[0] < 0 or indices[1] >= rows):
         raise ValueError(f"cache_batch_idx entries must be in [0, {rows}), got {indices[0]} to {indices[1]}")
-    if rotary is not None and high + last_position >= rotary.cos.shape[0]:
+    if rotary is not None and rotary.cos is not None and high + last_position >= rotary.cos.shape[0]:
         raise ValueError(f"rotary positions reach position {high + last_position} but the rotary cos/sin tables "
                          f"have {rotary.cos.shape[0]} rows")
 
@@ -126,16 +126,36 @@ def split_count(requested: int, params: checks.AttentionParams, device, impl) ->
     return max(1, min(2 * sms // max(programs, 1), params.seqlen_k // 256, 64))
 
 
+def _rotary_of(rotary, rotary_cos, rotary_sin, rotary_interleaved) -> Rotary | None:
+    """The step's RoPE: FlashAttention's tables (rotary_cos / rotary_sin, (seqlen_ro, rotary_dim / 2))
+    with rotary_interleaved, or a Rotary spec (rotary=)."""
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos and rotary_sin must be given together")
+    if rotary is not None:
+        if rotary_cos is not None:
+            raise ValueError("pass rotary= or rotary_cos / rotary_sin, not both")
+        if not isinstance(rotary, Rotary):
+            raise TypeError(f"rotary must be a flashattn_py.Rotary, got {type(rotary).__name__}")
+        return rotary
+    if rotary_cos is None:
+        return None
+    if rotary_cos.dim() != 2:
+        raise ValueError(f"rotary_cos must be (seqlen_ro, rotary_dim / 2), got {tuple(rotary_cos.shape)}")
+    return Rotary(rotary_dim=2 * rotary_cos.shape[1], interleaved=rotary_interleaved, cos=rotary_cos, sin=rotary_sin)
+
+
 @torch.no_grad()
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                             cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None,
                             causal=False, window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
-                            alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, pack_gqa=None,
-                            backend="auto"):
+                            alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, rotary=None,
+                            pack_gqa=None, backend="auto"):
     """See the module docstring. Returns out (batch, seqlen_q, nheads, head_dim), and the lse
     (batch, nheads, seqlen_q) fp32 too if return_softmax_lse. num_splits: 0 picks (GPU, seqlen_q <= 64).
     pack_gqa (FlashAttention 3's): the query heads that share a KV head run in one tile of the Triton
-    forward; None lets it decide (it packs at decoding lengths), the other backends ignore it."""
+    forward; None lets it decide (it packs at decoding lengths), the other backends ignore it.
+    rotary (ours): a flashattn_py.Rotary instead of rotary_cos / rotary_sin, e.g. Rotary(base=500000.0)
+    with its angles computed from the base: no tables to build."""
     batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
     checks.check_decode_schedule(num_splits, pack_gqa)
     if (k is None) != (v is None):
@@ -154,14 +174,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     checks.check_int32_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
     if cache_leftpad is not None:
         checks.check_int32_tensor(cache_leftpad, "cache_leftpad", (batch,), q.device)
-    rotary = None
-    if (rotary_cos is None) != (rotary_sin is None):
-        raise ValueError("rotary_cos and rotary_sin must be given together")
-    if rotary_cos is not None:
-        if rotary_cos.dim() != 2:
-            raise ValueError(f"rotary_cos must be (seqlen_ro, rotary_dim / 2), got {tuple(rotary_cos.shape)}")
-        rotary = Rotary(rotary_dim=2 * rotary_cos.shape[1], interleaved=rotary_interleaved, cos=rotary_cos,
-                        sin=rotary_sin)
+    rotary = _rotary_of(rotary, rotary_cos, rotary_sin, rotary_interleaved)
     per_token = causal or tuple(window_size) != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
     last_position = max(new - 1, q.shape[1] - 1 if per_token else 0, 0)
     _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary,

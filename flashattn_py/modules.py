@@ -1,4 +1,5 @@
-"""nn.Modules on our kernels: a drop-in ``MultiheadAttention`` and a Llama-style ``LlamaAttention``.
+"""nn.Modules on our kernels: a drop-in ``MultiheadAttention`` and a Llama-style ``LlamaAttention``
+(with ``KVCache`` for generation).
 
 ``MultiheadAttention`` subclasses ``torch.nn.MultiheadAttention``: same constructor, parameters and
 state_dict (weights load either way), same forward signature and mask conventions (bool True =
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import api, checks, reference
+from .kvcache import flash_attn_with_kvcache
 from .positional import Rotary
 
 
@@ -97,13 +99,39 @@ class MultiheadAttention(nn.MultiheadAttention):
         return (out.squeeze(0 if self.batch_first else 1) if unbatched else out), weights
 
 
+class KVCache:
+    """One LlamaAttention layer's keys and values for generation (flash_attn_with_kvcache underneath).
+
+    Contiguous, (batch, capacity, num_kv_heads, head_dim), or paged: pages of page_size tokens and a
+    block table giving each sequence its own ceil(capacity / page_size) pages. ``seqlens`` (int32,
+    batch) counts the tokens cached per sequence, padding included; each forward through the layer
+    appends its tokens and advances it. ``leftpad`` (int32, batch; optional): a left-padded batch of
+    prompts, whose first leftpad[b] tokens are never attended (cache_leftpad)."""
+
+    def __init__(self, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, page_size: int | None = None,
+                 leftpad: torch.Tensor | None = None, dtype=None, device=None):
+        if page_size is None:
+            self.k = torch.zeros(batch, capacity, num_kv_heads, head_dim, dtype=dtype, device=device)
+            self.block_table = None
+        else:
+            pages = -(-capacity // page_size)
+            self.k = torch.zeros(batch * pages, page_size, num_kv_heads, head_dim, dtype=dtype, device=device)
+            self.block_table = torch.arange(batch * pages, dtype=torch.int32, device=self.k.device).view(batch, pages)
+        self.v = torch.zeros_like(self.k)
+        self.seqlens = torch.zeros(batch, dtype=torch.int32, device=self.k.device)
+        self.leftpad = leftpad
+
+
 class LlamaAttention(nn.Module):
     """Llama-style self-attention: q/k/v/o projections (no bias by default), grouped-query attention
     (num_kv_heads <= num_heads) and RoPE fused into the attention kernels (never materialized).
 
-    forward(x (batch, seqlen, hidden), positions=None, attn_bias=None) -> (batch, seqlen, hidden);
+    forward(x (batch, seqlen, hidden), positions=None, attn_bias=None, cache=None) -> (batch, seqlen, hidden);
     positions: None (0..seqlen-1), an int / (batch,) offset or (batch, seqlen) position ids; attn_bias
     as in flashattn_py.attention (e.g. a (batch, 1, 1, seqlen) bool key-padding mask, True = keep).
+    cache (a KVCache; inference): x's tokens follow the cached ones (prefill, then one per step); their
+    keys and values are appended, positions continue from cache.seqlens, and padding is cache.leftpad,
+    so positions and attn_bias are not taken with it.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
@@ -123,11 +151,21 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=bias, **factory)
 
-    def forward(self, x: torch.Tensor, positions=None, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions=None, attn_bias: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         batch, seqlen, _ = x.shape
         q = self.q_proj(x).view(batch, seqlen, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seqlen, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seqlen, self.num_kv_heads, self.head_dim)
+        if cache is not None:
+            if positions is not None or attn_bias is not None:
+                raise ValueError("with cache=, positions continue from cache.seqlens and padding is cache.leftpad: "
+                                 "pass neither positions nor attn_bias")
+            out = flash_attn_with_kvcache(q, cache.k, cache.v, k, v, cache_seqlens=cache.seqlens,
+                                          cache_leftpad=cache.leftpad, block_table=cache.block_table,
+                                          causal=self.causal, rotary=self.rotary, backend=self.backend)
+            cache.seqlens += seqlen
+            return self.o_proj(out.reshape(batch, seqlen, -1))
         out = api.attention(q, k, v, causal=self.causal, rotary=self.rotary, q_positions=positions,
                             k_positions=positions, attn_bias=attn_bias,
                             dropout_p=self.dropout if self.training else 0.0, backend=self.backend)

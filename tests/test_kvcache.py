@@ -237,6 +237,30 @@ def test_strided_index_tensors_are_read_by_value(request, backend):
     assert not strided(table).is_contiguous()
     torch.testing.assert_close(call(strided), call(lambda t: t.to(DEVICE)), rtol=0, atol=0)
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_rotary_spec_equals_its_tables(request, backend, interleaved):
+    """rotary=Rotary(base=, rotary_dim=) (angles from the base) rotates the new keys and the queries
+    as rotary_cos / rotary_sin tables of the same angles do."""
+    dtype, gen = torch.float32, torch.Generator().manual_seed(seed_of(request))
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    q, k_new, v_new = rand(2, 3, H, D), rand(2, 3, HK, D), rand(2, 3, HK, D)
+    seqlens = torch.tensor([5, 40], dtype=torch.int32, device=DEVICE)
+    angles = torch.arange(64, dtype=torch.float64)[:, None] * 500.0 ** (-torch.arange(0, 16, 2) / 16)[None]
+    cos, sin = angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE)
+    results = []
+    for tables in (True, False):
+        k_cache, v_cache = torch.zeros(2, 64, HK, D, device=DEVICE), torch.zeros(2, 64, HK, D, device=DEVICE)
+        rope = dict(rotary_cos=cos, rotary_sin=sin, rotary_interleaved=interleaved) if tables else \
+            dict(rotary=fa.Rotary(base=500.0, rotary_dim=16, interleaved=interleaved))
+        out = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, causal=True,
+                                      backend=backend, **rope)
+        results.append((out, k_cache))
+    for from_tables, from_spec in zip(*results):
+        torch.testing.assert_close(from_spec, from_tables, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        flash_attn_with_kvcache(q, k_cache, v_cache, rotary_cos=cos, rotary_sin=sin, rotary=fa.Rotary())
+
 def test_a_decoding_step_reads_device_values_once(monkeypatch):
     """Every value check of a step (lengths fit the cache, pages exist, rotary tables reach the last
     position) is one device-to-host copy: each extra one would make a decoding loop wait for the GPU."""

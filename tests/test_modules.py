@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py.modules import LlamaAttention, MultiheadAttention
+from flashattn_py.modules import KVCache, LlamaAttention, MultiheadAttention
 from tolerance import DEVICE, assert_within_naive_error, seed_of
 
 BACKENDS = ["triton", "torch"]
@@ -127,3 +127,52 @@ def test_llama_attention_matches_eager_composition(request, backend, dtype):
 def test_llama_attention_rejects_bad_head_grouping():
     with pytest.raises(ValueError, match="num_heads \\(6\\) must be a multiple of num_kv_heads \\(4\\)"):
         LlamaAttention(48, num_heads=6, num_kv_heads=4)
+
+
+class TinyLlama(torch.nn.Module):
+    """An embedding, one LlamaAttention layer and an LM head: enough to generate with a KV cache."""
+
+    def __init__(self, backend, vocab=40, hidden=64):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.attn = LlamaAttention(hidden, num_heads=4, num_kv_heads=2, rotary=fa.Rotary(base=500.0), backend=backend)
+        self.head = torch.nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, tokens, cache=None):
+        x = self.embed(tokens)
+        return self.head(x + self.attn(x, cache=cache))
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])  # fp32: the cuda backend is fp16/bf16 only
+@pytest.mark.parametrize("page_size", [None, 16])
+def test_llama_attention_generates_with_a_kv_cache_as_without(backend, page_size):
+    """Greedy generation through KVCache (prefill of left-padded prompts, then one token per step)
+    gives the tokens of recomputing each prompt's whole sequence without a cache."""
+    torch.manual_seed(0)
+    model = TinyLlama(backend).to(DEVICE)
+    prompts, steps, pad = [[3, 14, 15, 9, 2], [5, 35], [7, 1, 8]], 6, 39
+    with torch.no_grad():
+        model.embed.weight[pad] *= 30  # loud padding: attending it would change the tokens
+        alone = []
+        for prompt in prompts:
+            tokens = torch.tensor([prompt], device=DEVICE)
+            for _ in range(steps):
+                tokens = torch.cat([tokens, model(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            alone.append(tokens[0, len(prompt):].tolist())
+        width = max(map(len, prompts))
+        step_input = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=DEVICE)
+        leftpad = torch.tensor([width - len(p) for p in prompts], dtype=torch.int32, device=DEVICE)
+        cache = KVCache(len(prompts), 32, 2, 16, page_size=page_size, leftpad=leftpad, device=DEVICE)
+        generated = []
+        for _ in range(steps):
+            step_input = model(step_input, cache=cache)[:, -1].argmax(-1, keepdim=True)
+            generated.append(step_input)
+    assert torch.cat(generated, dim=1).tolist() == alone
+    assert cache.seqlens.tolist() == [width + steps - 1] * len(prompts)
+
+
+def test_llama_attention_with_a_cache_takes_no_positions():
+    module = LlamaAttention(32, num_heads=2).to(DEVICE)
+    cache = KVCache(1, 8, 2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="pass neither positions nor attn_bias"):
+        module(torch.zeros(1, 2, 32, device=DEVICE), positions=3, cache=cache)
