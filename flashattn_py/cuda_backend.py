@@ -11,9 +11,10 @@ What the kernels support, and what this module does about the rest:
   mods (softcap, ALiBi, bias / masks) raise NotImplementedError (csrc/params.h has no field for them).
 - Variable lengths run natively (csrc/sequence.h): packed batches (cu_seqlens; tensors (1, total, h, d),
   lse (nheads, total_q)) and seqused_k, forward and backward; leftpad_k (a first visible key per
-  sequence), a paged K/V (block_table, any page size) and split-K (num_splits > 1, merged by
-  attention_split_merge.cuh) in the forward, for kvcache.py. Those calls run the kernels'
-  per-sequence layout instance.
+  sequence), a paged K/V (block_table, any page size; dense or packed batches) and split-K
+  (num_splits > 1, merged by attention_split_merge.cuh; dense batches: a packed one runs unsplit) in
+  the forward, for kvcache.py and varlen_paged.py. Those calls run the kernels' per-sequence layout
+  instance. pack_gqa is a Triton scheduling hint; these kernels ignore it.
 - Head dims 32, 64, 96, 128, 256 are compiled. Any other (a multiple of 8 up to 256) is zero-padded
   here to the next compiled one, and outputs / gradients are sliced back: zero channels add nothing
   to q k^T and produce zero output channels, and softmax_scale (from the original head_dim) and
