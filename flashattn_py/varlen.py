@@ -81,26 +81,30 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *, rotary=None,
-                           sinusoidal=None, pe_k_strategy="auto", num_splits=0, pack_gqa=None, backend="auto"):
+                           sinusoidal=None, pe_k_strategy="auto", num_splits=0, pack_gqa=None, seqused_k=None,
+                           backend="auto"):
     """FlashAttention 2's ``flash_attn_varlen_func`` on our kernels (see the module docstring), plus
     fused ``rotary=`` / ``sinusoidal=`` encodings whose positions restart at 0 in each sequence.
     return_attn_probs=True returns (out, lse (nheads, total_q), None): packed sequences have no one
     (seqlen_q, seqlen_k) matrix to return. With block_table, k and v are a paged KV cache
     (varlen_paged.py: inference only), and num_splits / pack_gqa (FlashAttention 3's) are the
-    scheduling hints of flash_attn_with_kvcache; without it they must stay 0 / None."""
+    scheduling hints of flash_attn_with_kvcache; without it they must stay 0 / None. seqused_k (int32
+    (batch,), FlashAttention 3's, with block_table only): each sequence's key count, in place of
+    cu_seqlens_k (pass None), as a serving engine keeps its cache lengths."""
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     if block_table is not None:
         from .varlen_paged import paged_varlen_forward  # it imports this module
 
         out, lse = paged_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
-                                        num_splits=num_splits, pack_gqa=pack_gqa,
+                                        num_splits=num_splits, pack_gqa=pack_gqa, seqused_k=seqused_k,
                                         dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal, backend=backend,
                                         causal=causal, softmax_scale=softmax_scale, window_size=window_size,
                                         softcap=softcap, alibi_slopes=alibi_slopes, pe_k_strategy=pe_k_strategy)
         return (out, lse, None) if return_attn_probs else out
-    if num_splits not in (0, 1) or pack_gqa is not None:
-        raise ValueError("num_splits / pack_gqa schedule the paged (inference) call: pass them with block_table only")
+    if num_splits not in (0, 1) or pack_gqa is not None or seqused_k is not None:
+        raise ValueError("num_splits / pack_gqa / seqused_k are for the paged (inference) call: pass them with "
+                         "block_table only")
     params = varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                            softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
                            alibi_slopes=alibi_slopes, dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal,

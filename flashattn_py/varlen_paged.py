@@ -2,7 +2,8 @@
 prefill and mixed prefill / decode batches of a serving engine, FlashAttention 2's paged varlen call).
 
 k and v are then caches of pages, (num_pages, page_size, nheads_k, head_dim), any page size (FlashAttention
-2: multiples of 256). Sequence b's keys are its first cu_seqlens_k[b + 1] - cu_seqlens_k[b] cache rows:
+2: multiples of 256). Sequence b's keys are its first cu_seqlens_k[b + 1] - cu_seqlens_k[b] (or
+seqused_k[b], FlashAttention 3's alternative) cache rows:
 row j in page block_table[b, j // page_size] at j % page_size. Queries are packed as in every
 varlen call; causal / window align bottom-right in each sequence, as there.
 
@@ -48,8 +49,11 @@ def _check_values(cu_seqlens_k, block_table, capacity, num_pages) -> int:
     if not checks.reads_values() or block_table.shape[0] == 0:
         return 0
     lengths = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
-    parts = [cu_seqlens_k[-1], lengths.max()] + ([block_table.min(), block_table.max()] if block_table.numel() else [])
-    total, longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
+    parts = [cu_seqlens_k[-1], lengths.min(), lengths.max()]
+    parts += [block_table.min(), block_table.max()] if block_table.numel() else []
+    total, shortest, longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
+    if shortest < 0:
+        raise ValueError(f"key counts (cu_seqlens_k differences or seqused_k) must be >= 0, got {shortest}")
     if longest > capacity:
         raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
                          f"sequence ({block_table.shape[1]} pages of {capacity // max(block_table.shape[1], 1)})")
@@ -69,7 +73,7 @@ def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
 
 
 def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
-                         *, num_splits, pack_gqa, dropout_p, rotary, sinusoidal, backend, **options):
+                         *, num_splits, pack_gqa, seqused_k, dropout_p, rotary, sinusoidal, backend, **options):
     """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache.
     num_splits (0: automatic) and pack_gqa as flash_attn_with_kvcache takes them."""
     if rotary is not None or sinusoidal is not None:
@@ -85,6 +89,11 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
     checks.check_block_table(block_table, batch, q.device)
     block_table = block_table.contiguous()  # the kernels index its rows with unit stride
     num_pages, page_size = k_cache.shape[:2]
+    if seqused_k is not None:  # key counts in place of their prefix sums: the sums made here, on the device
+        if cu_seqlens_k is not None:
+            raise ValueError("pass cu_seqlens_k or seqused_k with block_table, not both")
+        checks.check_int32_tensor(seqused_k, "seqused_k", (batch,), q.device, "(batch,)")
+        cu_seqlens_k = torch.cat([seqused_k.new_zeros(1), seqused_k.cumsum(0, dtype=torch.int32)])
     checks.check_int32_tensor(cu_seqlens_k, "cu_seqlens_k", (batch + 1,), q.device, "(batch + 1,)")
     total_k = _check_values(cu_seqlens_k, block_table, block_table.shape[1] * page_size, num_pages)
     shape_k = k_cache[:1, 0].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy

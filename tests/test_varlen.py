@@ -210,6 +210,10 @@ def test_a_paged_varlen_call_has_no_backward():
      "pass them with block_table only"),
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t, num_splits=-1),
      "num_splits must be an int >= 0"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t, seqused_k=cuk[1:]),
+     "cu_seqlens_k or seqused_k with block_table, not both"),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, None, 5, 20, block_table=t, seqused_k=cuk[1:] - 30),
+     "key counts .* must be >= 0"),
 ])
 def test_bad_paged_varlen_arguments_are_named(call, message):
     q = torch.randn(5, 2, 16, device=DEVICE, dtype=torch.float16)
@@ -224,14 +228,14 @@ def test_bad_paged_varlen_arguments_are_named(call, message):
 def paged_batches(draw):
     """A random packed batch against a paged cache: 1-4 sequences of 0-20 queries and 0-70 keys (a
     sequence may have more queries than keys), page sizes 1-32, GQA, causal / window, split-K, GQA
-    packing on or off."""
+    packing on or off, key counts as cu_seqlens_k or seqused_k."""
     batch, page_size = draw(st.integers(1, 4)), draw(st.sampled_from([1, 3, 16, 32]))
     lens_k = [draw(st.integers(0, 70)) for _ in range(batch)]
     lens_q = [draw(st.integers(0, 20)) for _ in range(batch)]
     return dict(lens_q=lens_q, lens_k=lens_k, page_size=page_size, group=draw(st.sampled_from([1, 2, 4])),
                 causal=draw(st.booleans()), window=draw(st.sampled_from([(-1, -1), (7, 0), (3, 5)])),
                 num_splits=draw(st.integers(1, 4)), pack_gqa=draw(st.sampled_from([None, False, True])),
-                seed=draw(st.integers(0, 2**16)))
+                seqused_k=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -249,9 +253,12 @@ def test_random_paged_batches_match_reference(case):
     table = torch.randperm(pages, generator=gen)[:batch * max_pages].reshape(batch, max_pages).to(DEVICE, torch.int32)
     q = rand(sum(lens_q), hk * case["group"], d)
     cu_q = _cu(lens_q)
+    # The key counts as cu_seqlens_k, or as seqused_k (FlashAttention 3's alternative with a cache).
+    lengths_k = dict(seqused_k=torch.tensor(lens_k, dtype=torch.int32, device=DEVICE)) if case["seqused_k"] else {}
     with fa.poisoned_outputs():
-        out = flash_attn_varlen_func(q, k_cache, v_cache, cu_q, _cu(lens_k), max(lens_q), max(lens_k),
-                                     block_table=table, causal=case["causal"], window_size=case["window"],
+        out = flash_attn_varlen_func(q, k_cache, v_cache, cu_q, None if lengths_k else _cu(lens_k), max(lens_q),
+                                     max(lens_k), block_table=table, causal=case["causal"], window_size=case["window"],
+                                     **lengths_k,
                                      num_splits=case["num_splits"], pack_gqa=case["pack_gqa"], backend="triton")
     keys = k_cache[table.long()].reshape(batch, -1, hk, d)
     values = v_cache[table.long()].reshape(batch, -1, hk, d)
