@@ -153,3 +153,33 @@ def test_paged_decoding_reaches_the_kernel_params():
     assert p.block_table in copies and torch.equal(copies[p.block_table], table)
     assert (p.block_table_stride, p.page_size) == (6, 8)
     assert p.cu_seqlens_q == 0 and p.total_q == 0
+
+
+def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):
+    """cache_leftpad reaches leftpad_k (a strided view as a contiguous copy); a packed batch against
+    pages passes the page stride for k / v (q stays addressed from packed rows, batch stride 0), and
+    runs unsplit: the split scratch rows are laid out for dense batches."""
+    from flashattn_py.checks import PagedKV
+    from flashattn_py.varlen import varlen_params
+
+    ext = _built_extension()
+    q = torch.zeros(3, 1, 4, 64, dtype=torch.float16)
+    shape_k = torch.zeros(1, 1, 2, 64, dtype=torch.float16).expand(3, 48, 2, 64)
+    params = attention_params(q, shape_k, shape_k, causal=True, seqused_k=torch.tensor([9, 3, 48], dtype=torch.int32))
+    leftpad = torch.tensor([4, 0, 0, 0, 17, 0], dtype=torch.int32)[::2]  # strided view
+    params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=leftpad))
+    p, keep_alive = cuda_backend._kernel_params(ext, params, 64, with_encoding=False)
+    copies = {t.data_ptr(): t for t in keep_alive}
+    assert p.leftpad_k in copies and copies[p.leftpad_k].tolist() == [4, 0, 17]
+
+    launched = []
+    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep: launched.append(p))
+    q_packed, cache = torch.zeros(1, 5, 4, 64, dtype=torch.float16), torch.zeros(6, 16, 2, 64, dtype=torch.float16)
+    cu_q, cu_k = torch.tensor([0, 1, 5], dtype=torch.int32), torch.tensor([0, 20, 27], dtype=torch.int32)
+    params = varlen_params(q_packed[0], cache[0, :1].expand(27, 2, 64), cache[0, :1].expand(27, 2, 64), cu_q, cu_k,
+                           4, 20, causal=True)
+    table = torch.tensor([[4, 1], [0, 5]], dtype=torch.int32)
+    cuda_backend.forward(q_packed, cache, cache, dataclasses.replace(params, paged=PagedKV(table, 16), num_splits=3))
+    (p,) = launched
+    assert p.num_splits == 1 and p.cu_seqlens_q != 0 and p.block_table != 0 and p.page_size == 16
+    assert (p.k_strides.batch, p.v_strides.batch, p.q_strides.batch) == (16 * 2 * 64, 16 * 2 * 64, 0)
