@@ -52,13 +52,16 @@ ATTENTION_KERNELS = (  # (module, name), in report order
 # merge of the partial results.
 KERNELS = ATTENTION_KERNELS + ((PE_MODULE, "encode_kernel"), (MERGE_MODULE, "merge_splits_kernel"))
 DECODE_KERNELS = ("attention_fwd_kernel", "merge_splits_kernel")
+DECODING_VARIANTS = ("decode", "paged-varlen")  # inference calls: the forward (and merge) only
 # Positional-encoding variants. Encoded ones force pe_k_strategy="in_kernel" (every kernel encodes
 # its q and k tiles itself: the most code and registers), except "rope-prepass", the path "auto"
 # takes at training lengths (streamed operands encoded by encode_kernel beforehand). "decode" is not
 # an encoding: one decoding step through flash_attn_with_kvcache (one query per sequence, a paged
-# cache, split-K, left padding), which launches the forward with its decode tiles and the merge kernel only.
+# cache, split-K, left padding), which launches the forward with its decode tiles and the merge kernel only;
+# "paged-varlen" one flash_attn_varlen_func(block_table=) call (packed decode and prefill rows against
+# a paged cache, split-K): the same two kernels, with the packed-batch layout.
 PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
-               "score-mods", "decode")
+               "score-mods", "decode", "paged-varlen")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
 # constexpr) and seqlens that are not multiples of 16. Sizes do not matter otherwise.
 _BATCH, _SEQLEN_Q, _SEQLEN_K, _NHEADS_Q, _NHEADS_KV = 2, 77, 93, 8, 2
@@ -208,9 +211,9 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
     k = torch.zeros(_BATCH, _SEQLEN_K, _NHEADS_KV, head_dim, dtype=torch_dtype)
     v = torch.zeros_like(k)
     calls: list[KernelLaunch] = []
-    if pe == "decode":
+    if pe in DECODING_VARIANTS:
         with _recording(calls):
-            _decode_step(fwd, torch_dtype, head_dim, has_window)
+            (_decode_step if pe == "decode" else _paged_varlen_call)(fwd, torch_dtype, head_dim, has_window)
         expected = list(DECODE_KERNELS)
     else:
         params = attention_params(q, k, v, causal=has_window, **_encoding_options(pe, head_dim))
@@ -240,6 +243,24 @@ def _decode_step(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
                          cache_leftpad=torch.full((_BATCH,), 5, dtype=torch.int32), num_splits=3, pack_gqa=None,
                          impl=triton_backend, causal=causal)
     fwd.attention_forward(q, cache, cache, params)
+
+
+def _paged_varlen_call(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
+    """One flash_attn_varlen_func(block_table=) call as it launches on the Triton backend (varlen_paged.py
+    builds its params): three packed sequences of 1, 9 and 1 queries against 93, 77 and 40 keys in a
+    paged cache (page size 16), split-K forced (3 splits)."""
+    from . import triton_backend
+    from .varlen_paged import paged_varlen_params
+    page_size, lens_q, lens_k = 16, [1, 9, 1], [_SEQLEN_K, 77, 40]
+    pages = -(-_SEQLEN_K // page_size)
+    q = torch.zeros(sum(lens_q), _NHEADS_Q, head_dim, dtype=dtype)
+    cache = torch.zeros(len(lens_q) * pages, page_size, _NHEADS_KV, head_dim, dtype=dtype)
+    table = torch.arange(len(lens_q) * pages, dtype=torch.int32).reshape(len(lens_q), pages)
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32) for n in (lens_q, lens_k))
+    params, _ = paged_varlen_params(q, cache, cache, cu_q, cu_k, max(lens_q), max(lens_k), table, num_splits=3,
+                                    pack_gqa=None, seqused_k=None, dropout_p=0.0, rotary=None, sinusoidal=None,
+                                    impl=triton_backend, causal=causal)
+    fwd.attention_forward(q[None], cache, cache, params)
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,12 @@ def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
     return cache[pages, rows % page_size]
 
 
-def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
-                         *, num_splits, pack_gqa, seqused_k, dropout_p, rotary, sinusoidal, backend, **options):
-    """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache.
-    num_splits (0: automatic) and pack_gqa as flash_attn_with_kvcache takes them."""
+def paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                        *, num_splits, pack_gqa, seqused_k, dropout_p, rotary, sinusoidal, impl, **options):
+    """(params, cu_seqlens_k) of packed q (total_q, nheads, head_dim) against the paged cache, validated.
+    For a backend whose kernels read pages (SUPPORTS_PACKED_SEQUENCES) the params carry the block
+    table, split-K and pack_gqa; other backends get the packed lengths only. cu_seqlens_k: as given,
+    or the prefix sums of seqused_k."""
     if rotary is not None or sinusoidal is not None:
         raise ValueError("rotary= / sinusoidal= are not available with block_table: a paged cache holds keys already "
                          "encoded; rotate q with flashattn_py.apply_rotary at its positions")
@@ -87,7 +89,6 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
     batch = cu_seqlens_q.shape[0] - 1
     checks.check_kv_cache(k_cache, v_cache, q.device, paged=True, names=("k", "v"))
     checks.check_block_table(block_table, batch, q.device)
-    block_table = block_table.contiguous()  # the kernels index its rows with unit stride
     num_pages, page_size = k_cache.shape[:2]
     if seqused_k is not None:  # key counts in place of their prefix sums: the sums made here, on the device
         if cu_seqlens_k is not None:
@@ -99,15 +100,27 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
     shape_k = k_cache[:1, 0].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
     # varlen_params checks the prefix sums as for packed keys (of total_k rows).
     params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)
+    if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
+        return params, cu_seqlens_k
+    # The kernels index the block table's rows with unit stride.
+    params = dataclasses.replace(params, paged=checks.PagedKV(block_table.contiguous(), page_size), pack_gqa=pack_gqa)
+    return dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl)), cu_seqlens_k
+
+
+def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                         *, backend, **options):
+    """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache.
+    options: paged_varlen_params's (num_splits, 0: automatic, and pack_gqa as flash_attn_with_kvcache
+    takes them, seqused_k, and the attention options)."""
     impl = backends.select(backend, q.device)
+    params, cu_seqlens_k = paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                               max_seqlen_k, block_table, impl=impl, **options)
     q4 = (q if q.stride(-1) == 1 else q.contiguous())[None]
     with torch.no_grad():
-        if getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):  # the kernels read the pages in place
-            paged = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size), pack_gqa=pack_gqa)
-            paged = dataclasses.replace(paged, num_splits=split_count(num_splits, paged, q.device, impl))
-            out, lse, _ = impl.forward(q4, k_cache, v_cache, paged)
+        if params.paged is not None:  # the kernels read the pages in place
+            out, lse, _ = impl.forward(q4, k_cache, v_cache, params)
         else:  # a packed copy of the keys: its length is read on the host (a graph break when traced)
-            total_k = int(cu_seqlens_k[-1])
+            total_k, page_size = int(cu_seqlens_k[-1]), k_cache.shape[1]
             k, v = (packed_rows(c, cu_seqlens_k, block_table, page_size, total_k)[None] for c in (k_cache, v_cache))
             out, lse, _ = PerSequence(impl).forward(q4, k, v, params)
     out = out[0]

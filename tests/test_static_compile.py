@@ -13,6 +13,7 @@ makes configs.py return the interpreter tile sizes).
 By default the report covers the kernels without encoding, with a softcap, with an attention bias,
 with all three score modifications at once (softcap + ALiBi + bias),
 one decoding step (flash_attn_with_kvcache: decode tiles, paged cache, split-K and its merge kernel),
+one packed call against a paged cache (flash_attn_varlen_func(block_table=), the same kernels),
 and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
 attention kernels compiled without encoding code). The in-kernel encoding variants compile more than
 10x slower and are known to spill at head_dim >= 128 (docs/design.md), so they are opt-in:
@@ -29,12 +30,15 @@ import pytest
 ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
-PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE", "none rope-prepass softcap attn-bias score-mods decode")
+PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE",
+                                   "none rope-prepass softcap attn-bias score-mods decode paged-varlen")
                     .replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
 ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
 MERGE = "merge_splits_kernel"  # split-K partials -> out, lse (decoding); no matmul
-DECODE = "decode"  # the variant that is one decoding step: forward and merge only
+# The variants that are one inference call (a decoding step; a packed call against a paged cache):
+# forward and merge only.
+DECODING = ("decode", "paged-varlen")
 MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 # At head_dim 256 the dK/dV kernel holds k, v, dk, dv and a streamed q/dO tile (5 x BLOCK_N x 256):
 # every tile with BLOCK_N >= 64 spills on sm_90, and with BLOCK_N = 32 Triton emits mma.sync instead
@@ -45,7 +49,7 @@ MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attentio
 # so the decode forward is mma.sync on sm_90 (it is bound by reading the cache, not by the MMAs).
 MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256, pe) for pe in PE_VARIANTS} | {
     ("attention_bwd_dkdv_kernel", d, pe) for d in HEAD_DIMS for pe in ("attn-bias", "score-mods")} | {
-    ("attention_fwd_kernel", d, DECODE) for d in HEAD_DIMS}
+    ("attention_fwd_kernel", d, pe) for d in HEAD_DIMS for pe in DECODING}
 
 MAX_REGISTERS = 255  # per thread, both archs
 MAX_SHARED_BYTES = {80: 163 * 1024, 90: 227 * 1024}  # opt-in max shared memory per block
@@ -94,12 +98,12 @@ def report(tmp_path_factory) -> dict:
 def _launched(kernel, pe) -> bool:
     """Whether one forward + backward with this encoding variant (or the decoding step) launches the
     kernel; kernels without a variant of their own are listed once."""
-    if pe == DECODE:
+    if pe in DECODING:
         return kernel in ("attention_fwd_kernel", MERGE)
     if kernel == MERGE:
         return False
     if kernel == PREPROCESS:
-        return pe == next(p for p in PE_VARIANTS if p != DECODE)
+        return pe == next(p for p in PE_VARIANTS if p not in DECODING)
     # encode_kernel: the pre-pass, and the backward's decoding of dq/dk, with an encoding only.
     return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias", "score-mods")
 

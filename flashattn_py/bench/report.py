@@ -54,9 +54,10 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=[80, 90])
     p.add_argument("--dtype", nargs="+", default=["fp16", "bf16"])
     p.add_argument("--head-dim", type=int, nargs="+", default=[64, 128, 256])
-    p.add_argument("--pe", nargs="+", default=["none", "rope-prepass", "decode"],
+    p.add_argument("--pe", nargs="+", default=["none", "rope-prepass", "decode", "paged-varlen"],
                    help="Triton variants (static_report --pe): positional encodings, score mods, and "
-                        "'decode' (one flash_attn_with_kvcache step: decode tiles, paged cache, split-K)")
+                        "'decode' (one flash_attn_with_kvcache step: decode tiles, paged cache, split-K), "
+                        "'paged-varlen' (one flash_attn_varlen_func(block_table=) call)")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA extension's report")
     p.add_argument("--json", metavar="PATH", help="write {triton: rows, cuda: rows} as JSON")
     args = p.parse_args(argv)
