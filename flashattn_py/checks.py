@@ -264,6 +264,13 @@ def check_block_table(block_table, batch: int, device) -> None:
         raise ValueError(f"block_table is on {block_table.device} but q is on {device}")
 
 
+def check_entries(name: str, low: int, high: int, rows: int, what: str = "") -> None:
+    """The entries of an index tensor (block table, batch index), low .. high as the caller read them
+    on the host with its other values, index one of `rows` rows."""
+    if low < 0 or high >= rows:
+        raise ValueError(f"{name} entries must be {what}in [0, {rows}), got {low} to {high}")
+
+
 def check_seqused_k(seqused_k, batch: int, seqlen_k: int, device, alignment: str) -> SequenceLengths | None:
     if seqused_k is None:
         return None

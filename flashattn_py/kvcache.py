@@ -83,11 +83,10 @@ def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_ta
             raise ValueError("cache_leftpad must be in [0, cache_seqlens + seqlen_new] for every sequence (the "
                              f"padding comes first in the cache), got a minimum of {pad_low} and a minimum of "
                              f"cache_seqlens + seqlen_new - cache_leftpad of {room}")
-    rows = k_cache.shape[0]
-    if block_table is not None and indices and (indices[0] < 0 or indices[1] >= rows):
-        raise ValueError(f"block_table entries must be page indices in [0, {rows}), got {indices[0]} to {indices[1]}")
-    if cache_batch_idx is not None and indices and (indices[0] < 0 or indices[1] >= rows):
-        raise ValueError(f"cache_batch_idx entries must be in [0, {rows}), got {indices[0]} to {indices[1]}")
+    if block_table is not None and indices:
+        checks.check_entries("block_table", *indices, k_cache.shape[0], "page indices ")
+    if cache_batch_idx is not None and indices:
+        checks.check_entries("cache_batch_idx", *indices, k_cache.shape[0])
     if rotary is not None and rotary.cos is not None and high + last_position >= rotary.cos.shape[0]:
         raise ValueError(f"rotary positions reach position {high + last_position} but the rotary cos/sin tables "
                          f"have {rotary.cos.shape[0]} rows")
@@ -216,16 +215,17 @@ def step_params(q, k_cache, seqused, *, capacity, page_size, block_table, cache_
     shape_k = k_cache[:1, :1].expand(batch, capacity, *k_cache.shape[2:])
     params = checks.attention_params(q, shape_k, shape_k, seqused_k=seqused, **options)
     if cache_leftpad is not None:  # keys before it are padding: a lower bound on the visible keys
-        leftpad = cache_leftpad.contiguous()  # the kernels index it with unit stride
-        params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=leftpad))
+        params = dataclasses.replace(params, lengths=dataclasses.replace(params.lengths, leftpad_k=cache_leftpad))
     if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
         return params
+    # Index tensors go in as given: the backends copy the ones their kernels index with unit stride
+    # (triton_kernels/attention_fwd.py paging_args / leftpad_args, cuda_backend._kernel_params).
     if page_size is not None:
-        params = dataclasses.replace(params, paged=checks.PagedKV(block_table.contiguous(), page_size))
+        params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size))
     elif cache_batch_idx is not None and capacity > 0:
         # Sequence b reads cache row cache_batch_idx[b] in place: a block table of one page per
         # sequence, the page being the whole row (gathering the rows would copy the cache each step).
-        params = dataclasses.replace(params, paged=checks.PagedKV(cache_batch_idx[:, None].contiguous(), capacity))
+        params = dataclasses.replace(params, paged=checks.PagedKV(cache_batch_idx[:, None], capacity))
     params = dataclasses.replace(params, pack_gqa=pack_gqa)
     return dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl))
 

@@ -57,9 +57,8 @@ def _check_values(cu_seqlens_k, block_table, capacity, num_pages) -> int:
     if longest > capacity:
         raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
                          f"sequence ({block_table.shape[1]} pages of {capacity // max(block_table.shape[1], 1)})")
-    if entries and (entries[0] < 0 or entries[1] >= num_pages):
-        raise ValueError(f"block_table entries must be page indices in [0, {num_pages}), got {entries[0]} to "
-                         f"{entries[1]}")
+    if entries:
+        checks.check_entries("block_table", *entries, num_pages, "page indices ")
     return total
 
 
@@ -102,8 +101,7 @@ def paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seq
     params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)
     if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
         return params, cu_seqlens_k
-    # The kernels index the block table's rows with unit stride.
-    params = dataclasses.replace(params, paged=checks.PagedKV(block_table.contiguous(), page_size), pack_gqa=pack_gqa)
+    params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size), pack_gqa=pack_gqa)
     return dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl)), cu_seqlens_k
 
 
