@@ -179,7 +179,6 @@ def format_row(r: DecodeRow) -> str:
             f"  {'' if r.status == 'ok' else r.status}")
 
 
-
 def main(argv=None) -> int:
     on_gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m flashattn_py.bench decode", description=__doc__,
