@@ -3,7 +3,8 @@ with RoPE / sinusoidal positional encodings fused into the kernels."""
 from . import reference
 from .api import attention
 from .buffers import poisoned_outputs
-from .flash_attn_interface import flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func
+from .flash_attn_interface import (flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                                   flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
 from .pe_ops import add_sinusoidal, apply_rotary
 from .positional import Rotary, Sinusoidal
 from .sdpa import route_sdpa, scaled_dot_product_attention
@@ -12,5 +13,6 @@ from .varlen import flash_attn_varlen_func
 
 __all__ = ["attention", "apply_rotary", "add_sinusoidal", "Rotary", "Sinusoidal", "reference", "poisoned_outputs",
            "flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "scaled_dot_product_attention",
-           "route_sdpa", "flash_attn_varlen_func", "flash_attn_with_kvcache"]
+           "route_sdpa", "flash_attn_varlen_func", "flash_attn_varlen_qkvpacked_func",
+           "flash_attn_varlen_kvpacked_func", "flash_attn_with_kvcache"]
 __version__ = "0.1.0"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from . import api, checks, reference
-from .kvcache import flash_attn_with_kvcache  # noqa: F401  (FlashAttention's module exports these too)
-from .varlen import flash_attn_varlen_func  # noqa: F401
+from .kvcache import flash_attn_with_kvcache  # noqa: F401  (FlashAttention's module exports it too)
+from .varlen import flash_attn_varlen_func
 
 
 def _probabilities(q, k, **options) -> torch.Tensor:
@@ -38,12 +38,23 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     return out, lse, _probabilities(q, k, **options)
 
 
-def _unpack(packed, name: str, parts: int, dim: int):
+# The packed tensors' layouts, by (name, ndim): the dense calls' and the variable-length calls'.
+_PACKED_LAYOUTS = {
+    ("qkv", 5): "(batch, seqlen, 3, nheads, head_dim)",
+    ("kv", 5): "(batch, seqlen, 2, nheads_k, head_dim)",
+    ("qkv", 4): "(total_tokens, 3, nheads, head_dim)",
+    ("kv", 4): "(total_tokens, 2, nheads_k, head_dim)",
+}
+
+
+def _unpack(packed, name: str, ndim: int):
+    """The views q, k, v (qkv) or k, v (kv) of a packed tensor: read in place (strided), not copied;
+    autograd gathers their gradients back into the packed tensor's."""
     if not isinstance(packed, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(packed).__name__}")
-    if packed.dim() != 5 or packed.shape[dim] != parts:
-        layout = "(batch, seqlen, 3, nheads, head_dim)" if parts == 3 else "(batch, seqlen, 2, nheads_k, head_dim)"
-        raise ValueError(f"{name} must have shape {layout}, got {tuple(packed.shape)}")
+    parts, dim = len(name), ndim - 3  # the parts' axis sits before (nheads, head_dim)
+    if packed.dim() != ndim or packed.shape[dim] != parts:
+        raise ValueError(f"{name} must have shape {_PACKED_LAYOUTS[name, ndim]}, got {tuple(packed.shape)}")
     return packed.unbind(dim)
 
 
@@ -51,7 +62,7 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                               backend="auto"):
     """qkv: (batch, seqlen, 3, nheads, head_dim). The views are read in place (strided), not copied."""
-    q, k, v = _unpack(qkv, "qkv", 3, 2)
+    q, k, v = _unpack(qkv, "qkv", 5)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                            deterministic, return_attn_probs, backend=backend)
 
@@ -60,6 +71,28 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
                              backend="auto"):
     """kv: (batch, seqlen_k, 2, nheads_k, head_dim)."""
-    k, v = _unpack(kv, "kv", 2, 2)
+    k, v = _unpack(kv, "kv", 5)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                            deterministic, return_attn_probs, backend=backend)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
+                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False, *, backend="auto"):
+    """qkv: packed sequences (total_tokens, 3, nheads, head_dim); queries and keys share cu_seqlens
+    (varlen.py has the layout and the per-sequence rules)."""
+    q, k, v = _unpack(qkv, "qkv", 4)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale,
+                                  causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
+                                  backend=backend)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+                                    backend="auto"):
+    """kv: packed sequences (total_k, 2, nheads_k, head_dim)."""
+    k, v = _unpack(kv, "kv", 4)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs, backend=backend)

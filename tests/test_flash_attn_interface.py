@@ -1,5 +1,6 @@
-"""flash_attn_func / flash_attn_qkvpacked_func / flash_attn_kvpacked_func: FlashAttention 2's
-signatures on our kernels, against the float64 reference."""
+"""FlashAttention 2's entry points (flash_attn_func and its packed forms; the signatures of the
+variable-length ones, whose values tests/test_varlen.py checks) on our kernels, against the float64
+reference."""
 import inspect
 
 import pytest
@@ -15,14 +16,22 @@ FA2_PARAMS = ["dropout_p", "softmax_scale", "causal", "window_size", "softcap", 
 FA2_DEFAULTS = [0.0, None, False, (-1, -1), 0.0, None, False, False]
 
 
-@pytest.mark.parametrize("fn,leading", [(fai.flash_attn_func, ["q", "k", "v"]),
-                                        (fai.flash_attn_qkvpacked_func, ["qkv"]),
-                                        (fai.flash_attn_kvpacked_func, ["q", "kv"])])
-def test_signature_matches_flash_attention_2(fn, leading):
+VARLEN = ["cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"]
+
+
+@pytest.mark.parametrize("fn,leading,trailing", [
+    (fai.flash_attn_func, ["q", "k", "v"], []),
+    (fai.flash_attn_qkvpacked_func, ["qkv"], []),
+    (fai.flash_attn_kvpacked_func, ["q", "kv"], []),
+    (fai.flash_attn_varlen_func, ["q", "k", "v"] + VARLEN, ["block_table"]),
+    (fai.flash_attn_varlen_qkvpacked_func, ["qkv", "cu_seqlens", "max_seqlen"], []),
+    (fai.flash_attn_varlen_kvpacked_func, ["q", "kv"] + VARLEN, []),
+], ids=lambda x: getattr(x, "__name__", ""))
+def test_signature_matches_flash_attention_2(fn, leading, trailing):
     params = list(inspect.signature(fn).parameters.values())
     positional = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
-    assert [p.name for p in positional] == leading + FA2_PARAMS
-    assert [p.default for p in positional[len(leading):]] == FA2_DEFAULTS
+    assert [p.name for p in positional] == leading + FA2_PARAMS + trailing
+    assert [p.default for p in positional[len(leading):]] == FA2_DEFAULTS + [None] * len(trailing)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -58,3 +67,11 @@ def test_bad_packed_shapes_are_named():
         fai.flash_attn_qkvpacked_func(torch.randn(1, 4, 2, 2, 16, device=DEVICE))
     with pytest.raises(ValueError, match=r"kv must have shape \(batch, seqlen, 2, nheads_k, head_dim\)"):
         fai.flash_attn_kvpacked_func(torch.randn(1, 4, 2, 16, device=DEVICE), torch.randn(1, 4, 3, 2, 16, device=DEVICE))
+    cu = torch.tensor([0, 4], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"qkv must have shape \(total_tokens, 3, nheads, head_dim\)"):
+        fai.flash_attn_varlen_qkvpacked_func(torch.randn(1, 4, 3, 2, 16, device=DEVICE), cu, 4)
+    with pytest.raises(ValueError, match=r"kv must have shape \(total_tokens, 2, nheads_k, head_dim\)"):
+        fai.flash_attn_varlen_kvpacked_func(torch.randn(4, 2, 16, device=DEVICE), torch.randn(4, 2, 16, device=DEVICE),
+                                            cu, cu, 4, 4)
+    with pytest.raises(TypeError, match="qkv must be a torch.Tensor"):
+        fai.flash_attn_varlen_qkvpacked_func([1.0], cu, 4)

@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashattn_py as fa
+from flashattn_py.flash_attn_interface import flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func
 from flashattn_py.varlen import flash_attn_varlen_func
 from tolerance import CUDA_NO_SCORE_MODS, DEVICE, assert_within_naive_error, random_qkv, run_with_grads, seed_of
 
@@ -73,6 +74,45 @@ def test_packed_batches_match_reference_per_sequence(request, backend, dtype, op
         got = run_with_grads(ours, q, k, v, dout)
     exact = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), opts, torch.float64)
     naive = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), opts, dtype)
+    for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
+        assert g.shape == e.shape, f"{name}: {tuple(g.shape)} != {tuple(e.shape)}"
+        assert_within_naive_error(name, g, e, n, dtype)
+
+
+PACKED_CALLS = {
+    # (lengths q, lengths k, heads q, heads k, call(q, k, v, cu_q, cu_k, max_q, max_k, **options)): the parts
+    # are stacked into one tensor inside the call, so gradients flow back through the packed tensor.
+    "qkvpacked": ([5, 0, 33, 1, 17], [5, 0, 33, 1, 17], 4, 4,
+                  lambda q, k, v, cu_q, cu_k, max_q, max_k, **o: flash_attn_varlen_qkvpacked_func(
+                      torch.stack((q, k, v), dim=1), cu_q, max_q, return_attn_probs=True, **o)),
+    "kvpacked": ([5, 0, 33, 1, 17], [7, 3, 30, 1, 17], 4, 2,
+                 lambda q, k, v, cu_q, cu_k, max_q, max_k, **o: flash_attn_varlen_kvpacked_func(
+                     q, torch.stack((k, v), dim=1), cu_q, cu_k, max_q, max_k, return_attn_probs=True, **o)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call", PACKED_CALLS)
+@pytest.mark.parametrize("options", [dict(causal=True), dict(window_size=(4, 2), softcap=2.0)], ids=str)
+def test_packed_tensor_calls_match_reference_per_sequence(request, backend, call, options):
+    """FlashAttention 2's flash_attn_varlen_{qkv,kv}packed_func: the strided views of one packed
+    tensor, forward and gradients."""
+    if backend == "cuda" and "softcap" in options:
+        pytest.skip(CUDA_NO_SCORE_MODS)
+    lens_q, lens_k, h, hk, fn = PACKED_CALLS[call]
+    dtype, total = torch.float16, max(sum(lens_q), sum(lens_k))
+    q, k, v, dout = random_qkv(1, total, total, h, hk, 32, dtype, seed=seed_of(request))
+    q, dout, k, v = q[0, :sum(lens_q)], dout[0, :sum(lens_q)], k[0, :sum(lens_k)], v[0, :sum(lens_k)]
+    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
+
+    def ours(q_, k_, v_):
+        out, lse, _ = fn(q_, k_, v_, cu_q, cu_k, max(lens_q), max(lens_k), backend=backend, **options)
+        return out, lse
+
+    with fa.poisoned_outputs():
+        got = run_with_grads(ours, q, k, v, dout)
+    exact = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), options, torch.float64)
+    naive = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), options, dtype)
     for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
         assert g.shape == e.shape, f"{name}: {tuple(g.shape)} != {tuple(e.shape)}"
         assert_within_naive_error(name, g, e, n, dtype)
