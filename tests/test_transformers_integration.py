@@ -135,3 +135,41 @@ def test_sliding_window_and_softcap_models_match_eager(family):
         lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
     inputs = _padded_batch(config.vocab_size, [14, 9], 14)
     _assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral_sliding_window"])
+@pytest.mark.parametrize("flash_kwargs", [True, False], ids=["varlen_kwargs", "position_ids_only"])
+def test_padding_free_packed_batches_match_each_sequence_alone(monkeypatch, family, flash_kwargs):
+    """DataCollatorWithFlattening packs sequences into one row. With its flash kwargs our varlen kernels
+    run (no mask read); with position_ids alone transformers' block-diagonal mask is applied. Either
+    way each sequence's logits and the parameter gradients are eager's on that sequence alone."""
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)
+    config = (transformers.LlamaConfig(**common) if family == "llama"
+              else transformers.MistralConfig(**common, sliding_window=4))
+    eager, ours = _twin_models(
+        lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
+    torch.manual_seed(2)
+    sequences = [torch.randint(0, config.vocab_size, (n,)).tolist() for n in (9, 1, 14, 6)]
+    collate = transformers.DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs)
+    packed = collate([{"input_ids": ids} for ids in sequences])
+    packed.pop("labels")
+    packed["use_cache"] = False  # a training step: transformers looks for packing only without a cache
+    calls = []
+    varlen = fa_transformers.flash_attn_varlen_func
+    monkeypatch.setattr(fa_transformers, "flash_attn_varlen_func", lambda *a, **kw: calls.append(1) or varlen(*a, **kw))
+
+    def loss_and_grads(model, batches):
+        model.zero_grad()
+        logits = torch.cat([model(**batch).logits[0] for batch in batches])
+        (logits ** 2).sum().backward()
+        return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    alone = [dict(input_ids=torch.tensor([ids])) for ids in sequences]
+    logits_e, grads_e = loss_and_grads(eager, alone)
+    logits_o, grads_o = loss_and_grads(ours, [packed])
+    assert len(calls) == (config.num_hidden_layers if flash_kwargs else 0)
+    torch.testing.assert_close(logits_o, logits_e, atol=2e-5, rtol=1e-4)
+    for name, grad in grads_e.items():
+        torch.testing.assert_close(grads_o[name], grad, atol=2e-5 * max(1.0, grad.abs().max().item()), rtol=1e-4,
+                                   msg=lambda m, n=name: f"{n}: {m}")

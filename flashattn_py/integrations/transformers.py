@@ -17,6 +17,13 @@ applied as given (top-left aligned, as torch's SDPA); without a mask, ``is_causa
 ``module.is_causal``) applies for more than one query. ``dropout`` is what the module passes
 (``attention_dropout`` in training, else 0), ``scaling`` the softmax scale, ``sliding_window`` and
 ``softcap`` (Gemma 2's logit softcapping) are taken from kwargs when present.
+
+Padding-free batches (several sequences packed into one row, as ``DataCollatorWithFlattening``
+makes them): with ``return_flash_attn_kwargs=True`` the model receives ``cu_seq_lens_q/k`` and
+``max_length_q/k``, and we run ``flash_attn_varlen_func`` on them, so attention costs the sum of the
+sequences' squares and transformers' mask is not read (its flash implementations do the same). With
+position_ids alone, transformers makes a block-diagonal mask of the row, which we apply as any
+mask: right, but read for every tile of the full row.
 """
 from __future__ import annotations
 
@@ -25,10 +32,30 @@ import functools
 import torch
 
 from .. import api
+from ..varlen import flash_attn_varlen_func
 
 # transformers treats any implementation name containing "flash" as a FlashAttention kernel (unpadding,
 # varlen calls, a kernel looked up on the Hub), so ours is not named "flashattn_py" there.
 NAME = "fa_py"
+
+# What DataCollatorWithFlattening(return_flash_attn_kwargs=True) adds to the model's kwargs.
+VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def _sliding_window(is_causal: bool, sliding_window: int | None) -> tuple[int, int]:
+    """Our window_size for transformers' causal sliding window: query i sees keys
+    i - sliding_window < j <= i (transformers' sliding_window_overlay)."""
+    return (int(sliding_window) - 1, 0) if is_causal and sliding_window is not None else (-1, -1)
+
+
+def _packed_attention(query, key, value, kwargs, **options) -> torch.Tensor:
+    """Sequences packed along the rows (bhsd, usually batch 1) as described by transformers' varlen
+    kwargs -> output (batch, seqlen_q, heads, head_dim). The row views are read in place."""
+    cu_q, cu_k, max_q, max_k = (kwargs[name] for name in VARLEN_KWARGS)
+    q, k, v = (t.transpose(1, 2).flatten(0, 1) for t in (query, key, value))  # (total, heads, head_dim)
+    out = flash_attn_varlen_func(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k),
+                                 **options)
+    return out.unflatten(0, (query.shape[0], query.shape[2]))
 
 
 def attention_forward(
@@ -54,15 +81,19 @@ def attention_forward(
     q_length, kv_length = query.shape[2], key.shape[2]
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
+    if all(kwargs.get(name) is not None for name in VARLEN_KWARGS):
+        # The sequence boundaries replace the mask; causal and the window apply within each sequence.
+        is_causal = bool(is_causal)
+        out = _packed_attention(query, key, value, kwargs, causal=is_causal, softmax_scale=scaling,
+                                window_size=_sliding_window(is_causal, sliding_window), dropout_p=float(dropout),
+                                softcap=float(softcap or 0.0), backend=backend)
+        return out, None
     # As transformers' sdpa: a given mask already holds causality, padding and the sliding window.
     is_causal = bool(q_length > 1 and attention_mask is None and is_causal)
-    window_size = (-1, -1)
     if is_causal and kv_length > q_length:
         # Prefill into an empty static cache: the keys past q_length are unused slots (as sdpa does).
         key, value = key[:, :, :q_length], value[:, :, :q_length]
-    if is_causal and sliding_window is not None:
-        # Query i sees keys i - sliding_window < j <= i (transformers' sliding_window_overlay).
-        window_size = (int(sliding_window) - 1, 0)
+    window_size = _sliding_window(is_causal, sliding_window)
     out = api.run(query, key, value, layout="bhsd", backend=backend,
                   return_lse=False, causal=is_causal, softmax_scale=scaling, window_size=window_size,
                   dropout_p=float(dropout), softcap=float(softcap or 0.0), attn_bias=attention_mask,
