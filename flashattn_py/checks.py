@@ -235,7 +235,7 @@ def check_decode_schedule(num_splits, pack_gqa) -> None:
 
 
 def check_kv_cache(k_cache, v_cache, device, *, paged: bool, names=("k_cache", "v_cache")) -> None:
-    """K and V caches: 4-D tensors of one shape and dtype on q's device; a paged one (num_pages,
+    """K and V caches: 4-D tensors of one shape and dtype on q's device, head_dim unit-stride; a paged one (num_pages,
     page_size, nheads_k, head_dim) with page_size >= 1. (q's dtype and head dims against them: the
     attention checks.)"""
     layout = "(num_pages, page_size, nheads_k, head_dim)" if paged else "(batch_cache, seqlen_cache, nheads_k, head_dim)"
@@ -245,6 +245,11 @@ def check_kv_cache(k_cache, v_cache, device, *, paged: bool, names=("k_cache", "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but q is on {device}")
+        if t.stride(-1) != 1 and t.shape[-1] > 1:
+            # The kernels read and append head_dim as unit-stride vectors; a cache is updated in place, so it
+            # cannot be copied to fix this (FlashAttention refuses it too).
+            raise ValueError(f"{name} must have a contiguous last dimension (stride(-1) == 1), got strides "
+                             f"{t.stride()}")
     if k_cache.shape != v_cache.shape or k_cache.dtype != v_cache.dtype:
         raise ValueError(f"{names[0]} ({k_cache.dtype} {tuple(k_cache.shape)}) and {names[1]} ({v_cache.dtype} "
                          f"{tuple(v_cache.shape)}) must have one shape and dtype")

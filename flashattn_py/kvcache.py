@@ -1,6 +1,7 @@
 """Decoding against a KV cache: ``flash_attn_with_kvcache`` with FlashAttention 2's arguments.
 
-What one call does (inference only, no autograd):
+What one call does (inference only: no backward; cache_seqlens (batch,) int32 or an int, required
+when k, v are appended, else it defaults to the whole cache):
 1. New keys/values ``k``, ``v`` (batch, seqlen_new, nheads_k, head_dim), if given, are rotated (when
    ``rotary_cos`` / ``rotary_sin`` are given) at their absolute positions cache_seqlens[b] + i with our
    rotary kernel and written into the cache in place, right after each sequence's cache_seqlens[b]
@@ -20,8 +21,9 @@ here it is only a lower bound on the visible keys, checks.SequenceLengths.leftpa
 
 Caches: contiguous (batch_cache, seqlen_cache, nheads_k, head_dim) with an optional ``cache_batch_idx``
 choosing each sequence's row (read in place, as a one-page-per-sequence block table), or paged:
-(num_pages, page_size, nheads_k, head_dim) with ``block_table`` (batch, max_pages) int32 — any page size (serving systems use 16; FlashAttention 2 needs multiples of
-256). The Triton and CUDA kernels read pages through the block table; with few queries per sequence
+(num_pages, page_size, nheads_k, head_dim) with ``block_table`` (batch, max_pages) int32 — any page
+size (serving systems use 16; FlashAttention 2 needs multiples of 256). Caches are written in place,
+so their head_dim must be unit-stride (checked; FlashAttention's rule too). The Triton and CUDA kernels read pages through the block table; with few queries per sequence
 (decoding) the key range is split across programs and merged through the lse (split-K,
 flash-decoding) so one query per sequence still fills the GPU. The PyTorch and reference backends
 gather the cache into a dense copy first.
@@ -33,6 +35,7 @@ import dataclasses
 import torch
 
 from . import backends, checks
+from .autograd import inference_only
 from .pe_ops import apply_rotary
 from .positional import Rotary
 from .varlen import PerSequence
@@ -143,7 +146,6 @@ def _rotary_of(rotary, rotary_cos, rotary_sin, rotary_interleaved) -> Rotary | N
     return Rotary(rotary_dim=2 * rotary_cos.shape[1], interleaved=rotary_interleaved, cos=rotary_cos, sin=rotary_sin)
 
 
-@torch.no_grad()
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
                             cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None,
                             causal=False, window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
@@ -154,7 +156,21 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     pack_gqa (FlashAttention 3's): the query heads that share a KV head run in one tile of the Triton
     forward; None lets it decide (it packs at decoding lengths), the other backends ignore it.
     rotary (ours): a flashattn_py.Rotary instead of rotary_cos / rotary_sin, e.g. Rotary(base=500000.0)
-    with its angles computed from the base: no tables to build."""
+    with its angles computed from the base: no tables to build. Inference only: with grad mode on and
+    an input that requires grad, the output joins the graph but its backward raises."""
+    with torch.no_grad():
+        out, lse = _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
+                                  cache_leftpad, block_table, softmax_scale, causal, window_size, softcap,
+                                  rotary_interleaved, alibi_slopes, num_splits, rotary, pack_gqa, backend)
+    out = inference_only(out, (q, k_cache, v_cache, k, v), "flash_attn_with_kvcache is inference-only and has no "
+                         "backward; run the decoding loop under torch.no_grad() (train on the full sequence)")
+    return (out, lse) if return_softmax_lse else out
+
+
+def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
+                   block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes,
+                   num_splits, rotary, pack_gqa, backend):
+    """flash_attn_with_kvcache's work, without autograd: (out, lse)."""
     batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
     checks.check_decode_schedule(num_splits, pack_gqa)
     if (k is None) != (v is None):
@@ -167,7 +183,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                  f"{(batch, new, *k_cache.shape[2:])}, got {getattr(t, 'dtype', None)} "
                                  f"{tuple(getattr(t, 'shape', ()))}")
     if cache_seqlens is None:
-        cache_seqlens = torch.full((batch,), capacity - new, dtype=torch.int32, device=q.device)
+        if new:  # FlashAttention refuses it too: where to append would be a guess
+            raise ValueError("cache_seqlens is required when new k, v are appended (where each sequence's cache "
+                             "ends); without k, v it defaults to the whole cache")
+        cache_seqlens = torch.full((batch,), capacity, dtype=torch.int32, device=q.device)
     elif isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     checks.check_int32_tensor(cache_seqlens, "cache_seqlens", (batch,), q.device)
@@ -200,7 +219,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             out, lse, _ = impl.forward(q, k_cache[cache_batch_idx.long()], v_cache[cache_batch_idx.long()], params)
         else:  # the kernels read the cache in place
             out, lse, _ = impl.forward(q, k_cache, v_cache, params)
-    return (out, lse) if return_softmax_lse else out
+    return out, lse
 
 
 def step_params(q, k_cache, seqused, *, capacity, page_size, block_table, cache_batch_idx, cache_leftpad, num_splits,

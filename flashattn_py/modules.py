@@ -151,6 +151,20 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=bias, **factory)
 
+    def _check_cache(self, cache, k: torch.Tensor) -> None:
+        """The cache holds this layer's keys for x's batch: said in KVCache's terms (the attention call
+        underneath would name its own arguments)."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a flashattn_py.modules.KVCache, got {type(cache).__name__}")
+        want = dict(batch=k.shape[0], num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, dtype=k.dtype,
+                    device=k.device)
+        got = dict(batch=cache.seqlens.shape[0], num_kv_heads=cache.k.shape[2], head_dim=cache.k.shape[3],
+                   dtype=cache.k.dtype, device=cache.k.device)
+        if got != want:
+            wrong = ", ".join(f"{name}={got[name]} (needs {want[name]})" for name in want if got[name] != want[name])
+            raise ValueError(f"cache does not fit this layer and input: {wrong}; make it with "
+                             f"KVCache(batch, capacity, num_kv_heads, head_dim, dtype=, device=) to match")
+
     def forward(self, x: torch.Tensor, positions=None, attn_bias: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
         batch, seqlen, _ = x.shape
@@ -161,6 +175,7 @@ class LlamaAttention(nn.Module):
             if positions is not None or attn_bias is not None:
                 raise ValueError("with cache=, positions continue from cache.seqlens and padding is cache.leftpad: "
                                  "pass neither positions nor attn_bias")
+            self._check_cache(cache, k)
             out = flash_attn_with_kvcache(q, cache.k, cache.v, k, v, cache_seqlens=cache.seqlens,
                                           cache_leftpad=cache.leftpad, block_table=cache.block_table,
                                           causal=self.causal, rotary=self.rotary, backend=self.backend)

@@ -57,11 +57,12 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         if t.dim() != 3:
             raise ValueError(f"{name} must be packed (total_tokens, nheads, head_dim), got shape {tuple(t.shape)}")
     q4, k4, v4 = q[None], k[None], v[None]
-    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
-    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+    if isinstance(cu_seqlens_q, torch.Tensor) and isinstance(cu_seqlens_k, torch.Tensor) \
+            and cu_seqlens_q.shape != cu_seqlens_k.shape:  # first: their values would be judged by a wrong max_seqlen
         raise ValueError(f"cu_seqlens_q describes {cu_seqlens_q.shape[0] - 1} sequences but cu_seqlens_k "
                          f"{cu_seqlens_k.shape[0] - 1}")
+    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
+    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
     if pe_k_strategy == "in_kernel":
         raise ValueError("pe_k_strategy='in_kernel' is not available for packed sequences (positions restart per "
                          "sequence; the encoding runs as a pre-pass): use 'auto' or 'prepass'")

@@ -24,21 +24,9 @@ import dataclasses
 import torch
 
 from . import backends, checks
+from .autograd import inference_only
 from .kvcache import split_count
 from .varlen import PerSequence, token_positions, varlen_params
-
-
-class _NoBackward(torch.autograd.Function):
-    """Passes the paged forward's output through; its backward says why there is none."""
-
-    @staticmethod
-    def forward(ctx, out, *inputs):
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise NotImplementedError("flash_attn_varlen_func with block_table (a paged KV cache) is inference-only and "
-                                  "has no backward; run it under torch.no_grad() or pass packed k, v")
 
 
 def _check_values(cu_seqlens_k, block_table, capacity, num_pages) -> int:
@@ -122,6 +110,6 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
             k, v = (packed_rows(c, cu_seqlens_k, block_table, page_size, total_k)[None] for c in (k_cache, v_cache))
             out, lse, _ = PerSequence(impl).forward(q4, k, v, params)
     out = out[0]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache)):
-        out = _NoBackward.apply(out, q, k_cache, v_cache)
+    out = inference_only(out, (q, k_cache, v_cache), "flash_attn_varlen_func with block_table (a paged KV cache) is "
+                         "inference-only and has no backward; run it under torch.no_grad() or pass packed k, v")
     return out, lse

@@ -343,6 +343,10 @@ def test_rotary_tables_must_reach_the_step_positions():
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc.float()), ValueError, "must have one shape and dtype"),
     (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, block_table=(s * 3 - 9).reshape(2, 1)),
      ValueError, "block_table entries must be page indices"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc.transpose(1, 3).contiguous().transpose(1, 3),
+                                                  cache_seqlens=s), ValueError, "v_cache must have a contiguous last"),
+    (lambda q, kc, vc, s: flash_attn_with_kvcache(q, kc, vc, k=q, v=q), ValueError,
+     "cache_seqlens is required when new k, v are appended"),
 ])
 def test_bad_cache_arguments_are_named(call, error, message):
     q = torch.randn(2, 1, 2, 16, dtype=torch.float16)

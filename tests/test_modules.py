@@ -176,3 +176,24 @@ def test_llama_attention_with_a_cache_takes_no_positions():
     cache = KVCache(1, 8, 2, 16, device=DEVICE)
     with pytest.raises(ValueError, match="pass neither positions nor attn_bias"):
         module(torch.zeros(1, 2, 32, device=DEVICE), positions=3, cache=cache)
+
+
+def test_a_cache_that_does_not_fit_the_layer_is_named():
+    module = LlamaAttention(32, num_heads=2).to(DEVICE)
+    x = torch.zeros(1, 2, 32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"dtype=torch.float16 \(needs torch.float32\)"):
+        module(x, cache=KVCache(1, 8, 2, 16, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(ValueError, match=r"batch=3 \(needs 1\), num_kv_heads=1 \(needs 2\)"):
+        module(x, cache=KVCache(3, 8, 1, 16, device=DEVICE))
+    with pytest.raises(TypeError, match="cache must be a flashattn_py.modules.KVCache"):
+        module(x, cache=(torch.zeros(1, 8, 2, 16), torch.zeros(1, 8, 2, 16)))
+
+
+def test_a_training_step_through_a_kv_cache_fails_loudly():
+    """Generation through the cache has no backward: without torch.no_grad the output still joins the
+    graph, so backward raises instead of training o_proj alone."""
+    module = LlamaAttention(32, num_heads=2).to(DEVICE)
+    out = module(torch.randn(1, 3, 32, device=DEVICE), cache=KVCache(1, 8, 2, 16, device=DEVICE))
+    assert out.requires_grad
+    with pytest.raises(NotImplementedError, match="flash_attn_with_kvcache is inference-only"):
+        out.sum().backward()
