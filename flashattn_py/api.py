@@ -1,6 +1,8 @@
 """The public functional API."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import backends, checks, ops
@@ -29,6 +31,7 @@ def attention(
     attn_bias: torch.Tensor | None = None,
     alignment: str = "bottom_right",
     seqused_k: torch.Tensor | None = None,
+    num_splits: int = 0,
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -68,6 +71,11 @@ def attention(
     batch of different lengths without a mask tensor); the causal diagonal sits bottom-right of each
     sequence's used keys. Packed variable-length batches: flashattn_py.flash_attn_varlen_func.
 
+    ``num_splits`` (FlashAttention 3's): split-K of the forward over key ranges, merged through the lse
+    (flashattn_py/split_k.py). 0 decides: on a GPU, without dropout, at most 64 queries per sequence and
+    too few programs to fill the GPU, the keys are split (FlashAttention 2's dense forward does the
+    same); 1 never splits; n > 1 forces n splits (no dropout). A schedule: the results are the same.
+
     ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
     deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
     """
@@ -77,14 +85,16 @@ def attention(
                softmax_scale=softmax_scale, window_size=window_size, rotary=rotary, sinusoidal=sinusoidal,
                q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p,
                softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment,
-               seqused_k=seqused_k)
+               seqused_k=seqused_k, num_splits=num_splits)
 
 
-def run(q, k, v, *, layout: str, backend: str, return_lse: bool, **options):
+def run(q, k, v, *, layout: str, backend: str, return_lse: bool, num_splits: int = 0, **options):
     """Every entry point's common path: layout -> checks.attention_params(**options) -> backend
-    -> the attention custom op (ops.py: torch.compile traces it, autograd differentiates it) -> layout."""
+    -> the attention custom op (ops.py: torch.compile traces it, autograd differentiates it) -> layout.
+    num_splits: 0 lets the op decide (split_k.py)."""
     q, k, v = (checks.to_bshd(t, layout, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     params = checks.attention_params(q, k, v, **options)
+    params = dataclasses.replace(params, num_splits=checks.check_num_splits(num_splits, params))
     out, lse = run_params(q, k, v, params, backend)
     out = checks.to_bshd(out, layout, "out")
     return (out, lse) if return_lse else out

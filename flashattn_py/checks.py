@@ -225,6 +225,16 @@ def check_int32_tensor(t, name: str, shape: tuple, device, shape_name: str = "")
         raise ValueError(f"{name} is on {t.device} but q is on {device}")
 
 
+def check_num_splits(num_splits, params: AttentionParams) -> int:
+    """num_splits of a dense call (0: automatic): split-K is an inference schedule, never with dropout
+    (as FlashAttention 2 decides its own)."""
+    check_decode_schedule(num_splits, None)
+    if num_splits > 1 and params.has_dropout:
+        raise ValueError(f"num_splits={num_splits} splits the forward over keys, which is not done with dropout; "
+                         "pass dropout_p=0.0 or num_splits=0 / 1")
+    return num_splits
+
+
 def check_decode_schedule(num_splits, pack_gqa) -> None:
     """The scheduling hints of the inference calls: num_splits an int >= 0 (0: automatic), pack_gqa
     None or a bool."""

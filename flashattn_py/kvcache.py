@@ -38,6 +38,7 @@ from . import backends, checks
 from .autograd import inference_only
 from .pe_ops import apply_rotary
 from .positional import Rotary
+from .split_k import split_count
 from .varlen import PerSequence
 
 
@@ -113,19 +114,6 @@ def append_to_cache(k_cache, v_cache, k, v, seqlens, rotary, page_size, block_ta
     index = _cache_rows(seqlens, count, page_size, block_table, cache_batch_idx, batch)
     k_cache[index] = k
     v_cache[index] = v
-
-
-def split_count(requested: int, params: checks.AttentionParams, device, impl) -> int:
-    """num_splits of a decoding forward: as requested, or (0) enough programs to fill the GPU."""
-    if requested:
-        return requested
-    if device.type != "cuda" or params.seqlen_q > 64:
-        return 1
-    # Enough programs to cover every SM twice; each split keeps at least 256 keys of work. Programs
-    # per split: as the backend launches them (Triton packs GQA heads into one), else one per head.
-    programs = impl.forward_programs(params) if hasattr(impl, "forward_programs") else params.batch * params.nheads_q
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(2 * sms // max(programs, 1), params.seqlen_k // 256, 64))
 
 
 def _rotary_of(rotary, rotary_cos, rotary_sin, rotary_interleaved) -> Rotary | None:

@@ -24,6 +24,7 @@ seed each call, reproduced by torch.manual_seed; tests/test_compile.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -31,6 +32,7 @@ from . import backends, score_mods
 from .checks import AttentionParams, SequenceLengths
 from .positional import Encoding, Rotary, Sinusoidal
 from .score_mods import ScoreMods
+from .split_k import split_count
 
 # Positional encoding kinds, as op arguments.
 PE_NONE, PE_ROTARY, PE_SINUSOIDAL = 0, 1, 2
@@ -74,6 +76,7 @@ def op_args(params: AttentionParams, backend: str) -> dict:
         seqused_k=None if lengths is None else lengths.seqused_k,
         max_seqlen_q=params.seqlen_q,
         max_seqlen_k=params.seqlen_k,
+        num_splits=params.num_splits,
     )
 
 
@@ -81,7 +84,7 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
                         pe_base, pe_scale, rotary_dim, rotary_interleaved, rotary_cos, rotary_sin, q_positions,
                         k_positions, pe_k_strategy, dropout_p, dropout_seed, softcap, alibi_slopes,
                         attn_bias, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
-                        max_seqlen_k) -> AttentionParams:
+                        max_seqlen_k, num_splits) -> AttentionParams:
     """The inverse of `op_args`: the AttentionParams the backends read, from bshd q, k and the op arguments."""
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, lengths = k.shape[1], None
@@ -101,6 +104,7 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
         head_dim=head_dim, softmax_scale=softmax_scale, window=(window_left, window_right), dtype=q.dtype,
         encoding=encoding, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p, dropout_seed=dropout_seed,
         mods=mods if mods.active else score_mods.NONE, diagonal_offset=diagonal_offset, lengths=lengths,
+        num_splits=num_splits,
     )
 
 
@@ -157,12 +161,15 @@ def attention_forward(
     q_positions: torch.Tensor | None, k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float,
     dropout_seed: int, softcap: float, alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None,
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
-    max_seqlen_q: int, max_seqlen_k: int,
+    max_seqlen_q: int, max_seqlen_k: int, num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """bshd q, k, v -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), aux: see the module docstring)."""
+    """bshd q, k, v -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), aux: see the module docstring).
+    num_splits 0 is decided here, where the backend that launches the programs is known."""
     args = {name: value for name, value in locals().items() if name not in ("q", "k", "v")}
     params = params_from_op_args(q, k, **args)
-    out, lse, scratch = _backend(backend, q.device, params).forward(q, k, v, params)
+    impl = _backend(backend, q.device, params)
+    params = dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl))
+    out, lse, scratch = impl.forward(q, k, v, params)
     if backend in _LSE_LOG2_BACKENDS:
         aux = scratch[0]
         if aux.untyped_storage().data_ptr() == lse.untyped_storage().data_ptr():
@@ -188,8 +195,10 @@ def attention_backward(
     k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float, dropout_seed: int, softcap: float,
     alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None,
     cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
+    num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k)."""
+    """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k); num_splits,
+    the forward's schedule, does not change them."""
     args = {name: value for name, value in locals().items()
             if name not in ("dout", "q", "k", "v", "out", "lse", "aux")}
     params = params_from_op_args(q, k, **args)
@@ -207,7 +216,7 @@ def _attention_backward_fake(dout, q, k, v, *args):
 _SHARED = ("backend", "softmax_scale", "window_left", "window_right", "diagonal_offset", "pe_kind", "pe_base",
            "pe_scale", "rotary_dim", "rotary_interleaved", "rotary_cos", "rotary_sin", "q_positions", "k_positions",
            "pe_k_strategy", "dropout_p", "dropout_seed", "softcap", "alibi_slopes", "attn_bias", "cu_seqlens_q",
-           "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k")
+           "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k", "num_splits")
 _SHARED_TENSORS = ("rotary_cos", "rotary_sin", "q_positions", "k_positions", "alibi_slopes", "attn_bias",
                    "cu_seqlens_q", "cu_seqlens_k", "seqused_k")
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import importlib
 import json
 import multiprocessing
@@ -51,16 +53,20 @@ ATTENTION_KERNELS = (  # (module, name), in report order
 # merge of the partial results.
 KERNELS = ATTENTION_KERNELS + ((PE_MODULE, "encode_kernel"), (MERGE_MODULE, "merge_splits_kernel"))
 DECODE_KERNELS = ("attention_fwd_kernel", "merge_splits_kernel")
-DECODING_VARIANTS = ("decode", "paged-varlen")  # inference calls: the forward (and merge) only
+# Inference calls: the forward (and merge) only.
+DECODING_VARIANTS = ("decode", "paged-varlen", "dense-decode", "dense-decode-mask")
 # Positional-encoding variants. Encoded ones force pe_k_strategy="in_kernel" (every kernel encodes
 # its q and k tiles itself: the most code and registers), except "rope-prepass", the path "auto"
 # takes at training lengths (streamed operands encoded by encode_kernel beforehand). "decode" is not
 # an encoding: one decoding step through flash_attn_with_kvcache (one query per sequence, a paged
 # cache, split-K, left padding), which launches the forward with its decode tiles and the merge kernel only;
 # "paged-varlen" one flash_attn_varlen_func(block_table=) call (packed decode and prefill rows against
-# a paged cache, split-K): the same two kernels, with the packed-batch layout.
+# a paged cache, split-K): the same two kernels, with the packed-batch layout. "dense-decode" is a
+# one-query dense call (flashattn_py.attention as a transformers model's decoding step makes it)
+# split as split_k.py splits it on a GPU (GQA packed); "dense-decode-mask" the same with the padding
+# mask, softcap and ALiBi such a step may carry (which turn packing off).
 PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
-               "score-mods", "decode", "paged-varlen")
+               "score-mods", "decode", "paged-varlen", "dense-decode", "dense-decode-mask")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
 # constexpr) and seqlens that are not multiples of 16. Sizes do not matter otherwise.
 _BATCH, _SEQLEN_Q, _SEQLEN_K, _NHEADS_Q, _NHEADS_KV = 2, 77, 93, 8, 2
@@ -211,8 +217,11 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
     v = torch.zeros_like(k)
     calls: list[KernelLaunch] = []
     if pe in DECODING_VARIANTS:
+        call = {"decode": _decode_step, "paged-varlen": _paged_varlen_call,
+                "dense-decode": functools.partial(_dense_decode_call, masked=False),
+                "dense-decode-mask": functools.partial(_dense_decode_call, masked=True)}[pe]
         with _recording(calls):
-            (_decode_step if pe == "decode" else _paged_varlen_call)(fwd, torch_dtype, head_dim, has_window)
+            call(fwd, torch_dtype, head_dim, has_window)
         expected = list(DECODE_KERNELS)
     else:
         params = attention_params(q, k, v, causal=has_window, **_encoding_options(pe, head_dim))
@@ -260,6 +269,19 @@ def _paged_varlen_call(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> 
                                     pack_gqa=None, seqused_k=None, dropout_p=0.0, rotary=None, sinusoidal=None,
                                     impl=triton_backend, causal=causal)
     fwd.attention_forward(q[None], cache, cache, params)
+
+
+def _dense_decode_call(fwd, dtype: torch.dtype, head_dim: int, causal: bool, masked: bool) -> None:
+    """A one-query dense forward as the attention op launches it on the Triton backend, split-K forced
+    (3 splits; ops.attention_forward decides the count on a GPU); masked: with a boolean key-padding
+    mask, softcap and ALiBi."""
+    from .checks import attention_params
+    q = torch.zeros(_BATCH, 1, _NHEADS_Q, head_dim, dtype=dtype)
+    k = torch.zeros(_BATCH, _SEQLEN_K, _NHEADS_KV, head_dim, dtype=dtype)
+    mods = dict(attn_bias=torch.ones(_BATCH, 1, 1, _SEQLEN_K, dtype=torch.bool), softcap=30.0,
+                alibi_slopes=torch.ones(_NHEADS_Q)) if masked else {}
+    params = dataclasses.replace(attention_params(q, k, k, causal=causal, **mods), num_splits=3)
+    fwd.attention_forward(q, k, k, params)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 
 from . import backends, checks
 from .autograd import inference_only
-from .kvcache import split_count
+from .split_k import split_count
 from .varlen import PerSequence, token_positions, varlen_params
 
 

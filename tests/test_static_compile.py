@@ -14,6 +14,8 @@ By default the report covers the kernels without encoding, with a softcap, with 
 with all three score modifications at once (softcap + ALiBi + bias),
 one decoding step (flash_attn_with_kvcache: decode tiles, paged cache, split-K and its merge kernel),
 one packed call against a paged cache (flash_attn_varlen_func(block_table=), the same kernels),
+one-query dense calls split-K as a GPU splits them, plain and with a padding mask + softcap + ALiBi
+(a transformers model's decoding step through flashattn_py.attention: split_k.py),
 and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
 attention kernels compiled without encoding code). The in-kernel encoding variants compile more than
 10x slower and are known to spill at head_dim >= 128 (docs/design.md), so they are opt-in:
@@ -31,14 +33,15 @@ ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
 PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE",
-                                   "none rope-prepass softcap attn-bias score-mods decode paged-varlen")
+                                   "none rope-prepass softcap attn-bias score-mods decode paged-varlen "
+                                   "dense-decode dense-decode-mask")
                     .replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
 ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
 MERGE = "merge_splits_kernel"  # split-K partials -> out, lse (decoding); no matmul
 # The variants that are one inference call (a decoding step; a packed call against a paged cache):
 # forward and merge only.
-DECODING = ("decode", "paged-varlen")
+DECODING = ("decode", "paged-varlen", "dense-decode", "dense-decode-mask")
 MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 # At head_dim 256 the dK/dV kernel holds k, v, dk, dv and a streamed q/dO tile (5 x BLOCK_N x 256):
 # every tile with BLOCK_N >= 64 spills on sm_90, and with BLOCK_N = 32 Triton emits mma.sync instead

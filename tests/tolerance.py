@@ -73,8 +73,8 @@ def check_against_reference(backend: str, q, k, v, dout, **options):
     def ours(q, k, v):
         return fa.attention(q, k, v, return_lse=True, backend=backend, **options)
 
-    # How a backend schedules the encoding is not part of the math the reference computes.
-    math_options = {name: value for name, value in options.items() if name != "pe_k_strategy"}
+    # How a backend schedules the work (the encoding, split-K) is not part of the math the reference computes.
+    math_options = {name: value for name, value in options.items() if name not in ("pe_k_strategy", "num_splits")}
 
     def naive(dtype):
         return lambda q, k, v: fa.reference.attention(q, k, v, return_lse=True, compute_dtype=dtype, **math_options)

@@ -2,7 +2,9 @@
 
 For each (batch, cache length, page size): our flash_attn_with_kvcache (Triton, split-K chosen
 automatically, without split-K, and without packing the GQA heads of a KV head into one tile
-(pack_gqa=False; it packs by default); the CUDA kernels, with and without split-K, when the extension is built)
+(pack_gqa=False; it packs by default); with a contiguous cache flashattn_py.attention on SDPA's dense
+view too, with its automatic split-K and without, as a transformers model's decoding step calls it;
+the CUDA kernels, with and without split-K, when the extension is built)
 against PyTorch SDPA attending to the same cache (a dense view of
 it; SDPA has no paged layout). One new query token per sequence, GQA heads. Reports tokens/s
 (sequences decoded per second), the bandwidth of reading the cache (K and V bytes / time) and that
@@ -75,9 +77,14 @@ def implementations(q, k_cache, v_cache, table, k_dense, v_dense, seqlens, devic
             q.transpose(1, 2), k_dense[:, :used].transpose(1, 2), v_dense[:, :used].transpose(1, 2), enable_gqa=gqa)
         return out.transpose(1, 2)
 
+    def ours_dense(splits):  # SDPA's arguments through flashattn_py.attention: a transformers decoding step
+        return lambda: fa.attention(q, k_dense[:, :used], v_dense[:, :used], num_splits=splits)
+
     if device.type != "cuda":
         return {"ours": ours(0), "sdpa": sdpa}
     impls = {"ours": ours(0), "ours_no_split": ours(1), "ours_no_pack_gqa": ours(0, pack_gqa=False)}
+    if table is None:
+        impls.update(ours_dense=ours_dense(0), ours_dense_no_split=ours_dense(1))
     if cuda_backend.is_built():
         impls.update(ours_cuda=ours(0, "cuda"), ours_cuda_no_split=ours(1, "cuda"))
     return {**impls, "sdpa": sdpa}
