@@ -173,3 +173,25 @@ def test_padding_free_packed_batches_match_each_sequence_alone(monkeypatch, fami
     for name, grad in grads_e.items():
         torch.testing.assert_close(grads_o[name], grad, atol=2e-5 * max(1.0, grad.abs().max().item()), rtol=1e-4,
                                    msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_generate_with_left_padding_gives_eager_tokens(backend):
+    """model.generate through our attention (prefill with transformers' padding mask, then one-query
+    steps against its KV cache: the decoding-length tiles, split-K on a GPU) gives eager's tokens."""
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    eager, ours = _twin_models(
+        lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
+    torch.manual_seed(3)
+    lengths, width = [9, 4], 9
+    input_ids = torch.randint(1, config.vocab_size, (len(lengths), width))
+    attention_mask = (torch.arange(width)[None, :] >= width - torch.tensor(lengths)[:, None]).long()  # left padding
+    generate = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=False,
+                    pad_token_id=0)
+    fa_transformers.register(backend)
+    try:
+        tokens = ours.generate(**generate)
+    finally:
+        fa_transformers.register()
+    assert torch.equal(tokens, eager.generate(**generate))
