@@ -279,6 +279,17 @@ def check_block_table(block_table, batch: int, device) -> None:
         raise ValueError(f"block_table is on {block_table.device} but q is on {device}")
 
 
+def used_pages_range(block_table: torch.Tensor, lengths: torch.Tensor, page_size: int):
+    """(min, max) of the block-table entries that hold rows 0 .. lengths[b] - 1 of each sequence, as
+    device scalars for the caller's one host read. The columns past them are never read by any backend,
+    so they may hold anything (serving engines pad tables with -1, as FlashAttention allows). Without a
+    used entry: (int32 max, -1), which every range check passes."""
+    columns = torch.arange(block_table.shape[1], device=block_table.device)
+    used = columns[None, :] * page_size < lengths.to(torch.int64)[:, None]
+    return (torch.where(used, block_table, torch.iinfo(torch.int32).max).min(),
+            torch.where(used, block_table, -1).max())
+
+
 def check_entries(name: str, low: int, high: int, rows: int, what: str = "") -> None:
     """The entries of an index tensor (block table, batch index), low .. high as the caller read them
     on the host with its other values, index one of `rows` rows."""

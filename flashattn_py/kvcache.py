@@ -62,11 +62,12 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
     return batch, k_cache.shape[1], None
 
 
-def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary,
-                  cache_leftpad=None):
+def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, page_size, cache_batch_idx,
+                  rotary, cache_leftpad=None):
     """Every check of a step that reads tensor values, in one device-to-host copy (a decoding loop
     would otherwise wait for the GPU at each of them): lengths fit the cache, the left padding lies
-    within them, block-table and cache_batch_idx entries are rows of it, and the rotary tables reach the
+    within them, the block-table entries of the pages in use and the cache_batch_idx entries are rows of
+    it, and the rotary tables reach the
     last rotated position (cache_seqlens + last_position). Skipped where checks.reads_values() says so
     (tracing, graph capture)."""
     if not checks.reads_values() or cache_seqlens.numel() == 0:
@@ -74,9 +75,10 @@ def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_ta
     parts = [cache_seqlens.min(), cache_seqlens.max()]
     if cache_leftpad is not None:
         parts += [cache_leftpad.min(), (cache_seqlens + new - cache_leftpad).min()]
-    for index in (block_table, cache_batch_idx):
-        if index is not None and index.numel():
-            parts += [index.min(), index.max()]
+    if block_table is not None and block_table.numel():
+        parts += checks.used_pages_range(block_table, cache_seqlens + new, page_size)
+    if cache_batch_idx is not None:
+        parts += [cache_batch_idx.min(), cache_batch_idx.max()]
     low, high, *indices = torch.stack([p.to(torch.int64) for p in parts]).tolist()
     if low < 0 or high + new > capacity:
         raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
@@ -183,8 +185,8 @@ def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seql
     rotary = _rotary_of(rotary, rotary_cos, rotary_sin, rotary_interleaved)
     per_token = causal or tuple(window_size) != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
     last_position = max(new - 1, q.shape[1] - 1 if per_token else 0, 0)
-    _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, cache_batch_idx, rotary,
-                  cache_leftpad)
+    _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, page_size, cache_batch_idx,
+                  rotary, cache_leftpad)
     with checks.values_prechecked():  # the rest reads no value again: one sync per step
         if k is not None:
             append_to_cache(k_cache, v_cache, k, v, cache_seqlens, rotary, page_size, block_table, cache_batch_idx,
@@ -240,6 +242,8 @@ def step_params(q, k_cache, seqused, *, capacity, page_size, block_table, cache_
 def dense_cache(cache, block_table, page_size, cache_batch_idx):
     """(batch, capacity, nheads_k, head_dim) copy of the cache rows each sequence uses."""
     if page_size is not None:
-        pages = cache[block_table.long()]  # (batch, max_pages, page_size, h, d)
+        # Columns past a sequence's pages may hold anything (-1): gathered from a page clamped into range,
+        # their rows lie past seqused and are never attended.
+        pages = cache[block_table.long().clamp(0, cache.shape[0] - 1)]  # (batch, max_pages, page_size, h, d)
         return pages.reshape(block_table.shape[0], -1, *cache.shape[2:])
     return cache if cache_batch_idx is None else cache[cache_batch_idx.long()]

@@ -29,22 +29,23 @@ from .split_k import split_count
 from .varlen import PerSequence, token_positions, varlen_params
 
 
-def _check_values(cu_seqlens_k, block_table, capacity, num_pages) -> int:
+def _check_values(cu_seqlens_k, block_table, page_size, num_pages) -> int:
     """The packed key count (cu_seqlens_k[-1]: the pages have no packed length to check it against),
     having checked in one device-to-host copy that the sequence lengths fit the pages the block table
-    lists and its entries are pages of the cache. Where checks.reads_values() says no host read may
-    happen (tracing, graph capture): none, and 0."""
+    lists and the entries of the pages in use are pages of the cache. Where checks.reads_values() says
+    no host read may happen (tracing, graph capture): none, and 0."""
     if not checks.reads_values() or block_table.shape[0] == 0:
         return 0
+    capacity = block_table.shape[1] * page_size
     lengths = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
     parts = [cu_seqlens_k[-1], lengths.min(), lengths.max()]
-    parts += [block_table.min(), block_table.max()] if block_table.numel() else []
+    parts += checks.used_pages_range(block_table, lengths, page_size) if block_table.numel() else []
     total, shortest, longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
     if shortest < 0:
         raise ValueError(f"key counts (cu_seqlens_k differences or seqused_k) must be >= 0, got {shortest}")
     if longest > capacity:
         raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
-                         f"sequence ({block_table.shape[1]} pages of {capacity // max(block_table.shape[1], 1)})")
+                         f"sequence ({block_table.shape[1]} pages of {page_size})")
     if entries:
         checks.check_entries("block_table", *entries, num_pages, "page indices ")
     return total
@@ -83,7 +84,7 @@ def paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seq
         checks.check_int32_tensor(seqused_k, "seqused_k", (batch,), q.device, "(batch,)")
         cu_seqlens_k = torch.cat([seqused_k.new_zeros(1), seqused_k.cumsum(0, dtype=torch.int32)])
     checks.check_int32_tensor(cu_seqlens_k, "cu_seqlens_k", (batch + 1,), q.device, "(batch + 1,)")
-    total_k = _check_values(cu_seqlens_k, block_table, block_table.shape[1] * page_size, num_pages)
+    total_k = _check_values(cu_seqlens_k, block_table, page_size, num_pages)
     shape_k = k_cache[:1, 0].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
     # varlen_params checks the prefix sums as for packed keys (of total_k rows).
     params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)

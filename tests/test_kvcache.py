@@ -237,6 +237,48 @@ def test_strided_index_tensors_are_read_by_value(request, backend):
     assert not strided(table).is_contiguous()
     torch.testing.assert_close(call(strided), call(lambda t: t.to(DEVICE)), rtol=0, atol=0)
 
+@pytest.mark.parametrize("backend", ["triton", "cuda", "torch"])
+@pytest.mark.parametrize("entry", ["flash_attn_with_kvcache", "flash_attn_varlen_func"])
+def test_block_table_columns_past_the_used_pages_may_hold_anything(request, backend, entry):
+    """Serving engines pad block tables with -1 (FlashAttention never reads those columns): every backend
+    gives the result of a table padded with valid pages, split-K and the append included, and an entry
+    of a page in use is still checked."""
+    dtype, page, batch = torch.float16, 16, 3
+    gen = torch.Generator().manual_seed(seed_of(request))
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
+    k_cache, v_cache = rand(10, page, HK, D), rand(10, page, HK, D)
+    clean = torch.randperm(10, generator=gen)[:9].reshape(batch, 3).to(DEVICE, torch.int32)
+    q, k_new, v_new = rand(batch, 1, H, D), rand(batch, 1, HK, D), rand(batch, 1, HK, D)
+    seqlens = torch.tensor([40, 3, 0], dtype=torch.int32, device=DEVICE)
+    if entry == "flash_attn_with_kvcache":  # 41, 4 and 1 keys with the new token: 3, 1 and 1 pages in use
+        used_pages = [3, 1, 1]
+
+        def call(table, caches):
+            out = flash_attn_with_kvcache(q, *caches, k_new, v_new, cache_seqlens=seqlens, block_table=table,
+                                          causal=True, num_splits=3, backend=backend)
+            return out, *caches
+    else:  # one query per sequence against 40, 3 and 0 keys: 3, 1 and 0 pages in use
+        used_pages = [3, 1, 0]
+        cu_q = torch.arange(batch + 1, dtype=torch.int32, device=DEVICE)
+
+        def call(table, caches):
+            cu_k = torch.cat([seqlens.new_zeros(1), seqlens.cumsum(0, dtype=torch.int32)])
+            return (fa.flash_attn_varlen_func(q[:, 0], *caches, cu_q, cu_k, 1, 40, block_table=table, causal=True,
+                                              num_splits=3, backend=backend),)
+
+    padded = clean.clone()
+    for b, used in enumerate(used_pages):
+        padded[b, used:] = torch.tensor([-1, torch.iinfo(torch.int32).max, -7], dtype=torch.int32)[:3 - used]
+    with fa.poisoned_outputs():
+        expected = call(clean, (k_cache.clone(), v_cache.clone()))
+        got = call(padded, (k_cache.clone(), v_cache.clone()))
+    for name, g, e in zip(("out", "k_cache", "v_cache"), got, expected):
+        assert torch.equal(g, e), f"{name} differs with padding entries in the unused columns"
+    padded[1, 0] = -1  # a page in use
+    with pytest.raises(ValueError, match="block_table entries must be page indices"):
+        call(padded, (k_cache.clone(), v_cache.clone()))
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_a_rotary_spec_equals_its_tables(request, backend, interleaved):
