@@ -2,7 +2,7 @@
 # The short GPU run for variable lengths and decoding (about 6 minutes; the full run is
 # bench/gpu_validate.sh): build the CUDA extension for this GPU, run the decoding benchmark (tokens/s
 # and KV GB/s vs SDPA on the same cache, against the copy bandwidth measured in the same run), then
-# the packed / seqused_k / KV-cache suites and the top-left alignment cases on both kernel backends
+# the packed / seqused_k / KV-cache / dense split-K suites and the top-left alignment cases on both kernel backends
 # (the CUDA per-sequence layouts' first run on a GPU).
 # Writes into ${OUT:-bench/results/decode-<gpu>-<date>}; where $OUT is set (a device machine that
 # returns only what is written there) everything lands there directly. Commit what it writes.
@@ -26,7 +26,7 @@ tail -30 "$out/decode.txt"
 
 step "variable-length, KV-cache and alignment tests"
 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n "${TEST_WORKERS:-16}" -p no:cacheprovider -rs \
-  tests/test_varlen.py tests/test_kvcache.py tests/test_attention.py::test_top_left_alignment \
+  tests/test_varlen.py tests/test_kvcache.py tests/test_split_k.py tests/test_attention.py::test_top_left_alignment \
   > "$out/tests.txt" 2>&1
 tail -3 "$out/tests.txt"
 echo "results in $out"
