@@ -66,7 +66,7 @@ DECODING_VARIANTS = ("decode", "paged-varlen", "dense-decode", "dense-decode-mas
 # split as split_k.py splits it on a GPU (GQA packed); "dense-decode-mask" the same with the padding
 # mask, softcap and ALiBi such a step may carry (which turn packing off).
 PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
-               "score-mods", "decode", "paged-varlen", "dense-decode", "dense-decode-mask")
+               "score-mods", "key-padding", "decode", "paged-varlen", "dense-decode", "dense-decode-mask")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
 # constexpr) and seqlens that are not multiples of 16. Sizes do not matter otherwise.
 _BATCH, _SEQLEN_Q, _SEQLEN_K, _NHEADS_Q, _NHEADS_KV = 2, 77, 93, 8, 2
@@ -185,6 +185,9 @@ def _encoding_options(pe: str, head_dim: int) -> dict:
         return dict(softcap=30.0)
     if pe == "attn-bias":
         return dict(attn_bias=torch.zeros(_BATCH, 1, _SEQLEN_Q, _SEQLEN_K))
+    if pe == "key-padding":  # a boolean (batch, 1, 1, seqlen_k) mask: one row for every query (BIAS_*_PER_KEY)
+        return dict(softcap=30.0, alibi_slopes=torch.ones(_NHEADS_Q),
+                    attn_bias=torch.ones(_BATCH, 1, 1, _SEQLEN_K, dtype=torch.bool))
     if pe == "score-mods":
         return dict(softcap=30.0, alibi_slopes=torch.ones(_NHEADS_Q),
                     attn_bias=torch.zeros(_BATCH, 1, _SEQLEN_Q, _SEQLEN_K))

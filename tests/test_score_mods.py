@@ -16,6 +16,11 @@ def _bias(kind, b, h, sq, sk, dtype, gen):
         keep = torch.rand(b, 1, 1, sk, generator=gen) > 0.3
         keep[..., 0] = True
         return keep.to(DEVICE)
+    if kind == "key_padding_float":  # (batch, 1, 1, seqlen_k) additive: 0 or -inf per key, and a small bias
+        bias = torch.randn(b, 1, 1, sk, generator=gen) * 0.5
+        bias[torch.rand(b, 1, 1, sk, generator=gen) > 0.7] = float("-inf")
+        bias[..., 0] = 0.0
+        return bias.to(DEVICE, dtype)
     if kind == "full_bool":
         return (torch.rand(b, h, sq, sk, generator=gen) > 0.4).to(DEVICE)
     if kind == "float_2d":  # (seqlen_q, seqlen_k) shared by batch and heads
@@ -52,7 +57,8 @@ def test_softcap_and_alibi_match_reference(request, backend, dtype, mods, shape)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("kind", ["key_padding_bool", "full_bool", "float_2d", "float_per_head_with_-inf"])
+@pytest.mark.parametrize("kind", ["key_padding_bool", "key_padding_float", "full_bool", "float_2d",
+                                  "float_per_head_with_-inf"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_attention_bias_and_masks_match_reference(request, backend, dtype, kind, shape):
     b, sq, sk, hq, hkv, d = shape

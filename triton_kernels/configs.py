@@ -58,8 +58,12 @@ def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None
         return _INTERPRETER_DECODE if is_decode(seqlen_q) else _INTERPRETER_FORWARD
     if is_decode(seqlen_q):  # 4 warps share the 16 rows; K/V tiles as wide as registers allow
         # With a bias too: a 16-row bias tile is small (0 spills, static report "dense-decode-mask"),
-        # while the 128-row bias tiles below spilled once split-K's 64-bit offsets were added.
-        return TileConfig(16, 64, 4, 3) if block_d <= 128 else TileConfig(16, 32, 4, 2)
+        # while the 128-row bias tiles below spilled once split-K's 64-bit offsets were added. At head
+        # dim 256 a bias plus softcap and ALiBi spilled 4-12 B with 32-key tiles (4 or 8 warps, sm_80 or
+        # sm_90, split or not); 16-key tiles do not.
+        if block_d <= 128:
+            return TileConfig(16, 64, 4, 3)
+        return TileConfig(16, 16, 4, 2) if bias else TileConfig(16, 32, 4, 2)
     if bias and block_d == 128:
         return TileConfig(128, 32, 8, 3)
     if block_d <= 128:

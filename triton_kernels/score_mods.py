@@ -13,6 +13,10 @@ from flashattn_py.checks import AttentionParams
 from .common import LOG2E
 
 BIAS_NONE, BIAS_ADD, BIAS_KEEP = 0, 1, 2
+# The same kinds for a bias that is one row for every query (stride 0 along the queries, e.g. a
+# (batch, 1, 1, seqlen_k) key-padding mask): the kernels load BLOCK_N values and broadcast them
+# instead of a BLOCK_M x BLOCK_N tile of 64-bit pointers, which spilled 20-212 B on sm_80.
+BIAS_ADD_PER_KEY, BIAS_KEEP_PER_KEY = 3, 4
 
 
 @triton.jit
@@ -49,9 +53,13 @@ def modified_scores(raw, q_idx, k_idx, seqlen_q, seqlen_k, diag_offset, qk_scale
         distance = tl.abs(q_idx + diag_offset - k_idx).to(tl.float32)
         s = s - slope_log2 * distance
     if BIAS_KIND != 0:
-        ptrs = bias_base + q_idx.to(tl.int64) * bias_stride_m + k_idx.to(tl.int64) * bias_stride_n
-        inside = (q_idx < seqlen_q) & (k_idx < seqlen_k)
-        if BIAS_KIND == 1:
+        if BIAS_KIND >= 3:  # one row for every query: a vector along the keys, broadcast by the add / where
+            ptrs = bias_base + k_idx.to(tl.int64) * bias_stride_n
+            inside = k_idx < seqlen_k
+        else:
+            ptrs = bias_base + q_idx.to(tl.int64) * bias_stride_m + k_idx.to(tl.int64) * bias_stride_n
+            inside = (q_idx < seqlen_q) & (k_idx < seqlen_k)
+        if BIAS_KIND == 1 or BIAS_KIND == 3:
             s = s + tl.load(ptrs, mask=inside, other=0.0).to(tl.float32) * 1.4426950408889634
         else:
             s = tl.where(tl.load(ptrs, mask=inside, other=0) != 0, s, float("-inf"))
@@ -70,13 +78,22 @@ def head_mods(mods_args, batch, head, HAS_ALIBI: tl.constexpr):
             bias_stride_m, bias_stride_n)
 
 
+def bias_kind(bias: torch.Tensor | None, is_mask: bool) -> int:
+    """The BIAS_KIND constexpr of a (batch, heads, seqlen_q, seqlen_k)-strided bias."""
+    if bias is None:
+        return BIAS_NONE
+    if bias.stride(2) == 0 or bias.shape[2] == 1:  # the same row for every query
+        return BIAS_KEEP_PER_KEY if is_mask else BIAS_ADD_PER_KEY
+    return BIAS_KEEP if is_mask else BIAS_ADD
+
+
 def score_mod_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
     """Kernel arguments for params.mods (placeholders, never read, for the parts that are off)."""
     mods = params.mods
     softcap = mods.softcap
     args = dict(softcap_scale=params.softmax_scale / softcap if softcap > 0 else 0.0,
                 softcap_log2=softcap * LOG2E, HAS_SOFTCAP=softcap > 0, HAS_ALIBI=mods.alibi_slopes is not None,
-                BIAS_KIND=BIAS_NONE if mods.bias is None else BIAS_KEEP if mods.bias_is_mask else BIAS_ADD)
+                BIAS_KIND=bias_kind(mods.bias, mods.bias_is_mask))
     slopes = mods.alibi_slopes
     args.update(alibi_ptr=dummy, alibi_stride_b=0, alibi_stride_h=0) if slopes is None else args.update(
         alibi_ptr=slopes, alibi_stride_b=slopes.stride(0), alibi_stride_h=slopes.stride(1))
