@@ -214,7 +214,7 @@ def _query_layout(params: AttentionParams) -> tuple[bool, int, int]:
 
 
 def forward_programs(params: AttentionParams) -> int:
-    """Programs the forward launches per split: what kvcache.py sizes split-K by."""
+    """Programs the forward launches per split: what flashattn_py/split_k.py sizes split-K by."""
     _, rows, heads = _query_layout(params)
     cfg = forward_config(head_dim_block(params.head_dim), bias=params.mods.bias is not None, seqlen_q=params.seqlen_q)
     return triton.cdiv(rows, cfg.block_m) * heads * params.batch
