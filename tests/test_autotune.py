@@ -34,6 +34,22 @@ def test_off_by_default_and_never_in_the_interpreter(monkeypatch):
     assert autotune.pick("kern", "k", A, lambda arch: [A, B], calls.append, torch.device("cpu")) == A and not calls
 
 
+def test_calls_with_score_mods_or_another_layout_never_share_a_tuned_tile():
+    """A bias call takes only its own spill-free tile: a tile tuned for a plain call must not reach it."""
+    import dataclasses
+
+    from flashattn_py import checks
+    q = torch.zeros(2, 1, 4, 64, dtype=torch.float16)
+    k = torch.zeros(2, 300, 2, 64, dtype=torch.float16)
+    plain = checks.attention_params(q, k, k)
+    variants = [plain, checks.attention_params(q, k, k, attn_bias=torch.ones(2, 1, 1, 300, dtype=torch.bool)),
+                checks.attention_params(q, k, k, softcap=5.0),
+                checks.attention_params(q, k, k, alibi_slopes=torch.ones(4)),
+                dataclasses.replace(plain, num_splits=3)]
+    keys = {autotune.key_of(p, torch.float16, 64, {}) for p in variants}
+    assert len(keys) == len(variants)
+
+
 def test_every_candidate_starts_with_the_default():
     for block_d in (32, 64, 128, 256):
         for arch in (80, 90):

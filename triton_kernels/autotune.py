@@ -65,8 +65,14 @@ def key_of(params, dtype: torch.dtype, block_d: int, pe_args: dict) -> str:
     pe = f"pe{pe_args.get('Q_PE_KIND', 0)}{pe_args.get('K_PE_KIND', 0)}"
     mask = "full" if not params.has_window else "causal" if params.window == (-1, 0) else "window"
     decode = " decode" if configs.is_decode(params.seqlen_q) else ""  # its own tiles (configs.py)
+    # Score modifications and the cache layouts change the kernel: a bias call takes only its own
+    # spill-free tile, so it must never reuse a tile tuned without one.
+    mods = params.mods
+    extras = "".join(f" {name}" for name, on in (
+        ("softcap", mods.softcap > 0), ("alibi", mods.alibi_slopes is not None), ("bias", mods.bias is not None),
+        ("paged", params.paged is not None), ("split", params.num_splits > 1)) if on)
     return (f"d{block_d} {str(dtype).replace('torch.', '')} {mask} {pe} "
-            f"dropout{int(params.dropout_p > 0)} s<={bucket}{decode}")
+            f"dropout{int(params.dropout_p > 0)} s<={bucket}{decode}{extras}")
 
 
 def pick(kernel: str, key: str, default: TileConfig, candidates: Callable[[int], Sequence[TileConfig]],
