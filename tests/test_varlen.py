@@ -58,22 +58,28 @@ def test_packed_batches_match_reference_per_sequence(request, backend, dtype, op
         pytest.skip(CUDA_NO_SCORE_MODS)
     seed = seed_of(request)
     lens_q, lens_k = LENGTHS[lengths]
-    h, hk, d = 4, 2, 32
-    q, k, v, dout = random_qkv(1, max(sum(lens_q), sum(lens_k)), max(sum(lens_q), sum(lens_k)), h, hk, d, dtype,
-                               seed=seed)
+    opts = OPTIONS[options](len(lens_q), 4, torch.Generator().manual_seed(seed))
+    _check_packed_call(flash_attn_varlen_func, lens_q, lens_k, 4, 2, dtype, seed, backend=backend, **opts)
+
+
+def _check_packed_call(call, lens_q, lens_k, h, hk, dtype, seed, **options):
+    """call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, return_attn_probs=True, **options)
+    -> (out, lse, _) on fresh packed (total, heads, 32) inputs, NaN-poisoned: out, lse and all gradients against the
+    float64 reference run one sequence at a time, within the naive error bound."""
+    total = max(sum(lens_q), sum(lens_k))
+    q, k, v, dout = random_qkv(1, total, total, h, hk, 32, dtype, seed=seed)
     q, dout, k, v = q[0, :sum(lens_q)], dout[0, :sum(lens_q)], k[0, :sum(lens_k)], v[0, :sum(lens_k)]
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
-    opts = OPTIONS[options](len(lens_q), h, torch.Generator().manual_seed(seed))
 
     def ours(q_, k_, v_):
-        out, lse, _ = flash_attn_varlen_func(q_, k_, v_, cu_q, cu_k, max(lens_q), max(lens_k), backend=backend,
-                                             return_attn_probs=True, **opts)
+        out, lse, _ = call(q_, k_, v_, cu_q, cu_k, max(lens_q), max(lens_k), return_attn_probs=True, **options)
         return out, lse
 
     with fa.poisoned_outputs():
         got = run_with_grads(ours, q, k, v, dout)
-    exact = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), opts, torch.float64)
-    naive = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), opts, dtype)
+    math = {name: value for name, value in options.items() if name != "backend"}
+    exact = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), math, torch.float64)
+    naive = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), math, dtype)
     for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
         assert g.shape == e.shape, f"{name}: {tuple(g.shape)} != {tuple(e.shape)}"
         assert_within_naive_error(name, g, e, n, dtype)
@@ -84,10 +90,10 @@ PACKED_CALLS = {
     # are stacked into one tensor inside the call, so gradients flow back through the packed tensor.
     "qkvpacked": ([5, 0, 33, 1, 17], [5, 0, 33, 1, 17], 4, 4,
                   lambda q, k, v, cu_q, cu_k, max_q, max_k, **o: flash_attn_varlen_qkvpacked_func(
-                      torch.stack((q, k, v), dim=1), cu_q, max_q, return_attn_probs=True, **o)),
+                      torch.stack((q, k, v), dim=1), cu_q, max_q, **o)),
     "kvpacked": ([5, 0, 33, 1, 17], [7, 3, 30, 1, 17], 4, 2,
                  lambda q, k, v, cu_q, cu_k, max_q, max_k, **o: flash_attn_varlen_kvpacked_func(
-                     q, torch.stack((k, v), dim=1), cu_q, cu_k, max_q, max_k, return_attn_probs=True, **o)),
+                     q, torch.stack((k, v), dim=1), cu_q, cu_k, max_q, max_k, **o)),
 }
 
 
@@ -100,22 +106,7 @@ def test_packed_tensor_calls_match_reference_per_sequence(request, backend, call
     if backend == "cuda" and "softcap" in options:
         pytest.skip(CUDA_NO_SCORE_MODS)
     lens_q, lens_k, h, hk, fn = PACKED_CALLS[call]
-    dtype, total = torch.float16, max(sum(lens_q), sum(lens_k))
-    q, k, v, dout = random_qkv(1, total, total, h, hk, 32, dtype, seed=seed_of(request))
-    q, dout, k, v = q[0, :sum(lens_q)], dout[0, :sum(lens_q)], k[0, :sum(lens_k)], v[0, :sum(lens_k)]
-    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
-
-    def ours(q_, k_, v_):
-        out, lse, _ = fn(q_, k_, v_, cu_q, cu_k, max(lens_q), max(lens_k), backend=backend, **options)
-        return out, lse
-
-    with fa.poisoned_outputs():
-        got = run_with_grads(ours, q, k, v, dout)
-    exact = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), options, torch.float64)
-    naive = _per_sequence_reference(q, k, v, dout, cu_q.tolist(), cu_k.tolist(), options, dtype)
-    for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
-        assert g.shape == e.shape, f"{name}: {tuple(g.shape)} != {tuple(e.shape)}"
-        assert_within_naive_error(name, g, e, n, dtype)
+    _check_packed_call(fn, lens_q, lens_k, h, hk, torch.float16, seed_of(request), backend=backend, **options)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
