@@ -245,10 +245,11 @@ def check_decode_schedule(num_splits, pack_gqa) -> None:
 
 
 def check_kv_cache(k_cache, v_cache, device, *, paged: bool, names=("k_cache", "v_cache")) -> None:
-    """K and V caches: 4-D tensors of one shape and dtype on q's device, head_dim unit-stride; a paged one (num_pages,
-    page_size, nheads_k, head_dim) with page_size >= 1. (q's dtype and head dims against them: the
-    attention checks.)"""
-    layout = "(num_pages, page_size, nheads_k, head_dim)" if paged else "(batch_cache, seqlen_cache, nheads_k, head_dim)"
+    """K and V caches: 4-D tensors of one shape and dtype on q's device, head_dim unit-stride; a paged
+    one (num_pages, page_size, nheads_k, head_dim) with page_size >= 1. (q's dtype and head dims
+    against them: the attention checks.)"""
+    layout = ("(num_pages, page_size, nheads_k, head_dim)" if paged
+              else "(batch_cache, seqlen_cache, nheads_k, head_dim)")
     for name, t in zip(names, (k_cache, v_cache)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D cache {layout}, got "

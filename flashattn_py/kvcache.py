@@ -23,9 +23,10 @@ Caches: contiguous (batch_cache, seqlen_cache, nheads_k, head_dim) with an optio
 choosing each sequence's row (read in place, as a one-page-per-sequence block table), or paged:
 (num_pages, page_size, nheads_k, head_dim) with ``block_table`` (batch, max_pages) int32 — any page
 size (serving systems use 16; FlashAttention 2 needs multiples of 256). Caches are written in place,
-so their head_dim must be unit-stride (checked; FlashAttention's rule too). The Triton and CUDA kernels read pages through the block table; with few queries per sequence
-(decoding) the key range is split across programs and merged through the lse (split-K,
-flash-decoding) so one query per sequence still fills the GPU. The PyTorch and reference backends
+so their head_dim must be unit-stride (checked; FlashAttention's rule too). The Triton and CUDA
+kernels read pages through the block table; with few queries per sequence (decoding) the key range
+is split across programs and merged through the lse (split-K, flash-decoding) so one query per
+sequence still fills the GPU. The PyTorch and reference backends
 gather the cache into a dense copy first.
 """
 from __future__ import annotations
@@ -67,9 +68,8 @@ def _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_ta
     """Every check of a step that reads tensor values, in one device-to-host copy (a decoding loop
     would otherwise wait for the GPU at each of them): lengths fit the cache, the left padding lies
     within them, the block-table entries of the pages in use and the cache_batch_idx entries are rows of
-    it, and the rotary tables reach the
-    last rotated position (cache_seqlens + last_position). Skipped where checks.reads_values() says so
-    (tracing, graph capture)."""
+    it, and the rotary tables reach the last rotated position (cache_seqlens + last_position). Skipped
+    where checks.reads_values() says so (tracing, graph capture)."""
     if not checks.reads_values() or cache_seqlens.numel() == 0:
         return
     parts = [cache_seqlens.min(), cache_seqlens.max()]
