@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import threading
 from dataclasses import dataclass
 
@@ -17,8 +18,9 @@ from . import masks, positional, score_mods
 from .score_mods import ScoreMods
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Any head dim up to 256, as FlashAttention 2 (59, 12, 20 occur in real models): the Triton kernels mask a
+# power-of-two tile, the CUDA backend zero-pads to a compiled head dim (cuda_backend.py).
 MAX_HEAD_DIM = 256
-HEAD_DIM_ALIGNMENT = 8
 LAYOUTS = ("bshd", "bhsd")
 # "in_kernel": every K tile is encoded as it is loaded (repeated once per query tile);
 # "prepass": K is encoded once into a scratch buffer that forward and backward read; "auto": decided
@@ -147,15 +149,30 @@ def _check_tensor(name: str, t, expected_rank: int = 4, dtypes=SUPPORTED_DTYPES)
 
 
 def check_window_size(window_size) -> tuple[int, int]:
+    """(left, right) as Python ints. FlashAttention 2 takes any pair of integers, and its own tests pass a
+    2-element integer tensor (torch.randint(0, seqlen_k, (2,))), so a tuple / list of ints or of
+    integer scalars (numpy, 0-d torch) and a 2-element integer tensor are accepted."""
+    if isinstance(window_size, torch.Tensor):
+        if window_size.is_floating_point() or window_size.is_complex() or window_size.dtype == torch.bool \
+                or window_size.shape != (2,):
+            raise TypeError(f"window_size as a tensor must hold 2 integers (left, right), got a {window_size.dtype} "
+                            f"tensor of shape {tuple(window_size.shape)}")
+        window_size = window_size.tolist()  # a host read of two values, as FlashAttention does
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise TypeError(f"window_size must be a pair (left, right) of ints, got {window_size!r}")
-    left, right = window_size
-    for side, value in (("left", left), ("right", right)):
+    pair = []
+    for side, value in zip(("left", "right"), window_size):
+        if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            value = value.item()
+        elif not isinstance(value, (bool, int)) and hasattr(value, "__index__"):  # numpy integer scalars
+            value = operator.index(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"window_size {side} must be an int, got {type(value).__name__}")
         if value < -1:
             raise ValueError(f"window_size {side} must be >= 0, or -1 for unbounded; got {value}")
-    return int(left), int(right)
+        pair.append(int(value))
+    return pair[0], pair[1]
 
 
 def to_bshd(t: torch.Tensor, layout: str, name: str = "tensor") -> torch.Tensor:
@@ -355,10 +372,8 @@ def attention_params(
         raise ValueError(f"k has seqlen {seqlen_k} but v has {v.shape[1]}; k and v must share seqlen")
     if v.shape[2] != nheads_kv:
         raise ValueError(f"k has {nheads_kv} heads but v has {v.shape[2]}; k and v must share nheads")
-    if head_dim == 0 or head_dim % HEAD_DIM_ALIGNMENT or head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"head_dim must be a multiple of {HEAD_DIM_ALIGNMENT} in [8, {MAX_HEAD_DIM}], got {head_dim}"
-        )
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
     if nheads_kv == 0 or nheads_q % nheads_kv:
         raise ValueError(
             f"q has {nheads_q} heads and k/v have {nheads_kv}; GQA/MQA needs nheads_q divisible by nheads_kv"

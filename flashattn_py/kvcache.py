@@ -183,7 +183,8 @@ def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seql
     if cache_leftpad is not None:
         checks.check_int32_tensor(cache_leftpad, "cache_leftpad", (batch,), q.device)
     rotary = _rotary_of(rotary, rotary_cos, rotary_sin, rotary_interleaved)
-    per_token = causal or tuple(window_size) != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
+    window_size = checks.check_window_size(window_size)  # a tensor / numpy pair too (FlashAttention takes them)
+    per_token = causal or window_size != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
     last_position = max(new - 1, q.shape[1] - 1 if per_token else 0, 0)
     _check_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, page_size, cache_batch_idx,
                   rotary, cache_leftpad)

@@ -3,6 +3,7 @@ variable-length ones, whose values tests/test_varlen.py checks) on our kernels, 
 reference."""
 import inspect
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,34 @@ def test_bad_packed_shapes_are_named():
                                             cu, cu, 4, 4)
     with pytest.raises(TypeError, match="qkv must be a torch.Tensor"):
         fai.flash_attn_varlen_qkvpacked_func([1.0], cu, 4)
+
+
+WINDOW_FORMS = {  # how FlashAttention 2 callers pass window_size: its own tests use torch.randint(0, seqlen_k, (2,))
+    "tensor": lambda left, right: torch.tensor([left, right]),
+    "int32_tensor": lambda left, right: torch.tensor([left, right], dtype=torch.int32),
+    "numpy_ints": lambda left, right: (np.int64(left), np.int32(right)),
+    "zero_dim_tensors": lambda left, right: [torch.tensor(left), torch.tensor(right)],
+}
+WINDOW_ENTRIES = {  # call(q, k, v, window_size) through each entry point that takes window_size
+    "attention": lambda q, k, v, w: fa.attention(q, k, v, window_size=w, backend="triton"),
+    "flash_attn_func": lambda q, k, v, w: fai.flash_attn_func(q, k, v, window_size=w, backend="triton"),
+    "flash_attn_varlen_func": lambda q, k, v, w: fai.flash_attn_varlen_func(
+        q[0], k[0], v[0], *(torch.tensor([0, n], dtype=torch.int32, device=DEVICE) for n in (q.shape[1], k.shape[1])),
+        q.shape[1], k.shape[1], window_size=w, backend="triton")[None],
+    "flash_attn_with_kvcache": lambda q, k, v, w: fa.flash_attn_with_kvcache(q, k, v, window_size=w, backend="triton"),
+}
+
+
+@pytest.mark.parametrize("form", WINDOW_FORMS)
+@pytest.mark.parametrize("entry", WINDOW_ENTRIES)
+def test_window_size_as_a_tensor_or_numpy_ints_means_the_pair(request, form, entry):
+    """Every entry point taking window_size reads a tensor / numpy pair as the pair of ints, which
+    itself is checked against the float64 reference (test_attention.py, test_masks.py)."""
+    q, k, v, _ = random_qkv(1, 9, 23, 2, 1, 20, torch.float32, seed=seed_of(request))
+    call = WINDOW_ENTRIES[entry]
+    with fa.poisoned_outputs():
+        got = call(q, k, v, WINDOW_FORMS[form](5, 2))
+    exact = fa.reference.attention(q, k, v, window_size=(5, 2))
+    naive = fa.reference.attention(q, k, v, window_size=(5, 2), compute_dtype=torch.float32)
+    assert_within_naive_error("out", got, exact, naive, torch.float32)
+    torch.testing.assert_close(got, call(q, k, v, (5, 2)), atol=0, rtol=0)
