@@ -15,7 +15,7 @@ What the kernels support, and what this module does about the rest:
   (num_splits > 1, merged by attention_split_merge.cuh; dense batches: a packed one runs unsplit) in
   the forward, for kvcache.py and varlen_paged.py. Those calls run the kernels' per-sequence layout
   instance. pack_gqa is a Triton scheduling hint; these kernels ignore it.
-- Head dims 32, 64, 96, 128, 256 are compiled. Any other (a multiple of 8 up to 256) is zero-padded
+- Head dims 32, 64, 96, 128, 256 are compiled. Any other in [1, 256] (odd ones included) is zero-padded
   here to the next compiled one, and outputs / gradients are sliced back: zero channels add nothing
   to q k^T and produce zero output channels, and softmax_scale (from the original head_dim) and
   rotary_dim are passed unchanged (rotary leaves channels past rotary_dim alone, so the padding
@@ -23,6 +23,10 @@ What the kernels support, and what this module does about the rest:
   q and k are encoded here first (x * scale + PE over the original head_dim channels, fp32 math, one
   rounding, as the kernels do), then padded, and the kernels run without encoding; their dq / dk
   (w.r.t. the encoded q / k) are mapped back by the inverse, i.e. times scale.
+  The padded tensors are copies the kernels only read: a KV cache is never written by these kernels
+  (kvcache.append_to_cache writes the new tokens into the user's cache before the forward), so a
+  padded cache stays correct, but a decoding step at such a head dim copies the whole cache (slow:
+  use a compiled head dim, or backend="triton", which masks its tile instead).
 - pe_k_strategy is a Triton scheduling choice; the CUDA kernels always encode in-kernel.
 - The standalone ops (apply_rotary, add_sinusoidal) have no CUDA kernel: `encode` runs the Triton one.
 """

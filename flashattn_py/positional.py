@@ -140,7 +140,10 @@ def resolve(rotary, sinusoidal, *, batch, seqlen_q, seqlen_k, head_dim, device, 
         if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
             raise TypeError(f"rotary_dim must be an int or None, got {type(rotary_dim).__name__}")
         if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
-            raise ValueError(f"rotary_dim must be even and in [2, head_dim={head_dim}], got {rotary_dim}")
+            # Pairs of channels rotate together, so rotary_dim is even (FlashAttention requires it too).
+            default = spec.rotary_dim is None and head_dim % 2
+            raise ValueError(f"rotary_dim must be even and in [2, head_dim={head_dim}], got {rotary_dim}" + (
+                " (rotary_dim defaults to head_dim, which is odd: pass an even rotary_dim)" if default else ""))
         if not isinstance(spec.interleaved, bool):
             raise TypeError(f"rotary interleaved must be a bool, got {type(spec.interleaved).__name__}")
         _check_tables(spec, rotary_dim, device)

@@ -92,7 +92,7 @@ def test_too_many_splits_are_refused():
         cuda_backend.check_supported(params)
 
 
-@pytest.mark.parametrize("head_dim,kernel", [(8, 32), (32, 32), (40, 64), (64, 64), (72, 96), (96, 96),
+@pytest.mark.parametrize("head_dim,kernel", [(1, 32), (3, 32), (8, 32), (12, 32), (20, 32), (32, 32), (59, 64), (40, 64), (64, 64), (72, 96), (96, 96),
                                              (104, 128), (128, 128), (136, 256), (256, 256)])
 def test_head_dims_run_in_the_next_compiled_one(head_dim, kernel):
     assert cuda_backend.kernel_head_dim(head_dim) == kernel

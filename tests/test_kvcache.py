@@ -41,7 +41,11 @@ CASES = {
     "dense_batch_idx_leftpad_chunk": (None, True, 3, 3, "gptj", True, 1, True),
     "paged16_leftpad_split3": (16, False, 1, 1, "gptj", True, 3, True),
     "paged16_leftpad_no_new_noncausal": (16, False, 0, 2, None, False, 2, True),
+    "paged5_leftpad_split3_d59": (5, False, 2, 2, "neox", True, 3, True),
+    "dense_batch_idx_new3_d12": (None, True, 3, 3, "gptj", True, 1, False),
 }
+# Head dims other than D (any in [1, 256]; odd ones: appended in place, RoPE on an even rotary_dim).
+CASE_HEAD_DIMS = {"paged5_leftpad_split3_d59": 59, "dense_batch_idx_new3_d12": 12}
 # Left padding of the sequences below (cache_seqlens 0, 1, 37): none; all of the one cached token (only
 # the new ones are seen); 35 of 37, past the first key block of every tile config.
 LEFTPAD = [0, 1, 35]
@@ -52,24 +56,25 @@ LEFTPAD = [0, 1, 35]
 @pytest.mark.parametrize("case", CASES)
 def test_append_and_attend_match_reference(request, backend, dtype, case):
     page_size, use_batch_idx, new, seqlen_q, rope, causal, splits, use_leftpad = CASES[case]
+    d = CASE_HEAD_DIMS.get(case, D)
     gen = torch.Generator().manual_seed(seed_of(request))
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE, dtype)  # noqa: E731
     batch, capacity = 3, 64
     seqlens = torch.tensor([0, 1, 37], dtype=torch.int32, device=DEVICE)  # empty, one token, longer
     if page_size is None:
         rows = 5 if use_batch_idx else batch
-        k_cache, v_cache = rand(rows, capacity, HK, D), rand(rows, capacity, HK, D)
+        k_cache, v_cache = rand(rows, capacity, HK, d), rand(rows, capacity, HK, d)
         batch_idx = torch.tensor([4, 0, 2], dtype=torch.int32, device=DEVICE) if use_batch_idx else None
         block_table = None
     else:
         pages_per_seq = -(-capacity // page_size)
-        k_cache, v_cache = rand(batch * pages_per_seq + 3, page_size, HK, D), rand(batch * pages_per_seq + 3, page_size, HK, D)
+        k_cache, v_cache = rand(batch * pages_per_seq + 3, page_size, HK, d), rand(batch * pages_per_seq + 3, page_size, HK, d)
         perm = torch.randperm(batch * pages_per_seq + 3, generator=gen)[:batch * pages_per_seq]
         block_table = perm.reshape(batch, pages_per_seq).to(DEVICE, torch.int32)
         batch_idx = None
-    q = rand(batch, seqlen_q, H, D)
-    k_new, v_new = (rand(batch, new, HK, D), rand(batch, new, HK, D)) if new else (None, None)
-    cos, sin = _tables(16) if rope else (None, None)
+    q = rand(batch, seqlen_q, H, d)
+    k_new, v_new = (rand(batch, new, HK, d), rand(batch, new, HK, d)) if new else (None, None)
+    cos, sin = _tables(min(16, d - d % 2)) if rope else (None, None)
     leftpad = torch.tensor(LEFTPAD if use_leftpad else [0] * batch, dtype=torch.int32, device=DEVICE)
     for b, first in enumerate(leftpad.tolist()):  # padding may hold anything: NaN must not reach the output
         slots = torch.arange(first, device=DEVICE)
@@ -88,7 +93,7 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
 
     def dense(cache):
         if block_table is not None:
-            return cache[block_table.long()].reshape(batch, -1, HK, D)
+            return cache[block_table.long()].reshape(batch, -1, HK, d)
         return cache[batch_idx.long()] if batch_idx is not None else cache
 
     k_after, v_after, k_before, v_before = dense(k_cache), dense(v_cache), dense(before_k), dense(before_v)

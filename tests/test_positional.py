@@ -99,6 +99,8 @@ STANDALONE = {
     "rotary_tables_ids": (lambda x: dict(rotary=table_rotary(64, 8),
                                          positions=torch.randint(0, 64, (2, 19)).to(DEVICE)), (2, 19, 3, 16)),
     "sinusoidal_embeddings_3d": (lambda x: dict(scale=3.0), (2, 33, 52)),
+    "rotary_partial_odd_head_dim": (lambda x: dict(rotary=Rotary(rotary_dim=20), positions=5), (2, 19, 3, 59)),
+    "sinusoidal_odd_dim": (lambda x: dict(scale=0.5), (2, 33, 59)),
 }
 
 
@@ -180,6 +182,8 @@ def ones(*shape, dtype=torch.float32, device=None):
 
 PE_ERRORS = [
     ("odd_rotary_dim", lambda: dict(rotary=Rotary(rotary_dim=15)), ValueError, "rotary_dim must be even"),
+    ("odd_head_dim_default_rotary_dim", lambda: dict(rotary=Rotary()), ValueError,
+     r"rotary_dim must be even .* got 59 \(rotary_dim defaults to head_dim, which is odd: pass an even rotary_dim\)"),
     ("rotary_dim_too_big", lambda: dict(rotary=Rotary(rotary_dim=40)), ValueError,
      r"rotary_dim must be even and in \[2, head_dim=32\]"),
     ("table_shape", lambda: dict(rotary=Rotary(cos=ones(8, 8), sin=ones(8, 8))), ValueError,
@@ -214,9 +218,9 @@ PE_ERRORS = [
 
 
 @pytest.mark.parametrize("make_options,error,message", [c[1:] for c in PE_ERRORS], ids=[c[0] for c in PE_ERRORS])
-def test_bad_encoding_raises_clear_error(make_options, error, message):
+def test_bad_encoding_raises_clear_error(request, make_options, error, message):
     with pytest.raises(error, match=message):
-        fa.attention(*qkv(), **make_options())
+        fa.attention(*qkv(59 if "odd_head_dim" in request.node.name else 32), **make_options())
 
 
 @pytest.mark.parametrize("call,error,message", [
@@ -233,9 +237,12 @@ def test_standalone_ops_reject_bad_input(call, error, message):
 
 @pytest.mark.parametrize("strategy", ["in_kernel", "prepass"])
 @pytest.mark.parametrize("head_dim,encoding", [(16, "neox"), (96, "gptj"), (128, "partial_neox"), (256, "neox"),
-                                               (200, "partial_gptj_tables"), (256, "sinusoidal")])
+                                               (200, "partial_gptj_tables"), (256, "sinusoidal"), (12, "neox"),
+                                               (20, "gptj"), (59, "partial_gptj_tables"), (59, "sinusoidal"),
+                                               (3, "sinusoidal")])
 def test_fused_encoding_at_every_head_dim_class(request, strategy, head_dim, encoding):
-    """Head dims that fill their tile (16, 128, 256) and padded ones (96 -> 128, 200 -> 256)."""
+    """Head dims that fill their tile (16, 128, 256), padded ones (96 -> 128, 200 -> 256) and odd ones
+    (59, 3: sinusoidal's last channel 2i takes sin; RoPE an even rotary_dim)."""
     q, k, v, dout = random_qkv(1, 21, 35, 2, 1, head_dim, torch.float16, seed=seed_of(request))
     check_against_reference("triton", q, k, v, dout, causal=True, pe_k_strategy=strategy,
                             **ENCODINGS[encoding](head_dim))

@@ -36,6 +36,13 @@ def test_forced_splits_match_reference(request, backend, options, seqlen_q, num_
     check_against_reference(backend, q, k, v, dout, num_splits=num_splits, **opts)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda", "torch"])
+@pytest.mark.parametrize("head_dim", [20, 59])
+def test_forced_splits_at_odd_head_dims(request, backend, head_dim):
+    q, k, v, dout = random_qkv(2, 3, 200, 4, 2, head_dim, torch.bfloat16, seed=seed_of(request))
+    check_against_reference(backend, q, k, v, dout, num_splits=3, causal=True)
+
+
 def _params(seqlen_q=1, seqlen_k=8192, batch=1, nheads_q=32, nheads_kv=8, dropout_p=0.0):
     q = torch.empty(batch, seqlen_q, nheads_q, 128, dtype=torch.float16)
     k = torch.empty(batch, seqlen_k, nheads_kv, 128, dtype=torch.float16)

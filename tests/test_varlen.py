@@ -62,12 +62,12 @@ def test_packed_batches_match_reference_per_sequence(request, backend, dtype, op
     _check_packed_call(flash_attn_varlen_func, lens_q, lens_k, 4, 2, dtype, seed, backend=backend, **opts)
 
 
-def _check_packed_call(call, lens_q, lens_k, h, hk, dtype, seed, **options):
+def _check_packed_call(call, lens_q, lens_k, h, hk, dtype, seed, head_dim=32, **options):
     """call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, return_attn_probs=True, **options)
-    -> (out, lse, _) on fresh packed (total, heads, 32) inputs, NaN-poisoned: out, lse and all gradients against the
-    float64 reference run one sequence at a time, within the naive error bound."""
+    -> (out, lse, _) on fresh packed (total, heads, head_dim) inputs, NaN-poisoned: out, lse and all gradients
+    against the float64 reference run one sequence at a time, within the naive error bound."""
     total = max(sum(lens_q), sum(lens_k))
-    q, k, v, dout = random_qkv(1, total, total, h, hk, 32, dtype, seed=seed)
+    q, k, v, dout = random_qkv(1, total, total, h, hk, head_dim, dtype, seed=seed)
     q, dout, k, v = q[0, :sum(lens_q)], dout[0, :sum(lens_q)], k[0, :sum(lens_k)], v[0, :sum(lens_k)]
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
 
@@ -83,6 +83,21 @@ def _check_packed_call(call, lens_q, lens_k, h, hk, dtype, seed, **options):
     for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
         assert g.shape == e.shape, f"{name}: {tuple(g.shape)} != {tuple(e.shape)}"
         assert_within_naive_error(name, g, e, n, dtype)
+
+
+ODD_HEAD_DIMS = {  # head dims that are not multiples of 8 (any in [1, 256] runs), with a per-sequence rule each
+    "d12_causal_rope_gptj": (12, dict(causal=True, rotary=fa.Rotary(interleaved=True))),
+    "d20_causal_partial_rope": (20, dict(causal=True, rotary=fa.Rotary(rotary_dim=8))),
+    "d59_window_sinusoidal": (59, dict(window_size=(4, 2), sinusoidal=fa.Sinusoidal())),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ODD_HEAD_DIMS)
+def test_packed_batches_at_odd_head_dims(request, backend, case):
+    head_dim, options = ODD_HEAD_DIMS[case]
+    _check_packed_call(flash_attn_varlen_func, *LENGTHS["ragged"], 4, 2, torch.bfloat16, seed_of(request),
+                       head_dim=head_dim, backend=backend, **options)
 
 
 PACKED_CALLS = {
