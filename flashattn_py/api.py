@@ -32,6 +32,7 @@ def attention(
     alignment: str = "bottom_right",
     seqused_k: torch.Tensor | None = None,
     num_splits: int = 0,
+    sinks: torch.Tensor | None = None,
 ):
     """Exact attention ``softmax(softmax_scale * q k^T + mask) v``, fused and memory-linear in seqlen.
 
@@ -64,6 +65,13 @@ def attention(
     True positions (the kernels read it through its strides: a broadcast key-padding mask costs no
     S x S tensor). A row whose every key is masked returns 0 (lse -inf), as elsewhere here.
 
+    ``sinks``: attention sinks (GPT-OSS; FlashAttention 3's ``learnable_sink``), a float (nheads_q,) tensor:
+    one learned logit per query head that joins every row's softmax normalizer with no value vector, so
+    a row's weights sum to less than one (a row that sees no key returns 0). The returned lse includes
+    it. Differentiable: sinks.grad = -sum over rows of exp(sink - lse) * rowsum(dO * O).
+    A float ``attn_bias`` that requires grad gets its gradient (dS summed over the dimensions it is
+    broadcast along), e.g. T5's learned relative position bias.
+
     ``alignment``: "bottom_right" (FlashAttention, default) or "top_left" (SDPA's ``is_causal``): where
     the causal diagonal, the window and ALiBi distances sit when seqlen_q != seqlen_k.
 
@@ -85,7 +93,7 @@ def attention(
                softmax_scale=softmax_scale, window_size=window_size, rotary=rotary, sinusoidal=sinusoidal,
                q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p,
                softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment,
-               seqused_k=seqused_k, num_splits=num_splits)
+               seqused_k=seqused_k, num_splits=num_splits, sinks=sinks)
 
 
 def run(q, k, v, *, layout: str, backend: str, return_lse: bool, num_splits: int = 0, **options):
@@ -102,7 +110,7 @@ def run(q, k, v, *, layout: str, backend: str, return_lse: bool, num_splits: int
 
 def run_params(q, k, v, params: checks.AttentionParams, backend: str):
     """(out, lse) of bshd q, k, v described by params, on `backend`."""
-    impl = backends.select(backend, q.device)
+    impl = backends.select(backend, q.device, sinks=params.mods.sinks is not None)
     # Kernels index the head dim with unit stride; this is the one copy we allow (DESIGN.md).
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return ops.attention(q, k, v, params, ops.backend_name(impl))

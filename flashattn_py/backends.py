@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -36,12 +37,18 @@ def _cuda_backend(device: torch.device):
     return cuda_backend
 
 
-def select(backend: str, device: torch.device):
-    """Resolve a backend name for tensors on `device`."""
+def select(backend: str, device: torch.device, *, sinks: bool = False):
+    """Resolve a backend name for tensors on `device`. sinks: the call has attention sinks, which the
+    CUDA kernels lack; backend="cuda" then runs that call on the Triton kernels, with a warning (once)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":  # the CUDA kernels are opt-in until GPU benchmarks show them faster
         backend = "triton" if device.type == "cuda" else "torch"
+    if backend == "cuda" and sinks:
+        _cuda_backend(device)  # the same errors as without sinks when the CUDA backend cannot run at all
+        warnings.warn("backend='cuda' has no attention sinks (csrc/params.h): calls with sinks run on the Triton "
+                      "kernels", stacklevel=3)
+        backend = "triton"
     if backend == "triton":
         return _triton_backend(device)
     if backend == "cuda":

@@ -189,8 +189,9 @@ def to_bshd(t: torch.Tensor, layout: str, name: str = "tensor") -> torch.Tensor:
 
 
 def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: int, seqlen_q: int,
-                     seqlen_k: int, device: torch.device, bias_name: str = "attn_bias") -> ScoreMods:
-    """Validate softcap / alibi_slopes / an attention bias or boolean mask; broadcast views, no copies."""
+                     seqlen_k: int, device: torch.device, bias_name: str = "attn_bias", sinks=None) -> ScoreMods:
+    """Validate softcap / alibi_slopes / an attention bias or boolean mask / attention sinks; broadcast
+    views, no copies. A float bias may require grad (the backward returns dbias of its own shape)."""
     if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
         raise TypeError(f"softcap must be a float, got {type(softcap).__name__}")
     if not (math.isfinite(softcap) and softcap >= 0):
@@ -216,9 +217,6 @@ def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: 
                             f"got {attn_bias.dtype}")
         if attn_bias.device != device:
             raise ValueError(f"{bias_name} is on {attn_bias.device} but q is on {device}")
-        if attn_bias.requires_grad:
-            raise NotImplementedError(f"{bias_name} requires grad; gradients w.r.t. an attention bias are not "
-                                      "supported (detach it)")
         target = (batch, nheads_q, seqlen_q, seqlen_k)
         try:
             bias = attn_bias.expand(target) if attn_bias.dim() <= 4 else None
@@ -227,7 +225,25 @@ def check_score_mods(softcap, alibi_slopes, attn_bias, *, batch: int, nheads_q: 
         if bias is None:
             raise ValueError(f"{bias_name} of shape {tuple(attn_bias.shape)} does not broadcast to "
                              f"(batch, nheads, seqlen_q, seqlen_k) = {target}")
-    return ScoreMods(float(softcap), slopes, bias)
+        bias_source = attn_bias[(None,) * (4 - attn_bias.dim())]  # a view with leading dims of size 1
+    mods = ScoreMods(float(softcap), slopes, None, check_sinks(sinks, nheads_q, device))
+    return score_mods.with_bias(mods, None if attn_bias is None else bias_source, (batch, nheads_q, seqlen_q, seqlen_k))
+
+
+def check_sinks(sinks, nheads_q: int, device) -> torch.Tensor | None:
+    """Attention sinks: a floating-point (nheads_q,) tensor, one logit per query head (score_mods.py)."""
+    if sinks is None:
+        return None
+    if not isinstance(sinks, torch.Tensor):
+        raise TypeError(f"sinks must be a torch.Tensor of shape (nheads_q,), got {type(sinks).__name__}")
+    if not sinks.is_floating_point():
+        raise TypeError(f"sinks must be a floating-point tensor (one logit per query head), got {sinks.dtype}")
+    if sinks.shape != (nheads_q,):
+        raise ValueError(f"sinks must have shape (nheads_q,) = ({nheads_q},), one logit per query head, got "
+                         f"{tuple(sinks.shape)}")
+    if sinks.device != device:
+        raise ValueError(f"sinks is on {sinks.device} but q is on {device}")
+    return sinks
 
 
 def check_int32_tensor(t, name: str, shape: tuple, device, shape_name: str = "") -> None:
@@ -350,6 +366,7 @@ def attention_params(
     bias_name: str = "attn_bias",
     alignment: str = "bottom_right",
     seqused_k: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
     allow_float64: bool = False,
 ) -> AttentionParams:
     """Validate bshd q, k, v and options; return the normalized description of the call.
@@ -402,7 +419,7 @@ def attention_params(
         device=q.device, q_positions=q_positions, k_positions=k_positions,
     )
     mods = check_score_mods(softcap, alibi_slopes, attn_bias, batch=batch, nheads_q=nheads_q, seqlen_q=seqlen_q,
-                            seqlen_k=seqlen_k, device=q.device, bias_name=bias_name)
+                            seqlen_k=seqlen_k, device=q.device, bias_name=bias_name, sinks=sinks)
     return AttentionParams(
         batch=batch,
         seqlen_q=seqlen_q,

@@ -97,7 +97,8 @@ def check_supported(params: AttentionParams) -> None:
     mods = params.mods
     if mods.active:
         names = [n for n, on in (("softcap", mods.softcap > 0), ("alibi_slopes", mods.alibi_slopes is not None),
-                                 ("attn_mask / bias", mods.bias is not None)) if on]
+                                 ("attn_mask / bias", mods.bias is not None), ("sinks", mods.sinks is not None))
+                 if on]
         raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
     offset = params.diagonal_offset
     # Variable lengths always align bottom-right per sequence (csrc/sequence.h; checks.py refuses others).
@@ -227,8 +228,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Attention
     return out, lse, ()
 
 
-def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
-    """(dq, dk, dv) shaped and typed like q, k, v; w.r.t. the user's unencoded q and k."""
+def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=None):
+    """(dq, dk, dv) shaped and typed like q, k, v; w.r.t. the user's unencoded q and k. No bias reaches
+    this backend (check_supported), so there is never a dbias to fill."""
     check_supported(params)
     ext = extension()
     dq, dk, dv = buffers.empty_like(q), buffers.empty_like(k), buffers.empty_like(v)

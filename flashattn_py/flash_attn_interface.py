@@ -26,9 +26,11 @@ def _probabilities(q, k, **options) -> torch.Tensor:
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, backend="auto"):
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, learnable_sink=None,
+                    backend="auto"):
+    """learnable_sink (FlashAttention 3's name): attention sinks, float (nheads,), see attention(sinks=)."""
     options = dict(causal=causal, softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes)
+                   alibi_slopes=alibi_slopes, sinks=learnable_sink)
     if not isinstance(return_attn_probs, bool):
         raise TypeError(f"return_attn_probs must be a bool, got {type(return_attn_probs).__name__}")
     out, lse = api.attention(q, k, v, dropout_p=dropout_p, deterministic=deterministic, return_lse=True,

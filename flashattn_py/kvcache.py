@@ -140,18 +140,21 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             cache_batch_idx=None, cache_leftpad=None, block_table=None, softmax_scale=None,
                             causal=False, window_size=(-1, -1), softcap=0.0, rotary_interleaved=True,
                             alibi_slopes=None, num_splits=0, return_softmax_lse=False, *, rotary=None,
-                            pack_gqa=None, backend="auto"):
+                            pack_gqa=None, learnable_sink=None, backend="auto"):
     """See the module docstring. Returns out (batch, seqlen_q, nheads, head_dim), and the lse
     (batch, nheads, seqlen_q) fp32 too if return_softmax_lse. num_splits: 0 picks (GPU, seqlen_q <= 64).
     pack_gqa (FlashAttention 3's): the query heads that share a KV head run in one tile of the Triton
     forward; None lets it decide (it packs at decoding lengths), the other backends ignore it.
     rotary (ours): a flashattn_py.Rotary instead of rotary_cos / rotary_sin, e.g. Rotary(base=500000.0)
-    with its angles computed from the base: no tables to build. Inference only: with grad mode on and
+    with its angles computed from the base: no tables to build. learnable_sink (FlashAttention 3's name):
+    attention sinks, float (nheads,), one logit per query head in every row's normalizer (GPT-OSS; see
+    flashattn_py.attention(sinks=)). Inference only: with grad mode on and
     an input that requires grad, the output joins the graph but its backward raises."""
     with torch.no_grad():
         out, lse = _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
                                   cache_leftpad, block_table, softmax_scale, causal, window_size, softcap,
-                                  rotary_interleaved, alibi_slopes, num_splits, rotary, pack_gqa, backend)
+                                  rotary_interleaved, alibi_slopes, num_splits, rotary, pack_gqa, backend,
+                                  learnable_sink)
     out = inference_only(out, (q, k_cache, v_cache, k, v), "flash_attn_with_kvcache is inference-only and has no "
                          "backward; run the decoding loop under torch.no_grad() (train on the full sequence)")
     return (out, lse) if return_softmax_lse else out
@@ -159,7 +162,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
 
 def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx, cache_leftpad,
                    block_table, softmax_scale, causal, window_size, softcap, rotary_interleaved, alibi_slopes,
-                   num_splits, rotary, pack_gqa, backend):
+                   num_splits, rotary, pack_gqa, backend, sinks=None):
     """flash_attn_with_kvcache's work, without autograd: (out, lse)."""
     batch, capacity, page_size = _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx)
     checks.check_decode_schedule(num_splits, pack_gqa)
@@ -197,12 +200,12 @@ def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seql
             offsets = cache_seqlens.to(torch.int64)
             positions = offsets[:, None] + (torch.arange(q.shape[1], device=q.device) if per_token else 0)
             q = apply_rotary(q, rotary, positions=positions.expand(batch, q.shape[1]).contiguous(), backend=backend)
-        impl = backends.select(backend, q.device)
+        impl = backends.select(backend, q.device, sinks=sinks is not None)
         q = q if q.stride(-1) == 1 else q.contiguous()
         params = step_params(q, k_cache, seqused, capacity=capacity, page_size=page_size, block_table=block_table,
                              cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, num_splits=num_splits,
                              pack_gqa=pack_gqa, impl=impl, causal=causal, softmax_scale=softmax_scale,
-                             window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes)
+                             window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
         if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
             k_dense, v_dense = (dense_cache(c, block_table, page_size, cache_batch_idx) for c in (k_cache, v_cache))
             out, lse, _ = PerSequence(impl).forward(q, k_dense, v_dense, params)

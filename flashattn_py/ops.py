@@ -70,7 +70,8 @@ def op_args(params: AttentionParams, backend: str) -> dict:
         dropout_seed=params.dropout_seed,
         softcap=mods.softcap,
         alibi_slopes=mods.alibi_slopes,
-        attn_bias=mods.bias,
+        attn_bias=mods.bias_source,
+        sinks=mods.sinks,
         cu_seqlens_q=None if lengths is None else lengths.cu_seqlens_q,
         cu_seqlens_k=None if lengths is None else lengths.cu_seqlens_k,
         seqused_k=None if lengths is None else lengths.seqused_k,
@@ -83,7 +84,7 @@ def op_args(params: AttentionParams, backend: str) -> dict:
 def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_right, diagonal_offset, pe_kind,
                         pe_base, pe_scale, rotary_dim, rotary_interleaved, rotary_cos, rotary_sin, q_positions,
                         k_positions, pe_k_strategy, dropout_p, dropout_seed, softcap, alibi_slopes,
-                        attn_bias, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
+                        attn_bias, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
                         max_seqlen_k, num_splits) -> AttentionParams:
     """The inverse of `op_args`: the AttentionParams the backends read, from bshd q, k and the op arguments."""
     batch, seqlen_q, nheads_q, head_dim = q.shape
@@ -98,7 +99,8 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
         spec = (Rotary(base=pe_base, rotary_dim=rotary_dim, interleaved=rotary_interleaved, cos=rotary_cos,
                        sin=rotary_sin) if pe_kind == PE_ROTARY else Sinusoidal(base=pe_base, scale=pe_scale))
         encoding = Encoding(spec=spec, rotary_dim=rotary_dim, q_positions=q_positions, k_positions=k_positions)
-    mods = ScoreMods(softcap, alibi_slopes, attn_bias)
+    mods = score_mods.with_bias(ScoreMods(softcap, alibi_slopes, sinks=sinks), attn_bias,
+                                (batch, nheads_q, seqlen_q, seqlen_k))
     return AttentionParams(
         batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=k.shape[2],
         head_dim=head_dim, softmax_scale=softmax_scale, window=(window_left, window_right), dtype=q.dtype,
@@ -160,8 +162,8 @@ def attention_forward(
     rotary_interleaved: bool, rotary_cos: torch.Tensor | None, rotary_sin: torch.Tensor | None,
     q_positions: torch.Tensor | None, k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float,
     dropout_seed: int, softcap: float, alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
-    max_seqlen_q: int, max_seqlen_k: int, num_splits: int,
+    sinks: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+    seqused_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int, num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bshd q, k, v -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), aux: see the module docstring).
     num_splits 0 is decided here, where the backend that launches the programs is known."""
@@ -193,31 +195,58 @@ def attention_backward(
     diagonal_offset: int, pe_kind: int, pe_base: float, pe_scale: float, rotary_dim: int, rotary_interleaved: bool,
     rotary_cos: torch.Tensor | None, rotary_sin: torch.Tensor | None, q_positions: torch.Tensor | None,
     k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float, dropout_seed: int, softcap: float,
-    alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None,
-    cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
-    num_splits: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k); num_splits,
-    the forward's schedule, does not change them."""
+    alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None, sinks: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
+    max_seqlen_q: int, max_seqlen_k: int, num_splits: int, bias_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k), then dsinks
+    (like sinks; (0,) without sinks) and dbias (like attn_bias; (0,) unless bias_grad). num_splits, the
+    forward's schedule, does not change them."""
     args = {name: value for name, value in locals().items()
-            if name not in ("dout", "q", "k", "v", "out", "lse", "aux")}
+            if name not in ("dout", "q", "k", "v", "out", "lse", "aux", "bias_grad")}
     params = params_from_op_args(q, k, **args)
     impl = _backend(backend, q.device, params)
-    grads = impl.backward(dout, q, k, v, out, lse, _scratch(aux, backend), params)
-    return tuple(_laid_out_like(g, t) for g, t in zip(grads, (q, k, v)))
+    dbias = None
+    if bias_grad:
+        # fp32 accumulator of the bias's own (broadcast) shape; a bias with one value per row is a
+        # closed form of lse and delta (score_mods.key_broadcast_bias_grad), not kernel work.
+        dbias = torch.zeros(attn_bias.shape, dtype=torch.float32, device=q.device)
+    kernel_dbias = None if dbias is None or score_mods.bias_broadcast_along_keys(attn_bias) else dbias
+    grads = impl.backward(dout, q, k, v, out, lse, _scratch(aux, backend), params, dbias=kernel_dbias)
+    grads = tuple(_laid_out_like(g, t) for g, t in zip(grads, (q, k, v)))
+    empty = torch.empty(0, dtype=torch.float32, device=q.device)
+    dsinks = empty
+    if sinks is not None or (dbias is not None and kernel_dbias is None):
+        delta = _row_delta(dout, out, params)
+    if sinks is not None:
+        dsinks = score_mods.sink_grad(sinks, lse, delta).to(sinks.dtype)
+    if dbias is not None and kernel_dbias is None:
+        dbias += score_mods.key_broadcast_bias_grad(sinks, lse, delta).sum_to_size(dbias.shape)
+    return (*grads, dsinks, empty if dbias is None else dbias.to(attn_bias.dtype))
+
+
+def _row_delta(dout: torch.Tensor, out: torch.Tensor, params: AttentionParams) -> torch.Tensor:
+    """delta = rowsum(dO * O) in fp32, shaped like the lse: (batch, nheads_q, seqlen_q), packed (nheads_q, total_q)."""
+    delta = (dout.float() * out.float()).sum(-1)  # (batch, seqlen, heads)
+    return delta[0].transpose(0, 1) if params.is_varlen else delta.transpose(1, 2)
 
 
 @attention_backward.register_fake
-def _attention_backward_fake(dout, q, k, v, *args):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _attention_backward_fake(dout, q, k, v, out, lse, aux, backend, *args):
+    shared = dict(zip(_SHARED, (backend, *args)))
+    sinks, bias = shared["sinks"], shared["attn_bias"]
+    empty = q.new_empty(0, dtype=torch.float32)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            empty if sinks is None else torch.empty_like(sinks),
+            bias.new_empty(bias.shape) if args[-1] else empty)
 
 
 # Names of the scalar/optional arguments shared by both ops, in schema order.
 _SHARED = ("backend", "softmax_scale", "window_left", "window_right", "diagonal_offset", "pe_kind", "pe_base",
            "pe_scale", "rotary_dim", "rotary_interleaved", "rotary_cos", "rotary_sin", "q_positions", "k_positions",
-           "pe_k_strategy", "dropout_p", "dropout_seed", "softcap", "alibi_slopes", "attn_bias", "cu_seqlens_q",
-           "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k", "num_splits")
-_SHARED_TENSORS = ("rotary_cos", "rotary_sin", "q_positions", "k_positions", "alibi_slopes", "attn_bias",
+           "pe_k_strategy", "dropout_p", "dropout_seed", "softcap", "alibi_slopes", "attn_bias", "sinks",
+           "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k", "num_splits")
+_SHARED_TENSORS = ("rotary_cos", "rotary_sin", "q_positions", "k_positions", "alibi_slopes", "attn_bias", "sinks",
                    "cu_seqlens_q", "cu_seqlens_k", "seqused_k")
 
 
@@ -233,8 +262,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dlse, _daux):
     q, k, v, out, lse, aux, *tensors = ctx.saved_tensors
     shared = dict(ctx.scalars, **dict(zip(_SHARED_TENSORS, tensors)))
-    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, aux, **shared)
-    return (dq, dk, dv) + (None,) * len(_SHARED)
+    # Only a float bias can require grad (checks.py); a boolean mask never does.
+    bias_grad = shared["attn_bias"] is not None and ctx.needs_input_grad[3 + _SHARED.index("attn_bias")]
+    dq, dk, dv, dsinks, dbias = attention_backward(dout, q, k, v, out, lse, aux, **shared, bias_grad=bias_grad)
+    grads = dict(attn_bias=dbias if bias_grad else None, sinks=dsinks if shared["sinks"] is not None else None)
+    return (dq, dk, dv) + tuple(grads.get(name) for name in _SHARED)
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -33,6 +33,9 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, com
     """The attention weights softmax(scores) (batch, nheads_q, seqlen_q, seqlen_k), materialized (for
     need_weights / return_attn_probs); rows that see no key are all 0. Dropout is not applied."""
     scores = masked_scores(q, k, params, compute_dtype)
+    if params.mods.sinks is not None:  # the sink's column joins the softmax and is dropped (score_mods.py)
+        sink = params.mods.sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
+        return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1].nan_to_num(0.0)
     seen = torch.isfinite(scores).any(dim=-1, keepdim=True)
     return torch.where(seen, torch.softmax(torch.where(seen, scores, 0.0), dim=-1), 0.0)
 
@@ -52,9 +55,15 @@ def attention_from_params(
         row_max = scores.amax(dim=-1, keepdim=True).detach()
     else:  # amax refuses an empty dim; with no keys every row sees nothing
         row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
+    sinks = params.mods.sinks
+    if sinks is not None:  # one more logit per head in every row's normalizer, with no value (score_mods.py)
+        sink = sinks.to(compute_dtype)[None, :, None, None]
+        row_max = torch.maximum(row_max, sink.detach())
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(scores - row_max)
     normalizer = weights.sum(dim=-1, keepdim=True)
+    if sinks is not None:
+        normalizer = normalizer + torch.exp(sink - row_max)
     seen_any = normalizer > 0
     if params.has_dropout:
         if dropout_mask is None or dropout_mask.shape != weights.shape:
@@ -86,6 +95,7 @@ def attention(
     alibi_slopes: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
     alignment: str = "bottom_right",
+    sinks: torch.Tensor | None = None,
 ):
     """Naive attention with the same arguments as `flashattn_py.attention`; result in compute_dtype.
 
@@ -95,7 +105,8 @@ def attention(
     params = checks.attention_params(
         q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size, rotary=rotary,
         sinusoidal=sinusoidal, q_positions=q_positions, k_positions=k_positions, dropout_p=dropout_p,
-        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment, allow_float64=True,
+        softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment, sinks=sinks,
+        allow_float64=True,
     )
     out, lse = attention_from_params(q, k, v, params, compute_dtype, dropout_mask)
     out = checks.to_bshd(out, layout, "out")

@@ -4,9 +4,11 @@ Materializes the (seqlen_q, seqlen_k) scores: for checking and tiny inputs, not 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from . import ops, reference, torch_backend
+from . import ops, reference, score_mods, torch_backend
 from .checks import AttentionParams
 
 
@@ -24,11 +26,21 @@ def forward(q, k, v, params: AttentionParams):
     return out.to(q.dtype), lse.to(torch.float32), ()
 
 
-def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
+def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=None):
+    """(dq, dk, dv) by autograd through the float64 reference; with dbias (fp32, the bias's own 4-D
+    shape), the bias's gradient is added to it."""
     with ops.autograd_inside_op():  # this backward runs inside the attention_backward custom op
         leaves = [t.detach().to(torch.float64).requires_grad_() for t in (q, k, v)]
-        ref_out, _ = reference.attention_from_params(*leaves, params, torch.float64, dropout_mask(params, q.device))
+        mods = params.mods
+        if dbias is not None:  # differentiate w.r.t. the bias as given; expand's backward sums the broadcast
+            leaves.append(mods.bias_source.detach().to(torch.float64).requires_grad_())
+            shape = (params.batch, params.nheads_q, params.seqlen_q, params.seqlen_k)
+            params = dataclasses.replace(params, mods=score_mods.with_bias(mods, leaves[-1], shape))
+        ref_out, _ = reference.attention_from_params(*leaves[:3], params, torch.float64,
+                                                     dropout_mask(params, q.device))
         grads = torch.autograd.grad(ref_out, leaves, dout.to(torch.float64))
+    if dbias is not None:
+        dbias += grads[3].to(dbias.dtype)
     return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
 
 

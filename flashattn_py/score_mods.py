@@ -6,6 +6,16 @@ Order (FlashAttention 2's): ``s = scale * q.k``; ``s = softcap * tanh(s / softca
 (Gemma 2); ``s += -slope[b, h] * |i + offset - j|`` with ALiBi slopes (offset = seqlen_k - seqlen_q,
 bottom-right aligned as FlashAttention); ``s += bias[b, h, i, j]`` for a float bias, or ``s = -inf``
 where a boolean mask is False (SDPA's ``attn_mask``); then the causal/window masks.
+
+Attention sinks (GPT-OSS, FlashAttention 3's ``learnable_sink``): one learned logit ``sink[h]`` per
+query head joins every row's softmax normalizer with no value vector:
+``P[i, j] = exp(s[i, j]) / (exp(sink[h]) + sum_j' exp(s[i, j']))``, so a row's weights sum to less than
+one, a row that sees no key gets output 0, and the log-sum-exp every backend returns includes the sink
+(lse = log(exp(sink) + sum_j exp(s[i, j])) >= sink). With that lse the backward of q, k, v is unchanged
+(the sink is a column whose value vector is 0), and the sink's own gradient needs only lse and
+delta = rowsum(dO * O): ``dsink[h] = -sum_{b, i} exp(sink[h] - lse[b, h, i]) * delta[b, h, i]``
+(`sink_grad`). A float bias that requires grad gets ``dbias = dS`` summed over the dimensions it was
+broadcast along (`key_broadcast_bias_grad` for one constant per row, the kernels' job otherwise).
 """
 from __future__ import annotations
 
@@ -19,10 +29,15 @@ class ScoreMods:
     softcap: float = 0.0  # 0: off
     alibi_slopes: torch.Tensor | None = None  # fp32 (batch, nheads_q), may be an expanded view
     bias: torch.Tensor | None = None  # (batch, nheads_q, seqlen_q, seqlen_k) expanded view; bool = keep-mask
+    sinks: torch.Tensor | None = None  # float (nheads_q,): one logit per query head in every row's normalizer
+    # The bias as given, viewed as 4-D with its broadcast dims of size 1 (`bias` expands it): the tensor
+    # the attention op takes, so its gradient has the bias's own size, never (batch, heads, sq, sk).
+    bias_source: torch.Tensor | None = None
 
     @property
     def active(self) -> bool:
-        return self.softcap > 0 or self.alibi_slopes is not None or self.bias is not None
+        return (self.softcap > 0 or self.alibi_slopes is not None or self.bias is not None
+                or self.sinks is not None)
 
     @property
     def bias_is_mask(self) -> bool:
@@ -30,6 +45,37 @@ class ScoreMods:
 
 
 NONE = ScoreMods()
+
+
+def with_bias(mods: ScoreMods, bias_source: torch.Tensor | None, shape: tuple) -> ScoreMods:
+    """mods with the 4-D bias_source (or None) as its bias, expanded to (batch, nheads_q, sq, sk) = shape."""
+    bias = None if bias_source is None else bias_source.expand(shape)
+    return ScoreMods(mods.softcap, mods.alibi_slopes, bias, mods.sinks, bias_source)
+
+
+def bias_broadcast_along_keys(bias_source: torch.Tensor) -> bool:
+    """A bias with one value per row (size 1 along the keys) shifts each row by a constant."""
+    return bias_source.shape[3] == 1
+
+
+def sink_grad(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """dL/dsinks (nheads_q,) fp32 from lse and delta = rowsum(dO * O), both (batch, nheads_q, seqlen_q)
+    or packed (nheads_q, total_q), fp32 natural-log units. exp(sink - lse) is the sink's own weight in
+    each row; rows with lse -inf (only possible with a sink of -inf) weigh 0."""
+    weight = torch.exp(sinks.float()[:, None] - lse.reshape(-1, *lse.shape[-2:]).transpose(0, 1).flatten(1))
+    weight = torch.where(torch.isfinite(weight), weight, 0.0)
+    delta = delta.reshape(-1, *delta.shape[-2:]).transpose(0, 1).flatten(1)
+    return -(weight * delta).sum(dim=1)
+
+
+def key_broadcast_bias_grad(sinks: torch.Tensor | None, lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """dS summed over each row's keys, (batch, nheads_q, seqlen_q, 1) fp32: what a bias broadcast along
+    the keys gets. sum_j P (dP - delta) = delta (1 - sum_j P) = delta * (the sink's weight), exactly 0
+    without sinks (a constant added to a row does not change its softmax). lse, delta: (b, h, sq)."""
+    if sinks is None:
+        return torch.zeros((*delta.shape, 1), dtype=torch.float32, device=delta.device)
+    weight = torch.exp(sinks.float()[None, :, None] - lse)
+    return (torch.where(torch.isfinite(weight), weight, 0.0) * delta)[..., None]
 
 
 def modify(scores: torch.Tensor, mods: ScoreMods, q_rows: torch.Tensor, k_cols: torch.Tensor, diagonal_offset: int):

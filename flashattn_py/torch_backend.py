@@ -91,10 +91,15 @@ def forward(q, k, v, params: AttentionParams):
     q_enc, kc = _encoded(q, k, params, cdt)
     qg, vc = _grouped(q_enc, params), v.to(cdt)
     lse_g = lse.view(params.batch, params.nheads_kv, params.group_size, params.seqlen_q)
+    sinks = params.mods.sinks
+    if sinks is not None:  # (hkv, g, 1) against the chunk's (b, hkv, g, q) lse
+        sinks = sinks.to(cdt).view(params.nheads_kv, params.group_size, 1)
     for start, end in _chunks(params):
         scores, visible, _ = _scores_and_mask(qg[:, start:end], kc, params, start, end)
         scores = scores.masked_fill(~visible, float("-inf"))
         chunk_lse = torch.logsumexp(scores, dim=-1)  # -inf for rows that see no key
+        if sinks is not None:  # the sink's logit joins the normalizer (score_mods.py)
+            chunk_lse = torch.logaddexp(chunk_lse, sinks)
         safe_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
         probs = torch.exp(scores - safe_lse[..., None])  # exactly 0 where masked
         probs = _dropped(probs, _chunk_keep(params, start, end, q.device), params)
@@ -104,7 +109,9 @@ def forward(q, k, v, params: AttentionParams):
     return out, lse, ()
 
 
-def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
+def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=None):
+    """(dq, dk, dv); with dbias (fp32, the bias's own 4-D shape) dS is added to it, summed over the
+    dimensions the bias is broadcast along. The lse includes the sinks, so nothing else changes."""
     cdt = _compute_dtype(q.dtype)
     q_enc, kc = _encoded(q, k, params, cdt)
     qg, vc = _grouped(q_enc, params), v.to(cdt)
@@ -127,7 +134,12 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
         # With dropout O = (P * Z / (1 - p)) V: the gradient reaching P is dP * Z / (1 - p), and
         # delta = rowsum(dO * O) is still rowsum(P * that).
         dprobs = _dropped(torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc), keep, params)
-        dscores = probs * (dprobs - delta[..., start:end, None]) * params.softmax_scale
+        dscores = probs * (dprobs - delta[..., start:end, None])  # w.r.t. the modified scores
+        if dbias is not None:  # the bias is added after the scale and the softcap: it gets dS itself
+            chunk_dbias = dbias[:, :, start:end] if dbias.shape[2] > 1 else dbias
+            ds_heads = dscores.reshape(params.batch, params.nheads_q, end - start, params.seqlen_k)
+            chunk_dbias += ds_heads.sum_to_size(chunk_dbias.shape).to(dbias.dtype)
+        dscores = dscores * params.softmax_scale
         if dmod is not None:  # through the softcap's tanh
             dscores = dscores * dmod
         dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)

@@ -73,7 +73,8 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
                                      **positions, **options)
     batch = cu_seqlens_q.shape[0] - 1
     mods = checks.check_score_mods(params.mods.softcap, alibi_slopes, None, batch=batch, nheads_q=params.nheads_q,
-                                   seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, device=q.device)
+                                   seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, device=q.device,
+                                   sinks=params.mods.sinks)
     lengths = checks.SequenceLengths(cu_seqlens_q, cu_seqlens_k, total_q=q.shape[0], total_k=k.shape[0])
     return dataclasses.replace(params, batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, lengths=lengths,
                                mods=mods if mods.active else params.mods)
@@ -83,7 +84,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *, rotary=None,
                            sinusoidal=None, pe_k_strategy="auto", num_splits=0, pack_gqa=None, seqused_k=None,
-                           backend="auto"):
+                           learnable_sink=None, backend="auto"):
     """FlashAttention 2's ``flash_attn_varlen_func`` on our kernels (see the module docstring), plus
     fused ``rotary=`` / ``sinusoidal=`` encodings whose positions restart at 0 in each sequence.
     return_attn_probs=True returns (out, lse (nheads, total_q), None): packed sequences have no one
@@ -91,7 +92,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     (varlen_paged.py: inference only), and num_splits / pack_gqa (FlashAttention 3's) are the
     scheduling hints of flash_attn_with_kvcache; without it they must stay 0 / None. seqused_k (int32
     (batch,), FlashAttention 3's, with block_table only): each sequence's key count, in place of
-    cu_seqlens_k (pass None), as a serving engine keeps its cache lengths."""
+    cu_seqlens_k (pass None), as a serving engine keeps its cache lengths. learnable_sink (FlashAttention
+    3's name): attention sinks, float (nheads,), see flashattn_py.attention(sinks=)."""
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
     if block_table is not None:
@@ -101,7 +103,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                                         num_splits=num_splits, pack_gqa=pack_gqa, seqused_k=seqused_k,
                                         dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal, backend=backend,
                                         causal=causal, softmax_scale=softmax_scale, window_size=window_size,
-                                        softcap=softcap, alibi_slopes=alibi_slopes, pe_k_strategy=pe_k_strategy)
+                                        softcap=softcap, alibi_slopes=alibi_slopes, pe_k_strategy=pe_k_strategy,
+                                        sinks=learnable_sink)
         return (out, lse, None) if return_attn_probs else out
     if num_splits not in (0, 1) or pack_gqa is not None or seqused_k is not None:
         raise ValueError("num_splits / pack_gqa / seqused_k are for the paged (inference) call: pass them with "
@@ -109,7 +112,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     params = varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                            softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
                            alibi_slopes=alibi_slopes, dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal,
-                           pe_k_strategy=pe_k_strategy)
+                           pe_k_strategy=pe_k_strategy, sinks=learnable_sink)
     out, lse = api.run_params(q[None], k[None], v[None], params, backend)
     return (out[0], lse, None) if return_attn_probs else out[0]
 
@@ -143,7 +146,8 @@ class PerSequence:
             if mods.alibi_slopes is not None:
                 mods = dataclasses.replace(mods, alibi_slopes=mods.alibi_slopes[b:b + 1])
             if mods.bias is not None:
-                mods = dataclasses.replace(mods, bias=mods.bias[b:b + 1, :, :, k0:k1])
+                mods = dataclasses.replace(mods, bias=mods.bias[b:b + 1, :, :, k0:k1],
+                                           bias_source=_bias_rows(mods.bias_source, b, k0, k1))
             encoding = None if enc is None else dataclasses.replace(
                 enc, q_positions=enc.q_positions[q_rows], k_positions=enc.k_positions[k_rows])
             piece = dataclasses.replace(params, batch=1, seqlen_q=q1 - q0, seqlen_k=k1 - k0, lengths=None, mods=mods,
@@ -161,11 +165,20 @@ class PerSequence:
             lse[lse_rows] = l[0] if params.is_varlen else l
         return out, lse, ()
 
-    def backward(self, dout, q, k, v, out, lse, scratch, params):
+    def backward(self, dout, q, k, v, out, lse, scratch, params, dbias=None):
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for q_rows, k_rows, lse_rows, piece in self._pieces(params):
+        for b, (q_rows, k_rows, lse_rows, piece) in enumerate(self._pieces(params)):
             piece_lse = lse[lse_rows][None] if params.is_varlen else lse[lse_rows]
+            k0, k1 = k_rows[1].start, k_rows[1].stop
             dq[q_rows], dk[k_rows], dv[k_rows] = self.backend.backward(
-                dout[q_rows], q[q_rows], k[k_rows], v[k_rows], out[q_rows], piece_lse, (), piece)
+                dout[q_rows], q[q_rows], k[k_rows], v[k_rows], out[q_rows], piece_lse, (), piece,
+                dbias=None if dbias is None else _bias_rows(dbias, b, k0, k1))
         return dq, dk, dv
+
+
+def _bias_rows(bias: torch.Tensor, b: int, k0: int, k1: int) -> torch.Tensor:
+    """Sequence b's keys k0 .. k1 - 1 of a 4-D bias (or its gradient) that may be broadcast (size 1) along
+    the batch or the keys: a view, so a gradient written into it lands in the whole one."""
+    rows = slice(b, b + 1) if bias.shape[0] > 1 else slice(None)
+    return bias[rows, :, :, k0:k1] if bias.shape[3] > 1 else bias[rows]
 

@@ -99,7 +99,7 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
     """(out (total_q, nheads, head_dim), lse (nheads, total_q)) of packed q against the paged cache.
     options: paged_varlen_params's (num_splits, 0: automatic, and pack_gqa as flash_attn_with_kvcache
     takes them, seqused_k, and the attention options)."""
-    impl = backends.select(backend, q.device)
+    impl = backends.select(backend, q.device, sinks=options.get("sinks") is not None)
     params, cu_seqlens_k = paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                max_seqlen_k, block_table, impl=impl, **options)
     q4 = (q if q.stride(-1) == 1 else q.contiguous())[None]

@@ -54,9 +54,9 @@ def assert_within_naive_error(name: str, actual, exact, naive, dtype):
     assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e} (2 x naive {dtype} error + atol)"
 
 
-def run_with_grads(fn, q, k, v, dout):
-    """(out, lse, dq, dk, dv) of fn(q, k, v) -> (out, lse); inputs are fresh leaves."""
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+def run_with_grads(fn, q, k, v, dout, *extras):
+    """(out, lse, dq, dk, dv, d(extras)...) of fn(q, k, v, *extras) -> (out, lse); inputs are fresh leaves."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, *extras)]
     out, lse = fn(*leaves)
     grads = torch.autograd.grad(out, leaves, dout)
     return (out, lse, *grads)
@@ -65,27 +65,32 @@ def run_with_grads(fn, q, k, v, dout):
 OUTPUT_NAMES = ("out", "lse", "dq", "dk", "dv")
 
 
-def check_against_reference(backend: str, q, k, v, dout, **options):
-    """Run `backend` with NaN-poisoned buffers; compare out, lse and all grads with the float64 reference."""
+def check_against_reference(backend: str, q, k, v, dout, *, differentiate=(), **options):
+    """Run `backend` with NaN-poisoned buffers; compare out, lse and all grads with the float64 reference.
+    differentiate: names of tensor options (``sinks``, ``attn_bias``) whose gradients are compared too."""
 
     skip_unsupported(dtype=q.dtype, dropout_p=options.get("dropout_p", 0.0))
+    extras = [options.pop(name) for name in differentiate]
 
-    def ours(q, k, v):
-        return fa.attention(q, k, v, return_lse=True, backend=backend, **options)
+    def ours(q, k, v, *extras):
+        return fa.attention(q, k, v, return_lse=True, backend=backend, **options, **dict(zip(differentiate, extras)))
 
     # How a backend schedules the work (the encoding, split-K) is not part of the math the reference computes.
     math_options = {name: value for name, value in options.items() if name not in ("pe_k_strategy", "num_splits")}
 
     def naive(dtype):
-        return lambda q, k, v: fa.reference.attention(q, k, v, return_lse=True, compute_dtype=dtype, **math_options)
+        return lambda q, k, v, *extras: fa.reference.attention(q, k, v, return_lse=True, compute_dtype=dtype,
+                                                              **math_options, **dict(zip(differentiate, extras)))
 
     with fa.poisoned_outputs():
-        got = run_with_grads(ours, q, k, v, dout)
-    exact = run_with_grads(naive(torch.float64), q, k, v, dout)
-    low = run_with_grads(naive(q.dtype), q, k, v, dout)
-    for name, g, e, n in zip(OUTPUT_NAMES, got, exact, low):
+        got = run_with_grads(ours, q, k, v, dout, *extras)
+    exact = run_with_grads(naive(torch.float64), q, k, v, dout, *extras)
+    low = run_with_grads(naive(q.dtype), q, k, v, dout, *extras)
+    names = OUTPUT_NAMES + tuple(f"d{name}" for name in differentiate)
+    dtypes = (q.dtype, torch.float32, q.dtype, q.dtype, q.dtype, *(t.dtype for t in extras))
+    for name, g, e, n, dtype in zip(names, got, exact, low, dtypes):
         assert g.shape == e.shape, f"{name}: shape {tuple(g.shape)} != {tuple(e.shape)}"
-        assert g.dtype == (torch.float32 if name == "lse" else q.dtype), f"{name}: dtype {g.dtype}"
+        assert g.dtype == dtype, f"{name}: dtype {g.dtype}"
         assert_within_naive_error(name, g, e, n, q.dtype)
     return got
 

@@ -65,6 +65,31 @@ def load_row_stats(lse_log2_ptr, delta_ptr, row_offset, offs_m, seqlen_q):
     return lse, delta
 
 
+# How the dK/dV kernel writes the gradient of a float bias that requires grad (dbias_kind): not at
+# all; a bias of the full (batch, heads, sq, sk) size, whose every element one program visits once:
+# stored; one broadcast along the batch or heads: fp32 atomic adds, programs that would add to one
+# element run in separate launches (dbias_launches), so the sums are ordered and bit-identical run to
+# run; one row for every query ((.., 1, sk)): summed over the queries in registers, one add per key.
+DBIAS_NONE, DBIAS_STORE, DBIAS_ADD, DBIAS_PER_KEY = 0, 1, 2, 3
+
+
+@triton.jit
+def bias_gradient(ds_t, dbias_base, dbias_keys, offs_m, offs_n, seqlen_q, seqlen_k, stride_m, stride_n,
+                  DBIAS_KIND: tl.constexpr):
+    """Adds the (keys x queries) dS tile ds_t to the bias gradient at dbias_base (one (batch, head)),
+    or for DBIAS_PER_KEY to dbias_keys, which it returns. Masked and out-of-range entries of ds_t are 0."""
+    if DBIAS_KIND == DBIAS_PER_KEY:
+        dbias_keys += tl.sum(ds_t, axis=1)
+    else:
+        ptrs = dbias_base + offs_m[None, :].to(tl.int64) * stride_m + offs_n[:, None].to(tl.int64) * stride_n
+        inside = (offs_m[None, :] < seqlen_q) & (offs_n[:, None] < seqlen_k)
+        if DBIAS_KIND == DBIAS_STORE:
+            tl.store(ptrs, ds_t, mask=inside)
+        else:
+            tl.atomic_add(ptrs, ds_t, mask=inside)
+    return dbias_keys
+
+
 @triton.jit
 def attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
@@ -81,15 +106,17 @@ def attention_bwd_dkdv_kernel(
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
     cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
+    dbias_ptr, dbias_stride_b, dbias_stride_h, dbias_stride_m, dbias_stride_n, kv_head_base, batch_base,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, DBIAS_KIND: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    kv_head = tl.program_id(1).to(tl.int64)
-    batch = tl.program_id(2).to(tl.int64)
+    # kv_head_base / batch_base: a launch may cover one KV head / sequence (dbias_launches).
+    kv_head = (tl.program_id(1) + kv_head_base).to(tl.int64)
+    batch = (tl.program_id(2) + batch_base).to(tl.int64)
     seqlen_k_max = seqlen_k  # the dropout counter's row length: the same for every sequence
     q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset = sequence_bounds(
         batch, seqlen_q, seqlen_k, diag_offset, cu_q_ptr, cu_k_ptr, seqused_k_ptr, IS_VARLEN, HAS_SEQUSED_K)
@@ -114,6 +141,8 @@ def attention_bwd_dkdv_kernel(
         row_offset = batch * stride_lse_b + head * stride_lse_h + q_start
         mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                          bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
+        dbias_base = dbias_ptr + batch * dbias_stride_b + head * dbias_stride_h
+        dbias_keys = tl.zeros([BLOCK_N], dtype=tl.float32)  # DBIAS_PER_KEY: dS summed over this head's queries
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             q = load_encoded_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q,
@@ -139,9 +168,14 @@ def attention_bwd_dkdv_kernel(
             else:
                 dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
+            if DBIAS_KIND != DBIAS_NONE:  # the bias is added after the scale and the softcap: it gets dS itself
+                dbias_keys = bias_gradient(ds_t, dbias_base, dbias_keys, offs_m, offs_n, seqlen_q, seqlen_k,
+                                           dbias_stride_m, dbias_stride_n, DBIAS_KIND)
             if HAS_SOFTCAP:  # through the tanh of the softcap (the scale is applied to dk at the end)
                 ds_t = ds_t * dcap_t
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
+        if DBIAS_KIND == DBIAS_PER_KEY:
+            tl.atomic_add(dbias_base + offs_n.to(tl.int64) * dbias_stride_n, dbias_keys, mask=offs_n < seqlen_k)
     dk = dk * softmax_scale
     tile_mask = (offs_n[:, None] < k_rows) & (offs_d[None, :] < head_dim)  # keys past seqused_k get zeros
     dk_ptrs = (dk_ptr + batch * stride_dkb + kv_head * stride_dkh + k_start * stride_dks
@@ -226,8 +260,33 @@ def attention_bwd_dq_kernel(
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
 
 
-def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams):
-    """Gradients (dq, dk, dv), each with the shape and dtype of its input.
+def dbias_kind(dbias: torch.Tensor | None, params: AttentionParams) -> int:
+    """The DBIAS_KIND of a bias gradient buffer of the bias's own 4-D shape (None: no gradient)."""
+    if dbias is None:
+        return DBIAS_NONE
+    if dbias.shape[2] == 1 and params.seqlen_q > 1:
+        return DBIAS_PER_KEY
+    if tuple(dbias.shape) == (params.batch, params.nheads_q, params.seqlen_q, params.seqlen_k):
+        return DBIAS_STORE
+    return DBIAS_ADD
+
+
+def dbias_launches(dbias: torch.Tensor | None, params: AttentionParams):
+    """(kv_head_base, kv heads, batch_base, batches) of each dK/dV launch: one launch for all, except
+    that programs adding to one bias-gradient element (a bias broadcast along the batch: every
+    sequence; along the heads: every KV head) go to separate launches, which the stream orders."""
+    heads, batch = params.nheads_kv, params.batch
+    if dbias is None:
+        return [(0, heads, 0, batch)]
+    per_head = range(heads) if dbias.shape[1] == 1 and heads > 1 else [None]
+    per_batch = range(batch) if dbias.shape[0] == 1 and batch > 1 else [None]
+    return [(0 if h is None else h, heads if h is None else 1, 0 if b is None else b, batch if b is None else 1)
+            for h in per_head for b in per_batch]
+
+
+def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=None):
+    """Gradients (dq, dk, dv), each with the shape and dtype of its input; with dbias (fp32, the shape
+    of the bias as given, zeros), dS summed over the bias's broadcast dimensions is added to it.
 
     scratch from the forward: (lse in base 2, [K encoded by the pre-pass]); `lse` (natural) is unused.
     """
@@ -275,12 +334,21 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
     key = autotune.key_of(params, q.dtype, block_d, pe)
     mods_args = score_mod_args(params, q)
 
+    dbias_args = dict(dbias_ptr=q, dbias_stride_b=0, dbias_stride_h=0, dbias_stride_m=0, dbias_stride_n=0,
+                      DBIAS_KIND=dbias_kind(dbias, params))
+    if dbias is not None:  # strides of its expanded view: 0 along the broadcast dims
+        grad_view = dbias.expand(params.batch, params.nheads_q, params.seqlen_q, params.seqlen_k)
+        dbias_args.update(dbias_ptr=dbias, **dict(zip(("dbias_stride_b", "dbias_stride_h", "dbias_stride_m",
+                                                       "dbias_stride_n"), grad_view.stride())))
+
     def launch_dkdv(cfg):
-        attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), params.nheads_kv, params.batch)](
-            q, k, v, dout, lse, delta, dk, dv,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **pe, **mods_args, **seq_args,
-        )
+        for head_base, heads, batch_base, batch in dbias_launches(dbias, params):
+            attention_bwd_dkdv_kernel[(triton.cdiv(params.seqlen_k, cfg.block_n), heads, batch)](
+                q, k, v, dout, lse, delta, dk, dv,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), *scalars,
+                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                kv_head_base=head_base, batch_base=batch_base, **dbias_args, **common, **pe, **mods_args, **seq_args,
+            )
 
     def launch_dq(cfg):
         attention_bwd_dq_kernel[(triton.cdiv(params.seqlen_q, cfg.block_m), params.nheads_q, params.batch)](
@@ -290,8 +358,13 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
         )
 
     if params.seqlen_k > 0:
-        launch_dkdv(autotune.pick("attention_bwd_dkdv", key, dkdv_cfg, lambda arch: dkdv_candidates(block_d, arch, params.mods.bias is not None),
-                                  launch_dkdv, q.device))
+        dkdv_key = key if dbias is None else f"{key} dbias"  # the bias-gradient code is part of the kernel
+        cfg = autotune.pick("attention_bwd_dkdv", dkdv_key, dkdv_cfg,
+                            lambda arch: dkdv_candidates(block_d, arch, params.mods.bias is not None),
+                            launch_dkdv, q.device)
+        if dbias is not None:
+            dbias.zero_()  # autotuning's timed launches added to it
+        launch_dkdv(cfg)
     if params.seqlen_q > 0:
         launch_dq(autotune.pick("attention_bwd_dq", key, dq_cfg, lambda arch: dq_candidates(block_d, arch),
                                 launch_dq, q.device))

@@ -20,7 +20,7 @@ from . import autotune
 from .configs import forward_candidates, forward_config, packs_gqa
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
-from .score_mods import head_mods, modified_scores, score_mod_args
+from .score_mods import head_mods, modified_scores, score_mod_args, sink_args
 from .split_merge import merge_splits
 
 
@@ -92,13 +92,13 @@ def attention_fwd_kernel(
     softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n,
     cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h, leftpad_k_ptr,
-    block_table_ptr, stride_bt_b, page_size, num_splits, stride_o_split, stride_lse_split,
+    block_table_ptr, stride_bt_b, page_size, num_splits, stride_o_split, stride_lse_split, sinks_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr,
-    PACK_GQA: tl.constexpr, SPLIT_K: tl.constexpr,
+    PACK_GQA: tl.constexpr, SPLIT_K: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     # Split-K (flash-decoding): num_splits programs share a query tile, each over a slice of its key
     # blocks, writing a partial (out, lse) that attention_forward merges. num_splits = 1: no split.
@@ -145,6 +145,13 @@ def attention_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_SINKS:
+        # The head's sink is a first "key" of score sink (base 2: * log2 e) and value 0: it starts the
+        # running max and normalizer, so the loop below is unchanged. Split 0 alone takes it; the
+        # split merge adds the splits' normalizers, so it is counted once.
+        sink_log2 = tl.load(sinks_ptr + row_head) * LOG2E
+        m_i = tl.where(split == 0, l_i + sink_log2, m_i)  # l_i + ...: a [BLOCK_M] vector, scalar sink or not
+        l_i = tl.where(split == 0, l_i + 1.0, l_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Under PACK_GQA the tile spans fewer than BLOCK_M queries: a range for BLOCK_M is a superset.
     lo, hi = key_block_range(m_first, seqlen_k, diag_offset, window_left, window_right,
@@ -261,6 +268,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
             **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad_args(params, q),
+            **sink_args(params, q),
             PACK_GQA=pack, SPLIT_K=splits > 1, num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
             stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )

@@ -70,6 +70,7 @@ def key_of(params, dtype: torch.dtype, block_d: int, pe_args: dict) -> str:
     mods = params.mods
     extras = "".join(f" {name}" for name, on in (
         ("softcap", mods.softcap > 0), ("alibi", mods.alibi_slopes is not None), ("bias", mods.bias is not None),
+        ("sinks", mods.sinks is not None),
         ("paged", params.paged is not None), ("split", params.num_splits > 1)) if on)
     return (f"d{block_d} {str(dtype).replace('torch.', '')} {mask} {pe} "
             f"dropout{int(params.dropout_p > 0)} s<={bucket}{decode}{extras}")

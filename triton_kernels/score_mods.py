@@ -105,3 +105,13 @@ def score_mod_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
         args.update(bias_ptr=bias, bias_stride_b=bias.stride(0), bias_stride_h=bias.stride(1),
                     bias_stride_m=bias.stride(2), bias_stride_n=bias.stride(3))
     return args
+
+
+def sink_args(params: AttentionParams, dummy: torch.Tensor) -> dict:
+    """Forward kernel arguments for attention sinks (flashattn_py.score_mods): fp32 (nheads_q,) logits,
+    unit stride (a copy of nheads_q values), or a placeholder never read. The backward needs none: the
+    lse it reads includes the sinks."""
+    sinks = params.mods.sinks
+    if sinks is None:
+        return dict(sinks_ptr=dummy, HAS_SINKS=False)
+    return dict(sinks_ptr=sinks.to(torch.float32).contiguous(), HAS_SINKS=True)
