@@ -5,6 +5,13 @@
 state_dict (weights load either way), same forward signature and mask conventions (bool True =
 *masked* here, as in torch's module; float masks are added). Attention runs in our fused kernels;
 ``need_weights=True`` (torch's default) additionally materializes the (batch, heads, L, S) weights.
+
+torch's fused inference paths read a MultiheadAttention's weights without calling its forward, so in
+them our kernels would go unused: ``nn.MultiheadAttention.forward``'s own fast path (we override
+forward, so it never runs) and ``nn.TransformerEncoderLayer``'s ``torch._transformer_encoder_layer_fwd``
+(kept away by the forward pre-hook every instance registers: see ``_forward_runs_in_encoder_layers``).
+``nn.TransformerEncoder`` may still turn a right-padded batch into a nested tensor (eval, no grad,
+``src_key_padding_mask``); our forward takes nested inputs and runs them on the variable-length kernels.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from torch import nn
 from . import api, checks, reference
 from .kvcache import flash_attn_with_kvcache
 from .positional import Rotary
+from .varlen import flash_attn_varlen_func
 
 
 def _as_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -41,14 +49,28 @@ def merged_bias(attn_mask, key_padding_mask, batch: int, heads: int, dtype: torc
     return additive[0] if len(additive) == 1 else additive[0] + additive[1]
 
 
+def _forward_runs_in_encoder_layers(module, args):
+    """A forward pre-hook that does nothing: its presence is the point. nn.TransformerEncoderLayer.forward
+    skips its fused fast path (torch._transformer_encoder_layer_fwd, which reads self_attn's weights and
+    never calls self_attn) when any submodule has forward hooks ("forward pre-/hooks are attached to
+    the module" in its why_not_sparsity_fast_path checks; torch must keep it, or hooks would silently
+    not run). tests/test_encoder_layers.py counts our calls, so a torch that drops the check is caught."""
+    return None
+
+
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in for torch.nn.MultiheadAttention running our fused attention (``backend`` as in
     flashattn_py.attention). need_weights=True returns the softmax weights, materialized (costs
-    (batch, heads, L, S) memory; pass need_weights=False to keep memory linear) and before dropout."""
+    (batch, heads, L, S) memory; pass need_weights=False to keep memory linear) and before dropout.
+
+    Nested tensors (batch_first only; what nn.TransformerEncoder makes of a right-padded batch) run
+    packed on the variable-length kernels; like torch's fast path, they take no masks and return
+    weights padded with zeros."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
+        self.register_forward_pre_hook(_forward_runs_in_encoder_layers)
 
     def _projections(self, query, key, value):
         if self._qkv_same_embed_dim:
@@ -62,6 +84,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                 average_attn_weights=True, is_causal=False):
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention)")
+        if query.is_nested or key.is_nested or value.is_nested:
+            return self._nested_forward(query, key, value, key_padding_mask, attn_mask, need_weights,
+                                        average_attn_weights)
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = (t.unsqueeze(0 if self.batch_first else 1) for t in (query, key, value))
@@ -97,6 +122,67 @@ class MultiheadAttention(nn.MultiheadAttention):
         if not self.batch_first:
             out = out.transpose(0, 1)
         return (out.squeeze(0 if self.batch_first else 1) if unbatched else out), weights
+
+    def _nested_forward(self, query, key, value, key_padding_mask, attn_mask, need_weights, average_attn_weights):
+        """(batch, ragged length, embed) nested inputs -> nested output of query's lengths and layout.
+        The sequences are concatenated and run as one packed batch (cu_seqlens): no padding computed.
+        Weights, as torch's fast path returns them: (batch, [heads,] max L, max S), zero past each length."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not t.is_nested:
+                raise ValueError(f"{name} must be a nested tensor when the others are (got a dense one)")
+        refused = dict(key_padding_mask=key_padding_mask is not None, attn_mask=attn_mask is not None,
+                       add_bias_kv=self.bias_k is not None, add_zero_attn=self.add_zero_attn,
+                       batch_first=not self.batch_first)
+        if any(refused.values()):
+            names = ", ".join(name for name, bad in refused.items() if bad)
+            raise ValueError(f"nested inputs run without masks (each sequence's length is its mask) or appended "
+                             f"keys, with batch_first=True (as in torch's fast path); refused here: {names}")
+        pieces = [t.unbind() for t in (query, key, value)]
+        if not len(pieces[0]) == len(pieces[1]) == len(pieces[2]):
+            raise ValueError(f"query, key and value must hold as many sequences; got {[len(p) for p in pieces]}")
+        lengths_q, lengths_k = [t.shape[0] for t in pieces[0]], [t.shape[0] for t in pieces[1]]
+        q, k, v = self._projections(*(torch.cat(p) for p in pieces))
+        cu_q, cu_k = (F.pad(torch.tensor(n, device=q.device).cumsum(0), (1, 0)).to(torch.int32)
+                      for n in (lengths_q, lengths_k))
+        q, k, v = (t.view(t.shape[0], self.num_heads, self.head_dim) for t in (q, k, v))
+        out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k),
+                                     dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
+        out = F.linear(out.reshape(out.shape[0], self.embed_dim), self.out_proj.weight, self.out_proj.bias)
+        out = torch.nested.as_nested_tensor(list(out.split(lengths_q)), layout=query.layout)
+        weights = None
+        if need_weights:
+            weights = self._padded_weights(q.split(lengths_q), k.split(lengths_k), max(lengths_q), max(lengths_k))
+            weights = weights.mean(dim=1) if average_attn_weights else weights
+        return out, weights
+
+    @staticmethod
+    @torch.no_grad()
+    def _padded_weights(qs, ks, max_q: int, max_k: int) -> torch.Tensor:
+        """(batch, heads, max_q, max_k) softmax weights of packed sequences, one sequence at a time."""
+        weights = qs[0].new_zeros(len(qs), qs[0].shape[1], max_q, max_k)
+        for b, (q, k) in enumerate(zip(qs, ks)):
+            if q.shape[0] == 0 or k.shape[0] == 0:  # an empty sequence (a fully padded row) keeps zeros
+                continue
+            q, k = q[None], k[None]
+            params = checks.attention_params(q, k, k, alignment="top_left")
+            weights[b, :, :q.shape[1], :k.shape[1]] = reference.probabilities(q, k, params)[0].to(q.dtype)
+        return weights
+
+
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """torch.nn.TransformerEncoderLayer whose self_attn is our MultiheadAttention: same constructor
+    (plus ``backend``), parameters, state_dict and initialization (torch's own self_attn is built, then
+    its tensors taken over). Fits nn.TransformerEncoder, nested-tensor conversion included."""
+
+    def __init__(self, d_model: int, nhead: int, *args, backend: str = "auto", **kwargs):
+        super().__init__(d_model, nhead, *args, **kwargs)
+        theirs = self.self_attn
+        # Built on the meta device (no memory, no init, no draw from the RNG), then given torch's tensors.
+        ours = MultiheadAttention(d_model, nhead, dropout=theirs.dropout, bias=theirs.in_proj_bias is not None,
+                                  batch_first=theirs.batch_first, backend=backend, device="meta",
+                                  dtype=theirs.in_proj_weight.dtype)
+        ours.load_state_dict(theirs.state_dict(), assign=True)
+        self.self_attn = ours
 
 
 class KVCache:
