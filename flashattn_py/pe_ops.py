@@ -38,21 +38,26 @@ def _as_bshd(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _run(x, spec, positions, backend, inplace):
+def _run(x, spec, positions, backend, inplace, positions_name="positions"):
+    """x encoded (a new tensor, or x itself with inplace). positions_name: how errors name the positions
+    argument of the caller (flashattn_py.layers.rotary calls them seqlen_offsets)."""
     bshd = _as_bshd(x, "x")
     if bshd.dtype not in checks.SUPPORTED_DTYPES:
         raise TypeError(f"x has dtype {bshd.dtype}; expected one of float16, bfloat16, float32")
     batch, seqlen, _, dim = bshd.shape
     rotary, sinusoidal = (spec, None) if isinstance(spec, Rotary) else (None, spec)
     enc = positional.resolve(rotary, sinusoidal, batch=batch, seqlen_q=seqlen, seqlen_k=seqlen, head_dim=dim,
-                             device=bshd.device, q_positions=positions, position_names=("positions", "positions"))
+                             device=bshd.device, q_positions=positions, position_names=(positions_name, positions_name))
     impl = backends.select(backend, bshd.device)
     if bshd.stride(-1) != 1:
         if inplace:
             raise ValueError("inplace=True needs x with a contiguous last dim")
         bshd = bshd.contiguous()
-    if inplace and x.requires_grad and x.is_leaf:
-        raise ValueError("inplace=True on a leaf that requires grad; use inplace=False")
+    # torch refuses in-place ops on a leaf that requires grad, or on a view of one (a slice of a packed
+    # qkv parameter); a non-leaf is fine: autograd marks it dirty and the backward rotates back.
+    root = x if x._base is None else x._base
+    if inplace and x.requires_grad and root.is_leaf:
+        raise ValueError("inplace=True on a leaf that requires grad (or a view of one); use inplace=False")
     out = _EncodeFunction.apply(bshd, enc, enc.q_positions, impl, inplace)
     return x if inplace else out.view(x.shape)
 
