@@ -214,15 +214,17 @@ def attention_backward(
     kernel_dbias = None if dbias is None or score_mods.bias_broadcast_along_keys(attn_bias) else dbias
     grads = impl.backward(dout, q, k, v, out, lse, _scratch(aux, backend), params, dbias=kernel_dbias)
     grads = tuple(_laid_out_like(g, t) for g, t in zip(grads, (q, k, v)))
-    empty = torch.empty(0, dtype=torch.float32, device=q.device)
-    dsinks = empty
+    def empty():  # a fresh one each time: op outputs may not alias each other
+        return torch.empty(0, dtype=torch.float32, device=q.device)
+
+    dsinks = empty()
     if sinks is not None or (dbias is not None and kernel_dbias is None):
         delta = _row_delta(dout, out, params)
     if sinks is not None:
         dsinks = score_mods.sink_grad(sinks, lse, delta).to(sinks.dtype)
     if dbias is not None and kernel_dbias is None:
         dbias += score_mods.key_broadcast_bias_grad(sinks, lse, delta).sum_to_size(dbias.shape)
-    return (*grads, dsinks, empty if dbias is None else dbias.to(attn_bias.dtype))
+    return (*grads, dsinks, empty() if dbias is None else dbias.to(attn_bias.dtype))
 
 
 def _row_delta(dout: torch.Tensor, out: torch.Tensor, params: AttentionParams) -> torch.Tensor:
@@ -235,10 +237,9 @@ def _row_delta(dout: torch.Tensor, out: torch.Tensor, params: AttentionParams) -
 def _attention_backward_fake(dout, q, k, v, out, lse, aux, backend, *args):
     shared = dict(zip(_SHARED, (backend, *args)))
     sinks, bias = shared["sinks"], shared["attn_bias"]
-    empty = q.new_empty(0, dtype=torch.float32)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            empty if sinks is None else torch.empty_like(sinks),
-            bias.new_empty(bias.shape) if args[-1] else empty)
+            q.new_empty(0, dtype=torch.float32) if sinks is None else torch.empty_like(sinks),
+            bias.new_empty(bias.shape) if args[-1] else q.new_empty(0, dtype=torch.float32))
 
 
 # Names of the scalar/optional arguments shared by both ops, in schema order.

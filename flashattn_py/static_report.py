@@ -65,8 +65,11 @@ DECODING_VARIANTS = ("decode", "paged-varlen", "dense-decode", "dense-decode-mas
 # one-query dense call (flashattn_py.attention as a transformers model's decoding step makes it)
 # split as split_k.py splits it on a GPU (GQA packed); "dense-decode-mask" the same with the padding
 # mask, softcap and ALiBi such a step may carry (which turn packing off).
+# "sinks": attention sinks (GPT-OSS) in the forward; "bias-grad": a learned T5-style (1, heads, sq, sk)
+# float bias whose gradient the dK/dV kernel adds up (fp32 atomics, DBIAS_ADD).
 PE_VARIANTS = ("none", "rope", "rope-interleaved", "rope-table", "sinusoidal", "rope-prepass", "softcap", "attn-bias",
-               "score-mods", "key-padding", "decode", "paged-varlen", "dense-decode", "dense-decode-mask")
+               "score-mods", "key-padding", "sinks", "bias-grad", "decode", "paged-varlen", "dense-decode",
+               "dense-decode-mask")
 # Representative launch: GQA (group_size 4, not 1: Triton would turn an int arg equal to 1 into a
 # constexpr) and seqlens that are not multiples of 16. Sizes do not matter otherwise.
 _BATCH, _SEQLEN_Q, _SEQLEN_K, _NHEADS_Q, _NHEADS_KV = 2, 77, 93, 8, 2
@@ -185,6 +188,10 @@ def _encoding_options(pe: str, head_dim: int) -> dict:
         return dict(softcap=30.0)
     if pe == "attn-bias":
         return dict(attn_bias=torch.zeros(_BATCH, 1, _SEQLEN_Q, _SEQLEN_K))
+    if pe == "sinks":
+        return dict(sinks=torch.zeros(_NHEADS_Q))
+    if pe == "bias-grad":  # kernel_launches passes the backward a gradient buffer for it
+        return dict(attn_bias=torch.zeros(1, _NHEADS_Q, _SEQLEN_Q, _SEQLEN_K))
     if pe == "key-padding":  # a boolean (batch, 1, 1, seqlen_k) mask: one row for every query (BIAS_*_PER_KEY)
         return dict(softcap=30.0, alibi_slopes=torch.ones(_NHEADS_Q),
                     attn_bias=torch.ones(_BATCH, 1, 1, _SEQLEN_K, dtype=torch.bool))
@@ -228,10 +235,14 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
         expected = list(DECODE_KERNELS)
     else:
         params = attention_params(q, k, v, causal=has_window, **_encoding_options(pe, head_dim))
+        dbias = torch.zeros(params.mods.bias_source.shape) if pe == "bias-grad" else None
         with _recording(calls):
             out, lse, scratch = fwd.attention_forward(q, k, v, params)
-            bwd.attention_backward(torch.zeros_like(out), q, k, v, out, lse, scratch, params)
+            bwd.attention_backward(torch.zeros_like(out), q, k, v, out, lse, scratch, params, dbias=dbias)
         expected = [name for _, name in ATTENTION_KERNELS]
+    # A broadcast bias's gradient launches the dK/dV kernel once per sequence (attention_bwd.dbias_launches):
+    # the same compiled kernel, listed once.
+    calls[:] = [c for i, c in enumerate(calls) if all(c.kernel != d.kernel for d in calls[:i])]
     names = [c.kernel for c in calls if c.kernel != "encode_kernel"]
     if names != expected:
         raise RuntimeError(f"expected the launchers to launch {expected}, they launched {names}")

@@ -13,6 +13,7 @@ makes configs.py return the interpreter tile sizes).
 By default the report covers the kernels without encoding, with a softcap, with an attention bias,
 with all three score modifications at once (softcap + ALiBi + bias), the same with the bias a boolean
 key-padding mask (batch, 1, 1, seqlen_k) (one row for every query: loaded as a vector),
+attention sinks ("sinks"), the gradient of a learned T5-style (1, heads, sq, sk) bias ("bias-grad"),
 one decoding step (flash_attn_with_kvcache: decode tiles, paged cache, split-K and its merge kernel),
 one packed call against a paged cache (flash_attn_varlen_func(block_table=), the same kernels),
 one-query dense calls split-K as a GPU splits them, plain and with a padding mask + softcap + ALiBi
@@ -34,8 +35,8 @@ ARCHS = (80, 90)
 DTYPES = ("fp16", "bf16")
 HEAD_DIMS = (64, 128, 256)
 PE_VARIANTS = tuple(os.environ.get("FLASHATTN_STATIC_PE",
-                                   "none rope-prepass softcap attn-bias score-mods key-padding decode paged-varlen "
-                                   "dense-decode dense-decode-mask")
+                                   "none rope-prepass softcap attn-bias score-mods key-padding sinks bias-grad "
+                                   "decode paged-varlen dense-decode dense-decode-mask")
                     .replace(",", " ").split())
 PREPROCESS = "attention_bwd_preprocess_kernel"  # a row sum: no matmul, no mask, no encoding
 ENCODE = "encode_kernel"  # pre-pass encoding of q/k, and decoding of dq/dk in the backward
@@ -52,7 +53,8 @@ MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attentio
 # Decoding runs 16-row query tiles (configs.DECODE_MAX_SEQLEN_Q); wgmma needs 64 rows per warpgroup,
 # so the decode forward is mma.sync on sm_90 (it is bound by reading the cache, not by the MMAs).
 MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256, pe) for pe in PE_VARIANTS} | {
-    ("attention_bwd_dkdv_kernel", d, pe) for d in HEAD_DIMS for pe in ("attn-bias", "score-mods", "key-padding")} | {
+    ("attention_bwd_dkdv_kernel", d, pe) for d in HEAD_DIMS
+    for pe in ("attn-bias", "score-mods", "key-padding", "bias-grad")} | {
     ("attention_fwd_kernel", d, pe) for d in HEAD_DIMS for pe in DECODING}
 
 MAX_REGISTERS = 255  # per thread, both archs
@@ -109,7 +111,8 @@ def _launched(kernel, pe) -> bool:
     if kernel == PREPROCESS:
         return pe == next(p for p in PE_VARIANTS if p not in DECODING)
     # encode_kernel: the pre-pass, and the backward's decoding of dq/dk, with an encoding only.
-    return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias", "score-mods", "key-padding")
+    return kernel != ENCODE or pe not in ("none", "softcap", "attn-bias", "score-mods", "key-padding", "sinks",
+                                          "bias-grad")
 
 
 def _instances(kernels):
