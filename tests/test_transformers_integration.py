@@ -8,59 +8,19 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
 
 from flashattn_py.integrations import transformers as fa_transformers  # noqa: E402
-
-fa_transformers.register()
-
-
-def _twin_models(make, config):
-    """The same randomly initialised weights under "eager" and ours. Each model gets its own copy of the
-    config: transformers records attn_implementation on the config, which the model reads at every call."""
-    torch.manual_seed(0)
-    eager = make(copy.deepcopy(config), "eager").eval()
-    ours = make(copy.deepcopy(config), fa_transformers.NAME).eval()
-    assert eager.config._attn_implementation == "eager" and ours.config._attn_implementation == fa_transformers.NAME
-    ours.load_state_dict(eager.state_dict())
-    return eager, ours
-
-
-def _outputs_and_grads(model, inputs, pick):
-    model.zero_grad()
-    out = pick(model(**inputs))
-    mask = inputs["attention_mask"].bool()
-    # Padded positions' outputs are not compared (eager gives them arbitrary values); loss over real tokens.
-    (out[mask].float() ** 2).sum().backward()
-    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def _assert_match(eager, ours, inputs, pick, atol):
-    out_e, grads_e = _outputs_and_grads(eager, inputs, pick)
-    out_o, grads_o = _outputs_and_grads(ours, inputs, pick)
-    mask = inputs["attention_mask"].bool()
-    torch.testing.assert_close(out_o[mask], out_e[mask], atol=atol, rtol=1e-4)
-    assert grads_e.keys() == grads_o.keys() and grads_e
-    for name, grad in grads_e.items():
-        # fp32 sums in another order: atol relative to the tensor's scale (a masking bug is an O(1) error).
-        torch.testing.assert_close(grads_o[name], grad, atol=atol * max(1.0, grad.abs().max().item()), rtol=1e-4,
-                                   msg=lambda m, n=name: f"{n}: {m}")
-
-
-def _padded_batch(vocab, lengths, seqlen):
-    torch.manual_seed(1)
-    input_ids = torch.randint(0, vocab, (len(lengths), seqlen))
-    attention_mask = (torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]).long()  # right padding
-    return dict(input_ids=input_ids, attention_mask=attention_mask)
+from hf_twins import assert_match, left_padded_prompts, padded_batch, registered, twin_models  # noqa: E402
 
 
 def test_llama_causal_lm_with_right_padding_matches_eager(monkeypatch):
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    eager, ours = _twin_models(
+    eager, ours = twin_models(
         lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
-    inputs = _padded_batch(config.vocab_size, [12, 7, 1], 12)
+    inputs = padded_batch(config.vocab_size, [12, 7, 1], 12)
     calls = []
     run = fa_transformers.api.run
     monkeypatch.setattr(fa_transformers.api, "run", lambda *a, **kw: calls.append(kw["attn_bias"]) or run(*a, **kw))
-    _assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
+    assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
     assert len(calls) == config.num_hidden_layers  # our kernels ran, each layer with transformers' padding mask
     assert all(mask is not None and mask.dtype == torch.bool for mask in calls)
 
@@ -69,22 +29,22 @@ def test_llama_without_padding_uses_is_causal_and_matches_eager():
     # No padding: transformers passes no mask and relies on is_causal.
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    eager, ours = _twin_models(
+    eager, ours = twin_models(
         lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
-    inputs = _padded_batch(config.vocab_size, [10, 10], 10)
-    _assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
+    inputs = padded_batch(config.vocab_size, [10, 10], 10)
+    assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
 
 
 def test_bert_encoder_with_padding_matches_eager():
     config = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=128, max_position_embeddings=64)
-    eager, ours = _twin_models(
+    eager, ours = twin_models(
         lambda config, impl: transformers.AutoModel.from_config(config, attn_implementation=impl,
                                                                 add_pooling_layer=False), config)
-    inputs = _padded_batch(config.vocab_size, [9, 4, 6], 9)
+    inputs = padded_batch(config.vocab_size, [9, 4, 6], 9)
     # token_type_embeddings' gradient sums LayerNorm gradients over every token and nearly cancels (|g| <= 3e-5):
     # torch's own "sdpa" differs from "eager" there by 1.7e-5, ours by 2.3e-5.
-    _assert_match(eager, ours, inputs, lambda o: o.last_hidden_state, atol=5e-5)
+    assert_match(eager, ours, inputs, lambda o: o.last_hidden_state, atol=5e-5)
 
 
 def test_masking_is_not_lost():
@@ -95,7 +55,7 @@ def test_masking_is_not_lost():
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(config, attn_implementation=fa_transformers.NAME,
                                                add_pooling_layer=False).eval()
-    inputs = _padded_batch(config.vocab_size, [5], 9)
+    inputs = padded_batch(config.vocab_size, [5], 9)
     other = dict(inputs, input_ids=inputs["input_ids"].clone())
     other["input_ids"][:, 5:] = (other["input_ids"][:, 5:] + 1) % config.vocab_size
     with torch.no_grad():
@@ -111,7 +71,7 @@ def test_llama_compiles_fullgraph_with_our_attention():
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config),
                                                           attn_implementation=fa_transformers.NAME)
-    inputs = _padded_batch(config.vocab_size, [12, 7], 12)
+    inputs = padded_batch(config.vocab_size, [12, 7], 12)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     logits = compiled(**inputs).logits
@@ -131,10 +91,10 @@ def test_sliding_window_and_softcap_models_match_eager(family):
         # Large weights so that scores reach the cap (at the default init they are ~1e-3, where tanh is linear).
         config = transformers.Gemma2Config(**common, head_dim=16, sliding_window=5, attn_logit_softcapping=1.0,
                                            initializer_range=0.5)
-    eager, ours = _twin_models(
+    eager, ours = twin_models(
         lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
-    inputs = _padded_batch(config.vocab_size, [14, 9], 14)
-    _assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
+    inputs = padded_batch(config.vocab_size, [14, 9], 14)
+    assert_match(eager, ours, inputs, lambda o: o.logits, atol=2e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral_sliding_window"])
@@ -147,7 +107,7 @@ def test_padding_free_packed_batches_match_each_sequence_alone(monkeypatch, fami
                   num_key_value_heads=2, max_position_embeddings=64)
     config = (transformers.LlamaConfig(**common) if family == "llama"
               else transformers.MistralConfig(**common, sliding_window=4))
-    eager, ours = _twin_models(
+    eager, ours = twin_models(
         lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
     torch.manual_seed(2)
     sequences = [torch.randint(0, config.vocab_size, (n,)).tolist() for n in (9, 1, 14, 6)]
@@ -181,17 +141,9 @@ def test_generate_with_left_padding_gives_eager_tokens(backend):
     steps against its KV cache: the decoding-length tiles, split-K on a GPU) gives eager's tokens."""
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    eager, ours = _twin_models(
+    eager, ours = twin_models(
         lambda config, impl: transformers.AutoModelForCausalLM.from_config(config, attn_implementation=impl), config)
-    torch.manual_seed(3)
-    lengths, width = [9, 4], 9
-    input_ids = torch.randint(1, config.vocab_size, (len(lengths), width))
-    attention_mask = (torch.arange(width)[None, :] >= width - torch.tensor(lengths)[:, None]).long()  # left padding
-    generate = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=False,
-                    pad_token_id=0)
-    fa_transformers.register(backend)
-    try:
+    generate = dict(left_padded_prompts(config.vocab_size, [9, 4]), max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with registered(backend):
         tokens = ours.generate(**generate)
-    finally:
-        fa_transformers.register()
     assert torch.equal(tokens, eager.generate(**generate))
