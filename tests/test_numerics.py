@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from tolerance import assert_within_naive_error, check_against_reference, random_qkv, seed_of
+import tolerance
+from tolerance import (INTERPRETER_TRUNCATES_BF16, assert_within_naive_error, check_against_reference, random_qkv,
+                       seed_of)
 
 BACKENDS = ["triton", "cuda", "torch"]
 
@@ -80,3 +82,27 @@ def test_deterministic_backward_is_bit_identical(request, backend):
     first, second = grads(), grads()
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not INTERPRETER_TRUNCATES_BF16, reason="Triton's interpreter only (TRITON_INTERPRET=1)")
+def test_interpreter_truncates_fp32_to_bf16():
+    """The second interpreter trap (README "Triton on CPU"; the first: bf16 tl.dot). triton 3.9's
+    interpreter converts fp32 to bf16 by dropping the low 16 bits, where a GPU (and torch) round to
+    nearest; tolerance.py allows interpreted bf16 results that one ulp. When this fails, the
+    interpreter rounds: remove that allowance (tolerance.INTERPRETER_TRUNCATES_BF16)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def to_bf16(x_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs).to(tl.bfloat16))
+
+    ulp = 2.0 ** -7  # bf16 at 1
+    x = torch.tensor([1 + 0.75 * ulp, -(1 + 0.75 * ulp), 1 + 0.25 * ulp, 3.0])
+    out = torch.empty(4, dtype=torch.bfloat16)
+    to_bf16[(1,)](x, out, BLOCK=4)
+    truncated = (x.view(torch.int32) & ~0xFFFF).view(torch.float32)
+    assert torch.equal(out.float(), truncated)
+    assert not torch.equal(out, x.to(torch.bfloat16))  # torch rounds 1 + 0.75 ulp up to 1 + ulp
+    assert torch.equal(tolerance.bf16_ulp(torch.tensor([1.0, 1.5, 0.75, -3.0])), torch.tensor([ulp, ulp, ulp / 2, 2 * ulp]))

@@ -3,6 +3,7 @@
 a backend's error against the float64 reference must be at most 2x the error of the naive
 implementation run in the same precision, plus a small absolute slack.
 """
+import os
 import zlib
 
 import pytest
@@ -47,10 +48,39 @@ def skip_unsupported(dtype=None, dropout_p=0.0):
     if dropout_p:
         pytest.skip(CUDA_NO_DROPOUT)
 
+# Triton's interpreter (triton 3.9) converts fp32 to bf16 by truncation, not round-to-nearest as a GPU
+# does (README "Triton on CPU"; tests/test_numerics.py::test_interpreter_truncates_fp32_to_bf16 holds
+# it): an interpreted kernel's bf16 result may lie a whole ulp toward zero from the fp32 value it
+# computed, where round-to-nearest lies within half an ulp. That is the interpreter's conversion, not
+# the kernel's math, so there, and only for bf16 results of backends that may run Triton kernels, an
+# element is allowed one bf16 ulp of its own magnitude beyond the rule (not a blanket atol: an error
+# of more than an ulp per element still counts in full). On a GPU the rule is unchanged.
+INTERPRETER_TRUNCATES_BF16 = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def bf16_ulp(t: torch.Tensor) -> torch.Tensor:
+    """One bf16 ulp at each |t| (8 significant bits: 2^(e - 8) for |t| = m 2^e, m in [0.5, 1))."""
+    _, exponent = torch.frexp(t.abs())
+    return torch.ldexp(torch.ones_like(t), exponent - 8)
+
+
+def _interpreter_rounding(actual, exact, dtype) -> bool:
+    return (INTERPRETER_TRUNCATES_BF16 and dtype == torch.bfloat16 and actual.dtype == torch.bfloat16
+            and _backend_under_test not in ("torch", "reference"))
+
+
 def assert_within_naive_error(name: str, actual, exact, naive, dtype):
     """The accuracy rule of flashattn_py.accuracy: err <= 2 x naive err + a couple of ulps of the
-    tensor's largest entries."""
+    tensor's largest entries (plus, for interpreted bf16 results, each element's own truncation ulp)."""
     err, bound = max_error(actual, exact), error_bound(exact, naive, dtype)
+    if err > bound and _interpreter_rounding(actual, exact, dtype):
+        exact64 = exact.detach().double()
+        finite = torch.isfinite(exact64)  # max_error above checked NaN and the infinite entries
+        beyond_one_ulp = (actual.detach().double() - exact64).abs() - bf16_ulp(exact64)
+        err = beyond_one_ulp[finite].clamp(min=0).max().item()
+        assert err <= bound, (f"{name}: error beyond one bf16 ulp (the interpreter truncates) {err:.3e} > bound "
+                              f"{bound:.3e} (2 x naive {dtype} error + atol)")
+        return
     assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e} (2 x naive {dtype} error + atol)"
 
 
