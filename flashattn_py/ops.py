@@ -197,7 +197,7 @@ def attention_backward(
     k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float, dropout_seed: int, softcap: float,
     alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None, sinks: torch.Tensor | None,
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
-    max_seqlen_q: int, max_seqlen_k: int, num_splits: int, bias_grad: bool,
+    max_seqlen_q: int, max_seqlen_k: int, num_splits: int, bias_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k), then dsinks
     (like sinks; (0,) without sinks) and dbias (like attn_bias; (0,) unless bias_grad). num_splits, the
@@ -234,12 +234,13 @@ def _row_delta(dout: torch.Tensor, out: torch.Tensor, params: AttentionParams) -
 
 
 @attention_backward.register_fake
-def _attention_backward_fake(dout, q, k, v, out, lse, aux, backend, *args):
-    shared = dict(zip(_SHARED, (backend, *args)))
+def _attention_backward_fake(dout, q, k, v, out, lse, aux, backend, *args, **kwargs):
+    shared = dict(zip(_SHARED, (backend, *args)), **kwargs)
     sinks, bias = shared["sinks"], shared["attn_bias"]
+    bias_grad = args[len(_SHARED) - 1] if len(args) >= len(_SHARED) else shared.get("bias_grad", False)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             q.new_empty(0, dtype=torch.float32) if sinks is None else torch.empty_like(sinks),
-            bias.new_empty(bias.shape) if args[-1] else q.new_empty(0, dtype=torch.float32))
+            bias.new_empty(bias.shape) if bias_grad else q.new_empty(0, dtype=torch.float32))
 
 
 # Names of the scalar/optional arguments shared by both ops, in schema order.

@@ -163,6 +163,8 @@ def _op_samples(backend):
         dict(softcap=5.0, alibi_slopes=torch.rand(h, device=DEVICE), attn_bias=key_mask, alignment="top_left"),
         dict(window_size=(3, 2), attn_bias=torch.randn(1, h, sq, sk, device=DEVICE)),
         dict(dropout_p=0.25),
+        dict(causal=True, sinks=torch.randn(h, device=DEVICE, requires_grad=True),
+             attn_bias=torch.randn(1, h, sq, sk, device=DEVICE, requires_grad=True)),
     ]
     for options in cases:
         q, k, v = qkv()
@@ -180,6 +182,10 @@ def test_opcheck_attention_ops(backend):
         torch.library.opcheck(ops.attention_forward, (q, k, v), args, test_utils=test_utils)
         out, lse, aux = ops.attention_forward(q, k, v, **args)
         dout = torch.randn_like(out)
+        bias = args["attn_bias"]
+        # The dbias output too; the backward op is not differentiated again, so its inputs are detached.
+        args = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in args.items()}
+        args["bias_grad"] = bias is not None and bias.requires_grad
         torch.library.opcheck(ops.attention_backward, (dout, q.detach(), k.detach(), v.detach(), out.detach(),
                                                        lse, aux), args, test_utils=test_utils)
 

@@ -78,12 +78,12 @@ def bias_gradient(ds_t, dbias_base, dbias_keys, offs_m, offs_n, seqlen_q, seqlen
                   DBIAS_KIND: tl.constexpr):
     """Adds the (keys x queries) dS tile ds_t to the bias gradient at dbias_base (one (batch, head)),
     or for DBIAS_PER_KEY to dbias_keys, which it returns. Masked and out-of-range entries of ds_t are 0."""
-    if DBIAS_KIND == DBIAS_PER_KEY:
+    if DBIAS_KIND == 3:  # DBIAS_PER_KEY (module constants are not visible inside kernels)
         dbias_keys += tl.sum(ds_t, axis=1)
     else:
         ptrs = dbias_base + offs_m[None, :].to(tl.int64) * stride_m + offs_n[:, None].to(tl.int64) * stride_n
         inside = (offs_m[None, :] < seqlen_q) & (offs_n[:, None] < seqlen_k)
-        if DBIAS_KIND == DBIAS_STORE:
+        if DBIAS_KIND == 1:  # DBIAS_STORE
             tl.store(ptrs, ds_t, mask=inside)
         else:
             tl.atomic_add(ptrs, ds_t, mask=inside)
@@ -168,13 +168,13 @@ def attention_bwd_dkdv_kernel(
             else:
                 dv = tile_dot(p_t.to(dout.dtype), dout, dv, FP32_OPERANDS, PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
-            if DBIAS_KIND != DBIAS_NONE:  # the bias is added after the scale and the softcap: it gets dS itself
+            if DBIAS_KIND != 0:  # DBIAS_NONE; the bias is added after the scale and the softcap: it gets dS itself
                 dbias_keys = bias_gradient(ds_t, dbias_base, dbias_keys, offs_m, offs_n, seqlen_q, seqlen_k,
                                            dbias_stride_m, dbias_stride_n, DBIAS_KIND)
             if HAS_SOFTCAP:  # through the tanh of the softcap (the scale is applied to dk at the end)
                 ds_t = ds_t * dcap_t
             dk = tile_dot(ds_t.to(q.dtype), q, dk, FP32_OPERANDS, PRECISION)
-        if DBIAS_KIND == DBIAS_PER_KEY:
+        if DBIAS_KIND == 3:  # DBIAS_PER_KEY
             tl.atomic_add(dbias_base + offs_n.to(tl.int64) * dbias_stride_n, dbias_keys, mask=offs_n < seqlen_k)
     dk = dk * softmax_scale
     tile_mask = (offs_n[:, None] < k_rows) & (offs_d[None, :] < head_dim)  # keys past seqused_k get zeros

@@ -149,7 +149,7 @@ def attention_fwd_kernel(
         # The head's sink is a first "key" of score sink (base 2: * log2 e) and value 0: it starts the
         # running max and normalizer, so the loop below is unchanged. Split 0 alone takes it; the
         # split merge adds the splits' normalizers, so it is counted once.
-        sink_log2 = tl.load(sinks_ptr + row_head) * LOG2E
+        sink_log2 = tl.load(sinks_ptr + row_head) * 1.4426950408889634  # log2 e
         m_i = tl.where(split == 0, l_i + sink_log2, m_i)  # l_i + ...: a [BLOCK_M] vector, scalar sink or not
         l_i = tl.where(split == 0, l_i + 1.0, l_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
