@@ -11,6 +11,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's warning; fusion stays on
+# One intra-op thread per process: `pytest -n 2` already runs one worker per core, and torch's default
+# (a thread per core in each worker) oversubscribes the cores. Measured on the 2-core CPU machine (shared
+# with other jobs, so CPU time is the steadier figure), `-n 2` on test_attention + test_positional +
+# test_rotary_layers -k "float16 or every_head_dim or standalone" (337 passed, 110 skipped), two runs
+# each, alternating order: default threads 173 s / 204 s wall, 246 s / 255 s user+sys; one thread
+# 202 s / 161 s wall, 208 s / 212 s user+sys: ~16% less CPU, wall within the noise of the shared machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
