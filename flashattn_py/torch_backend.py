@@ -1,18 +1,25 @@
 """Memory-efficient attention in plain PyTorch: the CPU path of backend="auto" (also runs on GPU).
 
-Queries are processed in chunks so only a (chunk, seqlen_k) slice of scores exists at a time, and the
-backward recomputes those slices from the saved lse instead of keeping them: memory stays linear in
-seqlen, as with the fused kernels. fp16/bf16 inputs are computed in fp32 and rounded at the end.
+On CPU, every call torch's fused CPU flash attention computes exactly (no dropout, score mods, sinks,
+left-bounded windows or per-sequence lengths) runs on it (torch_fused.py: SDPA's speed). The rest:
+queries are processed in chunks so only a (chunk, keys it can see) slice of scores exists at a time
+(keys a causal mask or a window hides from the whole chunk are never computed), and the backward
+recomputes those slices from the saved lse instead of keeping them: memory stays linear in seqlen, as
+with the fused kernels. fp16/bf16 inputs are computed in fp32 and rounded at the end.
 """
 from __future__ import annotations
 
 import torch
 
-from . import buffers, masks, positional, score_mods
+from . import buffers, masks, positional, score_mods, torch_fused
 from .checks import AttentionParams
 
 # Scores held at once (elements of a chunk of the score matrix): 2^24 fp32 = 64 MiB.
 _SCORE_ELEMENTS_PER_CHUNK = 1 << 24
+# With a causal mask or a window, chunks of at most this many queries, so the keys the mask hides from
+# a whole chunk (skipped: _key_span) are most of them; a chunk still has enough work to hide the
+# Python overhead of one.
+_MASKED_CHUNK_QUERIES = 256
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -22,6 +29,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _chunks(params: AttentionParams):
     per_query = max(1, params.batch * params.nheads_q * params.seqlen_k)
     size = max(1, _SCORE_ELEMENTS_PER_CHUNK // per_query)
+    if params.has_window:
+        size = min(size, _MASKED_CHUNK_QUERIES)
     for start in range(0, params.seqlen_q, size):
         yield start, min(params.seqlen_q, start + size)
 
@@ -32,11 +41,17 @@ def _grouped(t: torch.Tensor, params: AttentionParams) -> torch.Tensor:
     return t.reshape(b, s, params.nheads_kv, params.group_size, d)
 
 
-def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
-    """Scores (b, hkv, g, chunk, sk) for queries [start, end) (scaled, then softcap / ALiBi / bias of
-    score_mods), their visibility mask, and d(scores)/d(scaled scores) (None when it is 1)."""
+def _key_span(params: AttentionParams, start: int, end: int) -> slice:
+    """The keys queries [start, end) can see (masks.key_range): the others are never computed."""
+    return slice(*masks.key_range(start, end, params.seqlen_q, params.seqlen_k, params.window, params.diagonal_offset))
+
+
+def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int, keys: slice):
+    """Scores (b, hkv, g, chunk, len(keys)) for queries [start, end) against `keys` (k holds those
+    rows only; scaled, then softcap / ALiBi / bias of score_mods), their visibility mask, and
+    d(scores)/d(scaled scores) (None when it is 1)."""
     scores = torch.einsum("bqhgd,bkhd->bhgqk", q_chunk, k) * params.softmax_scale
-    q_rows, k_cols = torch.arange(start, end, device=k.device), torch.arange(params.seqlen_k, device=k.device)
+    q_rows, k_cols = torch.arange(start, end, device=k.device), torch.arange(keys.start, keys.stop, device=k.device)
     grad = None
     if params.mods.active:
         shape = scores.shape
@@ -54,13 +69,14 @@ def _scores_and_mask(q_chunk, k, params: AttentionParams, start: int, end: int):
     return scores, visible, grad
 
 
-def _chunk_keep(params: AttentionParams, start: int, end: int, device) -> torch.Tensor | None:
-    """Dropout keep-mask (b, hkv, g, end - start, sk) of a query chunk, regenerated from the call's seed."""
+def _chunk_keep(params: AttentionParams, start: int, end: int, device, keys: slice = slice(None)):
+    """Dropout keep-mask (b, hkv, g, end - start, sk) of a query chunk, regenerated from the call's seed
+    (drawn for every key, so it does not depend on which keys a chunk computes), at `keys`."""
     if not params.has_dropout:
         return None
     gen = torch.Generator(device=device).manual_seed((params.dropout_seed + start * 1_000_003) % 2**63)
     shape = (params.batch, params.nheads_kv, params.group_size, end - start, params.seqlen_k)
-    return torch.rand(shape, generator=gen, device=device) >= params.dropout_p
+    return (torch.rand(shape, generator=gen, device=device) >= params.dropout_p)[..., keys]
 
 
 def dropout_mask(params: AttentionParams, device) -> torch.Tensor | None:
@@ -85,6 +101,9 @@ def _encoded(q, k, params: AttentionParams, dtype):
 
 
 def forward(q, k, v, params: AttentionParams):
+    if torch_fused.expressible(params, q.device):  # torch's fused CPU kernel computes this call exactly
+        out, lse = torch_fused.forward(q, k, v, params)
+        return out, lse, ()
     cdt = _compute_dtype(q.dtype)
     out = buffers.empty_like(q)
     lse = buffers.empty((params.batch, params.nheads_q, params.seqlen_q), dtype=torch.float32, device=q.device)
@@ -95,15 +114,16 @@ def forward(q, k, v, params: AttentionParams):
     if sinks is not None:  # (hkv, g, 1) against the chunk's (b, hkv, g, q) lse
         sinks = sinks.to(cdt).view(params.nheads_kv, params.group_size, 1)
     for start, end in _chunks(params):
-        scores, visible, _ = _scores_and_mask(qg[:, start:end], kc, params, start, end)
+        keys = _key_span(params, start, end)
+        scores, visible, _ = _scores_and_mask(qg[:, start:end], kc[:, keys], params, start, end, keys)
         scores = scores.masked_fill(~visible, float("-inf"))
         chunk_lse = torch.logsumexp(scores, dim=-1)  # -inf for rows that see no key
         if sinks is not None:  # the sink's logit joins the normalizer (score_mods.py)
             chunk_lse = torch.logaddexp(chunk_lse, sinks)
         safe_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.zeros_like(chunk_lse))
         probs = torch.exp(scores - safe_lse[..., None])  # exactly 0 where masked
-        probs = _dropped(probs, _chunk_keep(params, start, end, q.device), params)
-        chunk_out = torch.einsum("bhgqk,bkhd->bqhgd", probs, vc)
+        probs = _dropped(probs, _chunk_keep(params, start, end, q.device, keys), params)
+        chunk_out = torch.einsum("bhgqk,bkhd->bqhgd", probs, vc[:, keys])
         out[:, start:end] = chunk_out.reshape(out[:, start:end].shape).to(out.dtype)
         lse_g[..., start:end] = chunk_lse.to(torch.float32)
     return out, lse, ()
@@ -112,6 +132,8 @@ def forward(q, k, v, params: AttentionParams):
 def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=None):
     """(dq, dk, dv); with dbias (fp32, the bias's own 4-D shape) dS is added to it, summed over the
     dimensions the bias is broadcast along. The lse includes the sinks, so nothing else changes."""
+    if torch_fused.expressible(params, q.device):  # no bias there, hence no dbias
+        return torch_fused.backward(dout, q, k, v, out, lse, params)
     cdt = _compute_dtype(q.dtype)
     q_enc, kc = _encoded(q, k, params, cdt)
     qg, vc = _grouped(q_enc, params), v.to(cdt)
@@ -123,27 +145,29 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
     dk_acc = torch.zeros_like(kc)
     dv_acc = torch.zeros_like(vc)
     for start, end in _chunks(params):
-        scores, visible, dmod = _scores_and_mask(qg[:, start:end], kc, params, start, end)
+        keys = _key_span(params, start, end)
+        scores, visible, dmod = _scores_and_mask(qg[:, start:end], kc[:, keys], params, start, end, keys)
         chunk_lse = lse_g[..., start:end]
         # Rows that saw no key have lse -inf; +inf there makes every probability exactly 0.
         chunk_lse = torch.where(torch.isfinite(chunk_lse), chunk_lse, torch.full_like(chunk_lse, float("inf")))
         probs = torch.where(visible, torch.exp(scores - chunk_lse[..., None]), torch.zeros_like(scores))
         do_chunk = dout_g[:, start:end]
-        keep = _chunk_keep(params, start, end, q.device)
-        dv_acc += torch.einsum("bhgqk,bqhgd->bkhd", _dropped(probs, keep, params), do_chunk)
+        keep = _chunk_keep(params, start, end, q.device, keys)
+        dv_acc[:, keys] += torch.einsum("bhgqk,bqhgd->bkhd", _dropped(probs, keep, params), do_chunk)
         # With dropout O = (P * Z / (1 - p)) V: the gradient reaching P is dP * Z / (1 - p), and
         # delta = rowsum(dO * O) is still rowsum(P * that).
-        dprobs = _dropped(torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc), keep, params)
+        dprobs = _dropped(torch.einsum("bqhgd,bkhd->bhgqk", do_chunk, vc[:, keys]), keep, params)
         dscores = probs * (dprobs - delta[..., start:end, None])  # w.r.t. the modified scores
         if dbias is not None:  # the bias is added after the scale and the softcap: it gets dS itself
             chunk_dbias = dbias[:, :, start:end] if dbias.shape[2] > 1 else dbias
-            ds_heads = dscores.reshape(params.batch, params.nheads_q, end - start, params.seqlen_k)
+            chunk_dbias = chunk_dbias[..., keys] if dbias.shape[3] > 1 else chunk_dbias
+            ds_heads = dscores.reshape(params.batch, params.nheads_q, end - start, keys.stop - keys.start)
             chunk_dbias += ds_heads.sum_to_size(chunk_dbias.shape).to(dbias.dtype)
         dscores = dscores * params.softmax_scale
         if dmod is not None:  # through the softcap's tanh
             dscores = dscores * dmod
-        dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc)
-        dk_acc += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])
+        dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc[:, keys])
+        dk_acc[:, keys] += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])
     dq_acc = dq_acc.reshape(q.shape)
     enc = params.encoding
     if enc is not None:  # gradients w.r.t. the encoded q, k -> w.r.t. the user's q, k

@@ -74,12 +74,24 @@ def test_cpu_main_job_labels_cpu_and_writes_results(tmp_path, capsys):
         pytest.skip("GPU present: main() would time for real")
     assert bench.main(["--seqlens", "48", "--head-dim", "16", "--out", str(tmp_path), "--name", "t"]) == 0
     printed = capsys.readouterr().out
-    assert "CPU run: no GPU here" in printed and "never timed" in printed
+    assert "CPU run: timings below are CPU timings" in printed and "never timed" in printed
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["environment"]["device"].startswith("cpu") and data["rows"]
-    assert {r["implementation"] for r in data["rows"]} >= {"torch", "triton", "sdpa_math", "naive"}
+    assert {r["implementation"] for r in data["rows"]} >= {"torch", "triton", "sdpa_flash", "sdpa_math", "naive"}
+    # Ours is timed against SDPA on CPU in the same run: a ratio for every mode.
+    assert all(r["ratio_to_best_peer"] for r in data["rows"] if r["implementation"] == "torch")
     assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("batch,heads,kv_heads,seqlen")
     assert not list(tmp_path.glob("*.png"))  # CPU timings are not plotted as performance
+
+
+def test_device_cpu_takes_the_cpu_sweep_defaults():
+    args = bench._parser().parse_args(["--device", "cpu"])
+    assert bench.device_of(args).type == "cpu"
+    assert (args.dtype, args.seqlens, args.batch, args.heads, args.head_dim) == (["fp32"], [512, 1024, 2048, 4096],
+                                                                                2, 8, [64])
+    args = bench._parser().parse_args(["--device", "cpu", "--seqlens", "64"])
+    bench.device_of(args)
+    assert args.seqlens == [64]
 
 
 def test_plots_one_png_per_configuration(tmp_path):

@@ -6,8 +6,10 @@ On a GPU: our Triton and CUDA kernels against PyTorch SDPA (flash, efficient, cu
 FlexAttention, the naive reference and, with a positional encoding, the encoding as a separate kernel
 or eager ops + SDPA/FlexAttention; modes fwd, bwd, fwd+bwd; TFLOP/s (4*B*H*Sq*Sk*D forward, halved for
 causal, backward 2.5x), median ms (triton.testing.do_bench, CUDA events), peak memory and the ratio to
-the best peer. On a CPU: the CPU-capable implementations at small sizes, labelled as CPU timings; the
-Triton interpreter is checked for correctness but never timed.
+the best peer. On a CPU (no GPU, or ``--device cpu``): our PyTorch path (torch's fused CPU kernel where
+it computes the call exactly, torch_fused.py) against SDPA on CPU (its flash kernel, and its math
+backend while the scores fit), fp32, seqlen 512 to 4096, labelled as CPU timings; the Triton
+interpreter is checked for correctness but never timed.
 """
 from __future__ import annotations
 
@@ -33,16 +35,23 @@ STANDARD = dict(seqlens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128
                 skip=["flex"])
 
 
+# Sweep defaults per device: a GPU's, and a CPU's (the sizes of the issue that measured the CPU path
+# against SDPA on CPU: fp32, batch 2, 8 heads, head_dim 64, seqlen 512 to 4096).
+DEFAULTS = {"cuda": dict(dtype=["bf16"], head_dim=[128], seqlens=[1024, 2048, 4096, 8192], batch=4, heads=16),
+            "cpu": dict(dtype=["fp32"], head_dim=[64], seqlens=[512, 1024, 2048, 4096], batch=2, heads=8)}
+
+
 def _parser() -> argparse.ArgumentParser:
-    on_gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m flashattn_py.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to run (auto: the GPU if there is one); sets the sweep defaults below")
     p.add_argument("--preset", choices=["standard"], help="the standard sweep (overrides the sweep options)")
-    p.add_argument("--dtype", nargs="+", choices=case_lib.DTYPES, default=["bf16" if on_gpu else "fp16"])
-    p.add_argument("--head-dim", type=int, nargs="+", default=[128 if on_gpu else 64])
-    p.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192] if on_gpu else [128, 256])
-    p.add_argument("--batch", type=int, default=4 if on_gpu else 1)
-    p.add_argument("--heads", type=int, default=16 if on_gpu else 2)
+    p.add_argument("--dtype", nargs="+", choices=case_lib.DTYPES, help="default: bf16 on a GPU, fp32 on a CPU")
+    p.add_argument("--head-dim", type=int, nargs="+", help="default: 128 on a GPU, 64 on a CPU")
+    p.add_argument("--seqlens", type=int, nargs="+", help="default: 1024-8192 on a GPU, 512-4096 on a CPU")
+    p.add_argument("--batch", type=int, help="default: 4 on a GPU, 2 on a CPU")
+    p.add_argument("--heads", type=int, help="default: 16 on a GPU, 8 on a CPU")
     p.add_argument("--hidden", type=int, help="heads = hidden / head_dim (overrides --heads)")
     p.add_argument("--tokens", type=int, help="fixed token count: batch = tokens / seqlen (overrides --batch)")
     p.add_argument("--gqa", type=int, nargs="+", default=[1], help="query heads per KV head")
@@ -78,8 +87,19 @@ def cases_from(args) -> list[case_lib.Case]:
     return cases
 
 
+def device_of(args) -> torch.device:
+    """The device the run uses; fills the sweep options left unset with that device's defaults."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU (torch.cuda.is_available() is False)")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    for name, value in DEFAULTS[device.type].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return device
+
+
 def run(args) -> int:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device_of(args)
     if args.preset and device.type == "cpu":
         print("--preset standard sizes GPU runs (up to 16k tokens per sequence); on a CPU run the default small "
               "sizes instead", file=sys.stderr)
@@ -93,8 +113,9 @@ def run(args) -> int:
     env = output.environment(device)
     timer = runner.gpu_timer if device.type == "cuda" else runner.cpu_timer
     if device.type == "cpu":
-        print("CPU run: no GPU here. Timings below are CPU timings of CPU implementations at small sizes, not GPU "
-              "performance; the Triton interpreter is checked for correctness only and never timed.\n")
+        print("CPU run: timings below are CPU timings of CPU implementations (ours: the PyTorch path), not GPU "
+              "performance; ratio = ours / the best SDPA on CPU in this run. The Triton interpreter is checked "
+              "for correctness only and never timed.\n")
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}")
     rows = []
     from tqdm import tqdm

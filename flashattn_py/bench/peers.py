@@ -22,6 +22,7 @@ from flashattn_py.positional import Rotary, Sinusoidal
 from .cases import Case
 
 NAIVE_MEMORY_LIMIT = 4 << 30  # bytes of scores the naive peer may materialize
+CPU_MATH_MEMORY_LIMIT = 256 << 20  # on a CPU, naive / SDPA math peers are timed up to this many bytes of scores
 
 
 @dataclass
@@ -146,16 +147,21 @@ def _sdpa_backends(case: Case, device: torch.device) -> list[Peer]:
     from torch.nn.attention import SDPBackend
 
     mask_of = functools.lru_cache(maxsize=1)(lambda: window_mask(case, device))
-    if device.type == "cpu":
-        return [Peer("sdpa_math", False, lambda q, k, v: sdpa(q, k, v, case, SDPBackend.MATH, mask_of()))]
+    if device.type == "cpu":  # SDPA's CPU backends: its fused flash kernel (what it picks), and math
+        peers = [Peer("sdpa_flash", False, lambda q, k, v: sdpa(q, k, v, case, SDPBackend.FLASH_ATTENTION, mask_of()))]
+        score_bytes = case.batch * case.heads * case.seqlen ** 2 * 4
+        if score_bytes > CPU_MATH_MEMORY_LIMIT:  # minutes per timing on a small CPU, and a figure nobody picks
+            return peers + [Peer("sdpa_math", False, unavailable=f"materializes {score_bytes / 2**20:.0f} MiB of "
+                                 f"scores (the CPU run times it up to {CPU_MATH_MEMORY_LIMIT >> 20} MiB)")]
+        return peers + [Peer("sdpa_math", False, lambda q, k, v: sdpa(q, k, v, case, SDPBackend.MATH, mask_of()))]
     named = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
              "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_math": SDPBackend.MATH}
     return [Peer(name, False, lambda q, k, v, b=b: sdpa(q, k, v, case, b, mask_of())) for name, b in named.items()]
 
 
-def _naive(case: Case) -> Peer:
+def _naive(case: Case, device: torch.device) -> Peer:
     score_bytes = case.batch * case.heads * case.seqlen ** 2 * torch.finfo(case.torch_dtype).bits // 8
-    if score_bytes > NAIVE_MEMORY_LIMIT:
+    if score_bytes > (NAIVE_MEMORY_LIMIT if device.type == "cuda" else CPU_MATH_MEMORY_LIMIT):
         return Peer("naive", False, unavailable=f"would materialize {score_bytes / 2**30:.0f} GiB of scores")
     return Peer("naive", False, reference(case, compute_dtype=case.torch_dtype))
 
@@ -167,7 +173,7 @@ def implementations(case: Case, device: torch.device) -> dict[str, Peer]:
         peers += _sdpa_backends(case, device)
         if device.type == "cuda":
             peers.append(Peer("flex", False, lambda q, k, v: flex(q, k, v, case)))
-        peers.append(_naive(case))
+        peers.append(_naive(case, device))
     else:
         mask_of = functools.lru_cache(maxsize=1)(lambda: window_mask(case, device))
         enc = "rope" if case.encoding == "rope" else "pe"
