@@ -108,10 +108,12 @@ def gpu_timer(step: Callable) -> float:
     return triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
 
 
-def cpu_timer(step: Callable, reps: int = 3) -> float:
+def cpu_timer(step: Callable, reps: int = 3, budget_s: float = 1.0) -> float:
+    """Median ms of at least `reps` runs after a warm-up, more while they fit in budget_s: a step of a few
+    ms on a small shared CPU varies by 10-20% run to run, so short steps get more runs."""
     step()
     times = []
-    for _ in range(reps):
+    while len(times) < reps or (sum(times) < budget_s * 1e3 and len(times) < 50):
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1e3)
