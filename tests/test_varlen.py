@@ -321,3 +321,20 @@ def test_random_paged_batches_match_reference(case):
 
         assert_within_naive_error(f"out of sequence {b}", out[None, rows], reference(torch.float64),
                                   reference(dtype), dtype)
+
+
+@pytest.mark.parametrize("options", ["causal_rope", "softcap_alibi", "window"])
+def test_per_sequence_backends_batch_equal_lengths(request, monkeypatch, options):
+    """Backends without variable-length kernels (PerSequence) run the sequences of one (query, key) length
+    as one dense batch: interleaved repeats of three lengths (one group scattered, one a block, one of a
+    single sequence) give each sequence's reference results, in as many calls as distinct lengths."""
+    from flashattn_py import torch_backend
+
+    calls = []
+    forward = torch_backend.forward
+    monkeypatch.setattr(torch_backend, "forward", lambda q, *a: calls.append(q.shape[0]) or forward(q, *a))
+    lens_q, lens_k = [5, 9, 9, 5, 0, 5, 12], [7, 9, 9, 7, 3, 7, 2]
+    seed = seed_of(request)
+    opts = OPTIONS[options](len(lens_q), 4, torch.Generator().manual_seed(seed))
+    _check_packed_call(flash_attn_varlen_func, lens_q, lens_k, 4, 2, torch.float32, seed, backend="torch", **opts)
+    assert sorted(calls) == [1, 1, 2, 3]  # (5, 7) x3, (9, 9) x2, (0, 3), (12, 2)
