@@ -85,7 +85,9 @@ def attention(
     same); 1 never splits; n > 1 forces n splits (no dropout). A schedule: the results are the same.
 
     ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
-    deterministic (the Triton backward uses no atomics), so results are bit-identical run to run.
+    deterministic (the Triton backward uses no atomics but for a broadcast learned bias's gradient,
+    whose colliding programs run in separate, stream-ordered launches), so results are bit-identical run
+    to run.
     """
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
