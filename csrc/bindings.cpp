@@ -15,6 +15,11 @@
 #include "launch.h"
 #include "params.h"
 
+// Set by CMakeLists.txt from FLASHATTN_CUDA_ARCHS: what build_info() reports.
+#if !defined(FLASHATTN_SASS_ARCHS) || !defined(FLASHATTN_PTX_ARCHS)
+#error "FLASHATTN_SASS_ARCHS / FLASHATTN_PTX_ARCHS are defined by CMakeLists.txt: build with pip install ."
+#endif
+
 namespace py = pybind11;
 using namespace flashattn;
 
@@ -160,6 +165,31 @@ PYBIND11_MODULE(_cuda, m) {
         return count;
       },
       "Number of CUDA devices this module's runtime sees (0 without a GPU or driver; never raises)");
+
+  m.def(
+      "build_info",
+      [] {
+        py::dict info;
+        info["cuda_version"] = CUDART_VERSION;  // 1000 * major + 10 * minor, as cudaRuntimeGetVersion
+        info["sass_archs"] = std::string(FLASHATTN_SASS_ARCHS);
+        info["ptx_archs"] = std::string(FLASHATTN_PTX_ARCHS);
+        return info;
+      },
+      "Compile-time facts: {'cuda_version': CUDART_VERSION, 'sass_archs': '80,86,...', 'ptx_archs': '90'} "
+      "(comma-separated arch lists as FLASHATTN_CUDA_ARCHS gave them); no GPU needed");
+
+  m.def(
+      "driver_version",
+      [] {
+        int version = 0;
+        if (cudaDriverGetVersion(&version) != cudaSuccess) {
+          cudaGetLastError();
+          return 0;
+        }
+        return version;
+      },
+      "The newest CUDA version the installed driver supports (1000 * major + 10 * minor); 0 without a "
+      "driver. Never raises");
 
   m.def(
       "forward",

@@ -29,6 +29,9 @@ What the kernels support, and what this module does about the rest:
   use a compiled head dim, or backend="triton", which masks its tile instead).
 - pe_k_strategy is a Triton scheduling choice; the CUDA kernels always encode in-kernel.
 - The standalone ops (apply_rotary, add_sinusoidal) have no CUDA kernel: `encode` runs the Triton one.
+- Before the first launch on each device, require_runnable checks that the extension has code for the
+  GPU's arch (SASS, or PTX to JIT) and that the driver supports its CUDA version (cuda_compat.py), so
+  a mismatched build fails with what to do instead of "no kernel image is available"; once per device.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import buffers, positional
+from . import buffers, cuda_compat, positional
 from .checks import AttentionParams
 
 SUPPORTS_PACKED_SEQUENCES = True  # the kernels read cu_seqlens / seqused_k / block tables themselves
@@ -69,6 +72,52 @@ def is_built() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def build_info() -> dict:
+    """What the extension was compiled with: cuda_version (CUDART_VERSION, e.g. 13000), sass_archs and
+    ptx_archs (tuples like ('80', '90a')). RuntimeError when it is not built."""
+    info = dict(extension().build_info())
+    info["sass_archs"] = cuda_compat.arch_list(info["sass_archs"])
+    info["ptx_archs"] = cuda_compat.arch_list(info["ptx_archs"])
+    return info
+
+
+def driver_version() -> int:
+    """The newest CUDA version the installed driver supports (12040 = 12.4); 0 without a driver."""
+    return extension().driver_version()
+
+
+def device_facts(index: int) -> tuple[str, tuple[int, int]]:
+    """(name, compute capability) of CUDA device `index`."""
+    return torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index))
+
+
+# device index -> why the extension cannot run there (None: it can). Filled at the first launch on
+# each device: the facts do not change while the process lives, and a launch must stay cheap.
+_runnable: dict[int, str | None] = {}
+
+
+def runnable_problem(index: int) -> str | None:
+    """Why the extension cannot run on CUDA device `index` (its arch, or the driver), None when it can."""
+    if index not in _runnable:
+        info = build_info()
+        name, capability = device_facts(index)
+        problem = cuda_compat.arch_problem(name, capability, info["sass_archs"], info["ptx_archs"])
+        if problem is None:
+            via_ptx = cuda_compat.coverage(capability, info["sass_archs"], info["ptx_archs"]).kind == "ptx"
+            problem = cuda_compat.driver_problem(driver_version(), info["cuda_version"], via_ptx,
+                                                 cuda_compat.driver_release())
+        _runnable[index] = problem
+    return _runnable[index]
+
+
+def require_runnable(index: int) -> None:
+    """RuntimeError naming what is wrong and what to do, before a launch that would fail obscurely
+    (no kernel image for the GPU, or a driver too old for the runtime linked into the extension)."""
+    problem = runnable_problem(index)
+    if problem is not None:
+        raise RuntimeError(problem)
 
 
 def kernel_head_dim(head_dim: int) -> int:
@@ -188,6 +237,7 @@ def _launch(fn, p, device: torch.device, keep_alive) -> None:
     """Queue fn(p) on torch's current stream. `keep_alive`: the temporaries p points into; they may be
     freed once the launch is queued (the caching allocator orders their reuse on this stream)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
+    require_runnable(index)
     fn(p, torch.cuda.current_stream(device).cuda_stream, index)
 
 

@@ -117,6 +117,7 @@ def run(args) -> int:
               "performance; ratio = ours / the best SDPA on CPU in this run. The Triton interpreter is checked "
               "for correctness only and never timed.\n")
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}")
+    print(env["flashattn_py"])
     rows = []
     from tqdm import tqdm
 

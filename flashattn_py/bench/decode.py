@@ -209,6 +209,7 @@ def main(argv=None) -> int:
               "performance.\n")
     print(f"{env['device']}  torch {env['torch']}  {args.dtype}  heads {args.heads}/{args.kv_heads}  "
           f"head_dim {args.head_dim}")
+    print(env["flashattn_py"])
     print(TABLE_HEADER)
     rows = run(args, on_row=lambda row: print(format_row(row), flush=True))
     if args.out:

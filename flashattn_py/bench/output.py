@@ -16,8 +16,11 @@ from .runner import Row
 
 
 def environment(device: torch.device) -> dict:
-    """What a result needs to be reproduced: machine, versions, date, the command."""
+    """What a result needs to be reproduced: machine, versions, date, the command; "flashattn_py": the
+    one-line `python -m flashattn_py.info` summary (version label, extension archs, GPU coverage)."""
     import triton
+
+    from flashattn_py import info
 
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
@@ -25,6 +28,7 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m flashattn_py.bench " + " ".join(sys.argv[1:]),
+        "flashattn_py": info.collect().summary(),
     }
 
 
