@@ -161,7 +161,9 @@ class CMakeBuild(build_ext):
             (out_dir / "_build_info.json").unlink(missing_ok=True)  # a stale one would describe an old module
             return
         print(f"flashattn_py: ptxas resource report in {build_dir / 'ptxas.log'}")
-        # Next to the module, so it ships in the wheel; flashattn_py.info reports it.
+        # Next to the module, so it ships in the wheel: the wheel's own record of its label (the wheel
+        # tests and smoke test compare it with the label and cuobjdump). flashattn_py.info reads the same
+        # facts from the compiled module itself (build_info()), which cannot go stale.
         (out_dir / "_build_info.json").write_text(json.dumps(ext.build_info) + "\n")
 
     def copy_extensions_to_source(self):
