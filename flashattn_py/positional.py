@@ -218,3 +218,11 @@ def encode(x: torch.Tensor, enc: Encoding, positions: torch.Tensor, inverse: boo
     if inverse:
         return x * enc.spec.scale
     return x * enc.spec.scale + sinusoidal_table(positions, x.shape[-1], enc.spec.base, x.dtype)[:, :, None, :]
+
+
+def encode_qk(q: torch.Tensor, k: torch.Tensor, enc: Encoding | None, inverse: bool = False):
+    """(q, k) bshd with the call's encoding applied at their positions (inverse=True: gradients w.r.t. the
+    encoded q, k mapped back to the user's q, k); unchanged without an encoding."""
+    if enc is None:
+        return q, k
+    return encode(q, enc, enc.q_positions, inverse), encode(k, enc, enc.k_positions, inverse)

@@ -16,10 +16,7 @@ from .checks import AttentionParams
 def masked_scores(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype) -> torch.Tensor:
     """Scores (batch, nheads_q, seqlen_q, seqlen_k) in compute_dtype: encoded q, k; scale; softcap /
     ALiBi / bias; -inf where the causal / window masks hide a key."""
-    q, k = q.to(compute_dtype), k.to(compute_dtype)
-    enc = params.encoding
-    if enc is not None:
-        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
+    q, k = positional.encode_qk(q.to(compute_dtype), k.to(compute_dtype), params.encoding)
     # GQA/MQA: query head h reads key/value head h // group_size.
     k = k.repeat_interleave(params.group_size, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * params.softmax_scale

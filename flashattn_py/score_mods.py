@@ -58,14 +58,17 @@ def bias_broadcast_along_keys(bias_source: torch.Tensor) -> bool:
     return bias_source.shape[3] == 1
 
 
+def _sink_weight(sinks: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """exp(sink - lse): the sink's own weight in each row, for lse (batch, nheads_q, seqlen_q) or packed
+    (nheads_q, total_q) (heads on dim -2 either way); rows with lse -inf (a sink of -inf) weigh 0."""
+    weight = torch.exp(sinks.float()[:, None] - lse)
+    return torch.where(torch.isfinite(weight), weight, 0.0)
+
+
 def sink_grad(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """dL/dsinks (nheads_q,) fp32 from lse and delta = rowsum(dO * O), both (batch, nheads_q, seqlen_q)
-    or packed (nheads_q, total_q), fp32 natural-log units. exp(sink - lse) is the sink's own weight in
-    each row; rows with lse -inf (only possible with a sink of -inf) weigh 0."""
-    weight = torch.exp(sinks.float()[:, None] - lse.reshape(-1, *lse.shape[-2:]).transpose(0, 1).flatten(1))
-    weight = torch.where(torch.isfinite(weight), weight, 0.0)
-    delta = delta.reshape(-1, *delta.shape[-2:]).transpose(0, 1).flatten(1)
-    return -(weight * delta).sum(dim=1)
+    """dL/dsinks (nheads_q,) fp32 from lse and delta = rowsum(dO * O), both shaped like the lse (fp32,
+    natural-log units)."""
+    return -(_sink_weight(sinks, lse) * delta).sum(-1).reshape(-1, sinks.shape[0]).sum(0)
 
 
 def key_broadcast_bias_grad(sinks: torch.Tensor | None, lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -74,8 +77,7 @@ def key_broadcast_bias_grad(sinks: torch.Tensor | None, lse: torch.Tensor, delta
     without sinks (a constant added to a row does not change its softmax). lse, delta: (b, h, sq)."""
     if sinks is None:
         return torch.zeros((*delta.shape, 1), dtype=torch.float32, device=delta.device)
-    weight = torch.exp(sinks.float()[None, :, None] - lse)
-    return (torch.where(torch.isfinite(weight), weight, 0.0) * delta)[..., None]
+    return (_sink_weight(sinks, lse) * delta)[..., None]
 
 
 def modify(scores: torch.Tensor, mods: ScoreMods, q_rows: torch.Tensor, k_cols: torch.Tensor, diagonal_offset: int):

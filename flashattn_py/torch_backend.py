@@ -93,11 +93,7 @@ def _dropped(x: torch.Tensor, keep: torch.Tensor | None, params: AttentionParams
 
 def _encoded(q, k, params: AttentionParams, dtype):
     """q and k in the compute dtype with the positional encoding applied (q still bshd)."""
-    q, k = q.to(dtype), k.to(dtype)
-    enc = params.encoding
-    if enc is not None:
-        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
-    return q, k
+    return positional.encode_qk(q.to(dtype), k.to(dtype), params.encoding)
 
 
 def forward(q, k, v, params: AttentionParams):
@@ -169,10 +165,8 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
         dq_acc[:, start:end] = torch.einsum("bhgqk,bkhd->bqhgd", dscores, kc[:, keys])
         dk_acc[:, keys] += torch.einsum("bhgqk,bqhgd->bkhd", dscores, qg[:, start:end])
     dq_acc = dq_acc.reshape(q.shape)
-    enc = params.encoding
-    if enc is not None:  # gradients w.r.t. the encoded q, k -> w.r.t. the user's q, k
-        dq_acc = positional.encode(dq_acc, enc, enc.q_positions, inverse=True)
-        dk_acc = positional.encode(dk_acc, enc, enc.k_positions, inverse=True)
+    # Gradients w.r.t. the encoded q, k -> w.r.t. the user's q, k.
+    dq_acc, dk_acc = positional.encode_qk(dq_acc, dk_acc, params.encoding, inverse=True)
     dq, dk, dv = buffers.empty_like(q), buffers.empty_like(k), buffers.empty_like(v)
     dq.copy_(dq_acc)
     dk.copy_(dk_acc)

@@ -103,21 +103,13 @@ def _call_backward(dout, q, k, v, out, lse, causal: bool, params: AttentionParam
     return dq, dk, dv
 
 
-def _encoded(q, k, params: AttentionParams, dtype):
-    enc = params.encoding
-    q, k = q.to(dtype), k.to(dtype)
-    if enc is not None:
-        q, k = positional.encode(q, enc, enc.q_positions), positional.encode(k, enc, enc.k_positions)
-    return q, k
-
-
 def forward(q, k, v, params: AttentionParams) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (batch, seqlen_q, nheads_q, head_dim) like q, lse (batch, nheads_q, seqlen_q) fp32) of an
     expressible call. out is a view of the kernel's (batch, heads, seqlen, head_dim) result when one
     call computes it all (no copy)."""
     first, pieces = slices(params)
     dtype = _compute_dtype(q, params, len(pieces))
-    q_enc, k_enc = _encoded(q, k, params, dtype)
+    q_enc, k_enc = positional.encode_qk(q.to(dtype), k.to(dtype), params.encoding)
     qh, kh, vh = (_heads_first(t, dtype) for t in (q_enc, k_enc, v))
     merged_out, merged_lse = None, None
     for q_start, k_start, k_end, causal in pieces:
@@ -145,7 +137,7 @@ def backward(dout, q, k, v, out, lse, params: AttentionParams) -> tuple[torch.Te
     views of the kernel's results when one call covers every query and key (no copy)."""
     _, pieces = slices(params)
     dtype = _compute_dtype(q, params, len(pieces))
-    q_enc, k_enc = _encoded(q, k, params, dtype)
+    q_enc, k_enc = positional.encode_qk(q.to(dtype), k.to(dtype), params.encoding)
     qh, kh, vh, douth, outh = (_heads_first(t, dtype) for t in (q_enc, k_enc, v, dout, out))
     grads = [None, None, None]  # dq, dk, dv (batch, heads, seqlen, head_dim), summed over the calls
     for q_start, k_start, k_end, causal in pieces:
@@ -161,8 +153,5 @@ def backward(dout, q, k, v, out, lse, params: AttentionParams) -> tuple[torch.Te
             grads[i][:, :, span] += part
     dq, dk, dv = (torch.zeros_like(t) if g is None else g for g, t in zip(grads, (qh, kh, vh)))
     dq, dk, dv = (g.transpose(1, 2) for g in (dq, dk, dv))
-    enc = params.encoding
-    if enc is not None:  # gradients w.r.t. the encoded q, k -> w.r.t. the user's q, k
-        dq = positional.encode(dq, enc, enc.q_positions, inverse=True)
-        dk = positional.encode(dk, enc, enc.k_positions, inverse=True)
+    dq, dk = positional.encode_qk(dq, dk, params.encoding, inverse=True)  # w.r.t. the user's q, k
     return tuple(g.to(t.dtype) for g, t in zip((dq, dk, dv), (q, k, v)))
