@@ -129,18 +129,22 @@ class PerSequence:
         self.backend = backend
 
     @staticmethod
-    def _pieces(params: checks.AttentionParams):
-        """(q rows, k rows, lse rows, params of the piece) per sequence; rows index bshd tensors."""
+    def _spans(params: checks.AttentionParams) -> list[tuple[int, int, int, int, int, int]]:
+        """(q batch entry, first q row, end q row, k batch entry, first k row, end k row) per sequence,
+        indexing the bshd tensors (packed: rows of batch entry 0). One host read of the lengths."""
         lengths = params.lengths
         if params.is_varlen:
             cu_q, cu_k = lengths.cu_seqlens_q.tolist(), lengths.cu_seqlens_k.tolist()
-            spans = [((0, cu_q[b], cu_q[b + 1]), (0, cu_k[b], cu_k[b + 1])) for b in range(params.batch)]
-        else:
-            used = lengths.seqused_k.tolist()
-            first = [0] * params.batch if lengths.leftpad_k is None else lengths.leftpad_k.tolist()
-            spans = [((b, 0, params.seqlen_q), (b, first[b], used[b])) for b in range(params.batch)]
+            return [(0, cu_q[b], cu_q[b + 1], 0, cu_k[b], cu_k[b + 1]) for b in range(params.batch)]
+        used = lengths.seqused_k.tolist()
+        first = [0] * params.batch if lengths.leftpad_k is None else lengths.leftpad_k.tolist()
+        return [(b, 0, params.seqlen_q, b, first[b], used[b]) for b in range(params.batch)]
+
+    @staticmethod
+    def _pieces(params: checks.AttentionParams):
+        """(q rows, k rows, lse rows, params of the piece) per sequence; rows index bshd tensors."""
         enc = params.encoding
-        for b, ((qb, q0, q1), (kb, k0, k1)) in enumerate(spans):
+        for b, (qb, q0, q1, kb, k0, k1) in enumerate(PerSequence._spans(params)):
             q_rows, k_rows = (slice(qb, qb + 1), slice(q0, q1)), (slice(kb, kb + 1), slice(k0, k1))
             lse_rows = (slice(None), slice(q0, q1)) if params.is_varlen else (slice(b, b + 1),)
             mods = params.mods
@@ -161,14 +165,7 @@ class PerSequence:
         """Sequences of equal (query, key) lengths run as one dense batch: (params of the batch, its query
         rows, its key rows). Only positions and ALiBi rows differ between such sequences, and they stack;
         dropout (a seed per sequence) and a bias (sliced per sequence) keep one call per sequence (_pieces)."""
-        lengths = params.lengths
-        if params.is_varlen:
-            cu_q, cu_k = lengths.cu_seqlens_q.tolist(), lengths.cu_seqlens_k.tolist()
-            spans = [(0, cu_q[b], cu_q[b + 1], 0, cu_k[b], cu_k[b + 1]) for b in range(params.batch)]
-        else:
-            used = lengths.seqused_k.tolist()
-            first = [0] * params.batch if lengths.leftpad_k is None else lengths.leftpad_k.tolist()
-            spans = [(b, 0, params.seqlen_q, b, first[b], used[b]) for b in range(params.batch)]
+        lengths, spans = params.lengths, PerSequence._spans(params)
         members = {}
         for b, (_, q0, q1, _, k0, k1) in enumerate(spans):
             members.setdefault((q1 - q0, k1 - k0), []).append(b)
