@@ -62,6 +62,17 @@ void require_device(int device) {
 
 cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
+// An int the runtime reports through an out-parameter (device count, driver version), or 0 when it
+// cannot (no GPU, no driver): for the probes Python calls without a GPU, which must never raise.
+int runtime_int_or_zero(cudaError_t (*query)(int*)) {
+  int value = 0;
+  if (query(&value) != cudaSuccess) {
+    cudaGetLastError();  // reset the (non-sticky) error state
+    return 0;
+  }
+  return value;
+}
+
 // A read-write Python property for a pointer field, seen from Python as an int (an address).
 template <typename Class, typename Pointer>
 void pointer_field(py::class_<Class>& cls, const char* name, Pointer Class::*field) {
@@ -155,15 +166,7 @@ PYBIND11_MODULE(_cuda, m) {
   pointer_field(params, "lse_accum", &AttentionParams::lse_accum);
 
   m.def(
-      "device_count",
-      [] {
-        int count = 0;
-        if (cudaGetDeviceCount(&count) != cudaSuccess) {
-          cudaGetLastError();
-          return 0;
-        }
-        return count;
-      },
+      "device_count", [] { return runtime_int_or_zero(cudaGetDeviceCount); },
       "Number of CUDA devices this module's runtime sees (0 without a GPU or driver; never raises)");
 
   m.def(
@@ -179,15 +182,7 @@ PYBIND11_MODULE(_cuda, m) {
       "(comma-separated arch lists as FLASHATTN_CUDA_ARCHS gave them); no GPU needed");
 
   m.def(
-      "driver_version",
-      [] {
-        int version = 0;
-        if (cudaDriverGetVersion(&version) != cudaSuccess) {
-          cudaGetLastError();
-          return 0;
-        }
-        return version;
-      },
+      "driver_version", [] { return runtime_int_or_zero(cudaDriverGetVersion); },
       "The newest CUDA version the installed driver supports (1000 * major + 10 * minor); 0 without a "
       "driver. Never raises");
 
