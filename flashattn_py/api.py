@@ -84,10 +84,10 @@ def attention(
     too few programs to fill the GPU, the keys are split (FlashAttention 2's dense forward does the
     same); 1 never splits; n > 1 forces n splits (no dropout). A schedule: the results are the same.
 
-    ``deterministic``: accepted for FlashAttention compatibility; every backend here is already
-    deterministic (the Triton backward uses no atomics but for a broadcast learned bias's gradient,
-    whose colliding programs run in separate, stream-ordered launches), so results are bit-identical run
-    to run.
+    ``deterministic``: as in FlashAttention. False (the default): the Triton backward is one fused pass
+    that adds dQ up with fp32 atomics, whose order varies, so dq may differ in the last bits run to run.
+    True: the atomic-free backward (dK/dV, then dQ, each recomputing P: about 1.4x the backward's
+    matmul work), bit-identical gradients run to run. The other backends are deterministic either way.
     """
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
@@ -95,16 +95,18 @@ def attention(
                softmax_scale=softmax_scale, window_size=window_size, rotary=rotary, sinusoidal=sinusoidal,
                q_positions=q_positions, k_positions=k_positions, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p,
                softcap=softcap, alibi_slopes=alibi_slopes, attn_bias=attn_bias, alignment=alignment,
-               seqused_k=seqused_k, num_splits=num_splits, sinks=sinks)
+               seqused_k=seqused_k, num_splits=num_splits, sinks=sinks, deterministic=deterministic)
 
 
-def run(q, k, v, *, layout: str, backend: str, return_lse: bool, num_splits: int = 0, **options):
+def run(q, k, v, *, layout: str, backend: str, return_lse: bool, num_splits: int = 0, deterministic: bool = False,
+        **options):
     """Every entry point's common path: layout -> checks.attention_params(**options) -> backend
     -> the attention custom op (ops.py: torch.compile traces it, autograd differentiates it) -> layout.
     num_splits: 0 lets the op decide (split_k.py)."""
     q, k, v = (checks.to_bshd(t, layout, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     params = checks.attention_params(q, k, v, **options)
-    params = dataclasses.replace(params, num_splits=checks.check_num_splits(num_splits, params))
+    params = dataclasses.replace(params, num_splits=checks.check_num_splits(num_splits, params),
+                                 deterministic=deterministic)
     out, lse = run_params(q, k, v, params, backend)
     out = checks.to_bshd(out, layout, "out")
     return (out, lse) if return_lse else out

@@ -104,6 +104,9 @@ class AttentionParams:
     # The Triton forward's FlashAttention 3 pack_gqa: the query heads of a KV head share one tile.
     # None: it decides (triton_kernels/configs.packs_gqa); a scheduling hint, the results are the same.
     pack_gqa: bool | None = None
+    # The backward's schedule: False (FlashAttention's default) lets a backend accumulate dQ with
+    # atomics (the Triton fused backward); True asks for bit-identical gradients run to run.
+    deterministic: bool = False
 
     @property
     def is_varlen(self) -> bool:

@@ -5,8 +5,8 @@ replaces ``from flash_attn import flash_attn_func``.
 Tensors are (batch, seqlen, nheads, head_dim); causal is aligned bottom-right; window_size (left,
 right), -1 unbounded; softcap > 0 caps scores with softcap * tanh(s / softcap); alibi_slopes fp32
 (nheads,) or (batch, nheads) adds -slope * |i + seqlen_k - seqlen_q - j|. ``deterministic`` is
-accepted: our backward is always deterministic (bit-identical run to run). ``return_attn_probs=True`` returns
-(out, softmax_lse, attn_probs) where attn_probs are the softmax weights, materialized (batch, nheads,
+FlashAttention's: False lets the Triton backward add dQ up with atomics, True gives bit-identical
+gradients. ``return_attn_probs=True`` returns (out, softmax_lse, attn_probs) where attn_probs are the softmax weights, materialized (batch, nheads,
 seqlen_q, seqlen_k) in fp32, without dropout (FlashAttention documents its own as "for testing only").
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ it produces PTX and runs the ptxas bundled in the wheel, no driver needed.
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 from pathlib import Path
 
@@ -35,6 +35,10 @@ class KernelFacts:
     spill_loads: int  # bytes, from ptxas -v
     shared_bytes: int  # shared memory the kernel needs (metadata.shared)
     mma_instructions: dict[str, int]  # static counts in the PTX text
+    # wgmma instruction shapes ("m64n128k16": 64 x 128 outputs per warpgroup) and their static counts:
+    # a narrow N (n16, n32) does little MMA work per issued instruction and per accumulator wait.
+    wgmma_shapes: dict[str, int] = field(default_factory=dict)
+    tma_instructions: int = 0  # cp.async.bulk.tensor (TMA loads, stores and reductions)
 
 
 def compile_facts(fn, signature: dict[str, str], constexprs: dict[str, object], arch: int,
@@ -85,7 +89,17 @@ def compile_facts(fn, signature: dict[str, str], constexprs: dict[str, object], 
         spill_loads=spill_loads,
         shared_bytes=kernel.metadata.shared,
         mma_instructions={p: ptx.count(p) for p in MMA_PATTERNS},
+        wgmma_shapes=wgmma_shapes(ptx),
+        tma_instructions=ptx.count("cp.async.bulk.tensor") + ptx.count("cp.reduce.async.bulk.tensor"),
     )
+
+
+def wgmma_shapes(ptx: str) -> dict[str, int]:
+    """{"m64nNkK": static count} of the wgmma instructions in the PTX."""
+    shapes: dict[str, int] = {}
+    for shape in re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx):
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return dict(sorted(shapes.items(), key=lambda kv: int(kv[0].split("n")[1].split("k")[0])))
 
 
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int, int]:

@@ -78,6 +78,7 @@ def op_args(params: AttentionParams, backend: str) -> dict:
         max_seqlen_q=params.seqlen_q,
         max_seqlen_k=params.seqlen_k,
         num_splits=params.num_splits,
+        deterministic=params.deterministic,
     )
 
 
@@ -85,7 +86,7 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
                         pe_base, pe_scale, rotary_dim, rotary_interleaved, rotary_cos, rotary_sin, q_positions,
                         k_positions, pe_k_strategy, dropout_p, dropout_seed, softcap, alibi_slopes,
                         attn_bias, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
-                        max_seqlen_k, num_splits) -> AttentionParams:
+                        max_seqlen_k, num_splits, deterministic) -> AttentionParams:
     """The inverse of `op_args`: the AttentionParams the backends read, from bshd q, k and the op arguments."""
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, lengths = k.shape[1], None
@@ -106,7 +107,7 @@ def params_from_op_args(q, k, *, backend, softmax_scale, window_left, window_rig
         head_dim=head_dim, softmax_scale=softmax_scale, window=(window_left, window_right), dtype=q.dtype,
         encoding=encoding, pe_k_strategy=pe_k_strategy, dropout_p=dropout_p, dropout_seed=dropout_seed,
         mods=mods if mods.active else score_mods.NONE, diagonal_offset=diagonal_offset, lengths=lengths,
-        num_splits=num_splits,
+        num_splits=num_splits, deterministic=deterministic,
     )
 
 
@@ -163,7 +164,7 @@ def attention_forward(
     q_positions: torch.Tensor | None, k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float,
     dropout_seed: int, softcap: float, alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None,
     sinks: torch.Tensor | None, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
-    seqused_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int, num_splits: int,
+    seqused_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int, num_splits: int, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bshd q, k, v -> (out like q, lse fp32 (batch, nheads_q, seqlen_q), aux: see the module docstring).
     num_splits 0 is decided here, where the backend that launches the programs is known."""
@@ -197,7 +198,7 @@ def attention_backward(
     k_positions: torch.Tensor | None, pe_k_strategy: str, dropout_p: float, dropout_seed: int, softcap: float,
     alibi_slopes: torch.Tensor | None, attn_bias: torch.Tensor | None, sinks: torch.Tensor | None,
     cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqused_k: torch.Tensor | None,
-    max_seqlen_q: int, max_seqlen_k: int, num_splits: int, bias_grad: bool = False,
+    max_seqlen_q: int, max_seqlen_k: int, num_splits: int, deterministic: bool, bias_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k), then dsinks
     (like sinks; (0,) without sinks) and dbias (like attn_bias; (0,) unless bias_grad). num_splits, the
@@ -247,7 +248,8 @@ def _attention_backward_fake(dout, q, k, v, out, lse, aux, backend, *args, **kwa
 _SHARED = ("backend", "softmax_scale", "window_left", "window_right", "diagonal_offset", "pe_kind", "pe_base",
            "pe_scale", "rotary_dim", "rotary_interleaved", "rotary_cos", "rotary_sin", "q_positions", "k_positions",
            "pe_k_strategy", "dropout_p", "dropout_seed", "softcap", "alibi_slopes", "attn_bias", "sinks",
-           "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k", "num_splits")
+           "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "max_seqlen_q", "max_seqlen_k", "num_splits",
+           "deterministic")
 _SHARED_TENSORS = ("rotary_cos", "rotary_sin", "q_positions", "k_positions", "alibi_slopes", "attn_bias", "sinks",
                    "cu_seqlens_q", "cu_seqlens_k", "seqused_k")
 

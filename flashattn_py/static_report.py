@@ -1,4 +1,4 @@
-"""Static compile report of the four attention kernels for sm_80 / sm_90a, no GPU needed.
+"""Static compile report of the attention kernels for sm_80 / sm_90a, no GPU needed.
 
 For each (arch, dtype, head_dim, mask, positional encoding) this compiles every kernel exactly as
 the launchers (``attention_forward`` / ``attention_backward``) would launch it on a GPU and reports
@@ -49,6 +49,9 @@ ATTENTION_KERNELS = (  # (module, name), in report order
     (BWD_MODULE, "attention_bwd_dkdv_kernel"),
     (BWD_MODULE, "attention_bwd_dq_kernel"),
 )
+# The dK/dV kernel compiled with FUSED_DQ (the default backward: dQ by atomics, no dQ kernel) is
+# reported under its own name; the three kernels above are the deterministic=True backward's.
+FUSED_BWD = "attention_bwd_fused_kernel"
 # The encoding pre-pass (pe_k_strategy="prepass") launches this one too; decoding with split-K the
 # merge of the partial results.
 KERNELS = ATTENTION_KERNELS + ((PE_MODULE, "encode_kernel"), (MERGE_MODULE, "merge_splits_kernel"))
@@ -126,6 +129,11 @@ class KernelLaunch:
     num_warps: int
     num_stages: int
 
+    @property
+    def label(self) -> str:
+        """The name the report lists it under: the kernel's, FUSED_BWD for the fused backward."""
+        return FUSED_BWD if self.constexprs.get("FUSED_DQ") else self.kernel
+
 
 class _Recorder:
     """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
@@ -164,7 +172,7 @@ class _Recorder:
 
 @contextlib.contextmanager
 def _recording(calls: list):
-    """Swap the four kernels for recorders in the launchers' modules (this process only)."""
+    """Swap the kernels for recorders in the launchers' modules (this process only)."""
     saved = []
     try:
         for module_name, name in KERNELS:
@@ -212,12 +220,16 @@ def _encoding_options(pe: str, head_dim: int) -> dict:
     return dict(spec, pe_k_strategy="in_kernel")
 
 
-def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str = "none") -> list[KernelLaunch]:
-    """The four kernel launches of one forward + backward, as the launchers make them on a GPU.
+def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str = "none",
+                    arch: int | None = None) -> list[KernelLaunch]:
+    """The kernel launches of one forward and both backwards (fused; deterministic), as the
+    launchers make them on a GPU.
 
     ``has_window``: causal (HAS_WINDOW=True; more code, the mask arithmetic) or a dense call.
+    ``arch``: the GPU the launchers choose tiles for (configs.launching_for).
     """
     from .checks import attention_params
+    from .triton_kernels import configs
     fwd, bwd = _kernel_modules()
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -230,20 +242,23 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
         call = {"decode": _decode_step, "paged-varlen": _paged_varlen_call,
                 "dense-decode": functools.partial(_dense_decode_call, masked=False),
                 "dense-decode-mask": functools.partial(_dense_decode_call, masked=True)}[pe]
-        with _recording(calls):
+        with _recording(calls), configs.launching_for(arch):
             call(fwd, torch_dtype, head_dim, has_window)
         expected = list(DECODE_KERNELS)
     else:
         params = attention_params(q, k, v, causal=has_window, **_encoding_options(pe, head_dim))
         dbias = torch.zeros(params.mods.bias_source.shape) if pe == "bias-grad" else None
-        with _recording(calls):
+        with _recording(calls), configs.launching_for(arch):
             out, lse, scratch = fwd.attention_forward(q, k, v, params)
-            bwd.attention_backward(torch.zeros_like(out), q, k, v, out, lse, scratch, params, dbias=dbias)
-        expected = [name for _, name in ATTENTION_KERNELS]
-    # A broadcast bias's gradient launches the dK/dV kernel once per sequence (attention_bwd.dbias_launches):
-    # the same compiled kernel, listed once.
-    calls[:] = [c for i, c in enumerate(calls) if all(c.kernel != d.kernel for d in calls[:i])]
-    names = [c.kernel for c in calls if c.kernel != "encode_kernel"]
+            for deterministic in (False, True):  # the fused backward, then the atomic-free one
+                bwd.attention_backward(torch.zeros_like(out), q, k, v, out, lse, scratch,
+                                       dataclasses.replace(params, deterministic=deterministic), dbias=dbias)
+        names = [name for _, name in ATTENTION_KERNELS]
+        expected = names[:2] + [FUSED_BWD] + names[2:]
+    # A broadcast bias's gradient launches the dK/dV kernel once per sequence (attention_bwd.dbias_launches),
+    # and both backwards launch the preprocess kernel: the same compiled kernel, listed once.
+    calls[:] = [c for i, c in enumerate(calls) if all(c.label != d.label for d in calls[:i])]
+    names = [c.label for c in calls if c.kernel != "encode_kernel"]
     if names != expected:
         raise RuntimeError(f"expected the launchers to launch {expected}, they launched {names}")
     return calls
@@ -325,20 +340,20 @@ def _compile(launch: KernelLaunch, arch: int, head_dim: int) -> KernelFacts:
 def _row(launch: KernelLaunch, arch: int, dtype: str, head_dim: int, has_window: bool, pe: str,
          facts: KernelFacts) -> KernelRow:
     c = launch.constexprs
-    return KernelRow(launch.kernel, arch, dtype, head_dim,
+    return KernelRow(launch.label, arch, dtype, head_dim,
                      has_window if "HAS_WINDOW" in c else None, pe if "Q_PE_KIND" in c or "PE_KIND" in c else None,
                      c.get("BLOCK_M", c.get("BLOCK_S")), c.get("BLOCK_N"), c["BLOCK_D"], launch.num_warps, launch.num_stages, facts)
 
 
 def attention_kernel_rows(arch: int, dtype: str, head_dim: int, has_window: bool = True, pe: str = "none",
                           jobs: int = 1) -> list[KernelRow]:
-    """Report rows of the forward, preprocess, dK/dV and dQ kernels, in that order."""
+    """Report rows of the forward, preprocess, fused backward, dK/dV and dQ kernels, in that order."""
     return report_rows([(arch, dtype, head_dim, has_window, pe)], jobs)
 
 
 def attention_kernel_facts(arch: int, dtype: str, head_dim: int, has_window: bool = True,
                            pe: str = "none") -> list[KernelFacts]:
-    """Static facts of the forward, preprocess, dK/dV and dQ kernels for sm_{arch}, in that order."""
+    """Static facts of the forward, preprocess, fused backward, dK/dV and dQ kernels for sm_{arch}, in that order."""
     return [r.facts for r in attention_kernel_rows(arch, dtype, head_dim, has_window, pe)]
 
 
@@ -348,8 +363,8 @@ def report_rows(cases, jobs: int = 1) -> list[KernelRow]:
     head_dim). ``jobs`` > 1 compiles in that many worker processes."""
     todo, seen = [], set()
     for arch, dtype, head_dim, has_window, pe in cases:
-        for launch in kernel_launches(dtype, head_dim, has_window, pe):
-            key = (launch.kernel, arch, dtype, head_dim,
+        for launch in kernel_launches(dtype, head_dim, has_window, pe, arch):
+            key = (launch.label, arch, dtype, head_dim,
                    has_window if "HAS_WINDOW" in launch.constexprs else None,
                    pe if "Q_PE_KIND" in launch.constexprs or "PE_KIND" in launch.constexprs else None)
             if key not in seen:
@@ -373,7 +388,7 @@ def _row_json(r: KernelRow) -> dict:
 
 def format_table(rows: list[KernelRow]) -> str:
     head = ("kernel", "arch", "dtype", "hdim", "causal", "pe", "M", "N", "D", "warps", "stages", "regs",
-            "spill st/ld", "smem", "occ", "mma.sync", "wgmma", "ldmatrix")
+            "spill st/ld", "smem", "occ", "mma.sync", "wgmma", "ldmatrix", "tma", "wgmma shapes")
     lines = []
     for r in rows:
         f, mma = r.facts, r.facts.mma_instructions
@@ -383,11 +398,13 @@ def format_table(rows: list[KernelRow]) -> str:
                       str(r.num_stages), str(f.registers), f"{f.spill_stores}/{f.spill_loads}",
                       str(f.shared_bytes), f"{theoretical_occupancy(r.arch, f.registers, f.shared_bytes, r.num_warps):.0%}",
                       str(mma.get("mma.sync", 0)), str(mma.get("wgmma.mma_async", 0)),
-                      str(mma.get("ldmatrix", 0))))
+                      str(mma.get("ldmatrix", 0)), str(f.tma_instructions),
+                      " ".join(f"{shape}x{n}" for shape, n in f.wgmma_shapes.items()) or "-"))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(head)]
 
     def fmt(cells):
-        return "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.ljust(w) if i in (0, 5, len(head) - 1) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
 
 

@@ -113,6 +113,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
                            alibi_slopes=alibi_slopes, dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal,
                            pe_k_strategy=pe_k_strategy, sinks=learnable_sink)
+    params = dataclasses.replace(params, deterministic=deterministic)
     out, lse = api.run_params(q[None], k[None], v[None], params, backend)
     return (out[0], lse, None) if return_attn_probs else out[0]
 

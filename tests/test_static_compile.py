@@ -44,7 +44,10 @@ MERGE = "merge_splits_kernel"  # split-K partials -> out, lse (decoding); no mat
 # The variants that are one inference call (a decoding step; a packed call against a paged cache):
 # forward and merge only.
 DECODING = ("decode", "paged-varlen", "dense-decode", "dense-decode-mask")
-MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
+# attention_bwd_fused_kernel: the dK/dV kernel compiled with FUSED_DQ, the default backward
+# (static_report.FUSED_BWD); dK/dV and dQ: the deterministic=True backward.
+FUSED = "attention_bwd_fused_kernel"
+MATMUL_KERNELS = ("attention_fwd_kernel", FUSED, "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel")
 # At head_dim 256 the dK/dV kernel holds k, v, dk, dv and a streamed q/dO tile (5 x BLOCK_N x 256):
 # every tile with BLOCK_N >= 64 spills on sm_90, and with BLOCK_N = 32 Triton emits mma.sync instead
 # of wgmma. No spills wins (triton_kernels/configs.py); this is the one instance allowed mma.sync.
@@ -52,8 +55,9 @@ MATMUL_KERNELS = ("attention_fwd_kernel", "attention_bwd_dkdv_kernel", "attentio
 # spill-free (configs.dkdv_config(bias=True)), so it too runs mma.sync on sm_90 with a bias.
 # Decoding runs 16-row query tiles (configs.DECODE_MAX_SEQLEN_Q); wgmma needs 64 rows per warpgroup,
 # so the decode forward is mma.sync on sm_90 (it is bound by reading the cache, not by the MMAs).
-MMA_SYNC_ALLOWED_ON_SM90 = {("attention_bwd_dkdv_kernel", 256, pe) for pe in PE_VARIANTS} | {
-    ("attention_bwd_dkdv_kernel", d, pe) for d in HEAD_DIMS
+# The fused backward's key tiles are dK/dV's (16 queries at head_dim 256), so the same exceptions.
+MMA_SYNC_ALLOWED_ON_SM90 = {(kernel, 256, pe) for pe in PE_VARIANTS for kernel in ("attention_bwd_dkdv_kernel", FUSED)} | {
+    (kernel, d, pe) for d in HEAD_DIMS for kernel in ("attention_bwd_dkdv_kernel", FUSED)
     for pe in ("attn-bias", "score-mods", "key-padding", "bias-grad")} | {
     ("attention_fwd_kernel", d, pe) for d in HEAD_DIMS for pe in DECODING}
 
@@ -159,3 +163,14 @@ def test_kernels_fit_register_file_and_shared_memory(report, kernel, arch, dtype
     facts = row["facts"]
     assert facts["registers"] <= MAX_REGISTERS, f"too many registers: {_describe(row)}"
     assert facts["shared_bytes"] <= MAX_SHARED_BYTES[arch], f"too much shared memory: {_describe(row)}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pe", [p for p in PE_VARIANTS if p in ("none", "rope-prepass", "softcap", "sinks")])
+def test_fused_backward_at_head_dim_128_uses_wide_wgmma_and_tma_on_sm90(report, dtype, pe):
+    """The default backward on Hopper: no m64n16 wgmma (the narrow score GEMMs of 32 x 64 tiles with 8
+    warps), and dQ added to memory by TMA (cp.reduce.async.bulk.tensor) rather than per-element atomics."""
+    row = report[_key(FUSED, 90, dtype, 128, pe)]
+    shapes = row["facts"]["wgmma_shapes"]
+    assert shapes and not any(s.startswith("m64n16k") or s.startswith("m64n8k") for s in shapes), _describe(row)
+    assert row["facts"]["tma_instructions"] > 0, f"no TMA: {_describe(row)}"

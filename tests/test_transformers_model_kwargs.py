@@ -169,6 +169,21 @@ def test_an_unknown_keyword_is_refused_naming_it_and_the_model():
     torch.testing.assert_close(out, reference.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("deterministic", (True, False))
+def test_deterministic_keyword_reaches_the_backward(monkeypatch, deterministic):
+    """ModernBERT passes its FlashAttention `deterministic` flag: it picks the Triton backward's schedule."""
+    from flashattn_py.triton_kernels import attention_bwd
+
+    seen, backward = [], attention_bwd.attention_backward
+    monkeypatch.setattr("flashattn_py.triton_backend.backward",
+                        lambda *args, **kwargs: seen.append(args[7].deterministic) or backward(*args, **kwargs))
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    out, _ = fa_transformers.attention_forward(SparseIndexAttention(), q, k, v, None, deterministic=deterministic,
+                                               backend="triton")
+    out.sum().backward()
+    assert seen == [deterministic]
+
+
 def test_an_unknown_keyword_from_a_model_forward_is_refused():
     """Keywords given to a model's forward travel down to the attention function (TransformersKwargs)."""
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,

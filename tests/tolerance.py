@@ -106,7 +106,8 @@ def check_against_reference(backend: str, q, k, v, dout, *, differentiate=(), **
         return fa.attention(q, k, v, return_lse=True, backend=backend, **options, **dict(zip(differentiate, extras)))
 
     # How a backend schedules the work (the encoding, split-K) is not part of the math the reference computes.
-    math_options = {name: value for name, value in options.items() if name not in ("pe_k_strategy", "num_splits")}
+    math_options = {name: value for name, value in options.items()
+                    if name not in ("pe_k_strategy", "num_splits", "deterministic")}
 
     def naive(dtype):
         return lambda q, k, v, *extras: fa.reference.attention(q, k, v, return_lse=True, compute_dtype=dtype,

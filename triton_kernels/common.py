@@ -68,6 +68,57 @@ def query_block_range(k_start, seqlen_q, diag_offset, window_left, window_right,
 
 
 @triton.jit
+def _ceil_to(x, BLOCK: tl.constexpr):
+    return (x + BLOCK - 1) // BLOCK * BLOCK
+
+
+@triton.jit
+def interior_query_blocks(lo, hi, k_start, seqlen_q, seqlen_k, diag_offset, window_left, window_right,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[full_lo, full_hi): the query blocks of [lo, hi) (lo block aligned) in which every query sees
+    every key of [k_start, k_start + BLOCK_N), so the backward runs them without mask work. The
+    blocks of [lo, full_lo) and [full_hi, hi) need the mask: the causal diagonal / window edges, the
+    last partial query block, and all of them when the key block itself is partial.
+    lo <= full_lo <= full_hi <= hi; full_lo and full_hi are block starts unless they equal hi."""
+    # Whole query blocks only: starts below seqlen_q rounded down to a block.
+    full_hi = lo + tl.maximum(seqlen_q - lo, 0) // BLOCK_M * BLOCK_M
+    full_lo = lo
+    if HAS_WINDOW:
+        if window_right >= 0:  # the block's last key within reach of its first query
+            full_lo = _ceil_to(tl.maximum(k_start + BLOCK_N - 1 - diag_offset - window_right, lo), BLOCK_M)
+        if window_left >= 0:  # its first key within reach of its last query
+            last = k_start + window_left - diag_offset - BLOCK_M + 1  # latest start of a whole block
+            full_hi = tl.minimum(full_hi, tl.where(last >= lo, lo + (last - lo) // BLOCK_M * BLOCK_M + BLOCK_M, lo))
+    if k_start + BLOCK_N > seqlen_k:  # a partial key block: keys past seqlen_k are masked everywhere
+        full_lo = hi
+    # full_hi <= hi always (an interior block is a visible one); full_lo may pass hi when none is.
+    # (When hi < lo, no block at all: both come out lo.)
+    full_lo = tl.maximum(tl.minimum(full_lo, hi), lo)
+    return full_lo, tl.maximum(full_hi, full_lo)
+
+
+@triton.jit
+def interior_key_blocks(lo, hi, q_start, seqlen_q, seqlen_k, diag_offset, window_left, window_right,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[full_lo, full_hi): the key blocks of [lo, hi) (lo block aligned) that every query of
+    [q_start, q_start + BLOCK_M) sees whole (interior_query_blocks with the roles swapped)."""
+    full_hi = lo + tl.maximum(seqlen_k - lo, 0) // BLOCK_N * BLOCK_N
+    full_lo = lo
+    if HAS_WINDOW:
+        if window_left >= 0:  # the block's first key within reach of the last query
+            full_lo = _ceil_to(tl.maximum(q_start + BLOCK_M - 1 + diag_offset - window_left, lo), BLOCK_N)
+        if window_right >= 0:  # its last key within reach of the first query
+            last = q_start + diag_offset + window_right - BLOCK_N + 1  # latest start of a whole block
+            full_hi = tl.minimum(full_hi, tl.where(last >= lo, lo + (last - lo) // BLOCK_N * BLOCK_N + BLOCK_N, lo))
+    if q_start + BLOCK_M > seqlen_q:  # a partial query block
+        full_lo = hi
+    # full_hi <= hi always (an interior block is a visible one); full_lo may pass hi when none is.
+    # (When hi < lo, no block at all: both come out lo.)
+    full_lo = tl.maximum(tl.minimum(full_lo, hi), lo)
+    return full_lo, tl.maximum(full_hi, full_lo)
+
+
+@triton.jit
 def dropout_keep(seed, row_base, q_idx, k_idx, seqlen_k, dropout_p):
     """Dropout keep-mask for queries q_idx x keys k_idx (broadcast), True = keep.
 
@@ -92,6 +143,20 @@ def tile_dot(a, b, acc, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_scratch_allocator() -> None:
+    """Kernels that build tensor descriptors on the device (TMA) get a small global-memory workspace
+    from Triton's allocator at launch; Triton has none by default. Install one that takes it from
+    torch's caching allocator, unless the application installed its own."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_torch_scratch)
 
 
 def dropout_args(params) -> dict:

@@ -8,7 +8,11 @@ Not yet tuned on a GPU: the benchmark harness is where timings will move them.
 Under the interpreter tiles are small and unequal (BLOCK_M != BLOCK_N) so that short test sequences
 cross many tile boundaries and both ends of the causal diagonal land mid-tile.
 """
+import contextlib
+import dataclasses
 from dataclasses import dataclass
+
+import torch
 
 from .common import INTERPRETED
 
@@ -19,6 +23,9 @@ class TileConfig:
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int  # software-pipelining depth of the K/V (or Q/dO) loads
+    # Backward key-block kernel: stream the interior query blocks through a second, mask-free loop
+    # (two copies of the step's code: more registers) or every block through the masked one.
+    split_mask: bool = True
 
 
 _INTERPRETER_FORWARD = TileConfig(32, 16, 4, 1)
@@ -75,16 +82,62 @@ def dkdv_config(block_d: int, bias: bool = False) -> TileConfig:
     """dK/dV kernel: a key tile stays resident while query tiles stream past it."""
     if INTERPRETED:
         return _INTERPRETER_DKDV
+    # split_mask=False everywhere on GPUs: the mask-free interior loop is a second copy of the step's
+    # code, and it made every default tile spill on sm_80 or sm_90 (8-64 B; bench/results/
+    # static-2026-12-07). The interpreter tiles keep it on, so CI tests both loops' logic.
     if bias and block_d <= 128:
-        return TileConfig(32, 32, 8 if block_d == 128 else 4, 2)
+        return TileConfig(32, 32, 8 if block_d == 128 else 4, 2, split_mask=False)
     if block_d <= 64:
-        return TileConfig(32, 128, 8, 2)
+        return TileConfig(32, 128, 8, 2, split_mask=False)
     if block_d <= 128:
-        return TileConfig(32, 64, 8, 2)
+        return TileConfig(32, 64, 8, 2, split_mask=False)
     # Five BLOCK_N x 256 fp32/fp16 tiles live at once (k, v, dk, dv, and the streamed q/dO): every
     # BLOCK_N >= 64 spills on sm_90 (wgmma needs its accumulators in registers), so take 32 and accept
     # mma.sync there (tests/test_static_compile.py names this exception).
-    return TileConfig(32, 32, 8, 2)
+    return TileConfig(32, 32, 8, 2, split_mask=False)
+
+
+# The GPU arch the launchers choose tiles for when their tensors are not on a GPU: the static report
+# records launches on CPU tensors for each arch it compiles (launching_for); None otherwise.
+_cpu_launch_arch: int | None = None
+
+
+def launch_arch(device) -> int | None:
+    """sm_XY of the GPU a launch runs on, as XY (the static report's arch for CPU tensors)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return _cpu_launch_arch
+
+
+@contextlib.contextmanager
+def launching_for(arch: int | None):
+    global _cpu_launch_arch
+    saved, _cpu_launch_arch = _cpu_launch_arch, arch
+    try:
+        yield
+    finally:
+        _cpu_launch_arch = saved
+
+
+def fused_config(block_d: int, bias: bool = False, arch: int | None = None) -> TileConfig:
+    """The fused backward (dK/dV kernel with FUSED_DQ): dkdv_config's key tile, plus a BLOCK_M x
+    BLOCK_D fp32 dQ share per step (added to memory by a TMA reduce on sm_90). At head_dim 256 that
+    share made 32-query tiles spill on sm_80 (32/20 B); 16 queries do not.
+    On sm_90 (no TMA-reduce pointer tile, wgmma accumulators) larger tiles fit without spills
+    (bench/results/static-2026-12-07): at head_dim 128, 128 keys per program, so the score GEMMs are
+    m64n32 instead of m64n16 and each Q / dO tile serves twice the keys; at head_dim 64 the mask-free
+    interior loop. sm_80 keeps the smaller ones (88 B spilled at 128 keys)."""
+    if INTERPRETED:
+        return _INTERPRETER_DKDV
+    if arch is not None and arch >= 90 and not bias:
+        if block_d <= 64:
+            return TileConfig(32, 128, 8, 2, split_mask=True)
+        if block_d <= 128:
+            return TileConfig(32, 128, 8, 2, split_mask=False)
+    if block_d > 128:
+        return TileConfig(16, 32, 8, 2, split_mask=False)
+    return dkdv_config(block_d, bias)
 
 
 def dq_config(block_d: int) -> TileConfig:
@@ -134,6 +187,15 @@ def dkdv_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileCon
     else:
         extra = [TileConfig(16, 32, 4, 2)]
     return [default] + extra
+
+
+def fused_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileConfig]:
+    """The default, dK/dV's candidates, and each with the mask-free interior loop (split_mask)."""
+    default = fused_config(block_d, bias, arch)
+    if bias or INTERPRETED:
+        return [default]
+    tiles = [default] + [c for c in dkdv_candidates(block_d, arch) if c != default]
+    return tiles + [dataclasses.replace(c, split_mask=True) for c in tiles[:2]]
 
 
 def dq_candidates(block_d: int, arch: int) -> list[TileConfig]:

@@ -67,13 +67,12 @@ HARMLESS_KWARGS = frozenset({
     # Sequence index of each token of a packed batch, read by Mamba-style layers; attention gets the
     # boundaries from the varlen kwargs or the mask.
     "seq_idx",
-    # ModernBERT's FlashAttention flag; our backward is deterministic always (README, `deterministic`).
-    "deterministic",
 })
 # Keywords attention_forward reads from **kwargs: a warning once (output_attentions; no weights are
 # returned, as with transformers' sdpa / flash integrations), sinks, learned relative position bias,
 # packed sequences. Any keyword in neither list, with a value other than None, is refused (_check_kwargs).
-HANDLED_KWARGS = frozenset({"output_attentions", "s_aux", "position_bias", *VARLEN_KWARGS})
+# deterministic: ModernBERT's FlashAttention flag, passed on (README, `deterministic`).
+HANDLED_KWARGS = frozenset({"output_attentions", "s_aux", "position_bias", "deterministic", *VARLEN_KWARGS})
 
 _warned: set[str] = set()  # messages already warned in this process (a model calls us once per layer)
 
@@ -160,6 +159,7 @@ def attention_forward(
     _check_kwargs(module, kwargs)
     _check_head_dims(module, query, value)
     sinks, position_bias = kwargs.get("s_aux"), kwargs.get("position_bias")
+    deterministic = bool(kwargs.get("deterministic") or False)
     q_length, kv_length = query.shape[2], key.shape[2]
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
@@ -171,7 +171,8 @@ def attention_forward(
         is_causal = bool(is_causal)
         out = _packed_attention(query, key, value, kwargs, causal=is_causal, softmax_scale=scaling,
                                 window_size=_sliding_window(is_causal, sliding_window), dropout_p=float(dropout),
-                                softcap=float(softcap or 0.0), learnable_sink=sinks, backend=backend)
+                                softcap=float(softcap or 0.0), learnable_sink=sinks, deterministic=deterministic,
+                                backend=backend)
         return out, None
     # As transformers' sdpa: a given mask already holds causality, padding and the sliding window.
     is_causal = bool(q_length > 1 and attention_mask is None and is_causal)
@@ -187,7 +188,7 @@ def attention_forward(
     out = api.run(query, key, value, layout="bhsd", backend=backend,
                   return_lse=False, causal=is_causal, softmax_scale=scaling, window_size=window_size,
                   dropout_p=float(dropout), softcap=float(softcap or 0.0), attn_bias=bias,
-                  bias_name=bias_name, alignment="top_left", sinks=sinks)
+                  bias_name=bias_name, alignment="top_left", sinks=sinks, deterministic=deterministic)
     # out has q's memory layout; transformers' projections give bshd memory, so this is usually no copy.
     return out.transpose(1, 2).contiguous(), None
 
