@@ -447,7 +447,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
     common = dict(BLOCK_D=block_d, HAS_WINDOW=params.has_window, **dot_flags(q.dtype))
     bias = params.mods.bias is not None
     kv_cfg = fused_config(block_d, bias, launch_arch(q.device)) if fused else dkdv_config(block_d, bias)
-    dq_cfg = dq_config(block_d)
+    dq_cfg = dq_config(block_d, bias)
     # The key-block kernel streams Q tiles (each read once per key tile); dQ streams K tiles (once per
     # query tile).
     streamed_reads = triton.cdiv(params.seqlen_k, kv_cfg.block_n)
@@ -526,7 +526,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
                 accumulated.zero_()  # autotuning's timed launches added to it
         launch_dkdv(cfg)
     if params.seqlen_q > 0 and not fused:
-        launch_dq(autotune.pick("attention_bwd_dq", key, dq_cfg, lambda arch: dq_candidates(block_d, arch),
+        launch_dq(autotune.pick("attention_bwd_dq", key, dq_cfg, lambda arch: dq_candidates(block_d, arch, bias),
                                 launch_dq, q.device))
     if enc is not None:
         dq = encode(dq, enc, enc.q_positions, inverse=True, out=dq_user)

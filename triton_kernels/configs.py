@@ -137,14 +137,17 @@ def fused_config(block_d: int, bias: bool = False, arch: int | None = None) -> T
             return TileConfig(32, 128, 8, 2, split_mask=False)
     if block_d > 128:
         return TileConfig(16, 32, 8, 2, split_mask=False)
+    if bias:  # with 4 warps at head_dim 64 the dQ share spilled 8 B on sm_80
+        return TileConfig(32, 32, 8, 2, split_mask=False)
     return dkdv_config(block_d, bias)
 
 
-def dq_config(block_d: int) -> TileConfig:
-    """dQ kernel: a query tile stays resident while key tiles stream past it."""
+def dq_config(block_d: int, bias: bool = False) -> TileConfig:
+    """dQ kernel: a query tile stays resident while key tiles stream past it. bias: a 2-D bias tile
+    is loaded too; with it 128 queries at head_dim 64 spilled 16-52 B on sm_80."""
     if INTERPRETED:
         return _INTERPRETER_DQ
-    if block_d <= 64:
+    if block_d <= 64 and not bias:
         return TileConfig(128, 32, 8, 3)
     if block_d <= 128:
         return TileConfig(64, 32, 8, 3)
@@ -198,8 +201,10 @@ def fused_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileCo
     return tiles + [dataclasses.replace(c, split_mask=True) for c in tiles[:2]]
 
 
-def dq_candidates(block_d: int, arch: int) -> list[TileConfig]:
-    default = dq_config(block_d)
+def dq_candidates(block_d: int, arch: int, bias: bool = False) -> list[TileConfig]:
+    default = dq_config(block_d, bias)
+    if bias:
+        return [default]
     if INTERPRETED:
         return [default]
     if block_d <= 64:

@@ -133,7 +133,9 @@ def _ours(case: Case, device: torch.device) -> list[Peer]:
     if device.type == "cpu":
         return [Peer("torch", True, attention("torch")),
                 Peer("triton", True, attention("triton"), timed_on_cpu=False)]
-    peers = [Peer("triton", True, attention("triton"))]
+    # The default (fused, dQ by atomics) backward, and the atomic-free one deterministic=True runs.
+    peers = [Peer("triton", True, attention("triton")),
+             Peer("triton[deterministic]", True, attention("triton", deterministic=True))]
     if case.encoding != "none":  # the two ways the Triton backend can schedule the encoding of K
         peers += [Peer(f"triton[{s}]", True, attention("triton", pe_k_strategy=s)) for s in ("in_kernel", "prepass")]
     problem = _cuda_extension_problem()
