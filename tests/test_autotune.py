@@ -53,7 +53,7 @@ def test_calls_with_score_mods_or_another_layout_never_share_a_tuned_tile():
 def test_every_candidate_starts_with_the_default():
     for block_d in (32, 64, 128, 256):
         for arch in (80, 90):
-            assert configs.forward_candidates(block_d, arch)[0] == configs.forward_config(block_d)
+            assert configs.forward_candidates(block_d, arch)[0] == configs.forward_config(block_d, arch=arch)
             assert configs.dkdv_candidates(block_d, arch)[0] == configs.dkdv_config(block_d)
             assert configs.dq_candidates(block_d, arch)[0] == configs.dq_config(block_d)
 

@@ -20,8 +20,9 @@ from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
 from .common import (INTERPRETED, LOG2E, bsh_strides, check_launch_limits, dot_flags, dropout_args, dropout_keep,
-                     ensure_scratch_allocator, head_dim_block, interior_key_blocks, interior_query_blocks, keep_mask,
-                     key_block_range, load_tile, query_block_range, sequence_args, sequence_bounds, tile_dot)
+                     descriptor_ready, ensure_scratch_allocator, head_dim_block, interior_key_blocks,
+                     interior_query_blocks, keep_mask, key_block_range, load_rows, load_tile, query_block_range,
+                     sequence_args, sequence_bounds, tile_dot, tile_source)
 from . import autotune
 from .configs import (dkdv_candidates, dkdv_config, dq_candidates, dq_config, fused_candidates, fused_config,
                       launch_arch)
@@ -96,8 +97,9 @@ def bias_gradient(ds_t, dbias_base, dbias_keys, offs_m, offs_n, seqlen_q, seqlen
 
 
 @triton.jit
-def key_block_step(start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, dq_desc, geometry, scalars,
-                   pe, mods, dbias_at, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+def key_block_step(start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc,
+                   geometry, scalars, pe, mods, dbias_at, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                   MASKED: tl.constexpr, STREAM_TMA: tl.constexpr,
                    FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                    FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr, Q_PE_KIND: tl.constexpr,
                    PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
@@ -118,9 +120,12 @@ def key_block_step(start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, 
     softmax_scale, qk_scale_log2, dropout_p, dropout_scale, dropout_seed = scalars
     dbias_base, dbias_stride_m, dbias_stride_n = dbias_at
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = load_encoded_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, q_pos, pe,
-                          Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
-    dout = load_tile(do_base, offs_m, offs_d, stride_dos, seqlen_q, head_dim)
+    if STREAM_TMA:  # q needs no encoding here (the launcher's condition)
+        q = load_rows(q_src, start_m, offs_m, offs_d, stride_qs, seqlen_q, head_dim, True)
+    else:
+        q = load_encoded_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, q_pos, pe,
+                              Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+    dout = load_rows(do_src, start_m, offs_m, offs_d, stride_dos, seqlen_q, head_dim, STREAM_TMA)
     lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
     raw_t = tile_dot(k_tile, tl.trans(q), tl.zeros([k_tile.shape[0], BLOCK_M], dtype=tl.float32),
                      FP32_OPERANDS, PRECISION)
@@ -183,7 +188,7 @@ def attention_bwd_dkdv_kernel(
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, DBIAS_KIND: tl.constexpr, FUSED_DQ: tl.constexpr,
-    DQ_TMA: tl.constexpr, SPLIT_MASK: tl.constexpr,
+    DQ_TMA: tl.constexpr, SPLIT_MASK: tl.constexpr, STREAM_TMA: tl.constexpr,
 ):
     """One program per key block (of one KV head and sequence): K and V stay on chip while the query
     blocks that see them stream past, over every query head of the GQA group (group gradients summed
@@ -235,6 +240,8 @@ def attention_bwd_dkdv_kernel(
                   dq_ptr + dq_plane.to(tl.int64) * dq_rows * BLOCK_D, dq_plane, q_start,
                   stride_qs, stride_dos, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s),
                   lse_ptr, delta_ptr, batch * stride_lse_b + head * stride_lse_h + q_start)
+        q_src = tile_source(stream[0], seqlen_q, head_dim, stride_qs, BLOCK_M, BLOCK_D, STREAM_TMA)
+        do_src = tile_source(stream[1], seqlen_q, head_dim, stride_dos, BLOCK_M, BLOCK_D, STREAM_TMA)
         mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
                          bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
         dbias_at = (dbias_ptr + batch * dbias_stride_b + head * dbias_stride_h, dbias_stride_m, dbias_stride_n)
@@ -247,13 +254,13 @@ def attention_bwd_dkdv_kernel(
             if SPLIT_MASK:
                 start_m = tl.where(i < n_before, start_m, full_hi + (i - n_before) * BLOCK_M)
             dk, dv, dbias_keys = key_block_step(
-                start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, dq_desc, geometry, scalars, pe,
-                mods, dbias_at, BLOCK_M, BLOCK_D, True, FUSED_DQ, DQ_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION,
+                start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc, geometry,
+                scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, True, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION,
                 Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
         for start_m in range(full_lo, full_hi, BLOCK_M):
             dk, dv, dbias_keys = key_block_step(
-                start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, dq_desc, geometry, scalars, pe,
-                mods, dbias_at, BLOCK_M, BLOCK_D, False, FUSED_DQ, DQ_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION,
+                start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc, geometry,
+                scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, False, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION,
                 Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
         if DBIAS_KIND == 3:  # DBIAS_PER_KEY
             tl.atomic_add(dbias_at[0] + offs_n.to(tl.int64) * dbias_stride_n, dbias_keys, mask=offs_n < seqlen_k)
@@ -268,8 +275,9 @@ def attention_bwd_dkdv_kernel(
 
 
 @triton.jit
-def query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, geometry, scalars, pe, mods,
-                     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr,
+def query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars, pe,
+                     mods, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, STREAM_TMA: tl.constexpr,
+                     HAS_WINDOW: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
                      K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                      HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr):
@@ -279,9 +287,12 @@ def query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, g
     seqlen_q, seqlen_k, seqlen_k_max, head_dim, diag_offset, window_left, window_right = geometry
     softmax_scale, qk_scale_log2, dropout_p, dropout_scale, dropout_seed = scalars
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
-                               K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
-    v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
+    if STREAM_TMA:  # k needs no encoding here (the launcher's condition)
+        k_tile = load_rows(k_src, start_n, offs_n, offs_d, stride_ks, seqlen_k, head_dim, True)
+    else:
+        k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
+                                   K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+    v_tile = load_rows(v_src, start_n, offs_n, offs_d, stride_vs, seqlen_k, head_dim, STREAM_TMA)
     raw = tile_dot(q, tl.trans(k_tile), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
     s, dcap = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2,
                               mods, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
@@ -319,7 +330,7 @@ def attention_bwd_dq_kernel(
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, STREAM_TMA: tl.constexpr,
 ):
     """dQ without atomics (deterministic=True): one program per query block keeps Q, dO and dQ on chip
     while the visible key blocks stream past."""
@@ -348,6 +359,8 @@ def attention_bwd_dq_kernel(
     stream = (k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks,
               v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs,
               stride_ks, stride_vs, (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), row_offset)
+    k_src = tile_source(stream[0], seqlen_k, head_dim, stride_ks, BLOCK_N, BLOCK_D, STREAM_TMA)
+    v_src = tile_source(stream[1], seqlen_k, head_dim, stride_vs, BLOCK_N, BLOCK_D, STREAM_TMA)
     geometry = (seqlen_q, seqlen_k, seqlen_k_max, head_dim, diag_offset, window_left, window_right)
     scalars = (softmax_scale, qk_scale_log2, dropout_p, dropout_scale, dropout_seed)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -358,16 +371,16 @@ def attention_bwd_dq_kernel(
     full_lo, full_hi = interior_key_blocks(lo, hi, pid_m * BLOCK_M, seqlen_q, seqlen_k, diag_offset, window_left,
                                            window_right, BLOCK_M, BLOCK_N, HAS_WINDOW)
     for start_n in range(lo, full_lo, BLOCK_N):
-        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, geometry, scalars, pe, mods,
-                              BLOCK_N, True, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
+        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars,
+                              pe, mods, BLOCK_N, True, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
                               PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, geometry, scalars, pe, mods,
-                              BLOCK_N, False, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
+        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars,
+                              pe, mods, BLOCK_N, False, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
                               PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
     for start_n in range(full_hi, hi, BLOCK_N):
-        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, geometry, scalars, pe, mods,
-                              BLOCK_N, True, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
+        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars,
+                              pe, mods, BLOCK_N, True, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
                               PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
     dq = dq * softmax_scale
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + q_start * stride_dqs
@@ -498,7 +511,7 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
                 *dq_args.values(), *scalars,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 kv_head_base=head_base, batch_base=batch_base, FUSED_DQ=fused, DQ_TMA=dq_tma,
-                SPLIT_MASK=cfg.split_mask,
+                SPLIT_MASK=cfg.split_mask, STREAM_TMA=stream_tma_kv,
                 **dbias_args, **common, **pe, **mods_args, **seq_args,
             )
 
@@ -507,14 +520,21 @@ def attention_backward(dout, q, k, v, out, lse, scratch, params: AttentionParams
             q, k, v, dout, lse, delta, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq), *scalars,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            **common, **pe, **mods_args, **seq_args,
+            STREAM_TMA=stream_tma_dq, **common, **pe, **mods_args, **seq_args,
         )
 
     # The dQ atomics go through a tensor descriptor on GPUs (TMA reduce on sm_90; Triton lowers it to
     # plain atomics before Hopper), through pointers under the interpreter, which has no descriptor
     # reduce.
     dq_tma = fused and not INTERPRETED
-    if dq_tma and q.is_cuda:
+    # The streamed tiles (Q and dO past a key tile; K and V past a query tile) are loaded through
+    # tensor descriptors (TMA) on sm_90 where their layout allows it and they need no encoding in the
+    # kernel; also under the interpreter, so CI runs that path. Otherwise through pointers.
+    arch = launch_arch(q.device)
+    descriptors = INTERPRETED or (arch is not None and arch >= 90)
+    stream_tma_kv = descriptors and pe["Q_PE_KIND"] == 0 and descriptor_ready(q, dout)
+    stream_tma_dq = descriptors and pe["K_PE_KIND"] == 0 and descriptor_ready(k, v)
+    if (dq_tma or stream_tma_kv or stream_tma_dq) and (q.is_cuda or INTERPRETED):
         ensure_scratch_allocator()
     if params.seqlen_k > 0:
         kv_key = key if dbias is None else f"{key} dbias"  # the bias-gradient code is part of the kernel

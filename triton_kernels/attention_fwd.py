@@ -13,11 +13,12 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (LN2, LOG2E, check_launch_limits, dot_flags, dropout_args, dropout_keep, head_dim_block,
-                     bsh_strides, kv_row_offsets, sequence_args, sequence_bounds,
-                     keep_mask, key_block_range, load_tile, tile_dot)
+from .common import (LN2, LOG2E, INTERPRETED, check_launch_limits, descriptor_ready, dot_flags, dropout_args,
+                     dropout_keep, ensure_scratch_allocator, head_dim_block, bsh_strides, interior_key_blocks,
+                     kv_row_offsets, sequence_args, sequence_bounds, keep_mask, key_block_range, load_rows,
+                     load_tile, tile_dot, tile_source)
 from . import autotune
-from .configs import forward_candidates, forward_config, packs_gqa
+from .configs import forward_candidates, forward_config, launch_arch, packs_gqa
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
 from .score_mods import head_mods, modified_scores, score_mod_args, sink_args
@@ -25,7 +26,7 @@ from .split_merge import merge_splits
 
 
 @triton.jit
-def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
+def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
                       window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
                       drop_row_length,
@@ -35,7 +36,12 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
                       K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                       HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
-                      PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr):
+                      PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr, MASKED: tl.constexpr,
+                      STREAM_TMA: tl.constexpr):
+    """Key blocks [lo, hi) into the running (acc, m_i, l_i). Not MASKED: the caller knows every query
+    of the tile sees every key of these blocks (common.interior_key_blocks), so the causal / window /
+    left-padding mask and its -inf guard are not computed. STREAM_TMA: K and V tiles come from the
+    tensor descriptors k_src, v_src (TMA on sm_90), not through pointers."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         # Rows before k_first (cache_leftpad) are padding, which may hold anything: V reads them as 0,
@@ -46,6 +52,9 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
             v_rows = kv_row_offsets(offs_n, k_first, seqlen_k, paging, stride_vpage, stride_vs, PAGED)
             k_tile = tl.load(k_base + k_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
             v_tile = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tile_mask, other=0.0)
+        elif STREAM_TMA:  # no encoding, paging or left padding here (the launcher's condition)
+            k_tile = load_rows(k_src, start_n, offs_n, offs_d, stride_ks, seqlen_k, head_dim, True)
+            v_tile = load_rows(v_src, start_n, offs_n, offs_d, stride_vs, seqlen_k, head_dim, True)
         else:
             k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
                                        K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
@@ -59,13 +68,17 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
         raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
         s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
                                HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
-        keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW)
-        if HAS_LEFTPAD:  # keys before k_first are padding
-            keep = keep & (offs_n[None, :] >= k_first)
-        s = tl.where(keep, s, float("-inf"))
+        if MASKED:
+            keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left,
+                             window_right, HAS_WINDOW)
+            if HAS_LEFTPAD:  # keys before k_first are padding
+                keep = keep & (offs_n[None, :] >= k_first)
+            s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # A row with nothing visible yet keeps max -inf; subtracting 0 there keeps exp2 at 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        m_safe = m_new
+        if MASKED or BIAS_KIND != 0:  # (a boolean or -inf bias can hide a whole row of an interior block)
+            # A row with nothing visible yet keeps max -inf; subtracting 0 there keeps exp2 at 0, not NaN.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_safe[:, None])
         # Rescale what was accumulated under the old max to the new one.
         alpha = tl.math.exp2(m_i - m_safe)
@@ -98,12 +111,15 @@ def attention_fwd_kernel(
     Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr,
-    PACK_GQA: tl.constexpr, SPLIT_K: tl.constexpr, HAS_SINKS: tl.constexpr,
+    PACK_GQA: tl.constexpr, SPLIT_K: tl.constexpr, HAS_SINKS: tl.constexpr, SPLIT_MASK: tl.constexpr,
+    STREAM_TMA: tl.constexpr,
 ):
     # Split-K (flash-decoding): num_splits programs share a query tile, each over a slice of its key
     # blocks, writing a partial (out, lse) that attention_forward merges. num_splits = 1: no split.
     pid_m = tl.program_id(0) // num_splits
     split = tl.program_id(0) % num_splits
+    if HAS_WINDOW:  # causal: the last query blocks see the most keys; start them first (no short last wave)
+        pid_m = tl.num_programs(0) // num_splits - 1 - pid_m
     batch = tl.program_id(2).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
     seqlen_k_max = seqlen_k  # the dropout counter's row length: the same for every sequence
     q_start, k_start, seqlen_q, seqlen_k, k_rows, diag_offset = sequence_bounds(
@@ -160,9 +176,24 @@ def attention_fwd_kernel(
     if HAS_LEFTPAD:  # the first visible key bounds the key blocks too, before they are split
         k_first = tl.load(leftpad_k_ptr + batch)
         lo = tl.maximum(lo, k_first // BLOCK_N * BLOCK_N)
+    # Interior key blocks (no mask work), from the whole range: split-K slices keep block alignment.
+    full_lo, full_hi = interior_key_blocks(lo, hi, m_first, seqlen_q, seqlen_k, diag_offset, window_left,
+                                           window_right, BLOCK_M, BLOCK_N, HAS_WINDOW)
+    if HAS_LEFTPAD:  # blocks holding padding keys are edges
+        full_lo = tl.minimum(tl.maximum(full_lo, (k_first + BLOCK_N - 1) // BLOCK_N * BLOCK_N), hi)
+        full_hi = tl.maximum(full_hi, full_lo)
+    if PACK_GQA:  # rows past the last query's heads (offs_r >= seqlen_q * group_size) need the mask
+        if (pid_m + 1) * BLOCK_M > seqlen_q * group_size:
+            full_lo = hi
+            full_hi = hi
     per_split = tl.cdiv(tl.cdiv(hi - lo, BLOCK_N), num_splits) * BLOCK_N
     lo = lo + split * per_split
     hi = tl.minimum(hi, lo + per_split)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    if not SPLIT_MASK:  # every block through the masked loop (one copy of the loop's code)
+        full_lo = hi
+        full_hi = hi
     if PAGED:  # stride_kb / stride_vb are the page strides; the block table says where rows live
         # (a packed batch's keys too: its cu_seqlens_k give lengths, not rows, of paged keys)
         k_base = k_ptr + kv_head * stride_kh
@@ -170,16 +201,39 @@ def attention_fwd_kernel(
     else:
         k_base = k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks
         v_base = v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs
+    mods = head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
+                     bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
+    k_src = tile_source(k_base, seqlen_k, head_dim, stride_ks, BLOCK_N, BLOCK_D, STREAM_TMA)
+    v_src = tile_source(v_base, seqlen_k, head_dim, stride_vs, BLOCK_N, BLOCK_D, STREAM_TMA)
+    # The edge blocks before the interior (window's left edge, left padding), the interior, the edge
+    # blocks after it (causal diagonal, window's right edge, the last partial block).
     acc, m_i, l_i = _attend_key_tiles(
-        acc, m_i, l_i, q, k_base, v_base, offs_m, offs_d, lo, hi,
+        acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, lo, full_lo,
         stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
         (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
         dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
-        head_mods((softcap_scale, softcap_log2, alibi_ptr, alibi_stride_b, alibi_stride_h,
-                  bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI),
+        mods,
         (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
         BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
-        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD)
+        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, True, STREAM_TMA)
+    acc, m_i, l_i = _attend_key_tiles(
+        acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, full_lo, full_hi,
+        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
+        (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
+        dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
+        mods,
+        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
+        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
+        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, False, STREAM_TMA)
+    acc, m_i, l_i = _attend_key_tiles(
+        acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, full_hi, hi,
+        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
+        (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
+        dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
+        mods,
+        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
+        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
+        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, True, STREAM_TMA)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0
@@ -239,7 +293,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     if params.seqlen_q == 0 or params.batch == 0 or params.nheads_q == 0:
         return out, lse_log2, (lse_log2,)
     block_d = head_dim_block(params.head_dim)
-    cfg = forward_config(block_d, bias=params.mods.bias is not None, seqlen_q=params.seqlen_q)
+    arch = launch_arch(q.device)
+    cfg = forward_config(block_d, bias=params.mods.bias is not None, seqlen_q=params.seqlen_q, arch=arch)
     pack, rows, heads = _query_layout(params)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
     streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(rows, cfg.block_m))
@@ -254,6 +309,14 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     out_view = out_part if splits == 1 else out_part[0]
     paging = paging_args(params, q)
     paged = params.paged is not None
+    leftpad = leftpad_args(params, q)
+    # K / V tiles through tensor descriptors (TMA) on sm_90 where the layout allows it and K needs no
+    # encoding in the kernel (and under the interpreter, so CI runs that path); paged or left-padded
+    # caches keep their gathered / masked pointer loads.
+    stream_tma = ((INTERPRETED or (arch is not None and arch >= 90)) and not paged and not leftpad["HAS_LEFTPAD"]
+                  and pe_args["K_PE_KIND"] == 0 and descriptor_ready(streams.k, v))
+    if stream_tma and (q.is_cuda or INTERPRETED):
+        ensure_scratch_allocator()
 
     def launch(cfg):
         grid = (triton.cdiv(rows, cfg.block_m) * splits, heads, params.batch)
@@ -267,8 +330,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             **dropout_args(params),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, HAS_WINDOW=params.has_window,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
-            **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad_args(params, q),
-            **sink_args(params, q),
+            **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad,
+            **sink_args(params, q), SPLIT_MASK=cfg.split_mask, STREAM_TMA=stream_tma,
             PACK_GQA=pack, SPLIT_K=splits > 1, num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
             stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )

@@ -23,6 +23,37 @@ def load_tile(base, offs_s, offs_d, stride_s, seqlen, head_dim):
 
 
 @triton.jit
+def tile_source(base, seqlen, head_dim, stride_s, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                USE_DESCRIPTOR: tl.constexpr):
+    """What load_rows reads (BLOCK_S, BLOCK_D) tiles of a (seqlen, head_dim) slab from: a tensor
+    descriptor (TMA loads on sm_90: no per-element address registers, the copy lands in shared
+    memory; the launcher checks its 16-byte alignment rules) or the slab's base pointer."""
+    source = base  # (one return: Triton checks that every return has one type)
+    if USE_DESCRIPTOR:
+        source = tl.make_tensor_descriptor(base, shape=[seqlen, head_dim], strides=[stride_s, 1],
+                                           block_shape=[BLOCK_S, BLOCK_D])
+    return source
+
+
+@triton.jit
+def load_rows(source, start, offs_s, offs_d, stride_s, seqlen, head_dim, USE_DESCRIPTOR: tl.constexpr):
+    """Rows [start, start + BLOCK_S) of a tile_source, as load_tile: rows past seqlen and columns past
+    head_dim read 0 (the descriptor's bounds zero-fill them)."""
+    if USE_DESCRIPTOR:  # if / else: code after a constexpr-if's return is still compiled
+        tile = source.load([start, 0])
+    else:
+        tile = load_tile(source, offs_s, offs_d, stride_s, seqlen, head_dim)
+    return tile
+
+
+def descriptor_ready(*tensors: torch.Tensor) -> bool:
+    """Whether tensor descriptors (TMA) may address these tensors' tiles: every stride but the last (1)
+    and the base address are multiples of 16 bytes."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in tensors)
+
+
+@triton.jit
 def keep_mask(q_idx, k_idx, seqlen_q, seqlen_k, diag_offset, window_left, window_right, HAS_WINDOW: tl.constexpr):
     """True where query q_idx may see key k_idx (both already broadcast to the tile's shape).
     diag_offset: key position of query 0 (seqlen_k - seqlen_q bottom-right, 0 top-left)."""
@@ -146,7 +177,7 @@ def tile_dot(a, b, acc, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr):
 
 
 def _torch_scratch(size: int, alignment: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
+    return torch.empty(size, dtype=torch.int8, device="cpu" if INTERPRETED else "cuda")
 
 
 def ensure_scratch_allocator() -> None:

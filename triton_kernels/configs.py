@@ -58,9 +58,12 @@ _INTERPRETER_DKDV = TileConfig(16, 32, 4, 1)
 _INTERPRETER_DQ = TileConfig(32, 16, 4, 1)
 
 
-def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None) -> TileConfig:
+def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None,
+                   arch: int | None = None) -> TileConfig:
     """bias: an attention-bias tile is loaded too (its 2-D pointer tile costs registers). seqlen_q:
-    the call's (longest) query count; decoding lengths get decode tiles (DECODE_MAX_SEQLEN_Q)."""
+    the call's (longest) query count; decoding lengths get decode tiles (DECODE_MAX_SEQLEN_Q). arch:
+    the GPU (launch_arch). split_mask: the key loop's mask-free interior blocks run in a second copy
+    of the loop (attention_fwd_kernel SPLIT_MASK), where that compiles without spills."""
     if INTERPRETED:
         return _INTERPRETER_DECODE if is_decode(seqlen_q) else _INTERPRETER_FORWARD
     if is_decode(seqlen_q):  # 4 warps share the 16 rows; K/V tiles as wide as registers allow
@@ -73,8 +76,14 @@ def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None
         return TileConfig(16, 16, 4, 2) if bias else TileConfig(16, 32, 4, 2)
     if bias and block_d == 128:
         return TileConfig(128, 32, 8, 3)
+    if block_d <= 64:  # with a bias (score-mods) the interior loop spilled 32 B on sm_80
+        return TileConfig(128, 64, 8, 3, split_mask=not bias or (arch is not None and arch >= 90))
     if block_d <= 128:
-        return TileConfig(128, 64, 8, 3)
+        if arch is not None and arch >= 90:
+            # K/V through TMA (no pointer tiles): 128 x 128 fits, 254 registers, 0 spills, wgmma
+            # m64n128 for both GEMMs (bench/results/static-2026-12-07).
+            return TileConfig(128, 128, 8, 2)
+        return TileConfig(128, 64, 8, 3, split_mask=False)  # the interior loop spilled 36 B on sm_80
     return TileConfig(64, 32, 8, 2)
 
 
@@ -135,8 +144,8 @@ def fused_config(block_d: int, bias: bool = False, arch: int | None = None) -> T
             return TileConfig(32, 128, 8, 2, split_mask=True)
         if block_d <= 128:
             return TileConfig(32, 128, 8, 2, split_mask=False)
-    if block_d > 128:
-        return TileConfig(16, 32, 8, 2, split_mask=False)
+    if block_d > 128:  # with a bias, 16 x 32 spilled 4 B on sm_90; 16 x 16 does not
+        return TileConfig(16, 16 if bias else 32, 8, 2, split_mask=False)
     if bias:  # with 4 warps at head_dim 64 the dQ share spilled 8 B on sm_80
         return TileConfig(32, 32, 8, 2, split_mask=False)
     return dkdv_config(block_d, bias)
@@ -159,7 +168,7 @@ def dq_config(block_d: int, bias: bool = False) -> TileConfig:
 # 164 KB), so it gets the deeper / wider variants; a candidate that does not fit is skipped at run
 # time. tests/test_autotune.py checks every candidate against the reference on a GPU.
 def forward_candidates(block_d: int, arch: int, bias: bool = False, seqlen_q: int | None = None) -> list[TileConfig]:
-    default = forward_config(block_d, bias, seqlen_q)
+    default = forward_config(block_d, bias, seqlen_q, arch)
     if bias:
         return [default]
     if INTERPRETED:
@@ -171,7 +180,7 @@ def forward_candidates(block_d: int, arch: int, bias: bool = False, seqlen_q: in
         extra = [TileConfig(128, 128, 8, 2), TileConfig(128, 64, 4, 3), TileConfig(64, 64, 4, 4)]
     elif block_d <= 128:
         extra = [TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 3)]
-        extra += [TileConfig(128, 128, 8, 2)] if arch >= 90 else []
+        extra += [TileConfig(128, 64, 8, 3), TileConfig(128, 128, 8, 2, split_mask=False)] if arch >= 90 else []
     else:
         extra = [TileConfig(64, 64, 8, 2), TileConfig(32, 32, 4, 2)]
     return [default] + extra
