@@ -4,7 +4,9 @@
 #      and 128, seqlen 1k/4k/16k (16k tokens a batch), causal and not, our Triton kernels (the fused
 #      default backward and deterministic=True) against SDPA's FlashAttention-2 and cuDNN backends in
 #      the same run;
+#      then the forward with fused RoPE against RoPE + SDPA;
 #   2. then the backward's tests on the GPU (both schedules, the TMA dQ reduce, every feature).
+# Decoding has its own script (bench/gpu_decode.sh).
 # Writes into ${OUT:-bench/results/<gpu>-<date>}: gpu.txt (GPU, driver, torch, triton), bench-*.txt/json,
 # tests.txt. Run from the repository root: bash bench/gpu_perf.sh
 set -uo pipefail
@@ -24,6 +26,13 @@ for d in 128 64; do
     > "$out/bench-d$d.txt" 2> "$out/bench-d$d.log"
   tail -40 "$out/bench-d$d.txt"
 done
+# The forward with RoPE fused (in the kernel / the pre-pass) against RoPE as a separate kernel or eager
+# ops + SDPA (the fused-RoPE targets), causal, head_dim 128.
+timeout "${ROPE_TIMEOUT:-60}" python3 -m flashattn_py.bench --head-dim 128 --dtype bf16 --seqlens 1024 4096 16384 \
+  --hidden 2048 --tokens 16384 --causal yes --modes fwd --encoding rope \
+  --peers triton 'triton[in_kernel]' 'triton[prepass]' rope_kernel+sdpa torch_rope+sdpa \
+  --out "$out" --name attention-bf16-d128-rope > "$out/bench-rope.txt" 2> "$out/bench-rope.log"
+tail -15 "$out/bench-rope.txt"
 timeout "${TEST_TIMEOUT:-120}" python3 -m pytest -q -n 16 -p no:cacheprovider tests/test_backward_schedules.py \
   tests/test_attention.py tests/test_sinks_and_bias_grad.py tests/test_score_mods.py -k "triton or schedules" \
   > "$out/tests.txt" 2>&1

@@ -39,11 +39,14 @@ class KernelFacts:
     # a narrow N (n16, n32) does little MMA work per issued instruction and per accumulator wait.
     wgmma_shapes: dict[str, int] = field(default_factory=dict)
     tma_instructions: int = 0  # cp.async.bulk.tensor (TMA loads, stores and reductions)
+    # The innermost loops of the SASS (the kernels' key or query loops), in code order, each as
+    # {"instructions", "mma", "memory", "alu"} static counts (sass_loops).
+    loops: tuple = ()
 
 
 def compile_facts(fn, signature: dict[str, str], constexprs: dict[str, object], arch: int,
                   num_warps: int = 4, num_stages: int = 2,
-                  divisible_by_16: Iterable[str] | None = None) -> KernelFacts:
+                  divisible_by_16: Iterable[str] | None = None, loops: bool = False) -> KernelFacts:
     """Compile ``fn`` for ``sm_{arch}`` (sm_90a for 90) and report static facts.
 
     ``signature`` maps runtime argument names to Triton types ("*fp16",
@@ -56,6 +59,8 @@ def compile_facts(fn, signature: dict[str, str], constexprs: dict[str, object], 
     and sizes that are multiples of 16). Loads are only vectorised with these
     hints, so without them the facts would not match a real launch. Default:
     every pointer argument; pass the names explicitly to add ints (strides).
+
+    ``loops``: also disassemble the cubin and count its innermost loops' instructions (sass_loops).
     """
     from triton.runtime.interpreter import InterpretedFunction
     if isinstance(fn, InterpretedFunction):
@@ -91,6 +96,7 @@ def compile_facts(fn, signature: dict[str, str], constexprs: dict[str, object], 
         mma_instructions={p: ptx.count(p) for p in MMA_PATTERNS},
         wgmma_shapes=wgmma_shapes(ptx),
         tma_instructions=ptx.count("cp.async.bulk.tensor") + ptx.count("cp.reduce.async.bulk.tensor"),
+        loops=sass_loops(kernel.asm["cubin"]) if loops and "cubin" in kernel.asm else (),
     )
 
 
@@ -146,3 +152,50 @@ def theoretical_occupancy(arch: int, registers: int, shared_bytes: int, num_warp
     by_smem = lim["smem"] // smem
     blocks = min(by_regs, by_smem, lim["blocks"], lim["warps"] // num_warps)
     return blocks * num_warps / lim["warps"]
+
+
+# SASS opcode classes for sass_loops (the opcode before its first '.'); anything else is "alu":
+# arithmetic, compares, selects, conversions, moves, address math, shuffles, MUFU (exp2, rcp).
+_MMA_OPS = {"HMMA", "HGMMA", "IMMA", "IGMMA", "BMMA", "QGMMA", "DMMA"}
+_MEMORY_OPS = {"LDG", "STG", "LDS", "STS", "LDSM", "STSM", "LDGSTS", "LDGDEPBAR", "LD", "ST", "LDL", "STL",
+               "RED", "REDG", "ATOM", "ATOMG", "ATOMS", "UTMALDG", "UTMASTG", "UTMAREDG", "UTMAPF", "UTMACCTL",
+               "UBLKCP", "UBLKRED", "SYNCS", "FENCE", "MEMBAR", "CCTL"}
+_CONTROL_OPS = {"BRA", "BRX", "JMP", "JMX", "CALL", "RET", "EXIT", "BAR", "BSSY", "BSYNC", "WARPSYNC", "NOP", "YIELD",
+                "DEPBAR", "WARPGROUP", "ARRIVES", "BPT", "ERRBAR", "ELECT", "NANOSLEEP", "VOTEU", "PREEXIT", "ACQBULK"}
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z0-9_]+)([^;]*);")
+_MIN_LOOP = 16  # shorter backward branches are barrier spin-waits, not loops over tiles
+
+
+def sass_loops(cubin: bytes) -> tuple:
+    """Static instruction counts of the innermost loops of a cubin's SASS (Triton's bundled cuobjdump).
+
+    A loop is a backward branch over at least _MIN_LOOP instructions; innermost: no other such loop
+    inside it. Each is counted by class: tensor-core MMAs, memory (loads, stores, TMA, barriers on
+    them), control, and the rest, "alu": the non-MMA work that, divided by the loop's scores per
+    thread, says what a key block costs besides its matmuls (mask, softmax, conversions, addresses).
+    Empty when cuobjdump is missing."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return ()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True).stdout
+    code = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(_SASS_LINE.search, sass.splitlines()) if m]
+    index = {addr: i for i, (addr, _, _) in enumerate(code)}
+    spans = []
+    for i, (addr, op, operands) in enumerate(code):
+        target = re.search(r"0x([0-9a-f]+)", operands) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr and int(target.group(1), 16) in index:
+            start = index[int(target.group(1), 16)]
+            if i - start >= _MIN_LOOP:
+                spans.append((start, i))
+    innermost = [a for a in spans if not any(b != a and a[0] <= b[0] and b[1] <= a[1] for b in spans)]
+    loops = []
+    for start, end in sorted(innermost):
+        ops = [op for _, op, _ in code[start:end + 1]]
+        mma = sum(op in _MMA_OPS for op in ops)
+        memory = sum(op in _MEMORY_OPS for op in ops)
+        control = sum(op in _CONTROL_OPS for op in ops)
+        loops.append({"instructions": len(ops), "mma": mma, "memory": memory, "alu": len(ops) - mma - memory - control})
+    return tuple(loops)

@@ -330,11 +330,11 @@ class KernelRow:
     facts: KernelFacts
 
 
-def _compile(launch: KernelLaunch, arch: int, head_dim: int) -> KernelFacts:
+def _compile(launch: KernelLaunch, arch: int, head_dim: int, loops: bool = False) -> KernelFacts:
     fn = getattr(importlib.import_module(launch.module), launch.kernel)
     return compile_facts(fn, launch.signature, launch.constexprs, arch, num_warps=launch.num_warps,
                          num_stages=launch.num_stages,
-                         divisible_by_16=divisible_by_16(launch.signature, head_dim))
+                         divisible_by_16=divisible_by_16(launch.signature, head_dim), loops=loops)
 
 
 def _row(launch: KernelLaunch, arch: int, dtype: str, head_dim: int, has_window: bool, pe: str,
@@ -357,7 +357,7 @@ def attention_kernel_facts(arch: int, dtype: str, head_dim: int, has_window: boo
     return [r.facts for r in attention_kernel_rows(arch, dtype, head_dim, has_window, pe)]
 
 
-def report_rows(cases, jobs: int = 1) -> list[KernelRow]:
+def report_rows(cases, jobs: int = 1, loops: bool = False) -> list[KernelRow]:
     """Rows for each (arch, dtype, head_dim, has_window, pe) case; kernels that a case's mask or
     encoding does not change (the preprocess kernel) are compiled and listed once per (arch, dtype,
     head_dim). ``jobs`` > 1 compiles in that many worker processes."""
@@ -373,14 +373,26 @@ def report_rows(cases, jobs: int = 1) -> list[KernelRow]:
     if jobs > 1 and len(todo) > 1:
         # spawn, not fork: this process has imported torch (threads); workers only compile.
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            facts = list(pool.map(_compile, *zip(*[(t[0], t[1], t[3]) for t in todo])))
+            facts = list(pool.map(_compile, *zip(*[(t[0], t[1], t[3], loops) for t in todo])))
     else:
-        facts = [_compile(launch, arch, head_dim) for launch, arch, _, head_dim, _, _ in todo]
+        facts = [_compile(launch, arch, head_dim, loops) for launch, arch, _, head_dim, _, _ in todo]
     return [_row(*t, f) for t, f in zip(todo, facts)]
+
+
+def alu_per_score(r: KernelRow) -> list[float]:
+    """Each innermost loop's non-MMA, non-memory SASS instructions (KernelFacts.loops) per score
+    element a thread computes in one iteration (BLOCK_M x BLOCK_N scores over the program's threads):
+    the mask, softmax, conversion and address work a tile pair costs besides its matmuls. Static
+    counts: a loop's body once, whatever its trip count."""
+    if r.block_n is None:
+        return []
+    scores = r.block_m * r.block_n / (32 * r.num_warps)
+    return [loop["alu"] / scores for loop in r.facts.loops]
 
 
 def _row_json(r: KernelRow) -> dict:
     d = asdict(r)
+    d["alu_per_score"] = alu_per_score(r)
     d["facts"] = asdict(r.facts)
     d["occupancy"] = theoretical_occupancy(r.arch, r.facts.registers, r.facts.shared_bytes, r.num_warps)
     return d
@@ -388,7 +400,7 @@ def _row_json(r: KernelRow) -> dict:
 
 def format_table(rows: list[KernelRow]) -> str:
     head = ("kernel", "arch", "dtype", "hdim", "causal", "pe", "M", "N", "D", "warps", "stages", "regs",
-            "spill st/ld", "smem", "occ", "mma.sync", "wgmma", "ldmatrix", "tma", "wgmma shapes")
+            "spill st/ld", "smem", "occ", "mma.sync", "wgmma", "ldmatrix", "tma", "alu/score by loop", "wgmma shapes")
     lines = []
     for r in rows:
         f, mma = r.facts, r.facts.mma_instructions
@@ -399,6 +411,7 @@ def format_table(rows: list[KernelRow]) -> str:
                       str(f.shared_bytes), f"{theoretical_occupancy(r.arch, f.registers, f.shared_bytes, r.num_warps):.0%}",
                       str(mma.get("mma.sync", 0)), str(mma.get("wgmma.mma_async", 0)),
                       str(mma.get("ldmatrix", 0)), str(f.tma_instructions),
+                      " ".join(f"{x:.1f}" for x in alu_per_score(r)) or "-",
                       " ".join(f"{shape}x{n}" for shape, n in f.wgmma_shapes.items()) or "-"))
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(head)]
 
@@ -429,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                         "encoded in-kernel (default: none)")
     p.add_argument("--jobs", type=int, default=_default_jobs(), help="parallel compiles (default: CPUs)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    p.add_argument("--loops", action="store_true",
+                   help="also count the SASS of each kernel's innermost loops (alu/score column; slower)")
     args = p.parse_args(argv)
     try:
         _check_not_interpreted()
@@ -438,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     windows = {"yes": [True], "no": [False], "both": [True, False]}[args.causal]
     cases = [(arch, dtype, head_dim, has_window, pe) for arch in args.arch for dtype in args.dtype
              for head_dim in args.head_dim for has_window in windows for pe in args.pe]
-    rows = report_rows(cases, args.jobs)
+    rows = report_rows(cases, args.jobs, loops=args.loops)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:
