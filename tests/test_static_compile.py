@@ -174,3 +174,20 @@ def test_fused_backward_at_head_dim_128_uses_wide_wgmma_and_tma_on_sm90(report, 
     shapes = row["facts"]["wgmma_shapes"]
     assert shapes and not any(s.startswith("m64n16k") or s.startswith("m64n8k") for s in shapes), _describe(row)
     assert row["facts"]["tma_instructions"] > 0, f"no TMA: {_describe(row)}"
+
+
+def test_interior_loops_do_less_non_mma_work_per_score(tmp_path):
+    """--loops counts each innermost SASS loop's non-MMA work per score (kernel_report.sass_loops): on
+    sm_90 the forward's mask-free interior loop (the second in code order) must cost less per score
+    than its masked edge loops, or the edge / interior split buys nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    out = tmp_path / "loops.json"
+    cmd = [sys.executable, "-m", "flashattn_py.static_report", "--arch", "90", "--dtype", "bf16", "--head-dim", "128",
+           "--causal", "yes", "--pe", "none", "--loops", "--jobs", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["kernel"]: r for r in json.loads(out.read_text())}
+    edge, interior, *_ = rows["attention_fwd_kernel"]["alu_per_score"]
+    assert interior < 0.75 * edge, rows["attention_fwd_kernel"]["alu_per_score"]
+    assert rows["attention_bwd_dq_kernel"]["alu_per_score"][1] < rows["attention_bwd_dq_kernel"]["alu_per_score"][0]
