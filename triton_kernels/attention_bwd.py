@@ -19,10 +19,10 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (INTERPRETED, LOG2E, bsh_strides, check_launch_limits, dot_flags, dropout_args, dropout_keep,
-                     descriptor_ready, ensure_scratch_allocator, head_dim_block, interior_key_blocks,
-                     interior_query_blocks, keep_mask, key_block_range, load_rows, load_tile, query_block_range,
-                     sequence_args, sequence_bounds, tile_dot, tile_source)
+from .common import (INTERPRETED, LOG2E, bsh_strides, check_launch_limits, descriptor_ready, dot_flags, dropout_args,
+                     dropout_keep, ensure_scratch_allocator, head_dim_block, interior_key_blocks, interior_query_blocks,
+                     keep_mask, key_block_range, load_rows, load_tile, phase_range, query_block_range, sequence_args,
+                     sequence_bounds, tile_dot, tile_source)
 from . import autotune
 from .configs import (dkdv_candidates, dkdv_config, dq_candidates, dq_config, fused_candidates, fused_config,
                       launch_arch)
@@ -370,18 +370,13 @@ def attention_bwd_dq_kernel(
                              BLOCK_M, BLOCK_N, HAS_WINDOW)
     full_lo, full_hi = interior_key_blocks(lo, hi, pid_m * BLOCK_M, seqlen_q, seqlen_k, diag_offset, window_left,
                                            window_right, BLOCK_M, BLOCK_N, HAS_WINDOW)
-    for start_n in range(lo, full_lo, BLOCK_N):
-        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars,
-                              pe, mods, BLOCK_N, True, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
-                              PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
-    for start_n in range(full_lo, full_hi, BLOCK_N):
-        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars,
-                              pe, mods, BLOCK_N, False, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
-                              PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
-    for start_n in range(full_hi, hi, BLOCK_N):
-        dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry, scalars,
-                              pe, mods, BLOCK_N, True, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND,
-                              PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
+    for phase in tl.static_range(3):  # edge blocks, the mask-free interior, edge blocks
+        start, end = phase_range(phase, lo, full_lo, full_hi, hi)
+        for start_n in range(start, end, BLOCK_N):
+            dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry,
+                                  scalars, pe, mods, BLOCK_N, phase != 1, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT,
+                                  FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP,
+                                  HAS_ALIBI, BIAS_KIND)
     dq = dq * softmax_scale
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + q_start * stride_dqs
                + offs_m[:, None].to(tl.int64) * stride_dqs + offs_d[None, :])

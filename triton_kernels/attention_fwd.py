@@ -13,10 +13,10 @@ import triton.language as tl
 from flashattn_py import buffers
 from flashattn_py.checks import AttentionParams
 
-from .common import (LN2, LOG2E, INTERPRETED, check_launch_limits, descriptor_ready, dot_flags, dropout_args,
-                     dropout_keep, ensure_scratch_allocator, head_dim_block, bsh_strides, interior_key_blocks,
-                     kv_row_offsets, sequence_args, sequence_bounds, keep_mask, key_block_range, load_rows,
-                     load_tile, tile_dot, tile_source)
+from .common import (LN2, LOG2E, INTERPRETED, bsh_strides, check_launch_limits, descriptor_ready, dot_flags,
+                     dropout_args, dropout_keep, ensure_scratch_allocator, head_dim_block, interior_key_blocks,
+                     keep_mask, key_block_range, kv_row_offsets, load_rows, load_tile, phase_range, sequence_args,
+                     sequence_bounds, tile_dot, tile_source)
 from . import autotune
 from .configs import forward_candidates, forward_config, launch_arch, packs_gqa
 from .pe_strategy import encoded_streams
@@ -205,35 +205,19 @@ def attention_fwd_kernel(
                      bias_ptr, bias_stride_b, bias_stride_h, bias_stride_m, bias_stride_n), batch, head, HAS_ALIBI)
     k_src = tile_source(k_base, seqlen_k, head_dim, stride_ks, BLOCK_N, BLOCK_D, STREAM_TMA)
     v_src = tile_source(v_base, seqlen_k, head_dim, stride_vs, BLOCK_N, BLOCK_D, STREAM_TMA)
-    # The edge blocks before the interior (window's left edge, left padding), the interior, the edge
-    # blocks after it (causal diagonal, window's right edge, the last partial block).
-    acc, m_i, l_i = _attend_key_tiles(
-        acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, lo, full_lo,
-        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
-        (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
-        mods,
-        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
-        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, True, STREAM_TMA)
-    acc, m_i, l_i = _attend_key_tiles(
-        acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, full_lo, full_hi,
-        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
-        (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
-        mods,
-        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
-        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, False, STREAM_TMA)
-    acc, m_i, l_i = _attend_key_tiles(
-        acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, full_hi, hi,
-        stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
-        (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
-        dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max,
-        mods,
-        (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE,
-        HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, True, STREAM_TMA)
+    # Three phases, the mask compiled into the outer two only: the edge blocks before the interior
+    # (window's left edge, left padding), the interior, the edge blocks after it (causal diagonal,
+    # window's right edge, the last partial block).
+    for phase in tl.static_range(3):
+        start, end = phase_range(phase, lo, full_lo, full_hi, hi)
+        acc, m_i, l_i = _attend_key_tiles(
+            acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, start, end,
+            stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2, window_left, window_right, diag_offset,
+            (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
+            dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max, mods,
+            (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
+            BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED,
+            PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, phase != 1, STREAM_TMA)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
     seen = l_i > 0.0

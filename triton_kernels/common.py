@@ -150,6 +150,19 @@ def interior_key_blocks(lo, hi, q_start, seqlen_q, seqlen_k, diag_offset, window
 
 
 @triton.jit
+def phase_range(phase: tl.constexpr, lo, full_lo, full_hi, hi):
+    """[start, end) of loop phase 0 (edge blocks before the interior), 1 (the interior, no mask) or
+    2 (edge blocks after it), from interior_*_blocks' bounds."""
+    if phase == 0:
+        start, end = lo, full_lo
+    elif phase == 1:
+        start, end = full_lo, full_hi
+    else:
+        start, end = full_hi, hi
+    return start, end
+
+
+@triton.jit
 def dropout_keep(seed, row_base, q_idx, k_idx, seqlen_k, dropout_p):
     """Dropout keep-mask for queries q_idx x keys k_idx (broadcast), True = keep.
 
