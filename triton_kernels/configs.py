@@ -23,8 +23,9 @@ class TileConfig:
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int  # software-pipelining depth of the K/V (or Q/dO) loads
-    # Backward key-block kernel: stream the interior query blocks through a second, mask-free loop
-    # (two copies of the step's code: more registers) or every block through the masked one.
+    # The forward's key loop and the backward key-block kernel's query loop: run the interior blocks
+    # through a second, mask-free copy of the loop (more code, often more registers) or every block
+    # through the masked one. (The dQ kernel always splits.)
     split_mask: bool = True
 
 
