@@ -64,7 +64,9 @@ def _gpu_candidates():
             reason="tile candidates are GPU configs; the interpreter runs its own small tiles"))]
     arch = autotune.arch_of(DEVICE)
     cases = []
-    for kernel, candidates in (("attention_fwd", configs.forward_candidates), ("attention_bwd_dkdv", configs.dkdv_candidates),
+    for kernel, candidates in (("attention_fwd", configs.forward_candidates),
+                               ("attention_bwd_fused", configs.fused_candidates),
+                               ("attention_bwd_dkdv", configs.dkdv_candidates),
                                ("attention_bwd_dq", configs.dq_candidates)):
         for head_dim in (64, 128, 256):
             block_d = head_dim
@@ -79,7 +81,9 @@ def test_candidate_config_matches_reference(request, kernel, head_dim, cfg, monk
     q, k, v, dout = random_qkv(2, 150, 170, 4, 2, head_dim, torch.bfloat16, seed=seed_of(request))
     for causal in (False, True):
         try:
-            check_against_reference("triton", q, k, v, dout, causal=causal)
+            # dK/dV and dQ candidates run in the deterministic backward only (the default is the fused one)
+            check_against_reference("triton", q, k, v, dout, causal=causal,
+                                    deterministic=kernel in ("attention_bwd_dkdv", "attention_bwd_dq"))
         except Exception as err:  # a candidate too big for this GPU's shared memory is skipped when tuning
             if "shared memory" in str(err).lower() or "OutOfResources" in type(err).__name__:
                 pytest.skip(f"{cfg} does not fit this GPU: {err}")
