@@ -1,0 +1,271 @@
+"""Context parallelism: attention over a sequence split across the ranks of a torch.distributed group.
+
+Each rank holds one shard of every sequence (ring / allgather: rank r holds tokens [r * S, (r + 1) * S)
+of a sequence of world_size * S tokens; zigzag: see below), bshd, the same S on every rank, and gets
+the attention output of its own queries against the whole sequence, with gradients for its own q, k, v
+shards.
+
+- ``method="ring"``: the K / V shards travel around the ring (rank r sends to r + 1, receives from
+  r - 1, the next block's transfer overlapping the current block's attention); each block's partial
+  (out, lse) is merged into the running one through the log-sum-exp (``merge_partials``, the split-K
+  rule). Under a causal mask a rank skips the blocks after its own (their keys are all in its future)
+  and attends its own block with the causal diagonal. The backward passes the blocks around again,
+  each carrying the dK / dV accumulated for it so far, and one last hop brings every block's
+  gradients home. Memory: two K / V shards in flight, whatever the world size.
+- ``method="zigzag"``: the ring over a load-balanced layout for causal attention: the sequence is
+  cut into 2 * world_size chunks and rank r holds chunks r and 2 * world_size - 1 - r (an early and a
+  late one), so every rank does the same work under the causal mask (with contiguous shards the last
+  rank does world_size times the first's). ``shard_sequence`` / ``unshard_sequence`` make and undo
+  the layout.
+- ``method="allgather"``: K and V are all-gathered once (Llama 3's choice for causal training), the
+  local queries attend to the keys they can see, and the backward sums the K / V gradients over the
+  ranks (all-reduce) and keeps each rank's slice. Memory: the whole sequence's K / V on every rank.
+
+Positional encodings (``rotary=`` / ``sinusoidal=``) use each token's global position (the shard's
+offset), fused in the kernels as everywhere else. Causal masking is bottom-right by global position
+(= top-left for the whole sequence, which is square). Any backend runs the blocks; the backward of a
+block is the attention backward op given the merged out and lse (P = exp(S - lse) is then the whole
+row's, so each block's gradients are exactly its share).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from . import api, backends, checks, ops
+
+METHODS = ("ring", "zigzag", "allgather")
+LOG2E = 1.4426950408889634  # the Triton backward reads the lse in base 2 (ops.py, "aux")
+
+
+def merge_partials(out_a, lse_a, out_b, lse_b):
+    """(out, lse) of attention over the union of two disjoint key sets, from each set's (out, lse):
+    out bshd, lse (batch, heads, seqlen) natural log. Rows that see no key in either keep out 0, lse -inf."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    finite = torch.isfinite(lse)
+    safe = torch.where(finite, lse, 0.0)
+    weight_a = torch.where(finite, torch.exp(lse_a - safe), 0.0).transpose(1, 2)[..., None]
+    weight_b = torch.where(finite, torch.exp(lse_b - safe), 0.0).transpose(1, 2)[..., None]
+    return out_a.float() * weight_a + out_b.float() * weight_b, lse
+
+
+def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", causal: bool = False,
+                               softmax_scale: float | None = None, rotary=None, sinusoidal=None,
+                               return_lse: bool = False, backend: str = "auto"):
+    """Attention of this rank's query shard against the whole sequence, split across ``group``
+    (default: the world). q (batch, S, heads, head_dim), k / v (batch, S, kv_heads, head_dim): this
+    rank's shard, S the same on every rank (checked). Returns out like q (and lse (batch, heads, S)
+    fp32 with return_lse). Differentiable w.r.t. q, k, v (each rank gets its shard's gradients)."""
+    group, rank, world = _check_group(group)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D (batch, seqlen, heads, head_dim) tensor shard")
+    if k.shape != v.shape or k.shape[:2] != q.shape[:2]:
+        raise ValueError(f"q, k, v shards must share (batch, seqlen) and k, v their shape, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    _check_same_shards(q, k, group, world)
+    options = dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal, backend=backend)
+    if method == "allgather":
+        out, lse = _allgather_attention(q, k, v, group, rank, world, causal, options)
+    else:
+        if method == "zigzag" and q.shape[1] % 2:
+            raise ValueError(f"method='zigzag' needs an even shard length (two equal chunks per rank), got "
+                             f"{q.shape[1]}: the whole sequence must split into 2 * world_size equal chunks")
+        out, lse = _RingAttention.apply(q, k, v, group, rank, world, causal, method, options)
+    return (out, lse) if return_lse else out
+
+
+def _check_group(group):
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("context_parallel_attention needs torch.distributed initialized "
+                         "(torch.distributed.init_process_group)")
+    group = dist.group.WORLD if group is None else group
+    try:
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"group must be a torch.distributed process group this rank belongs to: {e}") from e
+    if rank < 0:
+        raise ValueError("group must be a torch.distributed process group this rank belongs to")
+    return group, rank, world
+
+
+def _check_same_shards(q, k, group, world: int) -> None:
+    """One small all-gather: every rank's (batch, S, heads, kv_heads, head_dim) must be the same."""
+    mine = torch.tensor([*q.shape, k.shape[2]], dtype=torch.int64, device=q.device)
+    shapes = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(shapes, mine, group=group)
+    if any(not torch.equal(s, mine) for s in shapes):
+        raise ValueError("q / k shard shapes differ across ranks (batch, seqlen, heads, kv_heads, head_dim): "
+                         f"{[s.tolist() for s in shapes]}; every rank must hold an equal shard")
+
+
+def _positions(q_offset: int, k_offset: int, options) -> dict:
+    """Global positions of the block's tokens, for the encoding (none without one)."""
+    encoded = options.get("rotary") is not None or options.get("sinusoidal") is not None
+    return dict(q_positions=q_offset, k_positions=k_offset) if encoded else {}
+
+
+def _attend(q, k, v, q_offset: int, k_offset: int, causal: bool, options):
+    """(out, lse) of q (global positions q_offset + i) against one key block (k_offset + j)."""
+    return api.attention(q, k, v, causal=causal, return_lse=True, **_positions(q_offset, k_offset, options),
+                         **options)
+
+
+def _block_backward(dout, q, k, v, out, lse, q_offset: int, k_offset: int, causal: bool, options):
+    """(dq, dk, dv) of one key block given the merged out and lse (the attention backward op)."""
+    opts = dict(options)
+    backend = opts.pop("backend")
+    params = checks.attention_params(q, k, v, causal=causal, **_positions(q_offset, k_offset, opts), **opts)
+    name = ops.backend_name(backends.select(backend, q.device))
+    aux = (lse * LOG2E).contiguous() if name in ops._LSE_LOG2_BACKENDS else lse.new_empty(0)
+    dq, dk, dv, _, _ = ops.attention_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), aux,
+                                              **ops.op_args(params, name))
+    return dq, dk, dv
+
+
+def _ring_exchange(tensors, group, rank: int, world: int):
+    """Start sending `tensors` to the next rank and receiving the previous rank's; returns the
+    receive buffers and the requests to wait on (a world of one keeps its own)."""
+    if world == 1:
+        return list(tensors), []
+    nxt, prv = dist.get_global_rank(group, (rank + 1) % world), dist.get_global_rank(group, (rank - 1) % world)
+    received = [torch.empty_like(t) for t in tensors]
+    requests = [dist.isend(t.contiguous(), nxt, group=group) for t in tensors]
+    requests += [dist.irecv(r, prv, group=group) for r in received]
+    return received, requests
+
+
+def shard_sequence(x: torch.Tensor, rank: int, world: int, method: str = "ring") -> torch.Tensor:
+    """This rank's shard of a whole (batch, total, ...) sequence for `method` (a copy): the layout
+    context_parallel_attention expects. total must split evenly (2 * world chunks for zigzag)."""
+    chunks = 2 * world if method == "zigzag" else world
+    if x.shape[1] % chunks:
+        raise ValueError(f"a sequence of {x.shape[1]} tokens does not split into {chunks} equal chunks "
+                         f"({method} over {world} ranks)")
+    pieces = shard_pieces(rank, world, x.shape[1] // world, method)
+    return torch.cat([x[:, offset:offset + length] for offset, length in pieces], dim=1)
+
+
+def unshard_sequence(shards: list[torch.Tensor], method: str = "ring") -> torch.Tensor:
+    """The whole sequence from every rank's shard (rank order), shard_sequence's inverse."""
+    world, seqlen = len(shards), shards[0].shape[1]
+    whole = shards[0].new_empty((shards[0].shape[0], world * seqlen, *shards[0].shape[2:]))
+    for rank, shard in enumerate(shards):
+        for i, (offset, length) in enumerate(shard_pieces(rank, world, seqlen, method)):
+            whole[:, offset:offset + length] = shard[:, _rows(shard_pieces(rank, world, seqlen, method), i)]
+    return whole
+
+
+def shard_pieces(rank: int, world: int, seqlen: int, method: str) -> list[tuple[int, int]]:
+    """(global offset, length) of the contiguous pieces a rank's shard of `seqlen` tokens holds, in
+    shard order: one piece for ring / allgather (tokens [rank * seqlen, (rank + 1) * seqlen)); for
+    zigzag chunk `rank` and chunk `2 * world - 1 - rank` of a sequence cut in 2 * world chunks."""
+    if method != "zigzag":
+        return [(rank * seqlen, seqlen)]
+    chunk = seqlen // 2
+    return [(rank * chunk, chunk), ((2 * world - 1 - rank) * chunk, chunk)]
+
+
+def _block_pairs(q_pieces, k_pieces, causal: bool):
+    """(q piece index, k piece index, causal diagonal?) of the piece pairs to compute: all of them
+    without a causal mask; with one, a key piece before the query piece whole, the one at its offset
+    with the diagonal, and none after it (pieces are equal and aligned)."""
+    for qi, (q_off, _) in enumerate(q_pieces):
+        for ki, (k_off, _) in enumerate(k_pieces):
+            if not causal or k_off < q_off:
+                yield qi, ki, False
+            elif k_off == q_off:
+                yield qi, ki, True
+
+
+def _rows(pieces, i: int) -> slice:
+    start = sum(length for _, length in pieces[:i])
+    return slice(start, start + pieces[i][1])
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, group, rank, world, causal, method, options):
+        seqlen = q.shape[1]
+        q_pieces = shard_pieces(rank, world, seqlen, method)
+        partial = [None] * len(q_pieces)  # the running (out, lse) of each query piece
+        block = (k, v)
+        for step in range(world):
+            src = (rank - step) % world  # whose K / V this rank holds at this step
+            pending = _ring_exchange(block, group, rank, world) if step + 1 < world else None
+            k_pieces = shard_pieces(src, world, seqlen, method)
+            for qi, ki, diagonal in _block_pairs(q_pieces, k_pieces, causal):
+                qr, kr = _rows(q_pieces, qi), _rows(k_pieces, ki)
+                part = _attend(q[:, qr], block[0][:, kr], block[1][:, kr], q_pieces[qi][0], k_pieces[ki][0],
+                               diagonal, options)
+                partial[qi] = part if partial[qi] is None else merge_partials(*partial[qi], *part)
+            if pending is not None:
+                received, requests = pending
+                for r in requests:
+                    r.wait()
+                block = tuple(received)
+        out = torch.cat([o.to(q.dtype) for o, _ in partial], dim=1)
+        lse = torch.cat([lse for _, lse in partial], dim=2)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.ring = (group, rank, world, causal, method, options)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, rank, world, causal, method, options = ctx.ring
+        seqlen = q.shape[1]
+        q_pieces = shard_pieces(rank, world, seqlen, method)
+        dq = torch.zeros_like(q, dtype=torch.float32)
+        # The block this rank holds, with the dK / dV accumulated for it by the ranks it has visited.
+        block = (k, v, torch.zeros_like(k, dtype=torch.float32), torch.zeros_like(v, dtype=torch.float32))
+        for step in range(world):
+            src = (rank - step) % world
+            kb, vb, dk_acc, dv_acc = block
+            k_pieces = shard_pieces(src, world, seqlen, method)
+            for qi, ki, diagonal in _block_pairs(q_pieces, k_pieces, causal):
+                qr, kr = _rows(q_pieces, qi), _rows(k_pieces, ki)
+                dq_b, dk_b, dv_b = _block_backward(dout[:, qr], q[:, qr], kb[:, kr], vb[:, kr], out[:, qr],
+                                                   lse[:, :, qr], q_pieces[qi][0], k_pieces[ki][0], diagonal,
+                                                   options)
+                dq[:, qr] += dq_b
+                dk_acc[:, kr] += dk_b  # fresh buffers: zeros at step 0, then received ones
+                dv_acc[:, kr] += dv_b
+            # Pass the block and its gradients on; after `world` hops every block is back home.
+            received, requests = _ring_exchange((kb, vb, dk_acc, dv_acc) if step + 1 < world else (dk_acc, dv_acc),
+                                                group, rank, world)
+            for r in requests:
+                r.wait()
+            block = tuple(received)
+        dk, dv = block[-2:]
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
+
+
+class _GatherSequence(torch.autograd.Function):
+    """All-gather of shards along the sequence (dim 1); backward: the gradient summed over the ranks,
+    this rank's slice kept."""
+
+    @staticmethod
+    def forward(ctx, t, group, rank, world):
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        ctx.shard = (group, rank, t.shape[1])
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        group, rank, seqlen = ctx.shard
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=group)
+        return grad[:, rank * seqlen:(rank + 1) * seqlen], None, None, None
+
+
+def _allgather_attention(q, k, v, group, rank: int, world: int, causal: bool, options):
+    seqlen = q.shape[1]
+    k_all, v_all = (_GatherSequence.apply(t, group, rank, world) for t in (k, v))
+    if causal:  # keys past this shard are all in its queries' future; bottom-right = global alignment
+        k_all, v_all = k_all[:, :(rank + 1) * seqlen], v_all[:, :(rank + 1) * seqlen]
+    return _attend(q, k_all, v_all, rank * seqlen, 0, causal, options)

@@ -1,0 +1,119 @@
+"""Context parallelism (flashattn_py.distributed) on CPU: real process groups (gloo), one process per
+rank (torch.multiprocessing spawn). Each rank's output, lse and the gradients of its q, k, v shards
+are compared with the float64 reference attention over the whole sequence, within the package's
+tolerance rule (2x the error of the naive attention in the same precision, + atol)."""
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import flashattn_py as fa
+from flashattn_py import accuracy
+from flashattn_py.distributed import context_parallel_attention, shard_sequence, unshard_sequence
+
+# (batch, seqlen per rank, heads, kv_heads, head_dim, options); every case runs on every rank.
+CASES = {
+    "plain": (2, 8, 2, 2, 16, dict()),
+    "causal_gqa": (1, 8, 4, 2, 16, dict(causal=True)),
+    "causal_rope": (2, 6, 2, 1, 16, dict(causal=True, rotary=fa.Rotary())),
+    "sinusoidal": (1, 8, 2, 2, 16, dict(sinusoidal=fa.Sinusoidal())),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check(name, got, exact, naive, dtype):
+    err, bound = accuracy.max_error(got, exact), accuracy.error_bound(exact, naive, dtype)
+    assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e}"
+
+
+def _reference(q, k, v, dout, dtype, options):
+    """(out, lse, dq, dk, dv) of the whole sequence, computed in `dtype` by the naive reference."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out, lse = fa.reference.attention(*leaves, return_lse=True, compute_dtype=dtype, **options)
+    out.backward(dout.to(out.dtype))
+    return (out, lse, *(t.grad for t in leaves))
+
+
+def _rank_main(rank, world, method, dtype, port, backend="torch"):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        for case, (b, s, h, hkv, d, options) in CASES.items():
+            gen = torch.Generator().manual_seed(len(case))  # the same whole sequence on every rank
+            total = s * world
+            q, k, v = (torch.randn(b, total, heads, d, generator=gen).to(dtype) for heads in (h, hkv, hkv))
+            dout = torch.randn(b, total, h, d, generator=gen).to(dtype)
+            shards = [shard_sequence(t, rank, world, method).requires_grad_() for t in (q, k, v)]
+            with fa.poisoned_outputs():
+                out, lse = context_parallel_attention(*shards, method=method, return_lse=True, backend=backend,
+                                                      **options)
+                out.backward(shard_sequence(dout, rank, world, method))
+            exact = _reference(q, k, v, dout, torch.float64, options)
+            naive = _reference(q, k, v, dout, dtype, options)
+            got = (out, lse, *(t.grad for t in shards))
+            for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
+                if name == "lse":  # (batch, heads, seqlen): shard along dim 2
+                    local = tuple(shard_sequence(t.transpose(1, 2), rank, world, method).transpose(1, 2)
+                                  for t in (e, n))
+                else:
+                    local = tuple(shard_sequence(t, rank, world, method) for t in (e, n))
+                assert g.dtype == (torch.float32 if name == "lse" else dtype), f"{case} {name}: {g.dtype}"
+                _check(f"{method} world {world} rank {rank} {case} {name}", g, *local, dtype)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", (2, 3))
+@pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=str)
+def test_context_parallel_matches_whole_sequence_reference(world, method, dtype):
+    mp.spawn(_rank_main, args=(world, method, dtype, _free_port()), nprocs=world, join=True)
+
+
+@pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
+def test_context_parallel_on_the_triton_kernels(method):
+    """The same on backend="triton" (the Triton interpreter here; its backward reads the base-2 lse)."""
+    mp.spawn(_rank_main, args=(2, method, torch.float16, _free_port(), "triton"), nprocs=2, join=True)
+
+
+def _errors_main(rank, world, port):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        q = torch.randn(1, 4 + rank, 2, 16)  # rank 1's shard is longer
+        with pytest.raises(ValueError, match="shard shapes differ"):
+            context_parallel_attention(q, q, q, backend="torch")
+        with pytest.raises(ValueError, match="method must be one of"):
+            context_parallel_attention(q, q, q, method="zigzag-ish", backend="torch")
+        odd = torch.randn(1, 5, 2, 16)
+        with pytest.raises(ValueError, match="even shard length"):
+            context_parallel_attention(odd, odd, odd, method="zigzag", backend="torch")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bad_calls_are_refused_naming_the_problem():
+    mp.spawn(_errors_main, args=(2, _free_port()), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
+def test_shard_and_unshard_are_inverse(method):
+    x = torch.arange(2 * 12 * 3).reshape(2, 12, 3)
+    shards = [shard_sequence(x, rank, 3, method) for rank in range(3)]
+    assert torch.equal(unshard_sequence(shards, method), x)
+    if method == "zigzag":  # rank 0 holds the first and the last of 6 chunks
+        assert torch.equal(shards[0], torch.cat([x[:, :2], x[:, 10:]], dim=1))
+    with pytest.raises(ValueError, match="does not split into"):
+        shard_sequence(x[:, :10], 0, 3, method)
+
+
+def test_without_a_process_group_the_error_says_so():
+    q = torch.randn(1, 4, 2, 16)
+    with pytest.raises(ValueError, match="torch.distributed initialized"):
+        context_parallel_attention(q, q, q)
