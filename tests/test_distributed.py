@@ -117,3 +117,27 @@ def test_without_a_process_group_the_error_says_so():
     q = torch.randn(1, 4, 2, 16)
     with pytest.raises(ValueError, match="torch.distributed initialized"):
         context_parallel_attention(q, q, q)
+
+
+def _bench_main(rank, world, port, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from flashattn_py.bench.context_parallel import main
+
+    assert main(["--seqlen", "32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--iters", "1",
+                 "--json", str(out)]) == 0
+
+
+def test_bench_cp_mode_times_every_method_against_one_device(tmp_path):
+    """`torchrun ... -m flashattn_py.bench cp` (here two spawned gloo processes): a row per method and
+    mode, with the single-device baseline and, for the ring methods' forward, the overlap."""
+    import json
+
+    out = tmp_path / "cp.json"
+    mp.spawn(_bench_main, args=(2, _free_port(), out), nprocs=2, join=True)
+    rows = json.loads(out.read_text())
+    assert {(r["method"], r["mode"]) for r in rows} == {(m, mode) for m in ("ring", "zigzag", "allgather")
+                                                       for mode in ("fwd", "fwd+bwd")}
+    assert all(r["ms"] > 0 and r["single_device_ms"] > 0 for r in rows)
+    assert all(0.0 <= r["overlap"] <= 1.0 for r in rows if r["method"] != "allgather" and r["mode"] == "fwd")

@@ -152,6 +152,10 @@ def main(argv=None) -> int:
         from flashattn_py.bench.report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["cp"]:
+        from flashattn_py.bench.context_parallel import main as cp_main
+
+        return cp_main(argv[1:])
     if argv[:1] == ["decode"]:
         from flashattn_py.bench.decode import main as decode_main
 
