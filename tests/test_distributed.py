@@ -70,9 +70,13 @@ def _rank_main(rank, world, method, dtype, port, backend="torch"):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", (2, 3))
+# World sizes 2 and 3 in both dtypes; 4 (four processes on CI's two cores) in fp32.
+WORLDS_AND_DTYPES = [(2, torch.float32), (2, torch.float16), (3, torch.float32), (3, torch.float16),
+                     (4, torch.float32)]
+
+
+@pytest.mark.parametrize("world, dtype", WORLDS_AND_DTYPES, ids=lambda x: str(x))
 @pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=str)
 def test_context_parallel_matches_whole_sequence_reference(world, method, dtype):
     mp.spawn(_rank_main, args=(world, method, dtype, _free_port()), nprocs=world, join=True)
 
