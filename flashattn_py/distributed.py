@@ -185,29 +185,35 @@ def _rows(pieces, i: int) -> slice:
     return slice(start, start + pieces[i][1])
 
 
+def ring_forward(q, k, v, group, rank: int, world: int, causal: bool, method: str, options, communicate=True):
+    """(out, lse) of the ring's forward. communicate=False keeps this rank's own K / V in place of
+    the others' (wrong results, the same block attentions): what `bench cp` times as computation alone."""
+    seqlen = q.shape[1]
+    q_pieces = shard_pieces(rank, world, seqlen, method)
+    partial = [None] * len(q_pieces)  # the running (out, lse) of each query piece
+    block = (k, v)
+    for step in range(world):
+        src = (rank - step) % world  # whose K / V this rank holds at this step
+        pending = _ring_exchange(block, group, rank, world) if communicate and step + 1 < world else None
+        k_pieces = shard_pieces(src, world, seqlen, method)
+        for qi, ki, diagonal in _block_pairs(q_pieces, k_pieces, causal):
+            qr, kr = _rows(q_pieces, qi), _rows(k_pieces, ki)
+            part = _attend(q[:, qr], block[0][:, kr], block[1][:, kr], q_pieces[qi][0], k_pieces[ki][0],
+                           diagonal, options)
+            partial[qi] = part if partial[qi] is None else merge_partials(*partial[qi], *part)
+        if pending is not None:
+            received, requests = pending
+            for r in requests:
+                r.wait()
+            block = tuple(received)
+    out = torch.cat([o.to(q.dtype) for o, _ in partial], dim=1)
+    return out, torch.cat([lse for _, lse in partial], dim=2)
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, group, rank, world, causal, method, options):
-        seqlen = q.shape[1]
-        q_pieces = shard_pieces(rank, world, seqlen, method)
-        partial = [None] * len(q_pieces)  # the running (out, lse) of each query piece
-        block = (k, v)
-        for step in range(world):
-            src = (rank - step) % world  # whose K / V this rank holds at this step
-            pending = _ring_exchange(block, group, rank, world) if step + 1 < world else None
-            k_pieces = shard_pieces(src, world, seqlen, method)
-            for qi, ki, diagonal in _block_pairs(q_pieces, k_pieces, causal):
-                qr, kr = _rows(q_pieces, qi), _rows(k_pieces, ki)
-                part = _attend(q[:, qr], block[0][:, kr], block[1][:, kr], q_pieces[qi][0], k_pieces[ki][0],
-                               diagonal, options)
-                partial[qi] = part if partial[qi] is None else merge_partials(*partial[qi], *part)
-            if pending is not None:
-                received, requests = pending
-                for r in requests:
-                    r.wait()
-                block = tuple(received)
-        out = torch.cat([o.to(q.dtype) for o, _ in partial], dim=1)
-        lse = torch.cat([lse for _, lse in partial], dim=2)
+        out, lse = ring_forward(q, k, v, group, rank, world, causal, method, options)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.ring = (group, rank, world, causal, method, options)
         ctx.mark_non_differentiable(lse)

@@ -82,14 +82,7 @@ def _communication_only(k, v, group, rank, world):
 
 def _computation_only(q, k, v, rank, world, causal, method, options):
     """The block attentions of a ring forward, with this rank's own K / V standing in for the others'."""
-    def run():
-        q_pieces = cp.shard_pieces(rank, world, q.shape[1], method)
-        for step in range(world):
-            k_pieces = cp.shard_pieces((rank - step) % world, world, q.shape[1], method)
-            for qi, ki, diagonal in cp._block_pairs(q_pieces, k_pieces, causal):
-                qr, kr = cp._rows(q_pieces, qi), cp._rows(k_pieces, ki)
-                cp._attend(q[:, qr], k[:, kr], v[:, kr], q_pieces[qi][0], k_pieces[ki][0], diagonal, options)
-    return run
+    return lambda: cp.ring_forward(q, k, v, None, rank, world, causal, method, options, communicate=False)
 
 
 def main(argv=None) -> int:
