@@ -413,16 +413,13 @@ def fused_dq_buffer(params: AttentionParams, block_d: int, device) -> tuple[torc
     head), or per head of a packed batch (its sequences are row ranges): a tensor descriptor over it
     needs no masking of head-dim padding, and its rows are 16-byte aligned as TMA requires."""
     if params.is_varlen:
-        rows = params.lengths.total_q
-        acc = torch.zeros(params.nheads_q, rows, block_d, dtype=torch.float32, device=device)
+        rows, per_batch, planes = params.lengths.total_q, 0, params.nheads_q
+        acc = torch.zeros(planes, rows, block_d, dtype=torch.float32, device=device)
         view = acc[..., :params.head_dim].transpose(0, 1)[None]
-        per_batch = 0
     else:
-        rows = params.seqlen_q
+        rows, per_batch, planes = params.seqlen_q, params.nheads_q, params.batch * params.nheads_q
         acc = torch.zeros(params.batch, params.nheads_q, rows, block_d, dtype=torch.float32, device=device)
         view = acc[..., :params.head_dim].transpose(1, 2)
-        per_batch = params.nheads_q
-    planes = acc.shape[0] * acc.shape[1] if not params.is_varlen else acc.shape[0]
     return acc, dict(dq_planes=planes, dq_planes_per_batch=per_batch, dq_rows=rows), view
 
 
