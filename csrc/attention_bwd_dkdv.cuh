@@ -20,12 +20,13 @@
 
 #include <cstdint>
 
-#include "attention_bwd_masks.cuh"
 #include "attention_bwd_tiles.cuh"
 #include "attention_bwd_warp_gemm.cuh"
+#include "masks.cuh"
 #include "params.h"
 #include "positional.cuh"
 #include "primitives.cuh"
+#include "sequence.h"
 
 namespace flashattn {
 namespace bwd {

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 
+#include "masks.cuh"
 #include "params.h"
 #include "positional.cuh"
 #include "primitives.cuh"
@@ -94,18 +95,6 @@ struct FwdConfig {
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "whole m16n8k16 k-slices");
 };
 
-// Sequence-row window [lo, hi) of keys that query `row` of sequence `seq` sees (masks.py; the
-// diagonal offset and the first visible key, leftpad_k, come from sequence.h).
-__device__ __forceinline__ void visible_key_range(int64_t row, const AttentionParams& p, const SequenceView& seq,
-                                                  int& lo, int& hi) {
-  const int64_t aligned = row + seq.diag;
-  int64_t l = seq.k_first, h = seq.seqlen_k;
-  if (p.window_left >= 0) l = max(l, aligned - p.window_left);
-  if (p.window_right >= 0) h = min(h, aligned + p.window_right + 1);
-  lo = int(min(l, int64_t(seq.seqlen_k)));
-  hi = int(max(h, int64_t(0)));
-}
-
 // kLayout: compiled for the per-sequence layouts (variable lengths, paged K/V, split-K; sequence.h),
 // or (false) for plain dense batches only.
 template <typename T, int kHeadDim, bool kLayout>
@@ -151,17 +140,15 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
   const int64_t* q_pos = sequence_positions(p.pe, seq, batch, false);
   const int64_t* k_pos = sequence_positions(p.pe, seq, batch, true);
 
-  // Key blocks this query tile can see (masks.key_range), from the block of the first visible key;
+  // Key blocks this query tile can see (masks.cuh key_range), from the block of the first visible key;
   // empty when every row is fully masked. Under split-K this CTA takes its share of them (sequence.h
   // split_blocks).
   int n_block_min = 0, n_block_max = 0;
   {
-    int lo_first, hi_first, lo_last, hi_last;
-    visible_key_range(m_start, p, seq, lo_first, hi_first);
-    visible_key_range(min(m_start + kBlockM, seq.seqlen_q) - 1, p, seq, lo_last, hi_last);
-    if (hi_last > lo_first) {
-      const BlockRange share =
-          split_blocks(lo_first / kBlockN, (hi_last + kBlockN - 1) / kBlockN, split, num_splits);
+    int lo, hi;
+    key_range(m_start, min(m_start + kBlockM, seq.seqlen_q), p, seq, lo, hi);
+    if (hi > lo) {
+      const BlockRange share = split_blocks(lo / kBlockN, (hi + kBlockN - 1) / kBlockN, split, num_splits);
       n_block_min = share.first;
       n_block_max = share.last;
     }
@@ -217,7 +204,6 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
   }
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores in log2 units
   const int row0 = m_start + warp * kWarpRows + g;                   // rows row0 + 16 mi + 8 h
-  const int64_t diag = seq.diag;
 
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int n_start = n_block * kBlockN;
@@ -267,13 +253,8 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
       }
     }
 
-    // Masks cost only on blocks that cross the sequence end, the first visible key, the causal/right
-    // diagonal or the left window edge (conservative over the whole query tile). Dense batches have
-    // no first visible key to test.
-    const bool need_mask =
-        n_start + kBlockN > seq.seqlen_k || (kLayout && n_start < seq.k_first) ||
-        (p.window_right >= 0 && n_start + kBlockN - 1 > m_start + diag + p.window_right) ||
-        (p.window_left >= 0 && n_start < int64_t(m_start) + kBlockM - 1 + diag - p.window_left);
+    // Masks cost only on blocks that some row does not see whole (masks.cuh).
+    const bool need_mask = tile_needs_mask<kLayout>(p, seq, m_start, kBlockM, n_start, kBlockN);
 
     // Online softmax, per row: slab mi, half h (row0 + 16 mi + 8 h).
     float rescale[kMSlabs][2];
@@ -283,7 +264,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
       for (int h = 0; h < 2; ++h) {
         int lo = 0, hi = kBlockN;  // visible columns of this row, relative to n_start
         if (need_mask) {
-          visible_key_range(row0 + 16 * mi + 8 * h, p, seq, lo, hi);
+          row_key_range(row0 + 16 * mi + 8 * h, p, seq, lo, hi);
           lo -= n_start;
           hi -= n_start;
         }
