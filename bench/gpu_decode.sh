@@ -21,12 +21,12 @@ build_cuda "$out"
 # The benchmark first: it checks every implementation against the float64 reference before timing
 # it, and it is what a run cut short by the device's time limit must not lose.
 step "decoding benchmark"
-timeout "${DECODE_TIMEOUT:-200}" $PY -m flashattn_py.bench decode --out "$out" > "$out/decode.txt" 2>&1
+timeout "${DECODE_TIMEOUT:-200}" $PY -m flashattn_py.tools.bench decode --out "$out" > "$out/decode.txt" 2>&1
 tail -30 "$out/decode.txt"
 
 step "variable-length, KV-cache and alignment tests"
 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n "${TEST_WORKERS:-16}" -p no:cacheprovider -rs \
-  tests/test_varlen.py tests/test_kvcache.py tests/test_split_k.py tests/test_attention.py::test_top_left_alignment \
+  tests/test_varlen.py tests/test_decoding.py tests/test_split_k.py tests/test_attention.py::test_top_left_alignment \
   > "$out/tests.txt" 2>&1
 tail -3 "$out/tests.txt"
 echo "results in $out"

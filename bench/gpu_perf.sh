@@ -20,7 +20,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   date -u; echo "command: bash bench/gpu_perf.sh"; } > "$out/gpu.txt" 2>&1
 for d in 128 64; do
-  timeout "${BENCH_TIMEOUT:-150}" python3 -m flashattn_py.bench --head-dim $d --dtype bf16 \
+  timeout "${BENCH_TIMEOUT:-150}" python3 -m flashattn_py.tools.bench --head-dim $d --dtype bf16 \
     --seqlens 1024 4096 16384 --hidden 2048 --tokens 16384 --causal both --modes fwd bwd fwd+bwd \
     --peers triton 'triton[deterministic]' sdpa_flash sdpa_cudnn --out "$out" --name "attention-bf16-d$d" \
     > "$out/bench-d$d.txt" 2> "$out/bench-d$d.log"
@@ -28,7 +28,7 @@ for d in 128 64; do
 done
 # The forward with RoPE fused (in the kernel / the pre-pass) against RoPE as a separate kernel or eager
 # ops + SDPA (the fused-RoPE targets), causal, head_dim 128.
-timeout "${ROPE_TIMEOUT:-60}" python3 -m flashattn_py.bench --head-dim 128 --dtype bf16 --seqlens 1024 4096 16384 \
+timeout "${ROPE_TIMEOUT:-60}" python3 -m flashattn_py.tools.bench --head-dim 128 --dtype bf16 --seqlens 1024 4096 16384 \
   --hidden 2048 --tokens 16384 --causal yes --modes fwd --encoding rope \
   --peers triton 'triton[in_kernel]' 'triton[prepass]' rope_kernel+sdpa torch_rope+sdpa \
   --out "$out" --name attention-bf16-d128-rope > "$out/bench-rope.txt" 2> "$out/bench-rope.log"

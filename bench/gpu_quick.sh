@@ -13,7 +13,7 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" 
 timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -n 16 -p no:cacheprovider tests/test_attention.py \
   tests/test_score_mods.py -k "not float32" > "$out/tests.txt" 2>&1
 tail -3 "$out/tests.txt"
-timeout "${BENCH_TIMEOUT:-110}" python3 -m flashattn_py.bench --head-dim 128 --dtype bf16 --seqlens 1024 4096 16384 \
+timeout "${BENCH_TIMEOUT:-110}" python3 -m flashattn_py.tools.bench --head-dim 128 --dtype bf16 --seqlens 1024 4096 16384 \
   --hidden 2048 --tokens 16384 --causal both --modes fwd fwd+bwd \
   --peers triton sdpa_flash sdpa_cudnn sdpa_efficient --out "$out" --name attention-bf16-d128 \
   > "$out/bench.txt" 2> "$out/bench.log"

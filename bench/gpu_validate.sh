@@ -5,7 +5,7 @@
 #   2. run the full test suite on the GPU (both backends against the float64 reference),
 #   3. the standard benchmark sweep (bf16, head_dim 64/128, seqlen 512..16k, causal on/off,
 #      fwd and fwd+bwd, with and without RoPE; every result checked before it is timed),
-#   4. decoding against contiguous and paged KV caches vs SDPA (python -m flashattn_py.bench decode),
+#   4. decoding against contiguous and paged KV caches vs SDPA (python -m flashattn_py.tools.bench decode),
 #      compute-sanitizer memcheck + racecheck on a small fwd+bwd of each backend,
 #   5. summary.md (targets met/missed, ours vs the best peer) next to the CSV/JSON/PNGs.
 # Everything lands in bench/results/<gpu>-<date>/: commit that folder, GPU numbers not committed are lost.
@@ -35,14 +35,14 @@ PYTHONUNBUFFERED=1 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n "${TEST_WO
 tail -3 "$out/tests.txt"
 
 step "standard sweep"
-timeout "${SWEEP_TIMEOUT:-150}" $PY -m flashattn_py.bench --preset standard --out "$out" --name standard \
+timeout "${SWEEP_TIMEOUT:-150}" $PY -m flashattn_py.tools.bench --preset standard --out "$out" --name standard \
     > "$out/standard.txt" 2>"$out/standard.log"
 tail -5 "$out/standard.txt"
-timeout "${FLEX_TIMEOUT:-45}" $PY -m flashattn_py.bench --head-dim 128 --dtype bf16 --seqlens 4096 --hidden 2048 \
+timeout "${FLEX_TIMEOUT:-45}" $PY -m flashattn_py.tools.bench --head-dim 128 --dtype bf16 --seqlens 4096 --hidden 2048 \
     --tokens 16384 --peers triton cuda sdpa_flash sdpa_cudnn flex --out "$out" --name flex > "$out/flex.txt" 2>&1
 
 step "decoding against a KV cache (tokens/s, KV bandwidth vs the copy bandwidth)"
-timeout "${DECODE_TIMEOUT:-90}" $PY -m flashattn_py.bench decode --batch 1 64 --page-sizes 0 16 --out "$out" \
+timeout "${DECODE_TIMEOUT:-90}" $PY -m flashattn_py.tools.bench decode --batch 1 64 --page-sizes 0 16 --out "$out" \
     > "$out/decode.txt" 2>&1
 tail -20 "$out/decode.txt"
 
@@ -55,6 +55,6 @@ for tool in memcheck racecheck; do
 done
 
 step "summary"
-$PY -m flashattn_py.bench.summary "$out"
+$PY -m flashattn_py.tools.bench.summary "$out"
 echo "results in $out"
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/results.tgz" "$out" && echo "packed into $OUT/results.tgz"; fi

@@ -1,12 +1,12 @@
-"""pytest-benchmark suites over the harness's own cases and implementations (flashattn_py.bench):
+"""pytest-benchmark suites over the harness's own cases and implementations (flashattn_py.tools.bench):
 ``python -m pytest bench/ --benchmark-columns=median,iqr`` on a GPU machine. Every implementation is
-checked against the float64 reference before it is timed, as in ``python -m flashattn_py.bench``.
+checked against the float64 reference before it is timed, as in ``python -m flashattn_py.tools.bench``.
 On a CPU the suites skip: interpreter timings are no performance figure."""
 import pytest
 import torch
 
-from flashattn_py.bench import peers, runner
-from flashattn_py.bench.cases import Case
+from flashattn_py.tools.bench import peers, runner
+from flashattn_py.tools.bench.cases import Case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmarks: no CUDA GPU here")
 

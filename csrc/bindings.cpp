@@ -2,7 +2,7 @@
 //
 // Python fills an AttentionParams with raw device pointers, shapes and element strides (all plain
 // ints) and passes the CUDA stream as an int (torch.cuda.current_stream().cuda_stream): no torch C++
-// header is included, so one wheel works next to any torch build. flashattn_py/cuda_backend.py is
+// header is included, so one wheel works next to any torch build. flashattn_py/backends/cuda_backend.py is
 // the only caller; it owns the semantics (shapes, padding, encodings), this file only transports.
 #include <pybind11/pybind11.h>
 

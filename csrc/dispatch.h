@@ -47,7 +47,7 @@ inline void check_common(const AttentionParams& p, const char* pass) {
 
 // The variable-length, paged and split-K fields (params.h) describe layouts the kernels trust: what
 // they cannot check themselves is checked here. (Lengths and block-table entries are device data:
-// flashattn_py/varlen.py and kvcache.py check their values before the call.) decoding: the pass
+// flashattn_py/validation/sequences.py and caches.py check their values before the call.) decoding: the pass
 // takes paged K/V, split-K and leftpad_k (the forward); the backward does not.
 inline void check_layout(const AttentionParams& p, const char* pass, bool decoding) {
   const std::string who = std::string("flashattn_py CUDA ") + pass + ": ";

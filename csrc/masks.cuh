@@ -1,7 +1,8 @@
 // The mask rule of the CUDA kernels, written once: which keys a query may see. This is its one home
 // for both passes, the forward (attention_fwd.cuh) and the backward (attention_bwd_dq.cuh,
-// attention_bwd_dkdv.cuh), and it implements the same rule as the Python masks module (masks.py:
-// visible_keys, key_range, query_range), which every backend follows and the tests check against.
+// attention_bwd_dkdv.cuh), and it implements the same rule as the Python masks module
+// (flashattn_py/semantics/masks.py: visible_keys, key_range, query_range), which every backend follows
+// and the tests check against.
 //
 // Query i sits at key position aligned = i + offset, the diagonal offset of its sequence
 // (SequenceView::diag, sequence.h): seqlen_k - seqlen_q aligns the causal diagonal bottom-right

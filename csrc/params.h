@@ -2,7 +2,7 @@
 //
 // Filled by the pybind11 bindings (csrc/bindings.cpp) from raw device pointers, shapes and strides
 // that Python passes as integers, so nothing here depends on torch. Semantics are those of
-// flashattn_py (docs/design.md, ../shared/DESIGN.md): bshd tensors addressed by element strides,
+// flashattn_py (docs/design.md; flashattn_py/params.py is its Python twin): bshd tensors addressed by element strides,
 // bottom-right aligned causal/window masks, rows that see no key give out 0 and lse -inf.
 #pragma once
 
@@ -65,7 +65,7 @@ struct AttentionParams {
 
   PositionalParams pe;
 
-  // Variable lengths (flashattn_py/varlen.py), int32 device arrays; nullptr: every sequence is
+  // Variable lengths (flashattn_py/varlen.py, validation/sequences.py), int32 device arrays; nullptr: every sequence is
   // (seqlen_q, seqlen_k). sequence.h turns them into each CTA's view of its sequence.
   //  - cu_seqlens_q / cu_seqlens_k (batch + 1 prefix sums): packed batches. Sequence b is rows
   //    cu[b] .. cu[b + 1] - 1 of q/out (resp. k/v) and of the position tensors; batch strides are not
@@ -73,7 +73,7 @@ struct AttentionParams {
   //  - seqused_k (batch): dense batches where sequence b attends to its first seqused_k[b] keys (the
   //    backward writes zero dk / dv for the others).
   //  - leftpad_k (batch; with seqused_k, forward only): sequence b's first leftpad_k[b] key rows are
-  //    padding (kvcache.py's cache_leftpad), so it sees keys leftpad_k[b] .. seqused_k[b] - 1. Key
+  //    padding (flash_attn_with_kvcache's cache_leftpad), so it sees keys leftpad_k[b] .. seqused_k[b] - 1. Key
   //    indices are not shifted: the diagonal and window stay where seqused_k puts them.
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;

@@ -1,7 +1,7 @@
 // Positional encodings (RoPE, sinusoidal) applied to q/k tiles in SHARED memory right after they land,
 // so the attention kernels see encoded rows without a separate pass over global memory. The forward
 // encodes Q and K tiles; the backward encodes recomputed tiles and maps fp32 gradient tiles back
-// (inverse = true). Semantics are flashattn_py/positional.py `encode`, computed in fp32 and rounded
+// (inverse = true). Semantics are flashattn_py/semantics/positional.py `encode`, computed in fp32 and rounded
 // once to the tile's type.
 #pragma once
 

@@ -1,7 +1,7 @@
 // Where one sequence of a batch lives, as every CUDA kernel sees it: the one reading of the
 // variable-length fields of AttentionParams (cu_seqlens_q/k, seqused_k, leftpad_k) and of the paged K/V layout.
 // The same rules as triton_kernels/common.py (sequence_bounds, kv_row_offsets) and
-// flashattn_py/masks.py (the causal diagonal sits bottom-right of each sequence's own lengths).
+// flashattn_py/semantics/masks.py (the causal diagonal sits bottom-right of each sequence's own lengths).
 //
 // Plain C++ with no CUDA header: the functions are __host__ __device__, so tests/test_cuda_sequence.py
 // compiles this file with the host compiler and checks it against the Python rules without a GPU.
@@ -54,7 +54,7 @@ FLASHATTN_HOST_DEVICE inline SequenceView sequence_view(const AttentionParams& p
   s.k_rows = s.seqlen_k;
   if (p.seqused_k != nullptr) s.seqlen_k = p.seqused_k[batch];
   if (p.leftpad_k != nullptr) s.k_first = p.leftpad_k[batch];  // a bound on visible keys, not a shift
-  // Variable lengths always align bottom-right per sequence (flashattn_py/checks.py refuses top-left).
+  // Variable lengths always align bottom-right per sequence (flashattn_py/validation/attention.py refuses top-left).
   const bool per_sequence = p.cu_seqlens_q != nullptr || p.seqused_k != nullptr;
   s.diag = (p.top_left && !per_sequence) ? 0 : int64_t(s.seqlen_k) - s.seqlen_q;
   return s;

@@ -32,15 +32,24 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from . import api, backends, checks, ops
+from . import api, backends, ops
+from .validation.attention import attention_params
 
 METHODS = ("ring", "zigzag", "allgather")
-LOG2E = 1.4426950408889634  # the Triton backward reads the lse in base 2 (ops.py, "aux")
+LOG2E = 1.4426950408889634  # a backend that keeps_lse_log2 reads the lse in base 2 (ops.py, "aux")
 
 
 def merge_partials(out_a, lse_a, out_b, lse_b):
-    """(out, lse) of attention over the union of two disjoint key sets, from each set's (out, lse):
-    out bshd, lse (batch, heads, seqlen) natural log. Rows that see no key in either keep out 0, lse -inf."""
+    """(out, lse) of attention over the union of two disjoint key sets, from each set's (out, lse): the
+    split-K rule. Rows that see no key in either keep out 0, lse -inf.
+
+    Args:
+        out_a, out_b: ``[B, S, H, D]``: each key set's attention output (any float dtype).
+        lse_a, lse_b: float32 ``[B, H, S]``: each key set's log-sum-exp, natural log (-inf: the row sees no key).
+
+    Returns:
+        (out, lse): out float32 ``[B, S, H, D]``, lse ``[B, H, S]`` in lse_a's dtype.
+    """
     lse = torch.logaddexp(lse_a, lse_b)
     finite = torch.isfinite(lse)
     safe = torch.where(finite, lse, 0.0)
@@ -52,10 +61,29 @@ def merge_partials(out_a, lse_a, out_b, lse_b):
 def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", causal: bool = False,
                                softmax_scale: float | None = None, rotary=None, sinusoidal=None,
                                return_lse: bool = False, backend: str = "auto"):
-    """Attention of this rank's query shard against the whole sequence, split across ``group``
-    (default: the world). q (batch, S, heads, head_dim), k / v (batch, S, kv_heads, head_dim): this
-    rank's shard, S the same on every rank (checked). Returns out like q (and lse (batch, heads, S)
-    fp32 with return_lse). Differentiable w.r.t. q, k, v (each rank gets its shard's gradients)."""
+    """Attention of this rank's query shard against the whole sequence, split across the ranks of ``group``.
+    Differentiable w.r.t. q, k, v (each rank gets its shard's gradients). The methods, their communication
+    and memory: the module docstring and docs/design.md ("Context parallelism").
+
+    Args:
+        q: ``[B, S, Hq, D]``: this rank's shard, in ``shard_sequence``'s layout for ``method``; S the same on
+            every rank (checked).
+        k, v: ``[B, S, Hkv, D]``: this rank's shards, q's dtype; Hq divisible by Hkv (GQA / MQA).
+        group: a torch.distributed process group this rank belongs to (torch.distributed must be initialized);
+            default the world.
+        method: "ring" (default: K / V shards passed around the ring), "zigzag" (the ring over a load-balanced
+            layout for causal attention; S must be even) or "allgather" (K / V all-gathered once).
+        causal: mask keys after the query by global position (bottom-right = top-left for the whole sequence).
+        softmax_scale: default ``1 / sqrt(D)``.
+        rotary: a ``Rotary`` applied to q and k at each token's global position; None = none.
+        sinusoidal: a ``Sinusoidal`` encoding at each token's global position; None = none.
+        return_lse: also return the lse.
+        backend: as in ``flashattn_py.attention``, for every block.
+
+    Returns:
+        out: ``[B, S, Hq, D]``, q's dtype: this rank's queries' output, in its shard's order. With
+        ``return_lse``: ``(out, lse)``, lse float32 ``[B, Hq, S]`` (natural log).
+    """
     group, rank, world = _check_group(group)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -117,11 +145,11 @@ def _block_backward(dout, q, k, v, out, lse, q_offset: int, k_offset: int, causa
     """(dq, dk, dv) of one key block given the merged out and lse (the attention backward op)."""
     opts = dict(options)
     backend = opts.pop("backend")
-    params = checks.attention_params(q, k, v, causal=causal, **_positions(q_offset, k_offset, opts), **opts)
-    name = ops.backend_name(backends.select(backend, q.device))
-    aux = (lse * LOG2E).contiguous() if name in ops._LSE_LOG2_BACKENDS else lse.new_empty(0)
+    params = attention_params(q, k, v, causal=causal, **_positions(q_offset, k_offset, opts), **opts)
+    chosen = backends.select(backend, q.device)
+    aux = (lse * LOG2E).contiguous() if chosen.keeps_lse_log2 else lse.new_empty(0)
     dq, dk, dv, _, _ = ops.attention_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), aux,
-                                              **ops.op_args(params, name))
+                                              **ops.op_args(params, chosen.name))
     return dq, dk, dv
 
 
@@ -138,8 +166,19 @@ def _ring_exchange(tensors, group, rank: int, world: int):
 
 
 def shard_sequence(x: torch.Tensor, rank: int, world: int, method: str = "ring") -> torch.Tensor:
-    """This rank's shard of a whole (batch, total, ...) sequence for `method` (a copy): the layout
-    context_parallel_attention expects. total must split evenly (2 * world chunks for zigzag)."""
+    """This rank's shard of a whole sequence for ``method``: the layout context_parallel_attention expects.
+
+    Args:
+        x: ``[B, total, ...]`` (e.g. ``[B, total, H, D]``): the whole sequence; total must split into world
+            (zigzag: 2 * world) equal chunks.
+        rank: this rank's index in the group, in [0, world).
+        world: the group's size.
+        method: "ring" / "allgather" (default "ring": tokens ``[rank * S, (rank + 1) * S)``) or "zigzag"
+            (chunks rank and ``2 * world - 1 - rank`` of 2 * world equal chunks).
+
+    Returns:
+        ``[B, total / world, ...]``, x's dtype: a copy.
+    """
     chunks = 2 * world if method == "zigzag" else world
     if x.shape[1] % chunks:
         raise ValueError(f"a sequence of {x.shape[1]} tokens does not split into {chunks} equal chunks "
@@ -149,7 +188,15 @@ def shard_sequence(x: torch.Tensor, rank: int, world: int, method: str = "ring")
 
 
 def unshard_sequence(shards: list[torch.Tensor], method: str = "ring") -> torch.Tensor:
-    """The whole sequence from every rank's shard (rank order), shard_sequence's inverse."""
+    """The whole sequence from every rank's shard: shard_sequence's inverse.
+
+    Args:
+        shards: world tensors ``[B, S, ...]``: every rank's shard, in rank order (e.g. all-gathered).
+        method: the method the shards were made for (shard_sequence's); default "ring".
+
+    Returns:
+        ``[B, world * S, ...]``, the shards' dtype: the whole sequence in token order.
+    """
     world, seqlen = len(shards), shards[0].shape[1]
     whole = shards[0].new_empty((shards[0].shape[0], world * seqlen, *shards[0].shape[2:]))
     for rank, shard in enumerate(shards):
@@ -159,9 +206,18 @@ def unshard_sequence(shards: list[torch.Tensor], method: str = "ring") -> torch.
 
 
 def shard_pieces(rank: int, world: int, seqlen: int, method: str) -> list[tuple[int, int]]:
-    """(global offset, length) of the contiguous pieces a rank's shard of `seqlen` tokens holds, in
-    shard order: one piece for ring / allgather (tokens [rank * seqlen, (rank + 1) * seqlen)); for
-    zigzag chunk `rank` and chunk `2 * world - 1 - rank` of a sequence cut in 2 * world chunks."""
+    """The contiguous pieces of the whole sequence a rank's shard holds, in shard order.
+
+    Args:
+        rank: the rank's index in the group, in [0, world).
+        world: the group's size.
+        seqlen: the shard's length S (the whole sequence has world * S tokens).
+        method: "ring" / "allgather" (one piece: tokens ``[rank * S, (rank + 1) * S)``) or "zigzag" (chunk rank
+            and chunk ``2 * world - 1 - rank`` of a sequence cut in 2 * world chunks).
+
+    Returns:
+        list of ``(global offset, length)`` int pairs.
+    """
     if method != "zigzag":
         return [(rank * seqlen, seqlen)]
     chunk = seqlen // 2
@@ -186,8 +242,25 @@ def _rows(pieces, i: int) -> slice:
 
 
 def ring_forward(q, k, v, group, rank: int, world: int, causal: bool, method: str, options, communicate=True):
-    """(out, lse) of the ring's forward. communicate=False keeps this rank's own K / V in place of
-    the others' (wrong results, the same block attentions): what `bench cp` times as computation alone."""
+    """(out, lse) of the ring's forward (context_parallel_attention's "ring" and "zigzag"), without autograd of
+    its own.
+
+    Args:
+        q: ``[B, S, Hq, D]``: this rank's query shard.
+        k, v: ``[B, S, Hkv, D]``: this rank's key / value shards.
+        group: the torch.distributed process group.
+        rank: this rank's index in the group.
+        world: the group's size.
+        causal: mask keys after the query by global position.
+        method: "ring" or "zigzag" (shard_pieces' layout).
+        options: dict of ``flashattn_py.attention`` keywords for every block (context_parallel_attention's
+            softmax_scale, rotary, sinusoidal, backend).
+        communicate: False keeps this rank's own K / V in place of the others' (wrong results, the same block
+            attentions): what `bench cp` times as computation alone. Default True.
+
+    Returns:
+        (out, lse): out ``[B, S, Hq, D]`` in q's dtype, lse float32 ``[B, Hq, S]`` (natural log).
+    """
     seqlen = q.shape[1]
     q_pieces = shard_pieces(rank, world, seqlen, method)
     partial = [None] * len(q_pieces)  # the running (out, lse) of each query piece

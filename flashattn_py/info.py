@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from . import backends, cuda_backend, cuda_compat
+from . import backends
+from .backends import cuda_backend, cuda_compat
 
 
 @dataclasses.dataclass
@@ -67,10 +68,10 @@ def _version(dist: str) -> str | None:
 
 def _auto_backend(device: torch.device) -> str:
     try:
-        module = backends.select("auto", device)
+        chosen = backends.select("auto", device)
     except Exception as err:  # e.g. triton missing on a GPU machine: say so instead of failing
         return f"none ({type(err).__name__}: {err})"
-    return module.__name__.rsplit(".", 1)[-1].removesuffix("_backend")
+    return chosen.name
 
 
 def _gpu(index: int, build: dict | None) -> GPU:

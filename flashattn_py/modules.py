@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import api, checks, reference
-from .kvcache import flash_attn_with_kvcache
-from .positional import Rotary
+from . import api
+from .decoding import flash_attn_with_kvcache
+from .params import Rotary
+from .semantics.naive_attention import probabilities
+from .validation.attention import attention_params
 from .varlen import flash_attn_varlen_func
 
 
@@ -59,13 +61,16 @@ def _forward_runs_in_encoder_layers(module, args):
 
 
 class MultiheadAttention(nn.MultiheadAttention):
-    """Drop-in for torch.nn.MultiheadAttention running our fused attention (``backend`` as in
-    flashattn_py.attention). need_weights=True returns the softmax weights, materialized (costs
-    (batch, heads, L, S) memory; pass need_weights=False to keep memory linear) and before dropout.
+    """Drop-in for torch.nn.MultiheadAttention running our fused attention: same constructor, parameters and
+    state_dict. Nested tensors (batch_first only; what nn.TransformerEncoder makes of a right-padded batch)
+    run packed on the variable-length kernels. Details: docs/entry-points.md.
 
-    Nested tensors (batch_first only; what nn.TransformerEncoder makes of a right-padded batch) run
-    packed on the variable-length kernels; like torch's fast path, they take no masks and return
-    weights padded with zeros."""
+    Args:
+        *args, **kwargs: torch.nn.MultiheadAttention's (embed_dim, num_heads, dropout, bias, add_bias_kv,
+            add_zero_attn, kdim, vdim, batch_first, device, dtype).
+        backend: keyword-only, as in ``flashattn_py.attention``: "auto" (Triton on CUDA, PyTorch on CPU),
+            "triton", "cuda", "torch" or "reference".
+    """
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,6 +87,31 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        """torch.nn.MultiheadAttention.forward's signature and mask conventions (bool True = *masked*, float
+        masks added to the scores); N batch, L target and S source length, E embed_dim, H num_heads.
+
+        Args:
+            query: ``[N, L, E]`` with batch_first, else ``[L, N, E]``; ``[L, E]`` unbatched; or a nested
+                ``[N, L_b, E]`` tensor (batch_first only; key and value nested too).
+            key: ``[N, S, kdim]`` with batch_first, else ``[S, N, kdim]``; ``[S, kdim]`` unbatched; or nested.
+            value: ``[N, S, vdim]`` with batch_first, else ``[S, N, vdim]``; ``[S, vdim]`` unbatched; or nested.
+            key_padding_mask: ``[N, S]`` (``[S]`` unbatched): bool (True = ignore the key) or float (added);
+                None = none. Refused with nested inputs.
+            need_weights: also return the softmax weights, materialized (costs ``[N, H, L, S]`` memory; False
+                keeps memory linear). Default True, as torch's.
+            attn_mask: ``[L, S]`` or ``[N * H, L, S]`` (``[H, L, S]`` unbatched): bool (True = masked) or float
+                (added); None = none. Refused with nested inputs.
+            average_attn_weights: average the returned weights over the heads; default True.
+            is_causal: hint that attn_mask is the causal mask (attn_mask still required); our kernels then apply
+                the top-left causal mask themselves when there is no key_padding_mask and need_weights is False.
+
+        Returns:
+            (attn_output, attn_weights): attn_output ``[N, L, E]`` with batch_first, else ``[L, N, E]`` (``[L, E]``
+            unbatched; nested like query for nested inputs), query's dtype. attn_weights, query's dtype:
+            ``[N, L, S]`` averaged over the heads or ``[N, H, L, S]`` (without N unbatched), the softmax weights
+            before dropout; for nested inputs ``[N, (H,) max L, max S]``, zero past each length (as torch's fast
+            path); None with need_weights=False.
+        """
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch.nn.MultiheadAttention)")
         if query.is_nested or key.is_nested or value.is_nested:
@@ -116,7 +146,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         weights = None
         if need_weights:
             with torch.no_grad():
-                weights = reference.probabilities(q, k, checks.attention_params(q, k, k, **options)).to(q.dtype)
+                weights = probabilities(q, k, attention_params(q, k, k, **options)).to(q.dtype)
             weights = weights.mean(dim=1) if average_attn_weights else weights
             weights = weights.squeeze(0) if unbatched else weights
         if not self.batch_first:
@@ -164,15 +194,23 @@ class MultiheadAttention(nn.MultiheadAttention):
             if q.shape[0] == 0 or k.shape[0] == 0:  # an empty sequence (a fully padded row) keeps zeros
                 continue
             q, k = q[None], k[None]
-            params = checks.attention_params(q, k, k, alignment="top_left")
-            weights[b, :, :q.shape[1], :k.shape[1]] = reference.probabilities(q, k, params)[0].to(q.dtype)
+            params = attention_params(q, k, k, alignment="top_left")
+            weights[b, :, :q.shape[1], :k.shape[1]] = probabilities(q, k, params)[0].to(q.dtype)
         return weights
 
 
 class TransformerEncoderLayer(nn.TransformerEncoderLayer):
-    """torch.nn.TransformerEncoderLayer whose self_attn is our MultiheadAttention: same constructor
-    (plus ``backend``), parameters, state_dict and initialization (torch's own self_attn is built, then
-    its tensors taken over). Fits nn.TransformerEncoder, nested-tensor conversion included."""
+    """torch.nn.TransformerEncoderLayer whose self_attn is our MultiheadAttention: same constructor (plus
+    ``backend``), parameters, state_dict, initialization (torch's own self_attn is built, then its tensors
+    taken over) and forward. Fits nn.TransformerEncoder, nested-tensor conversion included.
+
+    Args:
+        d_model: the embedding size E.
+        nhead: the number of attention heads.
+        *args, **kwargs: torch.nn.TransformerEncoderLayer's (dim_feedforward, dropout, activation, layer_norm_eps,
+            batch_first, norm_first, bias, device, dtype).
+        backend: keyword-only, as in ``flashattn_py.attention``, for self_attn.
+    """
 
     def __init__(self, d_model: int, nhead: int, *args, backend: str = "auto", **kwargs):
         super().__init__(d_model, nhead, *args, **kwargs)
@@ -186,13 +224,28 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
 
 
 class KVCache:
-    """One LlamaAttention layer's keys and values for generation (flash_attn_with_kvcache underneath).
+    """One LlamaAttention layer's keys and values for generation (flash_attn_with_kvcache underneath); each
+    forward through the layer appends its tokens and advances ``seqlens``.
 
-    Contiguous, (batch, capacity, num_kv_heads, head_dim), or paged: pages of page_size tokens and a
-    block table giving each sequence its own ceil(capacity / page_size) pages. ``seqlens`` (int32,
-    batch) counts the tokens cached per sequence, padding included; each forward through the layer
-    appends its tokens and advances it. ``leftpad`` (int32, batch; optional): a left-padded batch of
-    prompts, whose first leftpad[b] tokens are never attended (cache_leftpad)."""
+    Args:
+        batch: the number of sequences B.
+        capacity: the most tokens a sequence can hold (padding included).
+        num_kv_heads: the layer's key / value heads Hkv.
+        head_dim: the layer's head dim D.
+        page_size: None (default): a contiguous cache; an int: a paged one, pages of page_size tokens, each
+            sequence its own ``ceil(capacity / page_size)`` pages.
+        leftpad: int32 ``[B]``: a left-padded batch of prompts, whose first ``leftpad[b]`` tokens are never
+            attended (cache_leftpad); None = no padding.
+        dtype: the cache's dtype (the layer's); default torch's default dtype.
+        device: the cache's device; default torch's default device.
+
+    Attributes:
+        k, v: zeros at first: ``[B, capacity, Hkv, D]``, or paged ``[B * ceil(capacity / page_size), page_size,
+            Hkv, D]``.
+        block_table: int32 ``[B, ceil(capacity / page_size)]`` (sequence b's pages), or None when contiguous.
+        seqlens: int32 ``[B]``: tokens cached per sequence, padding included; zeros at first.
+        leftpad: as given.
+    """
 
     def __init__(self, batch: int, capacity: int, num_kv_heads: int, head_dim: int, *, page_size: int | None = None,
                  leftpad: torch.Tensor | None = None, dtype=None, device=None):
@@ -212,12 +265,18 @@ class LlamaAttention(nn.Module):
     """Llama-style self-attention: q/k/v/o projections (no bias by default), grouped-query attention
     (num_kv_heads <= num_heads) and RoPE fused into the attention kernels (never materialized).
 
-    forward(x (batch, seqlen, hidden), positions=None, attn_bias=None, cache=None) -> (batch, seqlen, hidden);
-    positions: None (0..seqlen-1), an int / (batch,) offset or (batch, seqlen) position ids; attn_bias
-    as in flashattn_py.attention (e.g. a (batch, 1, 1, seqlen) bool key-padding mask, True = keep).
-    cache (a KVCache; inference): x's tokens follow the cached ones (prefill, then one per step); their
-    keys and values are appended, positions continue from cache.seqlens, and padding is cache.leftpad,
-    so positions and attn_bias are not taken with it.
+    Args:
+        hidden_size: the model width.
+        num_heads: the query heads Hq.
+        num_kv_heads: the key / value heads Hkv, dividing num_heads; default num_heads.
+        head_dim: default ``hidden_size // num_heads``.
+        rotary: the ``Rotary`` spec; default ``Rotary()`` (base 10000, all channels, GPT-NeoX pairs).
+        bias: projections with bias; default False.
+        dropout: attention dropout probability, applied in training mode only (not with a cache); default 0.0.
+        causal: causal self-attention; default True.
+        backend: as in ``flashattn_py.attention``: "auto" (Triton on CUDA, PyTorch on CPU), "triton", "cuda",
+            "torch" or "reference".
+        device, dtype: of the projections' parameters.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
@@ -253,6 +312,20 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions=None, attn_bias: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
+        """Self-attention of x; with ``cache``, one generation step against it (inference only: no backward).
+
+        Args:
+            x: ``[B, S, hidden_size]``, the parameters' dtype.
+            positions: None (0..S-1), an int or ``[B]`` int offset, or ``[B, S]`` int position ids. Not with cache.
+            attn_bias: as in ``flashattn_py.attention``, broadcastable to ``[B, Hq, S, S]`` (e.g. a ``[B, 1, 1, S]``
+                bool key-padding mask, True = keep); None = none. Not with cache.
+            cache: a ``KVCache`` (inference): x's tokens follow the cached ones (prefill, then one per step);
+                their keys and values are appended, positions continue from ``cache.seqlens`` (advanced by S in
+                place) and padding is ``cache.leftpad``. None (default): no cache.
+
+        Returns:
+            ``[B, S, hidden_size]``, x's dtype.
+        """
         batch, seqlen, _ = x.shape
         q = self.q_proj(x).view(batch, seqlen, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seqlen, self.num_kv_heads, self.head_dim)

@@ -16,13 +16,34 @@ import warnings
 import torch
 
 from . import api
+from .validation.common import check_tensor
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, backend="auto"):
+    """Mirrors ``torch.nn.functional.scaled_dot_product_attention`` (signature and semantics) on our kernels.
+    One deliberate difference: a query whose every key is masked gets output 0 (torch's math backend gives NaN).
+    Details: docs/entry-points.md.
+
+    Args:
+        query: ``[B, Hq, Sq, D]`` (or ``[B, Sq, D]``) float16 / bfloat16 / float32, D <= 256.
+        key: ``[B, Hkv, Sk, D]`` (or ``[B, Sk, D]``), query's dtype and number of dims.
+        value: ``[B, Hkv, Sk, D]`` (or ``[B, Sk, D]``); its head dim must equal query's.
+        attn_mask: broadcastable to ``[B, Hq, Sq, Sk]`` (``[B, Sq, Sk]`` for 3-D inputs): bool (True = attend)
+            or float (added to the scores, differentiable); read through its strides, so a ``[B, 1, 1, Sk]``
+            key-padding mask costs no Sq x Sk tensor. None = no mask; not with is_causal.
+        dropout_p: attention dropout probability, in [0, 1).
+        is_causal: query i sees keys j <= i (aligned top-left, as torch's).
+        scale: default ``1 / sqrt(D)``.
+        enable_gqa: let Hq be a multiple of Hkv (query heads share key / value heads); False needs Hq == Hkv.
+        backend: ours, keyword-only: "auto" (Triton on CUDA, PyTorch on CPU), "triton", "cuda", "torch" or
+            "reference".
+
+    Returns:
+        ``[B, Hq, Sq, D]`` (``[B, Sq, D]`` for 3-D inputs), query's dtype.
+    """
     for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_tensor(name, t)
         if t.dim() not in (3, 4):
             raise ValueError(f"{name} must be (batch, nheads, seqlen, head_dim) or (batch, seqlen, head_dim), "
                              f"got shape {tuple(t.shape)}")
@@ -53,11 +74,18 @@ _ORIGINAL_SDPA = torch.nn.functional.scaled_dot_product_attention
 
 @contextlib.contextmanager
 def route_sdpa(backend: str = "auto", fallback: str = "warn"):
-    """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs ours.
+    """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs ours
+    (``scaled_dot_product_attention``). Code that imported the function object before the block keeps torch's.
 
-    Calls ours cannot take (e.g. float64, value head_dim != query head_dim, head_dim > 256) go to
-    torch's own function: with a warning naming the reason (fallback="warn"), silently ("silent"), or
-    they raise ("error"). Code that imported the function object before the block keeps torch's.
+    Args:
+        backend: ours, for every routed call: "auto" (Triton on CUDA, PyTorch on CPU), "triton", "cuda",
+            "torch" or "reference".
+        fallback: what happens to calls ours cannot take (e.g. float64, value head_dim != query head_dim,
+            head_dim > 256): "warn" (default: torch's own function runs, with a warning naming the reason),
+            "silent" (torch's, no warning) or "error" (they raise).
+
+    Yields:
+        None; torch's function is restored when the block exits.
     """
     if fallback not in ("warn", "silent", "error"):
         raise ValueError(f"fallback must be 'warn', 'silent' or 'error', got {fallback!r}")

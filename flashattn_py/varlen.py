@@ -7,77 +7,17 @@ restarts: causal / window alignment is bottom-right within each sequence, RoPE /
 start at 0 in each sequence, ALiBi distances are within the sequence. lse is (nheads, total_q).
 
 The Triton and CUDA kernels read the packed tensors directly (their grid covers the longest sequence;
-each program reads its sequence's bounds: triton_kernels/common.py sequence_bounds, csrc/sequence.h). Backends without packed-sequence kernels run each sequence as
-a dense batch of one (``PerSequence``): same results, a launch per sequence.
+each program reads its sequence's bounds: triton_kernels/common.py sequence_bounds, csrc/sequence.h).
+Backends without packed-sequence kernels run the sequences of each length as one dense batch
+(backends/per_sequence.py): same results, a launch per distinct length. The checks and the params of a
+packed call: validation/sequences.py.
 """
 from __future__ import annotations
 
-import dataclasses
-
-import torch
-
-from . import api, checks
-
-
-def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, device) -> None:
-    if not isinstance(cu, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
-    if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
-        raise ValueError(f"{name} must be a 1-D int32 tensor of batch + 1 prefix sums, got {cu.dtype} "
-                         f"of shape {tuple(cu.shape)}")
-    if cu.device != device:
-        raise ValueError(f"{name} is on {cu.device} but q is on {device}")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
-        raise TypeError(f"max_seqlen for {name} must be an int, got {type(max_seqlen).__name__}")
-    if not checks.reads_values():
-        return  # they read the tensor on the host: a graph break while torch.compile traces, illegal while
-        # a CUDA graph is captured (validate eagerly once); see docs/entry-points.md
-    # One small device-to-host copy: bad offsets would make the kernels read out of bounds.
-    values = cu.tolist()
-    lengths = [b - a for a, b in zip(values, values[1:])]
-    if values[0] != 0 or values[-1] != total or any(n < 0 for n in lengths):
-        raise ValueError(f"{name} must start at 0, never decrease and end at the packed length {total}; got {values}")
-    if lengths and max(lengths) > max_seqlen:
-        raise ValueError(f"{name} has a sequence of length {max(lengths)} > max_seqlen {max_seqlen}")
-
-
-def token_positions(cu: torch.Tensor, total: int) -> torch.Tensor:
-    """(1, total) int64: each packed row's position within its own sequence (0, 1, ... per sequence)."""
-    rows = torch.arange(total, device=cu.device)
-    sequence = torch.searchsorted(cu[1:].to(torch.int64), rows, right=True)
-    return (rows - cu.to(torch.int64)[sequence])[None]
-
-
-def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, alibi_slopes=None,
-                  rotary=None, sinusoidal=None, pe_k_strategy="auto", **options) -> checks.AttentionParams:
-    """AttentionParams of a packed call; q, k, v are the packed (total, nheads, head_dim) tensors."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be packed (total_tokens, nheads, head_dim), got shape {tuple(t.shape)}")
-    q4, k4, v4 = q[None], k[None], v[None]
-    if isinstance(cu_seqlens_q, torch.Tensor) and isinstance(cu_seqlens_k, torch.Tensor) \
-            and cu_seqlens_q.shape != cu_seqlens_k.shape:  # first: their values would be judged by a wrong max_seqlen
-        raise ValueError(f"cu_seqlens_q describes {cu_seqlens_q.shape[0] - 1} sequences but cu_seqlens_k "
-                         f"{cu_seqlens_k.shape[0] - 1}")
-    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
-    if pe_k_strategy == "in_kernel":
-        raise ValueError("pe_k_strategy='in_kernel' is not available for packed sequences (positions restart per "
-                         "sequence; the encoding runs as a pre-pass): use 'auto' or 'prepass'")
-    encoded = rotary is not None or sinusoidal is not None
-    positions = dict(q_positions=token_positions(cu_seqlens_q, q.shape[0]),
-                     k_positions=token_positions(cu_seqlens_k, k.shape[0])) if encoded else {}
-    params = checks.attention_params(q4, k4, v4, rotary=rotary, sinusoidal=sinusoidal, pe_k_strategy=pe_k_strategy,
-                                     **positions, **options)
-    batch = cu_seqlens_q.shape[0] - 1
-    mods = checks.check_score_mods(params.mods.softcap, alibi_slopes, None, batch=batch, nheads_q=params.nheads_q,
-                                   seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, device=q.device,
-                                   sinks=params.mods.sinks)
-    lengths = checks.SequenceLengths(cu_seqlens_q, cu_seqlens_k, total_q=q.shape[0], total_k=k.shape[0])
-    return dataclasses.replace(params, batch=batch, seqlen_q=max_seqlen_q, seqlen_k=max_seqlen_k, lengths=lengths,
-                               mods=mods if mods.active else params.mods)
+from . import backends, ops
+from .validation.common import check_bool
+from .validation.sequences import varlen_params
+from .varlen_paged import paged_varlen_forward
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -85,20 +25,54 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None, *, rotary=None,
                            sinusoidal=None, pe_k_strategy="auto", num_splits=0, pack_gqa=None, seqused_k=None,
                            learnable_sink=None, backend="auto"):
-    """FlashAttention 2's ``flash_attn_varlen_func`` on our kernels (see the module docstring), plus
-    fused ``rotary=`` / ``sinusoidal=`` encodings whose positions restart at 0 in each sequence.
-    return_attn_probs=True returns (out, lse (nheads, total_q), None): packed sequences have no one
-    (seqlen_q, seqlen_k) matrix to return. With block_table, k and v are a paged KV cache
-    (varlen_paged.py: inference only), and num_splits / pack_gqa (FlashAttention 3's) are the
-    scheduling hints of flash_attn_with_kvcache; without it they must stay 0 / None. seqused_k (int32
-    (batch,), FlashAttention 3's, with block_table only): each sequence's key count, in place of
-    cu_seqlens_k (pass None), as a serving engine keeps its cache lengths. learnable_sink (FlashAttention
-    3's name): attention sinks, float (nheads,), see flashattn_py.attention(sinks=)."""
-    if not isinstance(deterministic, bool):
-        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
-    if block_table is not None:
-        from .varlen_paged import paged_varlen_forward  # it imports this module
+    """Mirrors FlashAttention 2's ``flash_attn_varlen_func`` (same name, argument order and defaults) on our
+    kernels: attention over sequences packed along dim 0, every per-sequence rule restarting in each sequence
+    (see the module docstring), plus fused ``rotary=`` / ``sinusoidal=``. Details: docs/entry-points.md.
 
+    Args:
+        q: ``[total_q, Hq, D]`` float16 / bfloat16 / float32: the sequences' queries concatenated along dim 0.
+        k, v: ``[total_k, Hkv, D]``, q's dtype; Hq divisible by Hkv (GQA / MQA). With ``block_table``: a paged
+            KV cache ``[num_pages, page_size, Hkv, D]`` (any page size; last dim unit-stride), read in place.
+        cu_seqlens_q: int32 ``[B + 1]``: prefix sums of the query lengths, starting at 0; sequence b is rows
+            ``cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1``.
+        cu_seqlens_k: int32 ``[B + 1]``: the same for the keys (with block_table: sequence b's keys are its first
+            ``cu_seqlens_k[b + 1] - cu_seqlens_k[b]`` cache rows); None when ``seqused_k`` is given.
+        max_seqlen_q: int: the longest query sequence.
+        max_seqlen_k: int: the longest key sequence.
+        dropout_p: attention dropout probability, in [0, 1); must be 0 with block_table.
+        softmax_scale: default ``1 / sqrt(D)``.
+        causal: mask keys after the query, aligned bottom-right within each sequence.
+        window_size: ``(left, right)`` keys around each sequence's aligned diagonal; -1 = unbounded.
+        softcap: > 0 caps scores with ``softcap * tanh(s / softcap)``; 0 = off.
+        alibi_slopes: float32 ``[Hq]`` or ``[B, Hq]``; distances within each sequence; None = off.
+        deterministic: bit-identical gradients (False: the Triton backward adds dQ up with atomics).
+        return_attn_probs: also return the lse, and None in place of the probabilities: packed sequences have
+            no one ``[Sq, Sk]`` matrix to return.
+        block_table: int32 ``[B, max_pages]``: makes k, v a paged KV cache (varlen_paged.py); row j of sequence b
+            is in page ``block_table[b, j // page_size]`` at ``j % page_size``. Inference only: the output joins
+            autograd but its backward raises; no dropout, no rotary / sinusoidal (the cache holds keys already
+            encoded: rotate q with ``apply_rotary``). None = packed k, v.
+        rotary: ours, keyword-only: a ``Rotary`` applied to q and k in the kernels, positions restarting at 0 in
+            each sequence; None = none.
+        sinusoidal: ours, keyword-only: a ``Sinusoidal`` encoding, positions as for rotary; None = none.
+        pe_k_strategy: "auto", "in_kernel" or "prepass": where K is encoded.
+        num_splits: FlashAttention 3's, block_table only: split-K of the decoding rows, as in
+            ``flash_attn_with_kvcache`` (0 decides, 1 never splits); without block_table 0 or 1.
+        pack_gqa: FlashAttention 3's, block_table only: run the query heads sharing a KV head in one tile of the
+            Triton forward; None decides.
+        seqused_k: int32 ``[B]``, FlashAttention 3's, block_table only: each sequence's key count, in place of
+            cu_seqlens_k (pass None), as a serving engine keeps its cache lengths.
+        learnable_sink: float ``[Hq]`` attention sinks (FlashAttention 3's name; ``flashattn_py.attention(sinks=)``):
+            one logit per query head in every row's normalizer; None = none.
+        backend: ours, keyword-only: "auto" (Triton on CUDA, PyTorch on CPU), "triton", "cuda", "torch" or
+            "reference".
+
+    Returns:
+        out: ``[total_q, Hq, D]``, q's dtype. With ``return_attn_probs``: ``(out, softmax_lse, None)``,
+        softmax_lse float32 ``[Hq, total_q]`` (natural log; -inf for a row that sees no key, whose output is 0).
+    """
+    check_bool("deterministic", deterministic)
+    if block_table is not None:
         out, lse = paged_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
                                         num_splits=num_splits, pack_gqa=pack_gqa, seqused_k=seqused_k,
                                         dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal, backend=backend,
@@ -112,183 +86,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     params = varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                            softmax_scale=softmax_scale, window_size=window_size, softcap=softcap,
                            alibi_slopes=alibi_slopes, dropout_p=dropout_p, rotary=rotary, sinusoidal=sinusoidal,
-                           pe_k_strategy=pe_k_strategy, sinks=learnable_sink)
-    params = dataclasses.replace(params, deterministic=deterministic)
-    out, lse = api.run_params(q[None], k[None], v[None], params, backend)
+                           pe_k_strategy=pe_k_strategy, sinks=learnable_sink, deterministic=deterministic)
+    chosen = backends.select(backend, q.device, sinks=learnable_sink is not None)
+    out, lse = ops.attention(q[None], k[None], v[None], params, chosen)
     return (out[0], lse, None) if return_attn_probs else out[0]
-
-
-class PerSequence:
-    """Adapter giving a backend without variable-length kernels the same interface: the sequences of
-    one length run as one dense batch through the wrapped backend (forward and backward), so a packed
-    batch of many short sequences costs a call per distinct length, not per sequence. Packed batches
-    (cu_seqlens) and dense batches with seqused_k (the keys past seqused_k[b] get zero gradients).
-    The wrapped backend must keep no scratch between its forward and backward (the PyTorch and
-    reference backends keep none; Triton and CUDA read the lengths themselves)."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    @staticmethod
-    def _spans(params: checks.AttentionParams) -> list[tuple[int, int, int, int, int, int]]:
-        """(q batch entry, first q row, end q row, k batch entry, first k row, end k row) per sequence,
-        indexing the bshd tensors (packed: rows of batch entry 0). One host read of the lengths."""
-        lengths = params.lengths
-        if params.is_varlen:
-            cu_q, cu_k = lengths.cu_seqlens_q.tolist(), lengths.cu_seqlens_k.tolist()
-            return [(0, cu_q[b], cu_q[b + 1], 0, cu_k[b], cu_k[b + 1]) for b in range(params.batch)]
-        used = lengths.seqused_k.tolist()
-        first = [0] * params.batch if lengths.leftpad_k is None else lengths.leftpad_k.tolist()
-        return [(b, 0, params.seqlen_q, b, first[b], used[b]) for b in range(params.batch)]
-
-    @staticmethod
-    def _pieces(params: checks.AttentionParams):
-        """(q rows, k rows, lse rows, params of the piece) per sequence; rows index bshd tensors."""
-        enc = params.encoding
-        for b, (qb, q0, q1, kb, k0, k1) in enumerate(PerSequence._spans(params)):
-            q_rows, k_rows = (slice(qb, qb + 1), slice(q0, q1)), (slice(kb, kb + 1), slice(k0, k1))
-            lse_rows = (slice(None), slice(q0, q1)) if params.is_varlen else (slice(b, b + 1),)
-            mods = params.mods
-            if mods.alibi_slopes is not None:
-                mods = dataclasses.replace(mods, alibi_slopes=mods.alibi_slopes[b:b + 1])
-            if mods.bias is not None:
-                mods = dataclasses.replace(mods, bias=mods.bias[b:b + 1, :, :, k0:k1],
-                                           bias_source=_bias_rows(mods.bias_source, b, k0, k1))
-            encoding = None if enc is None else dataclasses.replace(
-                enc, q_positions=enc.q_positions[q_rows], k_positions=enc.k_positions[k_rows])
-            piece = dataclasses.replace(params, batch=1, seqlen_q=q1 - q0, seqlen_k=k1 - k0, lengths=None, mods=mods,
-                                        encoding=encoding, diagonal_offset=(k1 - k0) - (q1 - q0),
-                                        dropout_seed=params.dropout_seed + b)
-            yield q_rows, k_rows, lse_rows, piece
-
-    @staticmethod
-    def _groups(params: checks.AttentionParams):
-        """Sequences of equal (query, key) lengths run as one dense batch: (params of the batch, its query
-        rows, its key rows). Only positions and ALiBi rows differ between such sequences, and they stack;
-        dropout (a seed per sequence) and a bias (sliced per sequence) keep one call per sequence (_pieces)."""
-        lengths, spans = params.lengths, PerSequence._spans(params)
-        members = {}
-        for b, (_, q0, q1, _, k0, k1) in enumerate(spans):
-            members.setdefault((q1 - q0, k1 - k0), []).append(b)
-        enc, mods = params.encoding, params.mods
-        device = (lengths.cu_seqlens_q if params.is_varlen else lengths.seqused_k).device
-        for (len_q, len_k), batch in members.items():
-            q_rows = _Rows([spans[b][0] for b in batch], [spans[b][1] for b in batch], len_q, device, params.is_varlen)
-            k_rows = _Rows([spans[b][3] for b in batch], [spans[b][4] for b in batch], len_k, device, params.is_varlen)
-            group_mods = mods if mods.alibi_slopes is None else dataclasses.replace(
-                mods, alibi_slopes=mods.alibi_slopes[torch.tensor(batch, device=device)])
-            encoding = None if enc is None else dataclasses.replace(
-                enc, q_positions=q_rows.gather(enc.q_positions), k_positions=k_rows.gather(enc.k_positions))
-            group = dataclasses.replace(params, batch=len(batch), seqlen_q=len_q, seqlen_k=len_k, lengths=None,
-                                        mods=group_mods, encoding=encoding, diagonal_offset=len_k - len_q)
-            yield group, q_rows, k_rows
-
-    @staticmethod
-    def _groupable(params: checks.AttentionParams) -> bool:
-        return not params.has_dropout and params.mods.bias is None
-
-    def forward(self, q, k, v, params):
-        out = torch.empty_like(q)
-        lse = torch.empty(params.lse_shape, dtype=torch.float32, device=q.device)
-        if self._groupable(params):
-            for group, q_rows, k_rows in self._groups(params):
-                o, l, scratch = self.backend.forward(q_rows.gather(q), k_rows.gather(k), k_rows.gather(v), group)
-                assert not scratch, f"{self.backend.__name__} keeps scratch; it needs variable-length kernels"
-                q_rows.scatter(out, o)
-                q_rows.scatter_lse(lse, l, params.is_varlen)
-            return out, lse, ()
-        for q_rows, k_rows, lse_rows, piece in self._pieces(params):
-            o, l, scratch = self.backend.forward(q[q_rows], k[k_rows], v[k_rows], piece)
-            assert not scratch, f"{self.backend.__name__} keeps scratch; it needs variable-length kernels"
-            out[q_rows] = o
-            lse[lse_rows] = l[0] if params.is_varlen else l
-        return out, lse, ()
-
-    def backward(self, dout, q, k, v, out, lse, scratch, params, dbias=None):
-        # Packed sequences cover every key row; seqused_k leaves the keys past each length with zero gradients.
-        new = torch.empty_like if params.is_varlen else torch.zeros_like
-        dq, dk, dv = torch.empty_like(q), new(k), new(v)
-        if self._groupable(params):
-            for group, q_rows, k_rows in self._groups(params):
-                grads = self.backend.backward(q_rows.gather(dout), q_rows.gather(q), k_rows.gather(k), k_rows.gather(v),
-                                              q_rows.gather(out), q_rows.gather_lse(lse, params.is_varlen), (), group)
-                for rows, dst, grad in zip((q_rows, k_rows, k_rows), (dq, dk, dv), grads):
-                    rows.scatter(dst, grad)
-            return dq, dk, dv
-        for b, (q_rows, k_rows, lse_rows, piece) in enumerate(self._pieces(params)):
-            piece_lse = lse[lse_rows][None] if params.is_varlen else lse[lse_rows]
-            k0, k1 = k_rows[1].start, k_rows[1].stop
-            dq[q_rows], dk[k_rows], dv[k_rows] = self.backend.backward(
-                dout[q_rows], q[q_rows], k[k_rows], v[k_rows], out[q_rows], piece_lse, (), piece,
-                dbias=None if dbias is None else _bias_rows(dbias, b, k0, k1))
-        return dq, dk, dv
-
-
-def _bias_rows(bias: torch.Tensor, b: int, k0: int, k1: int) -> torch.Tensor:
-    """Sequence b's keys k0 .. k1 - 1 of a 4-D bias (or its gradient) that may be broadcast (size 1) along
-    the batch or the keys: a view, so a gradient written into it lands in the whole one."""
-    rows = slice(b, b + 1) if bias.shape[0] > 1 else slice(None)
-    return bias[rows, :, :, k0:k1] if bias.shape[3] > 1 else bias[rows]
-
-
-
-class _Rows:
-    """The rows of a group of equal-length sequences in a (batch, seqlen, ...) tensor: sequence i is
-    rows first[i] .. first[i] + length - 1 of batch[i]. Gathered into / scattered from a (n, length, ...)
-    batch as a view when they are one block (consecutive packed sequences, consecutive batches at one
-    offset), else with index_select / index_copy_ (one kernel each, not one per sequence)."""
-
-    def __init__(self, batch: list[int], first: list[int], length: int, device, packed: bool):
-        self.n, self.length, self.packed = len(batch), length, packed
-        self.batch0, self.first0 = batch[0], first[0]
-        if self.packed:  # rows of one batch entry (a packed tensor): contiguous when each starts where the last ended
-            self.block = all(f == first[0] + i * length for i, f in enumerate(first))
-            self.rows = None if self.block else (torch.tensor(first, device=device)[:, None]
-                                                 + torch.arange(length, device=device)).flatten()
-        else:  # one sequence per batch entry
-            self.same_first = all(f == first[0] for f in first)
-            self.block = self.same_first and all(b == batch[0] + i for i, b in enumerate(batch))
-            self.batch_index = torch.tensor(batch, device=device)
-            self.first_index = torch.tensor(first, device=device)
-
-    def _advanced(self):
-        return (self.batch_index[:, None], self.first_index[:, None]
-                + torch.arange(self.length, device=self.batch_index.device))
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            rows = t[self.batch0]
-            if self.block:
-                return rows[self.first0:self.first0 + self.n * self.length].unflatten(0, (self.n, self.length))
-            return rows.index_select(0, self.rows).unflatten(0, (self.n, self.length))
-        if self.block:
-            return t[self.batch0:self.batch0 + self.n, self.first0:self.first0 + self.length]
-        if self.same_first:
-            return t.index_select(0, self.batch_index)[:, self.first0:self.first0 + self.length]
-        return t[self._advanced()]
-
-    def scatter(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        if self.packed:
-            rows = dst[self.batch0]
-            if self.block:  # one copy, whatever src's strides (flattening a strided src would copy it first)
-                rows[self.first0:self.first0 + self.n * self.length].unflatten(0, (self.n, self.length)).copy_(src)
-            else:
-                rows.index_copy_(0, self.rows, src.flatten(0, 1).to(dst.dtype))
-        elif self.block:
-            dst[self.batch0:self.batch0 + self.n, self.first0:self.first0 + self.length] = src
-        elif self.same_first:
-            dst[:, self.first0:self.first0 + self.length].index_copy_(0, self.batch_index, src.to(dst.dtype))
-        else:
-            dst[self._advanced()] = src
-
-    def gather_lse(self, lse: torch.Tensor, packed: bool) -> torch.Tensor:
-        """The group's (n, nheads, length) lse from the call's: packed (nheads, total_q), else (batch, nheads, sq)."""
-        if packed:  # the queries' rows along lse's last dim
-            return self.gather(lse.transpose(0, 1)[None]).transpose(1, 2).contiguous()
-        return self.gather(lse.transpose(1, 2)).transpose(1, 2).contiguous()
-
-    def scatter_lse(self, lse: torch.Tensor, src: torch.Tensor, packed: bool) -> None:
-        if packed:
-            self.scatter(lse.transpose(0, 1)[None], src.transpose(1, 2))
-        else:
-            self.scatter(lse.transpose(1, 2), src.transpose(1, 2))

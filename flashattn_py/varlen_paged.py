@@ -13,7 +13,7 @@ GQA packing (pack_gqa).
 
 Inference only, like flash_attn_with_kvcache: a forward pass (the output still joins the autograd
 graph, so a model in eval mode without torch.no_grad runs, but its backward raises), no dropout, and no
-rotary= / sinusoidal=: a cache holds keys already encoded (kvcache.py rotates them as it appends), so
+rotary= / sinusoidal=: a cache holds keys already encoded (flash_attn_with_kvcache rotates them as it appends), so
 rotate the queries with apply_rotary at their absolute positions. The Triton and CUDA kernels read the
 pages in place; other backends gather each sequence's rows into a packed copy first.
 """
@@ -23,32 +23,14 @@ import dataclasses
 
 import torch
 
-from . import backends, checks
-from .autograd import inference_only
-from .split_k import split_count
-from .varlen import PerSequence, token_positions, varlen_params
-
-
-def _check_values(cu_seqlens_k, block_table, page_size, num_pages) -> int:
-    """The packed key count (cu_seqlens_k[-1]: the pages have no packed length to check it against),
-    having checked in one device-to-host copy that the sequence lengths fit the pages the block table
-    lists and the entries of the pages in use are pages of the cache. Where checks.reads_values() says
-    no host read may happen (tracing, graph capture): none, and 0."""
-    if not checks.reads_values() or block_table.shape[0] == 0:
-        return 0
-    capacity = block_table.shape[1] * page_size
-    lengths = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
-    parts = [cu_seqlens_k[-1], lengths.min(), lengths.max()]
-    parts += checks.used_pages_range(block_table, lengths, page_size) if block_table.numel() else []
-    total, shortest, longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
-    if shortest < 0:
-        raise ValueError(f"key counts (cu_seqlens_k differences or seqused_k) must be >= 0, got {shortest}")
-    if longest > capacity:
-        raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
-                         f"sequence ({block_table.shape[1]} pages of {page_size})")
-    if entries:
-        checks.check_entries("block_table", *entries, num_pages, "page indices ")
-    return total
+from . import backends
+from .backends.split_k import split_count
+from .ops import inference_only
+from .params import PagedKV
+from .validation.attention import check_decode_schedule
+from .validation.caches import check_block_table, check_kv_cache, check_paged_varlen_values
+from .validation.common import check_int32_tensor
+from .validation.sequences import token_positions, varlen_params
 
 
 def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
@@ -63,34 +45,34 @@ def packed_rows(cache, cu_seqlens_k, block_table, page_size, total_k):
 def paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
                         *, num_splits, pack_gqa, seqused_k, dropout_p, rotary, sinusoidal, impl, **options):
     """(params, cu_seqlens_k) of packed q (total_q, nheads, head_dim) against the paged cache, validated.
-    For a backend whose kernels read pages (SUPPORTS_PACKED_SEQUENCES) the params carry the block
+    For a backend whose kernels read pages (Backend.reads_sequence_lengths) the params carry the block
     table, split-K and pack_gqa; other backends get the packed lengths only. cu_seqlens_k: as given,
     or the prefix sums of seqused_k."""
     if rotary is not None or sinusoidal is not None:
         raise ValueError("rotary= / sinusoidal= are not available with block_table: a paged cache holds keys already "
                          "encoded; rotate q with flashattn_py.apply_rotary at its positions")
-    checks.check_decode_schedule(num_splits, pack_gqa)
+    check_decode_schedule(num_splits, pack_gqa)
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p must be 0 with block_table (a paged cache is for inference), got {dropout_p}")
     if not isinstance(cu_seqlens_q, torch.Tensor) or cu_seqlens_q.dim() != 1:
         raise ValueError("cu_seqlens_q must be a 1-D int32 tensor of batch + 1 prefix sums")
     batch = cu_seqlens_q.shape[0] - 1
-    checks.check_kv_cache(k_cache, v_cache, q.device, paged=True, names=("k", "v"))
-    checks.check_block_table(block_table, batch, q.device)
+    check_kv_cache(k_cache, v_cache, q.device, paged=True, names=("k", "v"))
+    check_block_table(block_table, batch, q.device)
     num_pages, page_size = k_cache.shape[:2]
     if seqused_k is not None:  # key counts in place of their prefix sums: the sums made here, on the device
         if cu_seqlens_k is not None:
             raise ValueError("pass cu_seqlens_k or seqused_k with block_table, not both")
-        checks.check_int32_tensor(seqused_k, "seqused_k", (batch,), q.device, "(batch,)")
+        check_int32_tensor(seqused_k, "seqused_k", (batch,), q.device, "(batch,)")
         cu_seqlens_k = torch.cat([seqused_k.new_zeros(1), seqused_k.cumsum(0, dtype=torch.int32)])
-    checks.check_int32_tensor(cu_seqlens_k, "cu_seqlens_k", (batch + 1,), q.device, "(batch + 1,)")
-    total_k = _check_values(cu_seqlens_k, block_table, page_size, num_pages)
+    check_int32_tensor(cu_seqlens_k, "cu_seqlens_k", (batch + 1,), q.device, "(batch + 1,)")
+    total_k = check_paged_varlen_values(cu_seqlens_k, block_table, page_size, num_pages)
     shape_k = k_cache[:1, 0].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
     # varlen_params checks the prefix sums as for packed keys (of total_k rows).
     params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)
-    if not getattr(impl, "SUPPORTS_PACKED_SEQUENCES", False):
+    if not impl.reads_sequence_lengths:
         return params, cu_seqlens_k
-    params = dataclasses.replace(params, paged=checks.PagedKV(block_table, page_size), pack_gqa=pack_gqa)
+    params = dataclasses.replace(params, paged=PagedKV(block_table, page_size), pack_gqa=pack_gqa)
     return dataclasses.replace(params, num_splits=split_count(num_splits, params, q.device, impl)), cu_seqlens_k
 
 
@@ -109,7 +91,7 @@ def paged_varlen_forward(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_se
         else:  # a packed copy of the keys: its length is read on the host (a graph break when traced)
             total_k, page_size = int(cu_seqlens_k[-1]), k_cache.shape[1]
             k, v = (packed_rows(c, cu_seqlens_k, block_table, page_size, total_k)[None] for c in (k_cache, v_cache))
-            out, lse, _ = PerSequence(impl).forward(q4, k, v, params)
+            out, lse, _ = backends.PerSequence(impl).forward(q4, k, v, params)
     out = out[0]
     out = inference_only(out, (q, k_cache, v_cache), "flash_attn_varlen_func with block_table (a paged KV cache) is "
                          "inference-only and has no backward; run it under torch.no_grad() or pass packed k, v")

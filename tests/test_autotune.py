@@ -4,6 +4,7 @@ import torch
 
 from flashattn_py.triton_kernels import autotune, configs
 from flashattn_py.triton_kernels.configs import TileConfig
+
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 A, B = TileConfig(64, 32, 4, 2), TileConfig(128, 64, 8, 3)
@@ -38,7 +39,7 @@ def test_calls_with_score_mods_or_another_layout_never_share_a_tuned_tile():
     """A bias call takes only its own spill-free tile: a tile tuned for a plain call must not reach it."""
     import dataclasses
 
-    from flashattn_py import checks
+    from flashattn_py.validation import attention as checks
     q = torch.zeros(2, 1, 4, 64, dtype=torch.float16)
     k = torch.zeros(2, 300, 2, 64, dtype=torch.float16)
     plain = checks.attention_params(q, k, k)

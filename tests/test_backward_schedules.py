@@ -4,17 +4,25 @@ atomic-free one (deterministic=True: dK/dV, then dQ), and the interior / edge sp
 
 Every other test of gradients runs the default, fused schedule; here both run on the same inputs.
 """
+import dataclasses
+
 import pytest
 import torch
 import triton
 import triton.language as tl
 
 import flashattn_py as fa
-from flashattn_py import masks
+from flashattn_py.backends import triton_backend
+from flashattn_py.semantics import masks
 from flashattn_py.triton_kernels import attention_bwd
-from flashattn_py.triton_kernels.common import (interior_key_blocks, interior_query_blocks, key_block_range,
-                                                query_block_range)
+from flashattn_py.triton_kernels.common import (
+    interior_key_blocks,
+    interior_query_blocks,
+    key_block_range,
+    query_block_range,
+)
 from flashattn_py.triton_kernels.configs import TileConfig
+
 from tolerance import DEVICE, check_against_reference, random_qkv, run_with_grads, seed_of
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -83,7 +91,7 @@ def test_deterministic_is_passed_through_flash_attn_entry_points(monkeypatch, ap
         seen.append(args[7].deterministic)
         return backward(*args, **kwargs)
 
-    monkeypatch.setattr("flashattn_py.triton_backend.backward", spy)
+    monkeypatch.setattr(triton_backend, "BACKEND", dataclasses.replace(triton_backend.BACKEND, backward=spy))
     q, k, v, dout = random_qkv(1, 8, 8, 2, 2, 16, torch.float16)
     for det in (True, False):
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))

@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from flashattn_py.bench import __main__ as bench
-from flashattn_py.bench import output, peers, runner
-from flashattn_py.bench.cases import Case, attention_flops, sweep
+from flashattn_py.tools.bench import __main__ as bench
+from flashattn_py.tools.bench import output, peers, runner
+from flashattn_py.tools.bench.cases import Case, attention_flops, sweep
+
 from tolerance import DEVICE
 
 ON_CPU = DEVICE.type == "cpu"
@@ -108,7 +109,7 @@ def test_plots_one_png_per_configuration(tmp_path):
 
 
 def test_profile_trace_and_kernel_loop(tmp_path, capsys):
-    from flashattn_py.bench.profiling import chrome_trace, kernel_loop
+    from flashattn_py.tools.bench.profiling import chrome_trace, kernel_loop
 
     case = Case(1, 2, 2, 24, 16, "fp32")
     path = chrome_trace([case], ["fwd"], DEVICE, tmp_path / "trace.json", only=["naive", "sdpa_math"])
@@ -121,14 +122,14 @@ def test_profile_trace_and_kernel_loop(tmp_path, capsys):
 
 def test_static_report_subcommand_fails_on_spills_and_covers_both_backends(tmp_path):
     """`python -m flashattn_py.bench report` (no GPU): exit 0 only without spills; JSON for both backends.
-    (The full default matrix runs in test_static_compile.py; one head dim here keeps it quick.)"""
+    (The full default matrix runs in test_static_report.py; one head dim here keeps it quick.)"""
     import os
     import subprocess
     import sys
 
     out = tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "flashattn_py.bench", "report", "--arch", "80", "90", "--dtype", "bf16",
+    proc = subprocess.run([sys.executable, "-m", "flashattn_py.tools.bench", "report", "--arch", "80", "90", "--dtype", "bf16",
                            "--head-dim", "64", "--pe", "none", "--json", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -145,7 +146,7 @@ def test_static_report_subcommand_fails_on_spills_and_covers_both_backends(tmp_p
 
 
 def test_summary_states_targets_met_or_missed(tmp_path):
-    from flashattn_py.bench import summary
+    from flashattn_py.tools.bench import summary
 
     env = {"device": "GPU", "torch": "t", "triton": "t", "cuda": "c", "date": "d", "command": "c"}
     rows = []
@@ -158,7 +159,7 @@ def test_summary_states_targets_met_or_missed(tmp_path):
 
 
 def test_decode_benchmark_checks_then_reports_throughput(tmp_path, monkeypatch):
-    from flashattn_py.bench import decode
+    from flashattn_py.tools.bench import decode
 
     monkeypatch.setattr(runner, "cpu_timer", stub_timer)
     monkeypatch.setattr(runner, "gpu_timer", stub_timer)

@@ -9,6 +9,8 @@ import torch
 
 import flashattn_py as fa
 from flashattn_py import ops
+from flashattn_py.validation.attention import attention_params
+
 from tolerance import DEVICE
 
 BACKENDS = ["torch", "triton"]
@@ -116,7 +118,7 @@ def test_compiled_graph_holds_the_custom_ops():
 
 
 def test_compiled_dropout_regenerates_the_forward_mask():
-    """With dropout the seed is drawn per call outside the op (checks.attention_params) and passed to both
+    """With dropout the seed is drawn per call outside the op (validation/attention.py) and passed to both
     ops: it is not baked into the graph (two calls drop differently, torch.manual_seed reproduces a call), and
     compiled gradients equal eager ones for the same seed, i.e. the backward op regenerated the forward's mask."""
     torch.manual_seed(0)
@@ -150,7 +152,7 @@ def _op_samples(backend):
                 torch.randn(b, sk, hkv, d, device=DEVICE, requires_grad=True))
 
     def params_of(q, k, v, **options):
-        return fa.checks.attention_params(q, k, v, **options)
+        return attention_params(q, k, v, **options)
 
     angles = torch.arange(20, device=DEVICE)[:, None] * torch.rand(d // 4, device=DEVICE)
     cos, sin = angles.cos(), angles.sin()
@@ -192,9 +194,9 @@ def test_opcheck_attention_ops(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_op_args_round_trip(backend):
-    """op_args and params_from_op_args are inverses: the op sees the call checks.attention_params described."""
+    """op_args and params_from_op_args are inverses: the op sees the call the validation described."""
     for (q, k, v), args in _op_samples(backend):
-        again = ops.op_args(ops.params_from_op_args(q, k, **args), backend)
+        again = ops.op_args(ops.params_from_op_args(q, k, args), backend)
         assert again.keys() == args.keys()
         for name, value in args.items():
             assert again[name] is value if isinstance(value, torch.Tensor) else again[name] == value, name

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py import backends, cuda_backend
-from flashattn_py.checks import attention_params
+from flashattn_py import backends
+from flashattn_py.backends import cuda_backend
+from flashattn_py.validation.attention import attention_params
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 
@@ -21,9 +22,9 @@ def test_import_does_not_load_the_extension():
 
 
 def test_cuda_is_a_backend_name_and_auto_keeps_triton():
-    assert "cuda" in backends.BACKENDS
+    assert "cuda" in backends.NAMES
     if torch.cuda.is_available():
-        assert backends.select("auto", torch.device("cuda")).__name__.endswith("triton_backend")
+        assert backends.select("auto", torch.device("cuda")).name == "triton"
 
 
 @needs_no_gpu
@@ -119,7 +120,7 @@ def _built_extension():
 def test_packed_batches_reach_the_kernel_params():
     """What csrc/sequence.h reads for a packed call: the cu_seqlens arrays, total_q (the lse row length
     the caller allocated) and batch strides 0 (rows are addressed from each sequence's first row)."""
-    from flashattn_py.varlen import varlen_params
+    from flashattn_py.validation.sequences import varlen_params
 
     ext = _built_extension()
     q, k = torch.zeros(9, 4, 64, dtype=torch.float16), torch.zeros(12, 2, 64, dtype=torch.float16)
@@ -137,7 +138,7 @@ def test_packed_batches_reach_the_kernel_params():
 def test_paged_decoding_reaches_the_kernel_params():
     """A paged, seqused_k call: the block table (made contiguous when it is not, and kept alive), its
     row stride and the page size; a strided seqused_k is passed as a contiguous copy."""
-    from flashattn_py.checks import PagedKV
+    from flashattn_py.params import PagedKV
 
     ext = _built_extension()
     q = torch.zeros(3, 1, 4, 64, dtype=torch.float16)
@@ -159,8 +160,8 @@ def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):
     """cache_leftpad reaches leftpad_k (a strided view as a contiguous copy); a packed batch against
     pages passes the page stride for k / v (q stays addressed from packed rows, batch stride 0), and
     runs unsplit: the split scratch rows are laid out for dense batches."""
-    from flashattn_py.checks import PagedKV
-    from flashattn_py.varlen import varlen_params
+    from flashattn_py.params import PagedKV
+    from flashattn_py.validation.sequences import varlen_params
 
     ext = _built_extension()
     q = torch.zeros(3, 1, 4, 64, dtype=torch.float16)
@@ -179,7 +180,7 @@ def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):
     params = varlen_params(q_packed[0], cache[0, :1].expand(27, 2, 64), cache[0, :1].expand(27, 2, 64), cu_q, cu_k,
                            4, 20, causal=True)
     table = torch.tensor([[4, 1], [0, 5]], dtype=torch.int32)
-    cuda_backend.forward(q_packed, cache, cache, dataclasses.replace(params, paged=PagedKV(table, 16), num_splits=3))
+    cuda_backend.BACKEND.forward(q_packed, cache, cache, dataclasses.replace(params, paged=PagedKV(table, 16), num_splits=3))
     (p,) = launched
     assert p.num_splits == 1 and p.cu_seqlens_q != 0 and p.block_table != 0 and p.page_size == 16
     assert (p.k_strides.batch, p.v_strides.batch, p.q_strides.batch) == (16 * 2 * 64, 16 * 2 * 64, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flashattn_py.cuda_report import find_cuobjdump, instance_launch, parse_ptxas, table
+from flashattn_py.tools.cuda_report import find_cuobjdump, instance_launch, parse_ptxas, table
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("80", "90")

@@ -13,12 +13,13 @@ import subprocess
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
-from flashattn_py import masks
-from flashattn_py.kvcache import _cache_rows
-from flashattn_py.varlen import token_positions, varlen_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cuda_build import ROOT
+
+from flashattn_py.decoding import _cache_rows
+from flashattn_py.semantics import masks
+from flashattn_py.validation.sequences import token_positions, varlen_params
 
 # The probe's fixed strides (sequence_probe.cpp): tensors (batch, seq, head) = (1000000, 100, 7),
 # positions (batch, seq) = (1000, 3), pages 100000 apart with rows 100 apart.

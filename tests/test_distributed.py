@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import flashattn_py as fa
-from flashattn_py import accuracy
 from flashattn_py.distributed import context_parallel_attention, shard_sequence, unshard_sequence
+from flashattn_py.tools import accuracy
 
 # (batch, seqlen per rank, heads, kv_heads, head_dim, options); every case runs on every rank.
 CASES = {
@@ -127,7 +127,7 @@ def _bench_main(rank, world, port, out):
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    from flashattn_py.bench.context_parallel import main
+    from flashattn_py.tools.bench.context_parallel import main
 
     assert main(["--seqlen", "32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--iters", "1",
                  "--json", str(out)]) == 0

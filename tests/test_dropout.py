@@ -7,7 +7,8 @@ import torch
 
 import flashattn_py as fa
 from flashattn_py import backends
-from flashattn_py.checks import attention_params
+from flashattn_py.validation.attention import attention_params
+
 from tolerance import OUTPUT_NAMES, assert_within_naive_error, random_qkv, run_with_grads, seed_of
 
 BACKENDS = ["triton", "torch", "reference"]

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import flashattn_py as fa
+
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 BACKENDS = ["triton", "cuda", "torch"]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from flashattn_py import api, modules
+from flashattn_py import modules, ops
 from flashattn_py.modules import MultiheadAttention, TransformerEncoderLayer
+
 from tolerance import DEVICE, seed_of
 
 EMBED, HEADS, FF = 32, 4, 48
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensor
 
 @pytest.fixture
 def counts(monkeypatch):
-    """Calls into our attention (every entry point reaches api.run_params), into the packed kernels
+    """Calls into our attention (every entry point reaches the forward op), into the packed kernels
     (nested inputs) and into torch's fused encoder layer."""
     seen = dict(ours=0, packed=0, torch_fused=0)
 
@@ -30,7 +31,7 @@ def counts(monkeypatch):
             return original(*args, **kwargs)
         monkeypatch.setattr(owner, name, wrapper)
 
-    counting(api, "run_params", "ours")
+    counting(ops, "attention_forward", "ours")
     counting(modules, "flash_attn_varlen_func", "packed")
     counting(torch, "_transformer_encoder_layer_fwd", "torch_fused")
     return seen

@@ -9,6 +9,7 @@ import torch
 
 import flashattn_py as fa
 from flashattn_py import flash_attn_interface as fai
+
 from tolerance import DEVICE, assert_within_naive_error, check_against_reference, random_qkv, seed_of
 
 # FlashAttention 2.x's signatures (argument names, order, defaults).

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flashattn_py as fa
-from flashattn_py.positional import Rotary
+from flashattn_py.params import Rotary
 
 
 def _in_bhsd_too(t: torch.Tensor) -> bool:

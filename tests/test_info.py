@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from flashattn_py import cuda_backend, cuda_compat, info
+from flashattn_py import info
+from flashattn_py.backends import cuda_backend, cuda_compat
 
 A100, H100 = ("NVIDIA A100-SXM4-80GB", (8, 0)), ("NVIDIA H100 80GB HBM3", (9, 0))
 
@@ -133,6 +134,6 @@ def test_python_m_info_tells_the_truth_here():
 
 
 def test_bench_header_carries_the_summary():
-    from flashattn_py.bench import output
+    from flashattn_py.tools.bench import output
 
     assert output.environment(torch.device("cpu"))["flashattn_py"].startswith("flashattn_py ")

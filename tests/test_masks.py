@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flashattn_py import masks
+from flashattn_py.semantics import masks
 from flashattn_py.triton_kernels.common import key_block_range, query_block_range
 
 BLOCK_M, BLOCK_N = 16, 8

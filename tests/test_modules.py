@@ -5,6 +5,7 @@ import torch
 
 import flashattn_py as fa
 from flashattn_py.modules import KVCache, LlamaAttention, MultiheadAttention
+
 from tolerance import DEVICE, assert_within_naive_error, seed_of
 
 BACKENDS = ["triton", "torch"]

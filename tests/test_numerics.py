@@ -3,9 +3,15 @@ import pytest
 import torch
 
 import flashattn_py as fa
+
 import tolerance
-from tolerance import (INTERPRETER_TRUNCATES_BF16, assert_within_naive_error, check_against_reference, random_qkv,
-                       seed_of)
+from tolerance import (
+    INTERPRETER_TRUNCATES_BF16,
+    assert_within_naive_error,
+    check_against_reference,
+    random_qkv,
+    seed_of,
+)
 
 BACKENDS = ["triton", "cuda", "torch"]
 

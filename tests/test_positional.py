@@ -3,8 +3,10 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py import positional
-from flashattn_py.positional import Rotary, Sinusoidal
+from flashattn_py.params import Rotary, Sinusoidal
+from flashattn_py.semantics import positional
+from flashattn_py.validation.positional import resolve as resolve_encoding
+
 from tolerance import ATOL, DEVICE, assert_within_naive_error, check_against_reference, random_qkv, seed_of
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -125,7 +127,7 @@ def test_standalone_ops_match_reference(request, backend, dtype, case):
         leaf = x.to(input_dtype).requires_grad_()
         bshd = leaf if leaf.dim() == 4 else leaf.unsqueeze(2)
         spec = options.get("rotary") or Sinusoidal(scale=options["scale"])
-        enc = positional.resolve(*((spec, None) if isinstance(spec, Rotary) else (None, spec)), batch=shape[0],
+        enc = resolve_encoding(*((spec, None) if isinstance(spec, Rotary) else (None, spec)), batch=shape[0],
                                  seqlen_q=shape[1], seqlen_k=shape[1], head_dim=shape[-1], device=x.device,
                                  q_positions=options.get("positions"))
         out = positional.encode(bshd, enc, enc.q_positions).view(shape)
@@ -158,8 +160,8 @@ def test_apply_rotary_inplace_writes_into_x_and_matches_out_of_place(request, ba
 
 
 def test_auto_strategy_encodes_in_kernel_only_for_few_streamed_reads():
-    from flashattn_py.checks import attention_params
     from flashattn_py.triton_kernels.pe_strategy import IN_KERNEL_MAX_READS, encoded_streams
+    from flashattn_py.validation.attention import attention_params
 
     q, k, v, _ = random_qkv(1, 8, 8, 1, 1, 16, torch.float32)
     params = attention_params(q, k, v, rotary=Rotary())

@@ -5,7 +5,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flashattn_py.positional import Rotary, Sinusoidal
+from flashattn_py.params import Rotary, Sinusoidal
+
 from tolerance import DEVICE, check_against_reference, random_qkv
 
 

@@ -8,8 +8,13 @@ import torch
 
 import flashattn_py as fa
 from flashattn_py.layers import rotary as fa_rotary
-from flashattn_py.layers.rotary import (apply_rotary_emb, apply_rotary_emb_func, apply_rotary_emb_kv_,
-                                        apply_rotary_emb_qkv_)
+from flashattn_py.layers.rotary import (
+    apply_rotary_emb,
+    apply_rotary_emb_func,
+    apply_rotary_emb_kv_,
+    apply_rotary_emb_qkv_,
+)
+
 from tolerance import DEVICE, assert_within_naive_error, seed_of
 
 BACKENDS = ["triton", "torch"]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py import checks
+from flashattn_py.validation import attention as checks
+
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 BACKENDS = ["triton", "torch"]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import flashattn_py as fa
+
 from tolerance import DEVICE, assert_within_naive_error, check_against_reference, random_qkv, seed_of
 
 BACKENDS = ["triton", "torch"]

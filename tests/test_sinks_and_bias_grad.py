@@ -6,8 +6,8 @@ import torch
 
 import flashattn_py as fa
 from flashattn_py.flash_attn_interface import flash_attn_varlen_func, flash_attn_with_kvcache
-from tolerance import (DEVICE, assert_within_naive_error, check_against_reference, random_qkv, run_with_grads,
-                       seed_of)
+
+from tolerance import DEVICE, assert_within_naive_error, check_against_reference, random_qkv, run_with_grads, seed_of
 
 BACKENDS = ["triton", "torch", "cuda"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -107,7 +107,7 @@ def test_sinks_with_packed_sequences_match_each_sequence(request, backend):
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("num_splits", [1, 4])
-def test_kvcache_decoding_with_sinks_matches_reference(request, backend, num_splits):
+def test_decoding_decoding_with_sinks_matches_reference(request, backend, num_splits):
     batch, capacity, hq, hkv, d = 2, 64, 4, 2, 32
     gen = torch.Generator().manual_seed(seed_of(request))
     k_cache, v_cache = (torch.randn(batch, capacity, hkv, d, generator=gen).to(DEVICE) for _ in range(2))

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py import checks, split_k, triton_backend
+from flashattn_py.backends import split_k, triton_backend
+from flashattn_py.validation import attention as checks
+
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 OPTIONS = {
@@ -55,7 +57,7 @@ def test_the_automatic_rule_splits_only_short_query_long_key_inference(monkeypat
     gpu = torch.device("cuda")
 
     def auto(**shape):
-        return split_k.split_count(0, _params(**shape), gpu, triton_backend)
+        return split_k.split_count(0, _params(**shape), gpu, triton_backend.BACKEND)
 
     assert auto() > 1  # one decoding token per sequence against 8k keys: a handful of programs
     assert auto() == 8192 // split_k.MIN_KEYS_PER_SPLIT  # bounded by the work per split
@@ -65,8 +67,8 @@ def test_the_automatic_rule_splits_only_short_query_long_key_inference(monkeypat
     assert auto(seqlen_k=511) == 1  # too little work to share
     assert auto(dropout_p=0.1) == 1  # training with dropout: never (FlashAttention 2's rule)
     assert auto(batch=64) == 1  # the batch fills the GPU already
-    assert split_k.split_count(0, _params(), torch.device("cpu"), triton_backend) == 1
-    assert split_k.split_count(5, _params(dropout_p=0.1), gpu, triton_backend) == 5  # as requested (checked earlier)
+    assert split_k.split_count(0, _params(), torch.device("cpu"), triton_backend.BACKEND) == 1
+    assert split_k.split_count(5, _params(dropout_p=0.1), gpu, triton_backend.BACKEND) == 5  # as requested (checked earlier)
 
 
 def test_forced_splits_with_dropout_are_refused():
@@ -80,7 +82,7 @@ def test_forced_splits_with_dropout_are_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the automatic split needs a GPU (it is 1 on the CPU)")
 def test_automatic_splits_on_a_gpu_equal_no_split():
     q, k, v, dout = random_qkv(1, 1, 8192, 32, 8, 128, torch.bfloat16, seed=1)
-    assert split_k.split_count(0, _params(), q.device, triton_backend) > 1
+    assert split_k.split_count(0, _params(), q.device, triton_backend.BACKEND) > 1
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     auto = fa.attention(*leaves, causal=True)
     auto.backward(dout)

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py import checks, torch_backend, torch_fused
+from flashattn_py.backends import torch_backend, torch_fused
+from flashattn_py.validation import attention as checks
+
 from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="torch's fused CPU attention runs on CPU tensors")

@@ -8,6 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
 
 from flashattn_py.integrations import transformers as fa_transformers  # noqa: E402
+
 from hf_twins import assert_match, left_padded_prompts, padded_batch, registered, twin_models  # noqa: E402
 
 

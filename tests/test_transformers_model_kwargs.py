@@ -2,6 +2,7 @@
 function: GPT-OSS's learned sinks (s_aux=), T5's learned relative position bias (position_bias=), and
 the refusal of any keyword we do not implement. Tiny random models (no download), compared with
 attn_implementation="eager": outputs, every parameter's gradient, greedy generation."""
+import dataclasses
 import warnings
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
 
 from flashattn_py.integrations import transformers as fa_transformers  # noqa: E402
+
 from hf_twins import assert_match, left_padded_prompts, padded_batch, registered, twin_models  # noqa: E402
 
 # The Triton kernels run in Triton's interpreter on CPU: their cases are kept to one small batch each.
@@ -175,8 +177,10 @@ def test_deterministic_keyword_reaches_the_backward(monkeypatch, deterministic):
     from flashattn_py.triton_kernels import attention_bwd
 
     seen, backward = [], attention_bwd.attention_backward
-    monkeypatch.setattr("flashattn_py.triton_backend.backward",
-                        lambda *args, **kwargs: seen.append(args[7].deterministic) or backward(*args, **kwargs))
+    from flashattn_py.backends import triton_backend
+
+    spy = lambda *args, **kwargs: seen.append(args[7].deterministic) or backward(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(triton_backend, "BACKEND", dataclasses.replace(triton_backend.BACKEND, backward=spy))
     q, k, v = (t.requires_grad_() for t in _qkv())
     out, _ = fa_transformers.attention_forward(SparseIndexAttention(), q, k, v, None, deterministic=deterministic,
                                                backend="triton")

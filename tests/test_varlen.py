@@ -1,5 +1,7 @@
 """Variable-length batches: flash_attn_varlen_func (packed) and attention(seqused_k=) against the
 float64 reference run on each sequence separately, forward, lse and all gradients."""
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 import flashattn_py as fa
 from flashattn_py.flash_attn_interface import flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func
 from flashattn_py.varlen import flash_attn_varlen_func
+
 from tolerance import CUDA_NO_SCORE_MODS, DEVICE, assert_within_naive_error, random_qkv, run_with_grads, seed_of
 
 BACKENDS = ["triton", "cuda", "torch"]  # cuda: GPU only (skips with the reason elsewhere)
@@ -328,11 +331,12 @@ def test_per_sequence_backends_batch_equal_lengths(request, monkeypatch, options
     """Backends without variable-length kernels (PerSequence) run the sequences of one (query, key) length
     as one dense batch: interleaved repeats of three lengths (one group scattered, one a block, one of a
     single sequence) give each sequence's reference results, in as many calls as distinct lengths."""
-    from flashattn_py import torch_backend
+    from flashattn_py.backends import torch_backend
 
     calls = []
-    forward = torch_backend.forward
-    monkeypatch.setattr(torch_backend, "forward", lambda q, *a: calls.append(q.shape[0]) or forward(q, *a))
+    forward = torch_backend.BACKEND.forward
+    counting = dataclasses.replace(torch_backend.BACKEND, forward=lambda q, *a: calls.append(q.shape[0]) or forward(q, *a))
+    monkeypatch.setattr(torch_backend, "BACKEND", counting)
     lens_q, lens_k = [5, 9, 9, 5, 0, 5, 12], [7, 9, 9, 7, 3, 7, 2]
     seed = seed_of(request)
     opts = OPTIONS[options](len(lens_q), 4, torch.Generator().manual_seed(seed))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from test_cuda_build import require_toolchain, run
 
-from flashattn_py.cuda_report import find_cuobjdump
 from flashattn_py.tools.build_wheels import copy_sources
+from flashattn_py.tools.cuda_report import find_cuobjdump
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py.accuracy import ATOL, error_bound, max_error  # noqa: F401  (ATOL: tests scale by it)
+from flashattn_py.tools.accuracy import ATOL, error_bound, max_error  # noqa: F401  (ATOL: tests scale by it)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -33,7 +33,7 @@ def enter_backend(backend, dtype=None):
         return
     if not torch.cuda.is_available():
         pytest.skip(CUDA_NO_GPU)
-    from flashattn_py import cuda_backend
+    from flashattn_py.backends import cuda_backend
 
     if not cuda_backend.is_built():
         pytest.skip(CUDA_NOT_BUILT)

@@ -17,15 +17,34 @@ import triton
 import triton.language as tl
 
 from flashattn_py import buffers
-from flashattn_py.checks import AttentionParams
+from flashattn_py.params import AttentionParams
 
-from .common import (INTERPRETED, LOG2E, bsh_strides, check_launch_limits, descriptor_ready, dot_flags, dropout_args,
-                     dropout_keep, ensure_scratch_allocator, head_dim_block, interior_key_blocks, interior_query_blocks,
-                     keep_mask, key_block_range, load_rows, load_tile, phase_range, query_block_range, sequence_args,
-                     sequence_bounds, tile_dot, tile_source)
 from . import autotune
-from .configs import (dkdv_candidates, dkdv_config, dq_candidates, dq_config, fused_candidates, fused_config,
-                      launch_arch)
+from .common import (
+    INTERPRETED,
+    LOG2E,
+    bsh_strides,
+    check_launch_limits,
+    descriptor_ready,
+    dot_flags,
+    dropout_args,
+    dropout_keep,
+    ensure_scratch_allocator,
+    head_dim_block,
+    interior_key_blocks,
+    interior_query_blocks,
+    keep_mask,
+    key_block_range,
+    load_rows,
+    load_tile,
+    phase_range,
+    query_block_range,
+    sequence_args,
+    sequence_bounds,
+    tile_dot,
+    tile_source,
+)
+from .configs import dkdv_candidates, dkdv_config, dq_candidates, dq_config, fused_candidates, fused_config, launch_arch
 from .pe_strategy import encoded_streams
 from .positional import encode, kernel_encoding, load_encoded_tile
 from .score_mods import head_mods, modified_scores, score_mod_args

@@ -11,13 +11,33 @@ import triton
 import triton.language as tl
 
 from flashattn_py import buffers
-from flashattn_py.checks import AttentionParams
+from flashattn_py.params import AttentionParams
 
-from .common import (LN2, LOG2E, INTERPRETED, bsh_strides, check_launch_limits, descriptor_ready, dot_flags,
-                     dropout_args, dropout_keep, ensure_scratch_allocator, head_dim_block, interior_key_blocks,
-                     keep_mask, key_block_range, kv_row_offsets, load_rows, load_tile, phase_range, sequence_args,
-                     sequence_bounds, tile_dot, tile_source)
 from . import autotune
+from .common import (
+    INTERPRETED,
+    LN2,
+    LOG2E,
+    bsh_strides,
+    check_launch_limits,
+    descriptor_ready,
+    dot_flags,
+    dropout_args,
+    dropout_keep,
+    ensure_scratch_allocator,
+    head_dim_block,
+    interior_key_blocks,
+    keep_mask,
+    key_block_range,
+    kv_row_offsets,
+    load_rows,
+    load_tile,
+    phase_range,
+    sequence_args,
+    sequence_bounds,
+    tile_dot,
+    tile_source,
+)
 from .configs import forward_candidates, forward_config, launch_arch, packs_gqa
 from .pe_strategy import encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
@@ -259,7 +279,7 @@ def _query_layout(params: AttentionParams) -> tuple[bool, int, int]:
 
 
 def forward_programs(params: AttentionParams) -> int:
-    """Programs the forward launches per split: what flashattn_py/split_k.py sizes split-K by."""
+    """Programs the forward launches per split: what flashattn_py/backends/split_k.py sizes split-K by."""
     _, rows, heads = _query_layout(params)
     cfg = forward_config(head_dim_block(params.head_dim), bias=params.mods.bias is not None, seqlen_q=params.seqlen_q)
     return triton.cdiv(rows, cfg.block_m) * heads * params.batch

@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .common import INTERPRETED
 from . import configs
+from .common import INTERPRETED
 from .configs import TileConfig
 
 _USED: dict[str, str] = {}  # "kernel key" -> "config (how chosen)"

@@ -3,7 +3,7 @@
 GPU sizes follow the usual FlashAttention-2 trade-off: large query tiles amortize K/V loads, and the
 fp32 accumulator (BLOCK_M x BLOCK_D) must stay in registers, so tiles shrink as head_dim grows. They
 were picked by compiling candidates for sm_80 and sm_90 (python -m flashattn_py.static_report) and
-keeping the largest tiles with 0 spills on both; tests/test_static_compile.py holds them to that.
+keeping the largest tiles with 0 spills on both; tests/test_static_report.py holds them to that.
 Not yet tuned on a GPU: the benchmark harness is where timings will move them.
 Under the interpreter tiles are small and unequal (BLOCK_M != BLOCK_N) so that short test sequences
 cross many tile boundaries and both ends of the causal diagonal land mid-tile.
@@ -103,7 +103,7 @@ def dkdv_config(block_d: int, bias: bool = False) -> TileConfig:
         return TileConfig(32, 64, 8, 2, split_mask=False)
     # Five BLOCK_N x 256 fp32/fp16 tiles live at once (k, v, dk, dv, and the streamed q/dO): every
     # BLOCK_N >= 64 spills on sm_90 (wgmma needs its accumulators in registers), so take 32 and accept
-    # mma.sync there (tests/test_static_compile.py names this exception).
+    # mma.sync there (tests/test_static_report.py names this exception).
     return TileConfig(32, 32, 8, 2, split_mask=False)
 
 

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flashattn_py.checks import AttentionParams
+from flashattn_py.params import AttentionParams
 
 from .common import dropout_keep
 

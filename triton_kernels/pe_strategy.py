@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flashattn_py.checks import AttentionParams
+from flashattn_py.params import AttentionParams
 
 from .common import head_dim_block
 from .positional import encode

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from flashattn_py import buffers
-from flashattn_py.positional import Encoding
+from flashattn_py.params import Encoding
 
 from .common import head_dim_block
 

@@ -1,6 +1,6 @@
 // Standalone GPU self-test of run_attention_backward, no torch: random q, k, v, dout; a float64 host
 // reference computes out, lse (given to the kernels, as the forward would) and dq, dk, dv with the
-// same semantics (flashattn_py/masks.py, positional.py); outputs are NaN-poisoned first and guarded
+// same semantics (flashattn_py/semantics/masks.py, positional.py); outputs are NaN-poisoned first and guarded
 // by sentinel elements around them. For a GPU machine without the Python stack:
 //   nvcc -std=c++17 -O3 --use_fast_math -gencode arch=compute_80,code=sm_80 \
 //        -gencode arch=compute_90,code=sm_90 -Icsrc csrc/attention_bwd.cu \

@@ -1,5 +1,5 @@
 // Standalone GPU self-test of run_attention_forward, no torch: random inputs, a float64 host
-// reference of the same semantics (flashattn_py/masks.py, positional.py), strided layouts, guard
+// reference of the same semantics (flashattn_py/semantics/masks.py, positional.py), strided layouts, guard
 // bytes around the output, then a few timings. For a GPU machine without the Python stack:
 //   nvcc -std=c++17 -O3 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 //        -Icsrc csrc/attention_fwd.cu csrc/tests/attention_fwd_selftest.cu -o build/fwd_selftest

@@ -33,7 +33,7 @@ silently ignored argument gives plausible, wrong logits. ``output_attentions=Tru
 weights are materialized, as with transformers' sdpa / flash integrations).
 
 transformers gives a registered attention function no hook at model load, so head dims are checked at
-each call: up to 256 (checks.MAX_HEAD_DIM), value's equal to query's; other models should use
+each call: up to 256 (params.MAX_HEAD_DIM), value's equal to query's; other models should use
 attn_implementation="sdpa".
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ import warnings
 
 import torch
 
-from .. import api, checks
+from .. import api
+from ..params import MAX_HEAD_DIM
 from ..varlen import flash_attn_varlen_func
 
 # transformers treats any implementation name containing "flash" as a FlashAttention kernel (unpadding,
@@ -100,9 +101,9 @@ def _check_kwargs(module: torch.nn.Module, kwargs: dict) -> None:
 def _check_head_dims(module: torch.nn.Module, query: torch.Tensor, value: torch.Tensor) -> None:
     """The kernels' head-dim range, refused with the model's name (transformers has no load-time hook)."""
     head_dim, value_head_dim = query.shape[-1], value.shape[-1]
-    if not 1 <= head_dim <= checks.MAX_HEAD_DIM:
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"{type(module).__name__} has head_dim {head_dim}; attn_implementation={NAME!r} takes head "
-                         f"dims up to {checks.MAX_HEAD_DIM}: use attn_implementation='sdpa' for this model")
+                         f"dims up to {MAX_HEAD_DIM}: use attn_implementation='sdpa' for this model")
     if value_head_dim != head_dim:
         raise ValueError(f"{type(module).__name__} has value head_dim {value_head_dim} != query head_dim {head_dim}; "
                          f"attn_implementation={NAME!r} needs them equal: use attn_implementation='sdpa' for this "

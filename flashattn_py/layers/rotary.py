@@ -9,7 +9,7 @@ in flashattn_py.positional):
   (int32 (batch + 1,) prefix sums, ``max_seqlen`` the longest sequence; positions restart at 0 in
   every sequence).
 - cos, sin: (seqlen_rotary, rotary_dim / 2) tables, FlashAttention's convention and ours
-  (positional.Rotary); rotary_dim = 2 * cos.shape[1] <= headdim, the other channels pass through.
+  (params.Rotary); rotary_dim = 2 * cos.shape[1] <= headdim, the other channels pass through.
   ``interleaved`` False: GPT-NeoX pairs (i, i + rotary_dim / 2); True: GPT-J pairs (2i, 2i + 1).
 - seqlen_offsets: an int or a (batch,) int32 / int64 tensor added to every position of a sequence
   (decoding against a KV cache); seqlen_rotary must cover the last position (checked).
@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import pe_ops, positional
-from ..positional import Rotary
-from ..varlen import _check_cu_seqlens as check_cu_seqlens  # the packed calls' one rule
+from .. import pe_ops
+from ..params import Rotary
+from ..validation.common import check_bool, check_int, check_tensor
+from ..validation.positional import resolve_positions
+from ..validation.sequences import _check_cu_seqlens as check_cu_seqlens  # the packed calls' one rule
 
 OFFSETS = "seqlen_offsets"
 
@@ -35,12 +37,10 @@ OFFSETS = "seqlen_offsets"
 def _rotary(cos, sin, interleaved) -> Rotary:
     """Our Rotary spec for FlashAttention's tables (the tables themselves are checked by positional)."""
     for name, table in (("cos", cos), ("sin", sin)):
-        if not isinstance(table, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor (seqlen_rotary, rotary_dim / 2), got {type(table).__name__}")
+        check_tensor(name, table, "(seqlen_rotary, rotary_dim / 2)")
         if table.dim() != 2:
             raise ValueError(f"{name} must be (seqlen_rotary, rotary_dim / 2), got shape {tuple(table.shape)}")
-    if not isinstance(interleaved, bool):
-        raise TypeError(f"interleaved must be a bool, got {type(interleaved).__name__}")
+    check_bool("interleaved", interleaved)
     return Rotary(rotary_dim=2 * cos.shape[1], interleaved=interleaved, cos=cos, sin=sin)
 
 
@@ -48,7 +48,7 @@ def _packed_positions(cu_seqlens, max_seqlen, seqlen_offsets, total: int, device
     """(1, total) int64: each packed row's position in its sequence, plus that sequence's offset."""
     check_cu_seqlens(cu_seqlens, "cu_seqlens", total, max_seqlen, device)
     batch = cu_seqlens.numel() - 1
-    offsets = positional.resolve_positions(seqlen_offsets, batch, 1, device, OFFSETS)[:, 0]  # (batch,)
+    offsets = resolve_positions(seqlen_offsets, batch, 1, device, OFFSETS)[:, 0]  # (batch,)
     rows = torch.arange(total, device=device)
     sequence = torch.searchsorted(cu_seqlens[1:].to(torch.int64), rows, right=True)
     return (rows - cu_seqlens.to(torch.int64)[sequence] + offsets[sequence])[None]
@@ -56,11 +56,31 @@ def _packed_positions(cu_seqlens, max_seqlen, seqlen_offsets, total: int, device
 
 def apply_rotary_emb(x, cos, sin, interleaved=False, inplace=False, seqlen_offsets=0, cu_seqlens=None,
                      max_seqlen=None, *, backend="auto"):
-    """x rotated by the cos / sin tables at positions 0.. (+ seqlen_offsets) of each sequence; see the
-    module docstring. Returns (batch, seqlen, nheads, headdim), or (total_seqlen, nheads, headdim)."""
+    """Mirrors FlashAttention 2's ``apply_rotary_emb`` (alias ``apply_rotary_emb_func``): x rotated by the cos / sin
+    tables at positions 0.. (+ seqlen_offsets) of each sequence; the first rotary_dim = 2 * cos.shape[1] channels
+    rotate, the others pass through. See the module docstring.
+
+    Args:
+        x: ``[B, S, H, D]``, or packed ``[total_seqlen, H, D]`` with cu_seqlens; float16 / bfloat16 / float32.
+        cos, sin: float ``[S_ro, rotary_dim / 2]`` tables, rotary_dim <= D; S_ro must cover the last position
+            (checked).
+        interleaved: False (default): GPT-NeoX pairs (i, i + rotary_dim / 2); True: GPT-J pairs (2i, 2i + 1).
+        inplace: rotate x in place and return it (differentiable on a non-leaf; a leaf that requires grad, or a
+            view of one, is refused). Default False.
+        seqlen_offsets: an int or int32 / int64 ``[B]`` tensor added to every position of a sequence (decoding
+            against a KV cache); default 0.
+        cu_seqlens: int32 ``[B + 1]`` prefix sums of the packed sequences' lengths (positions restart at 0 in
+            each sequence); None for a batched ``[B, S, H, D]`` x.
+        max_seqlen: int: the longest packed sequence (with cu_seqlens).
+        backend: ours, keyword-only: "auto" (Triton on CUDA tensors, PyTorch on CPU), as in
+            ``flashattn_py.apply_rotary``.
+
+    Returns:
+        x's shape and dtype (``[B, S, H, D]`` or ``[total_seqlen, H, D]``): a new tensor, or x itself with
+        ``inplace``.
+    """
     spec = _rotary(cos, sin, interleaved)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor("x", x)
     if cu_seqlens is None:
         if x.dim() != 4:
             raise ValueError(f"x must be (batch, seqlen, nheads, headdim) (or packed (total_seqlen, nheads, "
@@ -79,19 +99,26 @@ apply_rotary_emb_func = apply_rotary_emb  # FlashAttention's alias
 
 def apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False, seqlen_offsets=0,
                           num_heads_q=None, *, backend="auto"):
-    """Rotate q and k of a packed qkv in place (v untouched); returns qkv.
+    """Mirrors FlashAttention 2's ``apply_rotary_emb_qkv_``: rotate q and k of a packed qkv in place (v untouched).
 
-    qkv: (batch, seqlen, 3, nheads, headdim), or (batch, seqlen, num_heads_q + 2 * num_heads_k, headdim)
-    with num_heads_q (GQA / MQA: q heads, then k heads, then v heads). k uses cos_k / sin_k when given
-    (both or neither), else cos / sin."""
-    if not isinstance(qkv, torch.Tensor):
-        raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    Args:
+        qkv: ``[B, S, 3, H, D]``, or ``[B, S, Hq + 2 * Hk, D]`` with num_heads_q (GQA / MQA: q heads, then k heads,
+            then v heads); float16 / bfloat16 / float32.
+        cos, sin: float ``[S_ro, rotary_dim / 2]`` tables for q (and for k without cos_k / sin_k).
+        cos_k, sin_k: k's tables, both or neither; default cos, sin.
+        interleaved: False (default): GPT-NeoX pairs (i, i + rotary_dim / 2); True: GPT-J pairs (2i, 2i + 1).
+        seqlen_offsets: an int or int32 / int64 ``[B]`` tensor added to every position of a sequence; default 0.
+        num_heads_q: int Hq, for the 4-D qkv only.
+        backend: ours, keyword-only, as in ``apply_rotary_emb``.
+
+    Returns:
+        qkv itself, q and k rotated in place.
+    """
+    check_tensor("qkv", qkv)
     if qkv.dim() == 5 and qkv.shape[2] == 3:
         q, k = qkv[:, :, 0], qkv[:, :, 1]
     elif qkv.dim() == 4:
-        if isinstance(num_heads_q, bool) or not isinstance(num_heads_q, int):
-            raise TypeError(f"num_heads_q must be an int for a (batch, seqlen, num_heads_q + 2 * num_heads_k, "
-                            f"headdim) qkv, got {type(num_heads_q).__name__}")
+        check_int("num_heads_q", num_heads_q)  # of a (batch, seqlen, num_heads_q + 2 * num_heads_k, headdim) qkv
         num_heads_k, rest = divmod(qkv.shape[2] - num_heads_q, 2)
         if num_heads_q <= 0 or num_heads_k <= 0 or rest:
             raise ValueError(f"num_heads_q={num_heads_q} does not split qkv's {qkv.shape[2]} heads into "
@@ -109,9 +136,19 @@ def apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=Fal
 
 
 def apply_rotary_emb_kv_(kv, cos, sin, interleaved=False, seqlen_offsets=0, *, backend="auto"):
-    """Rotate k of a packed kv (batch, seqlen, 2, nheads, headdim) in place (v untouched); returns kv."""
-    if not isinstance(kv, torch.Tensor):
-        raise TypeError(f"kv must be a torch.Tensor, got {type(kv).__name__}")
+    """Mirrors FlashAttention 2's ``apply_rotary_emb_kv_``: rotate k of a packed kv in place (v untouched).
+
+    Args:
+        kv: ``[B, S, 2, Hk, D]``, float16 / bfloat16 / float32.
+        cos, sin: float ``[S_ro, rotary_dim / 2]`` tables.
+        interleaved: False (default): GPT-NeoX pairs (i, i + rotary_dim / 2); True: GPT-J pairs (2i, 2i + 1).
+        seqlen_offsets: an int or int32 / int64 ``[B]`` tensor added to every position of a sequence; default 0.
+        backend: ours, keyword-only, as in ``apply_rotary_emb``.
+
+    Returns:
+        kv itself, k rotated in place.
+    """
+    check_tensor("kv", kv)
     if kv.dim() != 5 or kv.shape[2] != 2:
         raise ValueError(f"kv must be (batch, seqlen, 2, nheads, headdim), got shape {tuple(kv.shape)}")
     apply_rotary_emb(kv[:, :, 0], cos, sin, interleaved, True, seqlen_offsets, backend=backend)

@@ -1,1 +1,0 @@
-"""Benchmark harness: ``python -m flashattn_py.bench`` (see README)."""

@@ -1,0 +1,1 @@
+"""Benchmark harness: ``python -m flashattn_py.tools.bench`` (see README)."""
