@@ -11,7 +11,8 @@ from flashattn_py.tools.bench.cases import Case
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmarks: no CUDA GPU here")
 
 IMPLEMENTATIONS = ["triton", "cuda", "sdpa_flash", "sdpa_cudnn", "flex"]
-CASES = [Case(4, 16, 16, 4096, 128, "bf16", causal=c) for c in (False, True)] + [Case(16, 32, 8, 1024, 64, "bf16", causal=True)]
+CASES = [Case(4, 16, 16, 4096, 128, "bf16", causal=c) for c in (False, True)] + [
+    Case(16, 32, 8, 1024, 64, "bf16", causal=True)]
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])

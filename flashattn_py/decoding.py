@@ -61,7 +61,8 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
     if cache_batch_idx is not None:
         check_int32_tensor(cache_batch_idx, "cache_batch_idx", (batch,), q.device)
     elif k_cache.shape[0] != batch:
-        raise ValueError(f"k_cache holds {k_cache.shape[0]} sequences but q has batch {batch} (or pass cache_batch_idx)")
+        raise ValueError(f"k_cache holds {k_cache.shape[0]} sequences but q has batch {batch} "
+                         "(or pass cache_batch_idx)")
     return batch, k_cache.shape[1], None
 
 
@@ -69,7 +70,8 @@ def _cache_rows(seqlens, count, page_size, block_table, cache_batch_idx, batch):
     """Index tuples into the cache for positions seqlens[b] + i, i < count (new tokens)."""
     positions = seqlens.to(torch.int64)[:, None] + torch.arange(count, device=seqlens.device)
     if page_size is None:
-        rows = torch.arange(batch, device=seqlens.device) if cache_batch_idx is None else cache_batch_idx.to(torch.int64)
+        rows = (torch.arange(batch, device=seqlens.device) if cache_batch_idx is None
+                else cache_batch_idx.to(torch.int64))
         return rows[:, None].expand(batch, count), positions
     pages = torch.gather(block_table.to(torch.int64), 1, positions // page_size)
     return pages, positions % page_size
@@ -177,7 +179,8 @@ def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seql
     new = 0 if k is None else k.shape[1]
     if k is not None:
         for name, t in (("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor) or t.shape != (batch, new, *k_cache.shape[2:]) or t.dtype != k_cache.dtype:
+            if (not isinstance(t, torch.Tensor) or t.shape != (batch, new, *k_cache.shape[2:])
+                    or t.dtype != k_cache.dtype):
                 raise ValueError(f"{name} must be {k_cache.dtype} of shape (batch, seqlen_new, nheads_k, head_dim) = "
                                  f"{(batch, new, *k_cache.shape[2:])}, got {getattr(t, 'dtype', None)} "
                                  f"{tuple(getattr(t, 'shape', ()))}")

@@ -122,7 +122,8 @@ def format_info(info: Info) -> str:
     driver = "none found / unknown" if info.driver_cuda is None and info.driver_release is None else \
         f"{info.driver_release or 'release unknown'}, supports CUDA up to {info.driver_cuda or 'unknown'}"
     lines += [f"NVIDIA driver: {driver}",
-              f"torch {info.torch} (CUDA {info.torch_cuda or 'none: CPU build'}), triton {info.triton or 'not installed'}"]
+              f"torch {info.torch} (CUDA {info.torch_cuda or 'none: CPU build'}), "
+              f"triton {info.triton or 'not installed'}"]
     if not info.gpus:
         lines.append("GPUs: none (torch.cuda.is_available() is False)")
     for g in info.gpus:

@@ -72,7 +72,9 @@ def _gpu_candidates():
         for head_dim in (64, 128, 256):
             block_d = head_dim
             for cfg in candidates(block_d, arch)[1:]:
-                cases.append(pytest.param(kernel, head_dim, cfg, id=f"{kernel}-d{head_dim}-{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"))
+                cases.append(pytest.param(kernel, head_dim, cfg,
+                                          id=f"{kernel}-d{head_dim}-{cfg.block_m}x{cfg.block_n}"
+                                             f"w{cfg.num_warps}s{cfg.num_stages}"))
     return cases
 
 

@@ -36,7 +36,8 @@ def test_every_implementation_is_checked_then_timed(encoding):
     best = {mode: max(r.tflops for r in rows if r.mode == mode and r.tflops and not r.ours) for mode in ("fwd", "bwd")}
     for r in rows:
         if r.tflops:
-            assert r.ratio_to_best_peer == pytest.approx(r.tflops / best[r.mode] if r.mode in best else r.ratio_to_best_peer)
+            assert r.ratio_to_best_peer == pytest.approx(r.tflops / best[r.mode] if r.mode in best
+                                                         else r.ratio_to_best_peer)
 
 
 def test_a_wrong_implementation_is_reported_not_timed(monkeypatch):
@@ -129,8 +130,8 @@ def test_static_report_subcommand_fails_on_spills_and_covers_both_backends(tmp_p
 
     out = tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "flashattn_py.tools.bench", "report", "--arch", "80", "90", "--dtype", "bf16",
-                           "--head-dim", "64", "--pe", "none", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "flashattn_py.tools.bench", "report", "--arch", "80", "90",
+                           "--dtype", "bf16", "--head-dim", "64", "--pe", "none", "--json", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no spills in any default config" in proc.stdout

@@ -93,8 +93,9 @@ def test_too_many_splits_are_refused():
         cuda_backend.check_supported(params)
 
 
-@pytest.mark.parametrize("head_dim,kernel", [(1, 32), (3, 32), (8, 32), (12, 32), (20, 32), (32, 32), (59, 64), (40, 64), (64, 64), (72, 96), (96, 96),
-                                             (104, 128), (128, 128), (136, 256), (256, 256)])
+@pytest.mark.parametrize("head_dim,kernel", [(1, 32), (3, 32), (8, 32), (12, 32), (20, 32), (32, 32), (59, 64),
+                                             (40, 64), (64, 64), (72, 96), (96, 96), (104, 128), (128, 128), (136, 256),
+                                             (256, 256)])
 def test_head_dims_run_in_the_next_compiled_one(head_dim, kernel):
     assert cuda_backend.kernel_head_dim(head_dim) == kernel
 
@@ -180,7 +181,8 @@ def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):
     params = varlen_params(q_packed[0], cache[0, :1].expand(27, 2, 64), cache[0, :1].expand(27, 2, 64), cu_q, cu_k,
                            4, 20, causal=True)
     table = torch.tensor([[4, 1], [0, 5]], dtype=torch.int32)
-    cuda_backend.BACKEND.forward(q_packed, cache, cache, dataclasses.replace(params, paged=PagedKV(table, 16), num_splits=3))
+    cuda_backend.BACKEND.forward(q_packed, cache, cache,
+                                 dataclasses.replace(params, paged=PagedKV(table, 16), num_splits=3))
     (p,) = launched
     assert p.num_splits == 1 and p.cu_seqlens_q != 0 and p.block_table != 0 and p.page_size == 16
     assert (p.k_strides.batch, p.v_strides.batch, p.q_strides.batch) == (16 * 2 * 64, 16 * 2 * 64, 0)

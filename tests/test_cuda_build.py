@@ -143,4 +143,5 @@ def test_kernels_use_tensor_cores(kernel_build):
         text = sass.get(f"sm_{arch}", "")
         # sm_80: mma.sync -> HMMA; sm_90: HMMA, or HGMMA for warpgroup MMA (wgmma, sm_90a only).
         count = len(re.findall(r"\bHG?MMA\b", text))
-        assert count > 0, f"no tensor-core instruction (HMMA/HGMMA) in the sm_{arch} SASS of {[o.name for o in objects]}"
+        assert count > 0, (f"no tensor-core instruction (HMMA/HGMMA) in the sm_{arch} SASS of "
+                           f"{[o.name for o in objects]}")

@@ -69,7 +69,8 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
         block_table = None
     else:
         pages_per_seq = -(-capacity // page_size)
-        k_cache, v_cache = rand(batch * pages_per_seq + 3, page_size, HK, d), rand(batch * pages_per_seq + 3, page_size, HK, d)
+        k_cache, v_cache = (rand(batch * pages_per_seq + 3, page_size, HK, d),
+                            rand(batch * pages_per_seq + 3, page_size, HK, d))
         perm = torch.randperm(batch * pages_per_seq + 3, generator=gen)[:batch * pages_per_seq]
         block_table = perm.reshape(batch, pages_per_seq).to(DEVICE, torch.int32)
         batch_idx = None
@@ -89,7 +90,8 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
 
     with fa.poisoned_outputs():
         out, lse = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cos, sin, seqlens, batch_idx,
-                                           cache_leftpad=leftpad if use_leftpad else None, block_table=block_table, causal=causal, rotary_interleaved=rope == "gptj",
+                                           cache_leftpad=leftpad if use_leftpad else None, block_table=block_table,
+                                           causal=causal, rotary_interleaved=rope == "gptj",
                                            num_splits=splits, return_softmax_lse=True, backend=backend)
 
     def dense(cache):
@@ -123,8 +125,10 @@ def test_append_and_attend_match_reference(request, backend, dtype, case):
         def reference(dt):
             keys = k_before[b:b + 1, :n].to(dt).clone()
             if new:
-                keys[:, n - new:] = (_rotate(k_new, cos, sin, positions_new, rope == "gptj", dt) if rope else k_new.to(dt))[b:b + 1]
-            values = torch.cat([v_before[b:b + 1, :n - new], v_new[b:b + 1]], dim=1).to(dt) if new else v_before[b:b + 1, :n].to(dt)
+                keys[:, n - new:] = (_rotate(k_new, cos, sin, positions_new, rope == "gptj", dt) if rope
+                                     else k_new.to(dt))[b:b + 1]
+            values = (torch.cat([v_before[b:b + 1, :n - new], v_new[b:b + 1]], dim=1).to(dt) if new
+                      else v_before[b:b + 1, :n].to(dt))
             query = _rotate(q, cos, sin, q_positions, rope == "gptj", dt)[b:b + 1] if rope else q[b:b + 1].to(dt)
             return fa.reference.attention(query, keys[:, first:], values[:, first:], causal=causal, return_lse=True,
                                           compute_dtype=dt)
@@ -540,7 +544,8 @@ def test_random_cache_steps_match_reference(step):
     seqlens = torch.tensor(step["seqlens"], dtype=torch.int32, device=DEVICE)
     leftpad = step["leftpad"]
     with fa.poisoned_outputs():
-        out = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens, cache_batch_idx=batch_idx,
+        out = flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=seqlens,
+                                      cache_batch_idx=batch_idx,
                                       cache_leftpad=None if leftpad is None else torch.tensor(
                                           leftpad, dtype=torch.int32, device=DEVICE),
                                       block_table=table, causal=step["causal"], window_size=step["window"],

@@ -46,7 +46,8 @@ def test_offsets_beyond_2_pow_31_elements(request, backend):
     The views' storage is allocated but never touched beyond the few rows used (the OS maps pages
     lazily), so this costs kilobytes of real memory.
     """
-    seqlen, head_dim, head_stride = 24, 32, 2**30 + 64  # 32: a compiled CUDA head dim (no padding copy)  # head * stride exceeds 2^31 for head 2
+    # 32: a compiled CUDA head dim (no padding copy)
+    seqlen, head_dim, head_stride = 24, 32, 2**30 + 64  # head * stride exceeds 2^31 for head 2
     storage_elements = 2 * head_stride + seqlen * head_dim
     gen = torch.Generator().manual_seed(seed_of(request))
     views = []

@@ -68,7 +68,8 @@ def test_bad_packed_shapes_are_named():
     with pytest.raises(ValueError, match=r"qkv must have shape \(batch, seqlen, 3, nheads, head_dim\)"):
         fai.flash_attn_qkvpacked_func(torch.randn(1, 4, 2, 2, 16, device=DEVICE))
     with pytest.raises(ValueError, match=r"kv must have shape \(batch, seqlen, 2, nheads_k, head_dim\)"):
-        fai.flash_attn_kvpacked_func(torch.randn(1, 4, 2, 16, device=DEVICE), torch.randn(1, 4, 3, 2, 16, device=DEVICE))
+        fai.flash_attn_kvpacked_func(torch.randn(1, 4, 2, 16, device=DEVICE),
+                                     torch.randn(1, 4, 3, 2, 16, device=DEVICE))
     cu = torch.tensor([0, 4], dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=r"qkv must have shape \(total_tokens, 3, nheads, head_dim\)"):
         fai.flash_attn_varlen_qkvpacked_func(torch.randn(1, 4, 3, 2, 16, device=DEVICE), cu, 4)

@@ -75,10 +75,12 @@ def invalid_calls(draw):
     if kind == "kv_heads":
         return q, k, _tensors(batch, sq, sk, hkv + 1, 1, head_dim)[2], options, ValueError, "heads"
     if kind == "window_value":
-        options["window_size"] = (draw(st.integers(-100, -2)), draw(st.integers(-1, 5)))[:: draw(st.sampled_from([1, -1]))]
+        options["window_size"] = (draw(st.integers(-100, -2)),
+                                  draw(st.integers(-1, 5)))[:: draw(st.sampled_from([1, -1]))]
         return q, k, v, options, ValueError, "window_size"
     if kind == "window_type":
-        options["window_size"] = draw(st.sampled_from([3, "3", (1,), (1, 2, 3), (1.5, 0), (0, None), (True, 0), torch.tensor([0.5, 1.0]), torch.tensor([1, 2, 3]),
+        options["window_size"] = draw(st.sampled_from([3, "3", (1,), (1, 2, 3), (1.5, 0), (0, None), (True, 0),
+                                                     torch.tensor([0.5, 1.0]), torch.tensor([1, 2, 3]),
                                                      torch.tensor([True, False]), (torch.tensor(1.0), 0)]))
         return q, k, v, options, TypeError, "window_size"
     if kind == "scale":
@@ -89,7 +91,8 @@ def invalid_calls(draw):
         options["causal"] = draw(st.sampled_from([1, 0, "yes", None, 1.0]))
         return q, k, v, options, TypeError, "causal"
     if kind == "backend":
-        options["backend"] = draw(st.text(max_size=8).filter(lambda b: b not in ("auto", "triton", "torch", "reference")))
+        options["backend"] = draw(st.text(max_size=8).filter(
+            lambda b: b not in ("auto", "triton", "torch", "reference")))
         return q, k, v, options, ValueError, "backend"
     if kind == "layout":
         options["layout"] = draw(st.text(max_size=5).filter(lambda name: name not in ("bshd", "bhsd")))

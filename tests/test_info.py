@@ -24,7 +24,8 @@ def fake(monkeypatch, *, cuda=13000, sass=("80", "86", "89", "90"), ptx=("90",),
         queried.append(index)
         return gpus[index]
 
-    monkeypatch.setattr(cuda_backend, "build_info", lambda: {"cuda_version": cuda, "sass_archs": sass, "ptx_archs": ptx})
+    monkeypatch.setattr(cuda_backend, "build_info",
+                        lambda: {"cuda_version": cuda, "sass_archs": sass, "ptx_archs": ptx})
     monkeypatch.setattr(cuda_backend, "driver_version", lambda: driver)
     monkeypatch.setattr(cuda_backend, "device_facts", device_facts)
     monkeypatch.setattr(cuda_compat, "driver_release", lambda: "550.54.15")
@@ -94,7 +95,8 @@ def test_checked_once_per_device(monkeypatch):
 
 
 def test_collect_reports_each_gpu_and_its_coverage(monkeypatch):
-    fake(monkeypatch, sass=("80", "90a"), ptx=("90",), gpus=(A100, H100, ("NVIDIA B200", (10, 0)), ("NVIDIA L4", (8, 9))))
+    fake(monkeypatch, sass=("80", "90a"), ptx=("90",),
+         gpus=(A100, H100, ("NVIDIA B200", (10, 0)), ("NVIDIA L4", (8, 9))))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(info, "_version", lambda dist: "0.1.0+cu130.sm80.sm90a" if dist == "flashattn_py" else "3.9.0")

@@ -111,4 +111,5 @@ def test_interpreter_truncates_fp32_to_bf16():
     truncated = (x.view(torch.int32) & ~0xFFFF).view(torch.float32)
     assert torch.equal(out.float(), truncated)
     assert not torch.equal(out, x.to(torch.bfloat16))  # torch rounds 1 + 0.75 ulp up to 1 + ulp
-    assert torch.equal(tolerance.bf16_ulp(torch.tensor([1.0, 1.5, 0.75, -3.0])), torch.tensor([ulp, ulp, ulp / 2, 2 * ulp]))
+    assert torch.equal(tolerance.bf16_ulp(torch.tensor([1.0, 1.5, 0.75, -3.0])),
+                       torch.tensor([ulp, ulp, ulp / 2, 2 * ulp]))

@@ -30,7 +30,8 @@ ENCODINGS = {
 SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40), (2, 5, 40, 8, 2, 32)]  # last: decoding lengths, GQA 4
 
 
-@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
+@pytest.mark.parametrize("backend,strategy",
+                         [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -48,13 +49,15 @@ POSITIONS = {
 }
 
 
-@pytest.mark.parametrize("backend,strategy", [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
+@pytest.mark.parametrize("backend,strategy",
+                         [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
 @pytest.mark.parametrize("encoding", ["neox", "partial_gptj_tables", "sinusoidal"])
 @pytest.mark.parametrize("positions", POSITIONS)
 def test_positions_offsets_and_ids(request, backend, strategy, encoding, positions):
     torch.manual_seed(seed_of(request))
     q, k, v, dout = random_qkv(2, 30, 45, 2, 2, 32, torch.float16, seed=seed_of(request))
-    pos = {name: t.to(DEVICE) if isinstance(t, torch.Tensor) else t for name, t in POSITIONS[positions](2, 30, 45).items()}
+    pos = {name: t.to(DEVICE) if isinstance(t, torch.Tensor) else t
+           for name, t in POSITIONS[positions](2, 30, 45).items()}
     check_against_reference(backend, q, k, v, dout, window_size=(10, 4), pe_k_strategy=strategy,
                             **ENCODINGS[encoding](32), **pos)
 
@@ -97,7 +100,8 @@ def test_hf_position_embeddings_map_to_tables(request):
 
 STANDALONE = {
     "rotary_neox_4d": (lambda x: dict(rotary=Rotary()), (2, 19, 3, 40)),
-    "rotary_gptj_partial_offset": (lambda x: dict(rotary=Rotary(rotary_dim=24, interleaved=True), positions=9), (2, 19, 3, 40)),
+    "rotary_gptj_partial_offset": (lambda x: dict(rotary=Rotary(rotary_dim=24, interleaved=True), positions=9),
+                                   (2, 19, 3, 40)),
     "rotary_tables_ids": (lambda x: dict(rotary=table_rotary(64, 8),
                                          positions=torch.randint(0, 64, (2, 19)).to(DEVICE)), (2, 19, 3, 16)),
     "sinusoidal_embeddings_3d": (lambda x: dict(scale=3.0), (2, 33, 52)),
@@ -195,7 +199,8 @@ PE_ERRORS = [
     ("table_device", lambda: dict(rotary=Rotary(cos=ones(8, 16, device="meta"), sin=ones(8, 16, device="meta"))),
      ValueError, "rotary cos is on meta but q is on"),
     ("tables_differ", lambda: dict(rotary=Rotary(cos=ones(8, 16), sin=ones(9, 16))), ValueError, "differ in shape"),
-    ("one_table", lambda: dict(rotary=Rotary(cos=ones(8, 16))), ValueError, "cos and sin tables must be given together"),
+    ("one_table", lambda: dict(rotary=Rotary(cos=ones(8, 16))), ValueError,
+     "cos and sin tables must be given together"),
     ("beyond_table", lambda: dict(rotary=Rotary(cos=ones(8, 16), sin=ones(8, 16)), q_positions=1), ValueError,
      "reach position 8 but the rotary cos/sin tables have 8 rows"),
     ("ids_beyond_table", lambda: dict(rotary=Rotary(cos=ones(8, 16), sin=ones(8, 16)),
@@ -213,7 +218,8 @@ PE_ERRORS = [
     ("negative_id", lambda: dict(rotary=Rotary(), q_positions=torch.full((1, 8), -2, device=DEVICE)), ValueError,
      "q_positions must be >= 0"),
     ("base", lambda: dict(rotary=Rotary(base=0.0)), ValueError, "rotary base must be a positive"),
-    ("sinusoidal_scale", lambda: dict(sinusoidal=Sinusoidal(scale=float("inf"))), ValueError, "sinusoidal scale must be"),
+    ("sinusoidal_scale", lambda: dict(sinusoidal=Sinusoidal(scale=float("inf"))), ValueError,
+     "sinusoidal scale must be"),
     ("spec_type", lambda: dict(rotary="rope"), TypeError, "rotary must be a Rotary"),
     ("strategy", lambda: dict(rotary=Rotary(), pe_k_strategy="fast"), ValueError, "pe_k_strategy must be one of"),
 ]
@@ -228,7 +234,8 @@ def test_bad_encoding_raises_clear_error(request, make_options, error, message):
 @pytest.mark.parametrize("call,error,message", [
     (lambda x: fa.apply_rotary(x[0, 0], Rotary()), ValueError, "x must be"),
     (lambda x: fa.apply_rotary(x.int(), Rotary()), TypeError, "x has dtype torch.int32"),
-    (lambda x: fa.apply_rotary(x, Rotary(rotary_dim=6), positions=torch.zeros(2)), TypeError, "^positions must be an int32"),
+    (lambda x: fa.apply_rotary(x, Rotary(rotary_dim=6), positions=torch.zeros(2)), TypeError,
+     "^positions must be an int32"),
     (lambda x: fa.add_sinusoidal(x, positions=(1, 2)), TypeError, "^positions must be None"),
     (lambda x: fa.apply_rotary(x.requires_grad_(), inplace=True), ValueError, "inplace=True on a leaf"),
 ], ids=["rank", "dtype", "positions_dtype", "positions_type", "inplace_leaf"])

@@ -39,7 +39,8 @@ MODS = {
     "softcap": lambda b, h, gen: dict(softcap=1.5),
     "softcap_large_logits": lambda b, h, gen: dict(softcap=30.0, softmax_scale=2.0),
     "alibi_per_head": lambda b, h, gen: dict(alibi_slopes=torch.rand(h, generator=gen).to(DEVICE)),
-    "alibi_per_batch_causal": lambda b, h, gen: dict(alibi_slopes=torch.rand(b, h, generator=gen).to(DEVICE), causal=True),
+    "alibi_per_batch_causal": lambda b, h, gen: dict(alibi_slopes=torch.rand(b, h, generator=gen).to(DEVICE),
+                                                     causal=True),
     "everything": lambda b, h, gen: dict(softcap=4.0, alibi_slopes=torch.rand(h, generator=gen).to(DEVICE),
                                          window_size=(9, 4)),
 }

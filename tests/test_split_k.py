@@ -68,7 +68,8 @@ def test_the_automatic_rule_splits_only_short_query_long_key_inference(monkeypat
     assert auto(dropout_p=0.1) == 1  # training with dropout: never (FlashAttention 2's rule)
     assert auto(batch=64) == 1  # the batch fills the GPU already
     assert split_k.split_count(0, _params(), torch.device("cpu"), triton_backend.BACKEND) == 1
-    assert split_k.split_count(5, _params(dropout_p=0.1), gpu, triton_backend.BACKEND) == 5  # as requested (checked earlier)
+    # as requested (checked earlier)
+    assert split_k.split_count(5, _params(dropout_p=0.1), gpu, triton_backend.BACKEND) == 5
 
 
 def test_forced_splits_with_dropout_are_refused():

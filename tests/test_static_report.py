@@ -18,9 +18,10 @@ one decoding step (flash_attn_with_kvcache: decode tiles, paged cache, split-K a
 one packed call against a paged cache (flash_attn_varlen_func(block_table=), the same kernels),
 one-query dense calls split-K as a GPU splits them, plain and with a padding mask + softcap + ALiBi
 (a transformers model's decoding step through flashattn_py.attention: split_k.py),
-and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel, which is checked too, and the
-attention kernels compiled without encoding code). The in-kernel encoding variants compile more than
-10x slower and are known to spill at head_dim >= 128 (docs/design.md), so they are opt-in:
+and with RoPE the way "auto" runs it at training lengths ("rope-prepass": q and k encoded by encode_kernel,
+which is checked too, and the attention kernels compiled without encoding code). The in-kernel encoding
+variants compile more than 10x slower and are known to spill at head_dim >= 128 (docs/design.md), so they
+are opt-in:
 FLASHATTN_STATIC_PE="none rope sinusoidal" (names: static_report.PE_VARIANTS).
 """
 import json
@@ -56,7 +57,8 @@ MATMUL_KERNELS = ("attention_fwd_kernel", FUSED, "attention_bwd_dkdv_kernel", "a
 # Decoding runs 16-row query tiles (configs.DECODE_MAX_SEQLEN_Q); wgmma needs 64 rows per warpgroup,
 # so the decode forward is mma.sync on sm_90 (it is bound by reading the cache, not by the MMAs).
 # The fused backward's key tiles are dK/dV's (16 queries at head_dim 256), so the same exceptions.
-MMA_SYNC_ALLOWED_ON_SM90 = {(kernel, 256, pe) for pe in PE_VARIANTS for kernel in ("attention_bwd_dkdv_kernel", FUSED)} | {
+MMA_SYNC_ALLOWED_ON_SM90 = {
+    (kernel, 256, pe) for pe in PE_VARIANTS for kernel in ("attention_bwd_dkdv_kernel", FUSED)} | {
     (kernel, d, pe) for d in HEAD_DIMS for kernel in ("attention_bwd_dkdv_kernel", FUSED)
     for pe in ("attn-bias", "score-mods", "key-padding", "bias-grad")} | {
     ("attention_fwd_kernel", d, pe) for d in HEAD_DIMS for pe in DECODING}
@@ -183,8 +185,8 @@ def test_interior_loops_do_less_non_mma_work_per_score(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     out = tmp_path / "loops.json"
-    cmd = [sys.executable, "-m", "flashattn_py.tools.static_report", "--arch", "90", "--dtype", "bf16", "--head-dim", "128",
-           "--causal", "yes", "--pe", "none", "--loops", "--jobs", "1", "--json", str(out)]
+    cmd = [sys.executable, "-m", "flashattn_py.tools.static_report", "--arch", "90", "--dtype", "bf16",
+           "--head-dim", "128", "--causal", "yes", "--pe", "none", "--loops", "--jobs", "1", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     rows = {r["kernel"]: r for r in json.loads(out.read_text())}

@@ -265,7 +265,8 @@ def test_a_paged_varlen_call_has_no_backward():
      "num_splits must be an int >= 0"),
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t, seqused_k=cuk[1:]),
      "cu_seqlens_k or seqused_k with block_table, not both"),
-    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, None, 5, 20, block_table=t, seqused_k=cuk[1:] - 30),
+    (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, None, 5, 20, block_table=t,
+                                                      seqused_k=cuk[1:] - 30),
      "key counts .* must be >= 0"),
 ])
 def test_bad_paged_varlen_arguments_are_named(call, message):
@@ -319,8 +320,8 @@ def test_random_paged_batches_match_reference(case):
         rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
 
         def reference(dt):
-            return fa.reference.attention(q[None, rows], keys[b:b + 1, :nk], values[b:b + 1, :nk], causal=case["causal"],
-                                          window_size=case["window"], compute_dtype=dt)
+            return fa.reference.attention(q[None, rows], keys[b:b + 1, :nk], values[b:b + 1, :nk],
+                                          causal=case["causal"], window_size=case["window"], compute_dtype=dt)
 
         assert_within_naive_error(f"out of sequence {b}", out[None, rows], reference(torch.float64),
                                   reference(dtype), dtype)
@@ -335,7 +336,8 @@ def test_per_sequence_backends_batch_equal_lengths(request, monkeypatch, options
 
     calls = []
     forward = torch_backend.BACKEND.forward
-    counting = dataclasses.replace(torch_backend.BACKEND, forward=lambda q, *a: calls.append(q.shape[0]) or forward(q, *a))
+    counting = dataclasses.replace(torch_backend.BACKEND,
+                                   forward=lambda q, *a: calls.append(q.shape[0]) or forward(q, *a))
     monkeypatch.setattr(torch_backend, "BACKEND", counting)
     lens_q, lens_k = [5, 9, 9, 5, 0, 5, 12], [7, 9, 9, 7, 3, 7, 2]
     seed = seed_of(request)

@@ -47,7 +47,8 @@ def test_sm80_wheel(tmp_path):
     (wheel,) = out.glob("flashattn_py-*.whl")
     major, minor = cuda_release(nvcc)
     machine = platform.machine()
-    label = re.fullmatch(rf"flashattn_py-[0-9.]+\+cu{major}{minor}\.sm80-cp\d+-cp\d+-(manylinux_\d+_\d+_{machine})\.whl",
+    label = re.fullmatch(rf"flashattn_py-[0-9.]+\+cu{major}{minor}\.sm80-cp\d+-cp\d+-"
+                         rf"(manylinux_\d+_\d+_{machine})\.whl",
                          wheel.name)
     assert label, f"{wheel.name}: expected flashattn_py-<version>+cu{major}{minor}.sm80-...-manylinux_*_{machine}.whl"
 

@@ -274,12 +274,14 @@ def attention_bwd_dkdv_kernel(
                 start_m = tl.where(i < n_before, start_m, full_hi + (i - n_before) * BLOCK_M)
             dk, dv, dbias_keys = key_block_step(
                 start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc, geometry,
-                scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, True, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION,
+                scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, True, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW,
+                HAS_DROPOUT, FP32_OPERANDS, PRECISION,
                 Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
         for start_m in range(full_lo, full_hi, BLOCK_M):
             dk, dv, dbias_keys = key_block_step(
                 start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc, geometry,
-                scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, False, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION,
+                scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, False, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW,
+                HAS_DROPOUT, FP32_OPERANDS, PRECISION,
                 Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
         if DBIAS_KIND == 3:  # DBIAS_PER_KEY
             tl.atomic_add(dbias_at[0] + offs_n.to(tl.int64) * dbias_stride_n, dbias_keys, mask=offs_n < seqlen_k)

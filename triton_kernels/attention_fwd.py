@@ -48,8 +48,8 @@ from .split_merge import merge_splits
 @triton.jit
 def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, offs_d, lo, hi,
                       stride_ks, stride_vs, seqlen_q, seqlen_k, head_dim, qk_scale_log2,
-                      window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed, drop_row_base,
-                      drop_row_length,
+                      window_left, window_right, diag_offset, k_pos, pe, dropout_p, dropout_scale, dropout_seed,
+                      drop_row_base, drop_row_length,
                       mods, paging, stride_kpage, stride_vpage, k_first,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
@@ -86,8 +86,8 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, of
                 v_tile = load_tile(v_base, offs_n, offs_d, stride_vs, seqlen_k, head_dim)
         # Scores in base-2 units (scale * log2 e folded in) so the exponent is a single exp2.
         raw = tile_dot(q, tl.trans(k_tile), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
-        s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2, mods,
-                               HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
+        s, _ = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2,
+                               mods, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND)
         if MASKED:
             keep = keep_mask(offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, window_left,
                              window_right, HAS_WINDOW)
@@ -104,7 +104,8 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, of
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)  # the softmax normalizer counts dropped weights too
         if HAS_DROPOUT:
-            keep = dropout_keep(dropout_seed, drop_row_base, offs_m[:, None], offs_n[None, :], drop_row_length, dropout_p)
+            keep = dropout_keep(dropout_seed, drop_row_base, offs_m[:, None], offs_n[None, :], drop_row_length,
+                                dropout_p)
             p = tl.where(keep, p * dropout_scale, 0.0)
         acc = tile_dot(p.to(v_tile.dtype), v_tile, acc * alpha[:, None], FP32_OPERANDS, PRECISION)
         m_i = m_new
@@ -251,7 +252,8 @@ def attention_fwd_kernel(
         lse_log2_ptr += split.to(tl.int64) * stride_lse_split
     out_ptrs = (out_ptr + batch * stride_ob + head * stride_oh + q_start * stride_os
                 + offs_m[:, None].to(tl.int64) * stride_os + offs_d[None, :])
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim))
     tl.store(lse_log2_ptr + row_base + offs_m, lse_log2, mask=offs_m < seqlen_q)
 
 
@@ -336,7 +338,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dot_flags(q.dtype),
             **pe_args, **mods_args, **sequence_args(params, q), **paging, **leftpad,
             **sink_args(params, q), SPLIT_MASK=cfg.split_mask, STREAM_TMA=stream_tma,
-            PACK_GQA=pack, SPLIT_K=splits > 1, num_splits=splits, stride_o_split=out_part.stride(0) if splits > 1 else 0,
+            PACK_GQA=pack, SPLIT_K=splits > 1, num_splits=splits,
+            stride_o_split=out_part.stride(0) if splits > 1 else 0,
             stride_lse_split=lse_part.stride(0) if splits > 1 else 0,
         )
 

@@ -13,7 +13,8 @@ from ..params import AttentionParams
 from . import masks, positional, score_mods
 
 
-def masked_scores(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, compute_dtype: torch.dtype) -> torch.Tensor:
+def masked_scores(q: torch.Tensor, k: torch.Tensor, params: AttentionParams,
+                  compute_dtype: torch.dtype) -> torch.Tensor:
     """Scores (batch, nheads_q, seqlen_q, seqlen_k) in compute_dtype: encoded q, k; scale; softcap /
     ALiBi / bias; -inf where the causal / window masks hide a key."""
     q, k = positional.encode_qk(q.to(compute_dtype), k.to(compute_dtype), params.encoding)
@@ -21,12 +22,15 @@ def masked_scores(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, com
     k = k.repeat_interleave(params.group_size, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * params.softmax_scale
     q_rows, k_cols = torch.arange(params.seqlen_q, device=q.device), torch.arange(params.seqlen_k, device=q.device)
-    scores, _ = score_mods.modify(scores, params.mods, q_rows, k_cols, params.diagonal_offset)  # autograd differentiates it
-    visible = masks.visible_keys(q_rows, k_cols, params.seqlen_q, params.seqlen_k, params.window, params.diagonal_offset)
+    # autograd differentiates it
+    scores, _ = score_mods.modify(scores, params.mods, q_rows, k_cols, params.diagonal_offset)
+    visible = masks.visible_keys(q_rows, k_cols, params.seqlen_q, params.seqlen_k, params.window,
+                                 params.diagonal_offset)
     return scores.masked_fill(~visible, float("-inf"))
 
 
-def probabilities(q: torch.Tensor, k: torch.Tensor, params: AttentionParams, compute_dtype=torch.float32) -> torch.Tensor:
+def probabilities(q: torch.Tensor, k: torch.Tensor, params: AttentionParams,
+                  compute_dtype=torch.float32) -> torch.Tensor:
     """The attention weights softmax(scores) (batch, nheads_q, seqlen_q, seqlen_k), materialized (for
     need_weights / return_attn_probs); rows that see no key are all 0. Dropout is not applied."""
     scores = masked_scores(q, k, params, compute_dtype)

@@ -97,8 +97,8 @@ def smoke(wheel, work, torch_spec):
         # named in a .pth are not scanned for .pth files, so an editable flashattn_py there stays inert;
         # --ignore-installed keeps pip from trying to uninstall it.
         site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-        venv_site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                                 text=True).strip())
+        venv_site = Path(subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
         (venv_site / "_build_wheels_reuse.pth").write_text("\n".join(site) + "\n")
         run(pip + ["--no-deps", "--ignore-installed", wheel])
     else:

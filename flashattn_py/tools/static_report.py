@@ -342,7 +342,8 @@ def _row(launch: KernelLaunch, arch: int, dtype: str, head_dim: int, has_window:
     c = launch.constexprs
     return KernelRow(launch.label, arch, dtype, head_dim,
                      has_window if "HAS_WINDOW" in c else None, pe if "Q_PE_KIND" in c or "PE_KIND" in c else None,
-                     c.get("BLOCK_M", c.get("BLOCK_S")), c.get("BLOCK_N"), c["BLOCK_D"], launch.num_warps, launch.num_stages, facts)
+                     c.get("BLOCK_M", c.get("BLOCK_S")), c.get("BLOCK_N"), c["BLOCK_D"], launch.num_warps,
+                     launch.num_stages, facts)
 
 
 def attention_kernel_rows(arch: int, dtype: str, head_dim: int, has_window: bool = True, pe: str = "none",
@@ -408,7 +409,8 @@ def format_table(rows: list[KernelRow]) -> str:
                       {True: "y", False: "n", None: "-"}[r.has_window], r.pe or "-", str(r.block_m),
                       "-" if r.block_n is None else str(r.block_n), str(r.block_d), str(r.num_warps),
                       str(r.num_stages), str(f.registers), f"{f.spill_stores}/{f.spill_loads}",
-                      str(f.shared_bytes), f"{theoretical_occupancy(r.arch, f.registers, f.shared_bytes, r.num_warps):.0%}",
+                      str(f.shared_bytes),
+                      f"{theoretical_occupancy(r.arch, f.registers, f.shared_bytes, r.num_warps):.0%}",
                       str(mma.get("mma.sync", 0)), str(mma.get("wgmma.mma_async", 0)),
                       str(mma.get("ldmatrix", 0)), str(f.tma_instructions),
                       " ".join(f"{x:.1f}" for x in alu_per_score(r)) or "-",

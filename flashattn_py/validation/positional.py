@@ -49,7 +49,8 @@ def _check_tables(spec: Rotary, rotary_dim: int, device: torch.device) -> None:
         check_tensor(f"rotary {name}", table)
         if table.dim() != 2 or table.shape[1] != rotary_dim // 2:
             raise ValueError(
-                f"rotary {name} must have shape (seqlen_ro, rotary_dim / 2 = {rotary_dim // 2}), got {tuple(table.shape)}"
+                f"rotary {name} must have shape (seqlen_ro, rotary_dim / 2 = {rotary_dim // 2}), "
+                f"got {tuple(table.shape)}"
             )
         if not table.is_floating_point():
             raise TypeError(f"rotary {name} must be a floating-point tensor, got {table.dtype}")

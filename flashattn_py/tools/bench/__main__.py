@@ -126,7 +126,8 @@ def run(args) -> int:
     print(output.format_table(rows))
     _print_tuning_choices()
     if args.out:
-        written = output.write_json_csv(args.out, args.name, env, rows) + output.write_plots(args.out, args.name, env, rows)
+        written = (output.write_json_csv(args.out, args.name, env, rows)
+                   + output.write_plots(args.out, args.name, env, rows))
         print("wrote " + ", ".join(str(p) for p in written))
     if args.profile:
         from flashattn_py.tools.bench.profiling import chrome_trace

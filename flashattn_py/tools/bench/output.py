@@ -23,7 +23,8 @@ def environment(device: torch.device) -> dict:
     from flashattn_py import info
 
     return {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name() if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()})"),
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -38,11 +39,13 @@ def fmt_cell(value, spec: str) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = f"{'case':40} {'mode':>7} {'implementation':>22} {'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9} {'vs best peer':>12}  status"
+    header = (f"{'case':40} {'mode':>7} {'implementation':>22} {'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9} "
+              f"{'vs best peer':>12}  status")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r.case.label():40} {r.mode:>7} {r.implementation:>22} {fmt_cell(r.ms, '9.3f')} "
-                     f"{fmt_cell(r.tflops, '8.1f')} {fmt_cell(r.peak_mib, '9.1f')} {fmt_cell(r.ratio_to_best_peer, '12.2f')}  "
+                     f"{fmt_cell(r.tflops, '8.1f')} {fmt_cell(r.peak_mib, '9.1f')} "
+                     f"{fmt_cell(r.ratio_to_best_peer, '12.2f')}  "
                      f"{'' if r.status == 'ok' else r.status}")
     return "\n".join(lines)
 

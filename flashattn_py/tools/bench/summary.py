@@ -17,7 +17,8 @@ def _best(rows, ours: bool, names=None):
 
 
 def _key(r):
-    return (r["head_dim"], r["dtype"], r["causal"], r["window"], r["encoding"], r["kv_heads"] != r["heads"], r["mode"], r["seqlen"])
+    return (r["head_dim"], r["dtype"], r["causal"], r["window"], r["encoding"], r["kv_heads"] != r["heads"], r["mode"],
+            r["seqlen"])
 
 
 def _order(key) -> tuple:
@@ -29,7 +30,8 @@ def comparison_table(rows) -> list[str]:
     groups = defaultdict(list)
     for r in rows:
         groups[_key(r)].append(r)
-    lines = ["| head_dim | causal | encoding | mode | seqlen | triton TFLOP/s | cuda TFLOP/s | best peer | peer TFLOP/s | ours / best peer |",
+    lines = ["| head_dim | causal | encoding | mode | seqlen | triton TFLOP/s | cuda TFLOP/s | best peer "
+             "| peer TFLOP/s | ours / best peer |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=_order):
         g = groups[key]
@@ -38,7 +40,8 @@ def comparison_table(rows) -> list[str]:
         fmt = lambda r: f"{r['tflops']:.1f}" if r and r["tflops"] else (r["status"][:40] if r else "-")  # noqa: E731
         ratio = f"{ours['tflops'] / peer['tflops']:.2f}" if ours and peer else "-"
         lines.append(f"| {key[0]} | {key[2]} | {key[4]} | {key[6]} | {key[7]} | {fmt(by_name.get('triton'))} | "
-                     f"{fmt(by_name.get('cuda'))} | {peer['implementation'] if peer else '-'} | {fmt(peer)} | {ratio} |")
+                     f"{fmt(by_name.get('cuda'))} | {peer['implementation'] if peer else '-'} | {fmt(peer)} | "
+                     f"{ratio} |")
     return lines
 
 
@@ -65,7 +68,8 @@ def targets(rows) -> list[str]:
             flash = _best(g, False, names={"sdpa_flash"})
             if flash:
                 ratio = ours["tflops"] / flash["tflops"]
-                out.append(f"- {'met' if ratio >= 1.0 else 'MISSED'}: fwd+bwd >= 1.0x SDPA flash -- {tag}, {ratio:.2f}x")
+                out.append(f"- {'met' if ratio >= 1.0 else 'MISSED'}: fwd+bwd >= 1.0x SDPA flash -- {tag}, "
+                           f"{ratio:.2f}x")
         if enc == "rope":
             unfused = _best(g, False)
             plain = _best(groups.get((causal, "none", mode, seqlen), []), True)
@@ -87,12 +91,15 @@ def summarize(folder: Path) -> str:
         if "rows" not in data:
             continue
         env = data["environment"]
-        lines += [f"## {path.stem}", "", f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        lines += [f"## {path.stem}", "",
+                  f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
                   f"{env['date']}", "", f"Command: `{env['command']}`", ""]
         wrong = [r for r in data["rows"] if r["status"].startswith(("wrong", "failed"))]
-        lines += [f"**{len(wrong)} implementation results wrong or failed**" if wrong else "All timed results passed the "
-                  "correctness check against the float64 reference first.", ""]
-        lines += ["### Targets (DESIGN.md)", ""] + (targets(data["rows"]) or ["- no head_dim 128 bf16 seqlen >= 4k rows"]) + [""]
+        lines += [f"**{len(wrong)} implementation results wrong or failed**" if wrong
+                  else "All timed results passed the correctness check against the float64 reference first.",
+                  ""]
+        lines += (["### Targets (DESIGN.md)", ""]
+                  + (targets(data["rows"]) or ["- no head_dim 128 bf16 seqlen >= 4k rows"]) + [""])
         lines += ["### Ours vs the best peer", ""] + comparison_table(data["rows"]) + [""]
     for name in ("tests.txt", "sanitizer.txt", "build.txt", "cuda-fwd-selftest.txt", "cuda-bwd-selftest.txt"):
         path = folder / name
