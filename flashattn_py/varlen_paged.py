@@ -28,7 +28,7 @@ from .backends.split_k import split_count
 from .ops import inference_only
 from .params import PagedKV
 from .validation.attention import check_decode_schedule
-from .validation.caches import check_block_table, check_kv_cache, check_paged_varlen_values
+from .validation.caches import check_block_table, check_cache_values, check_kv_cache
 from .validation.common import check_int32_tensor
 from .validation.sequences import token_positions, varlen_params
 
@@ -66,7 +66,13 @@ def paged_varlen_params(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seq
         check_int32_tensor(seqused_k, "seqused_k", (batch,), q.device, "(batch,)")
         cu_seqlens_k = torch.cat([seqused_k.new_zeros(1), seqused_k.cumsum(0, dtype=torch.int32)])
     check_int32_tensor(cu_seqlens_k, "cu_seqlens_k", (batch + 1,), q.device, "(batch + 1,)")
-    total_k = check_paged_varlen_values(cu_seqlens_k, block_table, page_size, num_pages)
+    # The packed key count is cu_seqlens_k[-1] (the pages have no packed length to check it against).
+    pages = block_table.shape[1]
+    total_k = check_cache_values(cu_seqlens_k[1:] - cu_seqlens_k[:-1], capacity=pages * page_size,
+                                 what=f"the rows block_table lists per sequence: {pages} pages of {page_size}",
+                                 used_name="key counts (cu_seqlens_k differences or seqused_k)",
+                                 block_table=block_table, page_size=page_size, num_rows=num_pages,
+                                 total=cu_seqlens_k[-1])
     shape_k = k_cache[:1, 0].expand(total_k, *k_cache.shape[2:])  # a shape carrier, no copy
     # varlen_params checks the prefix sums as for packed keys (of total_k rows).
     params = varlen_params(q, shape_k, shape_k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options)

@@ -242,7 +242,8 @@ def test_a_paged_varlen_call_has_no_backward():
 
 @pytest.mark.parametrize("call,message", [
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk * 6, 5, 120, block_table=t),
-     "cu_seqlens_k has a sequence of 120 keys but block_table lists 32 rows"),
+     r"key counts \(cu_seqlens_k differences or seqused_k\) must fit the cache: each in \[0, 32\] \(the rows "
+     r"block_table lists per sequence: 2 pages of 16\), got 120 to 120"),
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t + 3),
      r"block_table entries must be page indices in \[0, 4\)"),
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, cuk, 5, 20, block_table=t.long()),
@@ -267,7 +268,7 @@ def test_a_paged_varlen_call_has_no_backward():
      "cu_seqlens_k or seqused_k with block_table, not both"),
     (lambda q, kc, cu, cuk, t: flash_attn_varlen_func(q, kc, kc, cu, None, 5, 20, block_table=t,
                                                       seqused_k=cuk[1:] - 30),
-     "key counts .* must be >= 0"),
+     r"key counts .* must fit the cache: each in \[0, 32\] .* got -10 to -10"),
 ])
 def test_bad_paged_varlen_arguments_are_named(call, message):
     q = torch.randn(5, 2, 16, device=DEVICE, dtype=torch.float16)

@@ -59,58 +59,47 @@ def check_entries(name: str, low: int, high: int, rows: int, what: str = "") -> 
         raise ValueError(f"{name} entries must be {what}in [0, {rows}), got {low} to {high}")
 
 
-def check_step_values(cache_seqlens, new, capacity, last_position, k_cache, block_table, page_size, cache_batch_idx,
-                  rotary, cache_leftpad=None):
-    """Every check of a step that reads tensor values, in one device-to-host copy (a decoding loop
-    would otherwise wait for the GPU at each of them): lengths fit the cache, the left padding lies
-    within them, the block-table entries of the pages in use and the cache_batch_idx entries are rows of
-    it, and the rotary tables reach the last rotated position (cache_seqlens + last_position). Skipped
-    where reads_values() says so (tracing, graph capture)."""
-    if not reads_values() or cache_seqlens.numel() == 0:
-        return
-    parts = [cache_seqlens.min(), cache_seqlens.max()]
-    if cache_leftpad is not None:
-        parts += [cache_leftpad.min(), (cache_seqlens + new - cache_leftpad).min()]
-    if block_table is not None and block_table.numel():
-        parts += used_pages_range(block_table, cache_seqlens + new, page_size)
-    if cache_batch_idx is not None:
-        parts += [cache_batch_idx.min(), cache_batch_idx.max()]
-    low, high, *indices = torch.stack([p.to(torch.int64) for p in parts]).tolist()
-    if low < 0 or high + new > capacity:
-        raise ValueError(f"cache_seqlens + seqlen_new must fit the cache ({capacity} tokens per sequence), got "
-                         f"cache_seqlens from {low} to {high} with {new} new tokens")
-    if cache_leftpad is not None:
-        pad_low, room, *indices = indices
-        if pad_low < 0 or room < 0:
-            raise ValueError("cache_leftpad must be in [0, cache_seqlens + seqlen_new] for every sequence (the "
-                             f"padding comes first in the cache), got a minimum of {pad_low} and a minimum of "
-                             f"cache_seqlens + seqlen_new - cache_leftpad of {room}")
-    if block_table is not None and indices:
-        check_entries("block_table", *indices, k_cache.shape[0], "page indices ")
-    if cache_batch_idx is not None and indices:
-        check_entries("cache_batch_idx", *indices, k_cache.shape[0])
-    if rotary is not None and rotary.cos is not None and high + last_position >= rotary.cos.shape[0]:
-        raise ValueError(f"rotary positions reach position {high + last_position} but the rotary cos/sin tables "
-                         f"have {rotary.cos.shape[0]} rows")
-
-
-def check_paged_varlen_values(cu_seqlens_k, block_table, page_size, num_pages) -> int:
-    """The packed key count (cu_seqlens_k[-1]: the pages have no packed length to check it against),
-    having checked in one device-to-host copy that the sequence lengths fit the pages the block table
-    lists and the entries of the pages in use are pages of the cache. Where reads_values() says
-    no host read may happen (tracing, graph capture): none, and 0."""
-    if not reads_values() or block_table.shape[0] == 0:
+def check_cache_values(used: torch.Tensor, *, capacity: int, what: str, used_name: str, new: int = 0,
+                       block_table: torch.Tensor | None = None, page_size: int = 1, num_rows: int = 0,
+                       batch_index: torch.Tensor | None = None, leftpad: torch.Tensor | None = None,
+                       rotary_rows: int | None = None, last_position: int = 0,
+                       total: torch.Tensor | None = None) -> int:
+    """Every check of a KV-cache or paged call that reads tensor values, in one device-to-host copy (a
+    decoding loop would otherwise wait for the GPU at each of them): the key count of each sequence
+    (`used`, int (batch,), its new keys included) lies in [new, capacity] (`what` the cache holds per
+    sequence); the left padding lies within it; the block-table entries of the pages in use, and the
+    batch_index entries, are rows of the cache (num_rows of them); the rotary cos/sin tables (rotary_rows
+    rows) reach the last rotated position (used - new + last_position). Returns the value of `total` (a
+    device scalar the caller needs on the host too), 0 when not read. Skipped where reads_values() says
+    so (tracing, graph capture)."""
+    if not reads_values() or used.numel() == 0:
         return 0
-    capacity = block_table.shape[1] * page_size
-    lengths = cu_seqlens_k[1:] - cu_seqlens_k[:-1]
-    parts = [cu_seqlens_k[-1], lengths.min(), lengths.max()]
-    parts += used_pages_range(block_table, lengths, page_size) if block_table.numel() else []
-    total, shortest, longest, *entries = torch.stack([p.to(torch.int64) for p in parts]).tolist()
-    if shortest < 0:
-        raise ValueError(f"key counts (cu_seqlens_k differences or seqused_k) must be >= 0, got {shortest}")
-    if longest > capacity:
-        raise ValueError(f"cu_seqlens_k has a sequence of {longest} keys but block_table lists {capacity} rows per "
-                         f"sequence ({block_table.shape[1]} pages of {page_size})")
-    if entries:
-        check_entries("block_table", *entries, num_pages, "page indices ")
-    return total
+    parts = [used.min(), used.max()]
+    if leftpad is not None:
+        parts += [leftpad.min(), (used - leftpad).min()]
+    if block_table is not None and block_table.numel():
+        parts += used_pages_range(block_table, used, page_size)
+    if batch_index is not None:
+        parts += [batch_index.min(), batch_index.max()]
+    if total is not None:
+        parts.append(total)
+    shortest, longest, *values = torch.stack([p.to(torch.int64) for p in parts]).tolist()
+    if shortest < new or longest > capacity:
+        raise ValueError(f"{used_name} must fit the cache: each in [{new}, {capacity}] ({what}), got {shortest} "
+                         f"to {longest}")
+    if leftpad is not None:
+        pad_low, room, *values = values
+        if pad_low < 0 or room < 0:
+            raise ValueError(f"cache_leftpad must be in [0, {used_name}] for every sequence (the padding comes first "
+                             f"in the cache), got a minimum of {pad_low} and a minimum of {used_name} - "
+                             f"cache_leftpad of {room}")
+    if block_table is not None and block_table.numel():
+        low, high, *values = values
+        check_entries("block_table", low, high, num_rows, "page indices ")
+    if batch_index is not None:
+        low, high, *values = values
+        check_entries("cache_batch_idx", low, high, num_rows)
+    if rotary_rows is not None and longest - new + last_position >= rotary_rows:
+        raise ValueError(f"rotary positions reach position {longest - new + last_position} but the rotary cos/sin "
+                         f"tables have {rotary_rows} rows")
+    return values[0] if total is not None else 0
