@@ -1,5 +1,5 @@
 """Attention sinks (GPT-OSS) and gradients of a learned float attention bias (T5), in every backend,
-against the float64 reference: out, lse, dq, dk, dv, dsinks and dbias (flashattn_py/score_mods.py has
+against the float64 reference: out, lse, dq, dk, dv, dsinks and dbias (flashattn_py/semantics/score_mods.py has
 the math)."""
 import pytest
 import torch

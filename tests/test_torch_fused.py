@@ -1,4 +1,4 @@
-"""The PyTorch path's CPU fast lane (flashattn_py/torch_fused.py): torch's fused CPU flash attention,
+"""The PyTorch path's CPU fast lane (flashattn_py/backends/torch_fused.py): torch's fused CPU flash attention,
 called on slices of the keys for our bottom-right causal masks and merged through the lse.
 
 The float64-reference suites (test_attention, test_positional, ...) already run their backend="torch"

@@ -153,7 +153,7 @@ def check_supported(params: AttentionParams) -> None:
                  if on]
         raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
     offset = params.diagonal_offset
-    # Variable lengths always align bottom-right per sequence (csrc/sequence.h; checks.py refuses others).
+    # Variable lengths always align bottom-right per sequence (csrc/sequence.h; validation/attention.py refuses others).
     if params.lengths is None and offset is not None and offset not in (0, params.seqlen_k - params.seqlen_q):
         raise NotImplementedError(
             f"backend='cuda' aligns causal/window masks bottom-right or top-left; this call aligns them at key "

@@ -265,7 +265,7 @@ def kernel_launches(dtype: str, head_dim: int, has_window: bool = True, pe: str 
 
 
 def _decode_step(fwd, dtype: torch.dtype, head_dim: int, causal: bool) -> None:
-    """One decoding step as flash_attn_with_kvcache launches it on the Triton backend (kvcache.py; that
+    """One decoding step as flash_attn_with_kvcache launches it on the Triton backend (decoding.py; that
     entry point itself refuses CPU tensors without the interpreter): a query per sequence against a
     paged cache (page size 16) with _SEQLEN_K used tokens after some left padding (cache_leftpad),
     split-K forced (3 splits): the decoding forward with every option it can take."""
