@@ -1,4 +1,4 @@
-"""The accuracy rule every test applies (DEVELOPERS.md / DESIGN.md):
+"""The accuracy rule every test applies (README.md, "Tests"; docs/design.md, "Tolerances"):
 
 a backend's error against the float64 reference must be at most 2x the error of the naive
 implementation run in the same precision, plus a small absolute slack.

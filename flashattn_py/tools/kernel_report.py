@@ -1,8 +1,8 @@
 """Static facts about a Triton kernel, compiled for a named GPU without a GPU.
 
 CI has no GPU, so we cannot launch our kernels there or read
-``CompiledKernel.n_regs`` (that needs a CUDA driver). What we can do is what
-DESIGN.md asks for: compile each kernel ahead of time for sm_80 / sm_90a and
+``CompiledKernel.n_regs`` (that needs a CUDA driver). What we can do is
+compile each kernel ahead of time for sm_80 / sm_90a and
 check the static facts -- it uses tensor cores (``mma.sync`` / ``wgmma``), it
 does not spill, and how many registers and how much shared memory it needs.
 
