@@ -22,18 +22,26 @@ shards.
   ranks (all-reduce) and keeps each rank's slice. Memory: the whole sequence's K / V on every rank.
 
 Positional encodings (``rotary=`` / ``sinusoidal=``) use each token's global position (the shard's
-offset), fused in the kernels as everywhere else. Causal masking is bottom-right by global position
-(= top-left for the whole sequence, which is square). Any backend runs the blocks; the backward of a
-block is the attention backward op given the merged out and lse (P = exp(S - lse) is then the whole
-row's, so each block's gradients are exactly its share).
+offset), fused in the kernels as everywhere else. Causal masking and sliding windows are placed by
+global position (query i sees key j when i - left <= j <= i + right; causal is (left, 0)): each
+(query piece, key piece) pair is skipped when no query sees any of its keys, computed without a mask
+when every query sees every key, and otherwise computed with the window at the pair's own diagonal
+(``AttentionParams.diagonal_offset`` = the query piece's offset - the key piece's). Any backend runs the
+blocks (the CUDA kernels only where the diagonal sits at key 0 of a block: causal, or no window); the
+backward of a block is the attention backward op given the merged out and lse (P = exp(S - lse) is
+then the whole row's, so each block's gradients are exactly its share).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.distributed as dist
 
-from . import api, backends, ops
-from .validation.attention import attention_params
+from . import backends, ops
+from .params import UNBOUNDED
+from .semantics import masks
+from .validation.attention import attention_params, check_window_size
 
 METHODS = ("ring", "zigzag", "allgather")
 LOG2E = 1.4426950408889634  # a backend that keeps_lse_log2 reads the lse in base 2 (ops.py, "aux")
@@ -59,8 +67,8 @@ def merge_partials(out_a, lse_a, out_b, lse_b):
 
 
 def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", causal: bool = False,
-                               softmax_scale: float | None = None, rotary=None, sinusoidal=None,
-                               return_lse: bool = False, backend: str = "auto"):
+                               window_size: tuple[int, int] = (-1, -1), softmax_scale: float | None = None,
+                               rotary=None, sinusoidal=None, return_lse: bool = False, backend: str = "auto"):
     """Attention of this rank's query shard against the whole sequence, split across the ranks of ``group``.
     Differentiable w.r.t. q, k, v (each rank gets its shard's gradients). The methods, their communication
     and memory: the module docstring and docs/design.md ("Context parallelism").
@@ -74,6 +82,8 @@ def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", cau
         method: "ring" (default: K / V shards passed around the ring), "zigzag" (the ring over a load-balanced
             layout for causal attention; S must be even) or "allgather" (K / V all-gathered once).
         causal: mask keys after the query by global position (bottom-right = top-left for the whole sequence).
+        window_size: ``(left, right)``: query i sees keys i - left .. i + right by global position; -1 = unbounded.
+            Blocks no query of a piece can see are skipped (ring, zigzag) or never attended (allgather).
         softmax_scale: default ``1 / sqrt(D)``.
         rotary: a ``Rotary`` applied to q and k at each token's global position; None = none.
         sinusoidal: a ``Sinusoidal`` encoding at each token's global position; None = none.
@@ -94,14 +104,19 @@ def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", cau
         raise ValueError(f"q, k, v shards must share (batch, seqlen) and k, v their shape, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     _check_same_shards(q, k, group, world)
-    options = dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal, backend=backend)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    window = masks.normalize_window(causal, check_window_size(window_size))
+    # The one backend choice of the call; every block runs on it.
+    options = dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal,
+                   backend=backends.select(backend, q.device))
     if method == "allgather":
-        out, lse = _allgather_attention(q, k, v, group, rank, world, causal, options)
+        out, lse = _allgather_attention(q, k, v, group, rank, world, window, options)
     else:
         if method == "zigzag" and q.shape[1] % 2:
             raise ValueError(f"method='zigzag' needs an even shard length (two equal chunks per rank), got "
                              f"{q.shape[1]}: the whole sequence must split into 2 * world_size equal chunks")
-        out, lse = _RingAttention.apply(q, k, v, group, rank, world, causal, method, options)
+        out, lse = _RingAttention.apply(q, k, v, group, rank, world, window, method, options)
     return (out, lse) if return_lse else out
 
 
@@ -135,21 +150,42 @@ def _positions(q_offset: int, k_offset: int, options) -> dict:
     return dict(q_positions=q_offset, k_positions=k_offset) if encoded else {}
 
 
-def _attend(q, k, v, q_offset: int, k_offset: int, causal: bool, options):
-    """(out, lse) of q (global positions q_offset + i) against one key block (k_offset + j)."""
-    return api.attention(q, k, v, causal=causal, return_lse=True, **_positions(q_offset, k_offset, options),
-                         **options)
+def _block_window(q_offset: int, q_len: int, k_offset: int, k_len: int, window):
+    """How queries q_offset .. q_offset + q_len - 1 attend keys k_offset .. k_offset + k_len - 1 (global
+    positions) under `window`: None (no query sees any of them: skip the pair), (-1, -1) (every query sees
+    every key: no mask), or `window` itself (masked at the pair's own diagonal)."""
+    if q_len == 0 or k_len == 0:
+        return None
+    total = max(q_offset + q_len, k_offset + k_len)
+    lo, hi = masks.key_range(q_offset, q_offset + q_len, total, total, window, offset=0)
+    if max(lo, k_offset) >= min(hi, k_offset + k_len):
+        return None
+    left, right = window
+    sees_all = ((right == UNBOUNDED or k_offset + k_len - 1 <= q_offset + right)
+                and (left == UNBOUNDED or k_offset >= q_offset + q_len - 1 - left))
+    return (UNBOUNDED, UNBOUNDED) if sees_all else window
 
 
-def _block_backward(dout, q, k, v, out, lse, q_offset: int, k_offset: int, causal: bool, options):
+def _block_params(q, k, v, q_offset: int, k_offset: int, window, options):
+    """The params of q (global positions q_offset + i) against one key block (k_offset + j): the encoding at
+    global positions, the window's diagonal at key q_offset - k_offset of the block."""
+    opts = {name: value for name, value in options.items() if name != "backend"}
+    params = attention_params(q, k, v, window_size=window, **_positions(q_offset, k_offset, opts), **opts)
+    return dataclasses.replace(params, diagonal_offset=q_offset - k_offset)
+
+
+def _attend(q, k, v, q_offset: int, k_offset: int, window, options):
+    """(out, lse) of q (global positions q_offset + i) against one key block (k_offset + j), differentiable."""
+    return ops.attention(q, k, v, _block_params(q, k, v, q_offset, k_offset, window, options), options["backend"])
+
+
+def _block_backward(dout, q, k, v, out, lse, q_offset: int, k_offset: int, window, options):
     """(dq, dk, dv) of one key block given the merged out and lse (the attention backward op)."""
-    opts = dict(options)
-    backend = opts.pop("backend")
-    params = attention_params(q, k, v, causal=causal, **_positions(q_offset, k_offset, opts), **opts)
-    chosen = backends.select(backend, q.device)
+    params = _block_params(q, k, v, q_offset, k_offset, window, options)
+    chosen = options["backend"]
     aux = (lse * LOG2E).contiguous() if chosen.keeps_lse_log2 else lse.new_empty(0)
-    dq, dk, dv, _, _ = ops.attention_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), aux,
-                                              **ops.op_args(params, chosen.name))
+    dq, dk, dv, _, _ = ops.attention_backward(dout.contiguous(), *ops.unit_stride(q, k, v), out, lse.contiguous(),
+                                              aux, **ops.op_args(params, chosen.name))
     return dq, dk, dv
 
 
@@ -224,16 +260,13 @@ def shard_pieces(rank: int, world: int, seqlen: int, method: str) -> list[tuple[
     return [(rank * chunk, chunk), ((2 * world - 1 - rank) * chunk, chunk)]
 
 
-def _block_pairs(q_pieces, k_pieces, causal: bool):
-    """(q piece index, k piece index, causal diagonal?) of the piece pairs to compute: all of them
-    without a causal mask; with one, a key piece before the query piece whole, the one at its offset
-    with the diagonal, and none after it (pieces are equal and aligned)."""
-    for qi, (q_off, _) in enumerate(q_pieces):
-        for ki, (k_off, _) in enumerate(k_pieces):
-            if not causal or k_off < q_off:
-                yield qi, ki, False
-            elif k_off == q_off:
-                yield qi, ki, True
+def _block_pairs(q_pieces, k_pieces, window):
+    """(q piece index, k piece index, the pair's window: _block_window) of the piece pairs to compute."""
+    for qi, (q_off, q_len) in enumerate(q_pieces):
+        for ki, (k_off, k_len) in enumerate(k_pieces):
+            pair = _block_window(q_off, q_len, k_off, k_len, window)
+            if pair is not None:
+                yield qi, ki, pair
 
 
 def _rows(pieces, i: int) -> slice:
@@ -241,7 +274,7 @@ def _rows(pieces, i: int) -> slice:
     return slice(start, start + pieces[i][1])
 
 
-def ring_forward(q, k, v, group, rank: int, world: int, causal: bool, method: str, options, communicate=True):
+def ring_forward(q, k, v, group, rank: int, world: int, window, method: str, options, communicate=True):
     """(out, lse) of the ring's forward (context_parallel_attention's "ring" and "zigzag"), without autograd of
     its own.
 
@@ -251,10 +284,10 @@ def ring_forward(q, k, v, group, rank: int, world: int, causal: bool, method: st
         group: the torch.distributed process group.
         rank: this rank's index in the group.
         world: the group's size.
-        causal: mask keys after the query by global position.
+        window: ``(left, right)`` by global position, causal folded in (``(left, 0)``); -1 = unbounded.
         method: "ring" or "zigzag" (shard_pieces' layout).
-        options: dict of ``flashattn_py.attention`` keywords for every block (context_parallel_attention's
-            softmax_scale, rotary, sinusoidal, backend).
+        options: dict of the blocks' softmax_scale, rotary, sinusoidal (``flashattn_py.attention`` keywords) and
+            backend (a ``backends.Backend``, as ``backends.select`` gives it).
         communicate: False keeps this rank's own K / V in place of the others' (wrong results, the same block
             attentions): what `bench cp` times as computation alone. Default True.
 
@@ -263,16 +296,18 @@ def ring_forward(q, k, v, group, rank: int, world: int, causal: bool, method: st
     """
     seqlen = q.shape[1]
     q_pieces = shard_pieces(rank, world, seqlen, method)
-    partial = [None] * len(q_pieces)  # the running (out, lse) of each query piece
+    # The running (out, lse) of each query piece; a piece no key reaches keeps 0 and -inf (cannot happen with
+    # a window of bounds >= 0: a query always sees itself).
+    partial = [None] * len(q_pieces)
     block = (k, v)
     for step in range(world):
         src = (rank - step) % world  # whose K / V this rank holds at this step
         pending = _ring_exchange(block, group, rank, world) if communicate and step + 1 < world else None
         k_pieces = shard_pieces(src, world, seqlen, method)
-        for qi, ki, diagonal in _block_pairs(q_pieces, k_pieces, causal):
+        for qi, ki, pair in _block_pairs(q_pieces, k_pieces, window):
             qr, kr = _rows(q_pieces, qi), _rows(k_pieces, ki)
-            part = _attend(q[:, qr], block[0][:, kr], block[1][:, kr], q_pieces[qi][0], k_pieces[ki][0],
-                           diagonal, options)
+            part = _attend(q[:, qr], block[0][:, kr], block[1][:, kr], q_pieces[qi][0], k_pieces[ki][0], pair,
+                           options)
             partial[qi] = part if partial[qi] is None else merge_partials(*partial[qi], *part)
         if pending is not None:
             received, requests = pending
@@ -285,17 +320,17 @@ def ring_forward(q, k, v, group, rank: int, world: int, causal: bool, method: st
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, rank, world, causal, method, options):
-        out, lse = ring_forward(q, k, v, group, rank, world, causal, method, options)
+    def forward(ctx, q, k, v, group, rank, world, window, method, options):
+        out, lse = ring_forward(q, k, v, group, rank, world, window, method, options)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.ring = (group, rank, world, causal, method, options)
+        ctx.ring = (group, rank, world, window, method, options)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        group, rank, world, causal, method, options = ctx.ring
+        group, rank, world, window, method, options = ctx.ring
         seqlen = q.shape[1]
         q_pieces = shard_pieces(rank, world, seqlen, method)
         dq = torch.zeros_like(q, dtype=torch.float32)
@@ -305,11 +340,10 @@ class _RingAttention(torch.autograd.Function):
             src = (rank - step) % world
             kb, vb, dk_acc, dv_acc = block
             k_pieces = shard_pieces(src, world, seqlen, method)
-            for qi, ki, diagonal in _block_pairs(q_pieces, k_pieces, causal):
+            for qi, ki, pair in _block_pairs(q_pieces, k_pieces, window):
                 qr, kr = _rows(q_pieces, qi), _rows(k_pieces, ki)
                 dq_b, dk_b, dv_b = _block_backward(dout[:, qr], q[:, qr], kb[:, kr], vb[:, kr], out[:, qr],
-                                                   lse[:, :, qr], q_pieces[qi][0], k_pieces[ki][0], diagonal,
-                                                   options)
+                                                   lse[:, :, qr], q_pieces[qi][0], k_pieces[ki][0], pair, options)
                 dq[:, qr] += dq_b
                 dk_acc[:, kr] += dk_b  # fresh buffers: zeros at step 0, then received ones
                 dv_acc[:, kr] += dv_b
@@ -342,9 +376,11 @@ class _GatherSequence(torch.autograd.Function):
         return grad[:, rank * seqlen:(rank + 1) * seqlen], None, None, None
 
 
-def _allgather_attention(q, k, v, group, rank: int, world: int, causal: bool, options):
+def _allgather_attention(q, k, v, group, rank: int, world: int, window, options):
     seqlen = q.shape[1]
     k_all, v_all = (_GatherSequence.apply(t, group, rank, world) for t in (k, v))
-    if causal:  # keys past this shard are all in its queries' future; bottom-right = global alignment
-        k_all, v_all = k_all[:, :(rank + 1) * seqlen], v_all[:, :(rank + 1) * seqlen]
-    return _attend(q, k_all, v_all, rank * seqlen, 0, causal, options)
+    # Only the keys some local query can see are attended (under a causal mask: none past this shard).
+    total, q_offset = world * seqlen, rank * seqlen
+    lo, hi = masks.key_range(q_offset, q_offset + seqlen, total, total, window, offset=0)
+    return _attend(q, k_all[:, lo:hi], v_all[:, lo:hi], q_offset, lo,
+                   _block_window(q_offset, seqlen, lo, hi - lo, window), options)

@@ -19,6 +19,9 @@ CASES = {
     "causal_gqa": (1, 8, 4, 2, 16, dict(causal=True)),
     "causal_rope": (2, 6, 2, 1, 16, dict(causal=True, rotary=fa.Rotary())),
     "sinusoidal": (1, 8, 2, 2, 16, dict(sinusoidal=fa.Sinusoidal())),
+    # Sliding windows by global position: pieces skipped, whole or masked at their own diagonal.
+    "window": (1, 8, 2, 2, 16, dict(window_size=(5, 3))),
+    "causal_window_rope": (2, 6, 2, 1, 16, dict(causal=True, window_size=(4, -1), rotary=fa.Rotary())),
 }
 
 
@@ -87,6 +90,35 @@ def test_context_parallel_on_the_triton_kernels(method):
     mp.spawn(_rank_main, args=(2, method, torch.float16, _free_port(), "triton"), nprocs=2, join=True)
 
 
+def _zero_grads_main(rank, world, method, port):
+    """Causal, with no gradient on the second half of the sequence: the keys there are seen only by those
+    queries, so their dK and dV must be exactly 0 on whichever rank holds them (a block that should have
+    been skipped, or an unwritten buffer, would leave something else)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(3)
+        total = 8 * world
+        q, k, v, dout = (torch.randn(1, total, 2, 16, generator=gen) for _ in range(4))
+        dout[:, total // 2:] = 0
+        shards = [shard_sequence(t, rank, world, method).requires_grad_() for t in (q, k, v)]
+        with fa.poisoned_outputs():
+            out = context_parallel_attention(*shards, method=method, causal=True, backend="torch")
+            out.backward(shard_sequence(dout, rank, world, method))
+        positions = shard_sequence(torch.arange(total)[None], rank, world, method)[0]
+        late = positions >= total // 2
+        for name, grad in (("dk", shards[1].grad), ("dv", shards[2].grad)):
+            assert torch.equal(grad[:, late], torch.zeros_like(grad[:, late])), f"{method} rank {rank} {name}"
+            if (~late).any():  # the early keys of the shard (ring: rank 0's, zigzag: both ranks' first chunk)
+                assert grad[:, ~late].abs().sum() > 0, f"{method} rank {rank} {name}: early keys' gradients vanished"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
+def test_keys_only_gradient_free_queries_see_get_exact_zero_gradients(method):
+    mp.spawn(_zero_grads_main, args=(2, method, _free_port()), nprocs=2, join=True)
+
+
 def _errors_main(rank, world, port):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -98,6 +130,9 @@ def _errors_main(rank, world, port):
         odd = torch.randn(1, 5, 2, 16)
         with pytest.raises(ValueError, match="even shard length"):
             context_parallel_attention(odd, odd, odd, method="zigzag", backend="torch")
+        even = torch.randn(1, 4, 2, 16)
+        with pytest.raises(ValueError, match="window_size left must be >= 0"):
+            context_parallel_attention(even, even, even, window_size=(-2, 0), backend="torch")
     finally:
         dist.destroy_process_group()
 

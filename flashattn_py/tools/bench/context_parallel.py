@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import flashattn_py as fa
+from flashattn_py import backends
 from flashattn_py import distributed as cp
 
 
@@ -80,9 +81,11 @@ def _communication_only(k, v, group, rank, world):
     return run
 
 
-def _computation_only(q, k, v, rank, world, causal, method, options):
+def _computation_only(q, k, v, rank, world, causal, method):
     """The block attentions of a ring forward, with this rank's own K / V standing in for the others'."""
-    return lambda: cp.ring_forward(q, k, v, None, rank, world, causal, method, options, communicate=False)
+    window = (-1, 0) if causal else (-1, -1)
+    options = dict(softmax_scale=None, rotary=None, sinusoidal=None, backend=backends.select("auto", q.device))
+    return lambda: cp.ring_forward(q, k, v, None, rank, world, window, method, options, communicate=False)
 
 
 def main(argv=None) -> int:
@@ -117,9 +120,7 @@ def main(argv=None) -> int:
                        speedup=None if baseline is None else baseline / ms, overlap=None)
             if method != "allgather" and not backward and world > 1:
                 comm = _timed(_communication_only(shards[1], shards[2], group, rank, world), device, args.iters, group)
-                block_options = dict(softmax_scale=None, rotary=None, sinusoidal=None, backend="auto")
-                compute = _timed(_computation_only(*shards, rank, world, causal, method, block_options), device,
-                                 args.iters, group)
+                compute = _timed(_computation_only(*shards, rank, world, causal, method), device, args.iters, group)
                 row.update(communication_ms=comm, computation_ms=compute,
                            overlap=max(0.0, min(1.0, (comm + compute - ms) / comm)) if comm > 0 else None)
             rows.append(row)
