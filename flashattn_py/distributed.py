@@ -42,6 +42,8 @@ from . import backends, ops
 from .params import UNBOUNDED
 from .semantics import masks
 from .validation.attention import attention_params, check_window_size
+from .validation.common import check_device, check_tensor
+from .validation.sequences import token_positions, varlen_params
 
 METHODS = ("ring", "zigzag", "allgather")
 LOG2E = 1.4426950408889634  # a backend that keeps_lse_log2 reads the lse in base 2 (ops.py, "aux")
@@ -68,7 +70,8 @@ def merge_partials(out_a, lse_a, out_b, lse_b):
 
 def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", causal: bool = False,
                                window_size: tuple[int, int] = (-1, -1), softmax_scale: float | None = None,
-                               rotary=None, sinusoidal=None, return_lse: bool = False, backend: str = "auto"):
+                               rotary=None, sinusoidal=None, return_lse: bool = False, backend: str = "auto",
+                               cu_seqlens: torch.Tensor | None = None):
     """Attention of this rank's query shard against the whole sequence, split across the ranks of ``group``.
     Differentiable w.r.t. q, k, v (each rank gets its shard's gradients). The methods, their communication
     and memory: the module docstring and docs/design.md ("Context parallelism").
@@ -89,14 +92,23 @@ def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", cau
         sinusoidal: a ``Sinusoidal`` encoding at each token's global position; None = none.
         return_lse: also return the lse.
         backend: as in ``flashattn_py.attention``, for every block.
+        cu_seqlens: int32 ``[N + 1]``: a packed batch (FlashAttention's varlen layout) of N sequences, the
+            whole batch's prefix sums, the same on every rank. q, k, v are then this rank's rows of the packed
+            tensors, ``[S, H, D]`` (rows ``rank * S .. (rank + 1) * S - 1``); a sequence may span ranks.
+            ``method="allgather"`` only; causal (with any left window) or full attention; positions restart
+            per sequence, as in flash_attn_varlen_func.
 
     Returns:
         out: ``[B, S, Hq, D]``, q's dtype: this rank's queries' output, in its shard's order. With
-        ``return_lse``: ``(out, lse)``, lse float32 ``[B, Hq, S]`` (natural log).
+        ``return_lse``: ``(out, lse)``, lse float32 ``[B, Hq, S]`` (natural log). Packed: out ``[S, Hq, D]``,
+        lse ``[Hq, S]``.
     """
     group, rank, world = _check_group(group)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if cu_seqlens is not None:
+        return _packed_call(q, k, v, cu_seqlens, group, rank, world, method, causal, window_size, return_lse,
+                            dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal, backend=backend))
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D (batch, seqlen, heads, head_dim) tensor shard")
@@ -384,3 +396,67 @@ def _allgather_attention(q, k, v, group, rank: int, world: int, window, options)
     lo, hi = masks.key_range(q_offset, q_offset + seqlen, total, total, window, offset=0)
     return _attend(q, k_all[:, lo:hi], v_all[:, lo:hi], q_offset, lo,
                    _block_window(q_offset, seqlen, lo, hi - lo, window), options)
+
+
+def _packed_call(q, k, v, cu_seqlens, group, rank: int, world: int, method: str, causal, window_size,
+                 return_lse: bool, options):
+    """context_parallel_attention of a packed batch (cu_seqlens): checks, then the all-gather."""
+    if method != "allgather":
+        raise ValueError(f"packed batches (cu_seqlens) run with method='allgather', got method={method!r}: the ring "
+                         "methods pass equal blocks of one sequence, not sequences that span ranks")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"with cu_seqlens, {name} must be this rank's rows of the packed tensor "
+                             f"(rows, heads, head_dim), got {tuple(t.shape) if isinstance(t, torch.Tensor) else t}")
+    if k.shape != v.shape or k.shape[0] != q.shape[0]:
+        raise ValueError(f"q, k, v shards must share their rows and k, v their shape, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    _check_same_shards(q[None], k[None], group, world)
+    total = world * q.shape[0]
+    check_tensor("cu_seqlens", cu_seqlens)
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1:
+        raise ValueError(f"cu_seqlens must be a 1-D int32 tensor, got {cu_seqlens.dtype} of shape "
+                         f"{tuple(cu_seqlens.shape)}")
+    check_device("cu_seqlens", cu_seqlens, q.device)
+    starts = cu_seqlens.tolist()  # one host read: which sequences this rank's rows belong to
+    if not starts or starts[0] != 0 or starts[-1] != total or any(b < a for a, b in zip(starts, starts[1:])):
+        raise ValueError(f"cu_seqlens must be int32 prefix sums from 0 to the packed length world_size * rows = "
+                         f"{total}, never decreasing, got {starts}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    window = masks.normalize_window(causal, check_window_size(window_size))
+    if window[1] not in (0, UNBOUNDED) or (window[1] == UNBOUNDED and window[0] != UNBOUNDED):
+        raise ValueError(f"packed batches take causal attention (with any left window) or full attention, got "
+                         f"window (left, right) = {window}: a sequence split across ranks aligns its keys to its "
+                         "last local query")
+    options = dict(options, backend=backends.select(options["backend"], q.device))
+    out, lse = _packed_allgather_attention(q, k, v, cu_seqlens, starts, group, rank, world, window, options)
+    return (out, lse) if return_lse else out
+
+
+def _packed_allgather_attention(q, k, v, cu_seqlens, starts, group, rank: int, world: int, window, options):
+    """This rank's rows q0 .. q1 - 1 of a packed batch against the all-gathered keys. The sequences those rows
+    belong to are consecutive, and their keys one contiguous range: from the first one's start to the last
+    one's end, or under a causal mask to q1 (the last sequence's keys past this rank's rows are in the future).
+    Each local piece of a sequence then ends at its last local query, so the varlen kernels' bottom-right
+    alignment is the global one; positions are the rows' positions within their sequences."""
+    rows = q.shape[0]
+    q0, q1 = rank * rows, (rank + 1) * rows
+    first = next(b for b in range(len(starts) - 1) if starts[b + 1] > q0)
+    last = next(b for b in range(len(starts) - 2, -1, -1) if starts[b] < q1)
+    k0, k1 = starts[first], q1 if window[1] == 0 else starts[last + 1]
+    bounds = starts[first:last + 2]
+    cu_q = torch.tensor([min(max(s, q0), q1) - q0 for s in bounds], dtype=torch.int32, device=q.device)
+    cu_k = torch.tensor([min(s, k1) - k0 for s in bounds], dtype=torch.int32, device=q.device)
+    k_all, v_all = (_GatherSequence.apply(t[None], group, rank, world)[0] for t in (k, v))
+    k_loc, v_loc = k_all[k0:k1], v_all[k0:k1]
+    opts = {name: value for name, value in options.items() if name != "backend"}
+    longest_q = max(min(b, q1) - max(a, q0) for a, b in zip(bounds, bounds[1:]))
+    longest_k = max(min(b, k1) - a for a, b in zip(bounds, bounds[1:]))
+    params = varlen_params(q, k_loc, v_loc, cu_q, cu_k, longest_q, longest_k, window_size=window, **opts)
+    if params.encoding is not None:  # positions within each sequence, global: not restarted at this rank's rows
+        positions = token_positions(cu_seqlens, world * rows)
+        params = dataclasses.replace(params, encoding=dataclasses.replace(
+            params.encoding, q_positions=positions[:, q0:q1], k_positions=positions[:, k0:k1]))
+    out, lse = ops.attention(q[None], k_loc[None], v_loc[None], params, options["backend"])
+    return out[0], lse

@@ -119,6 +119,68 @@ def test_keys_only_gradient_free_queries_see_get_exact_zero_gradients(method):
     mp.spawn(_zero_grads_main, args=(2, method, _free_port()), nprocs=2, join=True)
 
 
+# Packed batches (cu_seqlens): sequences of these lengths, packed, then split evenly across the ranks, so
+# sequences start, end and span anywhere (world 2: 10 rows per rank; world 3: 8).
+PACKED_LENGTHS = {2: [7, 9, 4], 3: [5, 11, 0, 8]}
+PACKED_CASES = {
+    "plain": (2, 2, dict()),
+    "causal_gqa": (4, 2, dict(causal=True)),
+    "causal_rope_window": (2, 1, dict(causal=True, window_size=(3, 0), rotary=fa.Rotary())),
+    "sinusoidal": (2, 2, dict(sinusoidal=fa.Sinusoidal())),
+}
+
+
+def _packed_reference(q, k, v, dout, lengths, dtype, options):
+    """(out, lse, dq, dk, dv) of each sequence alone (positions from 0), packed again."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    outs, lses, start = [], [], 0
+    for n in lengths:
+        rows = slice(start, start + n)
+        out, lse = fa.reference.attention(*(t[None, rows] for t in leaves), return_lse=True, compute_dtype=dtype,
+                                          **options)
+        outs.append(out[0])
+        lses.append(lse[0])
+        start += n
+    out, lse = torch.cat(outs), torch.cat(lses, dim=1)
+    out.backward(dout.to(out.dtype))
+    return (out, lse, *(t.grad for t in leaves))
+
+
+def _packed_main(rank, world, dtype, port, backend):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        lengths = PACKED_LENGTHS[world]
+        total = sum(lengths)
+        rows = slice(rank * total // world, (rank + 1) * total // world)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        for case, (h, hkv, options) in PACKED_CASES.items():
+            gen = torch.Generator().manual_seed(len(case))
+            q, k, v = (torch.randn(total, heads, 16, generator=gen).to(dtype) for heads in (h, hkv, hkv))
+            dout = torch.randn(total, h, 16, generator=gen).to(dtype)
+            shards = [t[rows].clone().requires_grad_() for t in (q, k, v)]
+            with fa.poisoned_outputs():
+                out, lse = context_parallel_attention(*shards, method="allgather", cu_seqlens=cu, return_lse=True,
+                                                      backend=backend, **options)
+                out.backward(dout[rows])
+            exact = _packed_reference(q, k, v, dout, lengths, torch.float64, options)
+            naive = _packed_reference(q, k, v, dout, lengths, dtype, options)
+            got = (out, lse, *(t.grad for t in shards))
+            for name, g, e, n in zip(("out", "lse", "dq", "dk", "dv"), got, exact, naive):
+                local = (e[:, rows], n[:, rows]) if name == "lse" else (e[rows], n[rows])
+                _check(f"packed world {world} rank {rank} {case} {name}", g, *local, dtype)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world, dtype, backend", [(2, torch.float32, "torch"), (3, torch.float16, "torch"),
+                                                    (2, torch.float16, "triton")], ids=lambda x: str(x))
+def test_packed_batches_spanning_ranks_match_each_sequence_alone(world, dtype, backend):
+    """Packed sequences split across ranks wherever the even split falls (allgather): each rank's rows match
+    the float64 reference of each sequence alone, outputs, lse and gradients."""
+    mp.spawn(_packed_main, args=(world, dtype, _free_port(), backend), nprocs=world, join=True)
+
+
 def _errors_main(rank, world, port):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -130,6 +192,14 @@ def _errors_main(rank, world, port):
         odd = torch.randn(1, 5, 2, 16)
         with pytest.raises(ValueError, match="even shard length"):
             context_parallel_attention(odd, odd, odd, method="zigzag", backend="torch")
+        packed, cu = torch.randn(4, 2, 16), torch.tensor([0, 3, 8], dtype=torch.int32)
+        with pytest.raises(ValueError, match="packed batches .* run with method='allgather'"):
+            context_parallel_attention(packed, packed, packed, cu_seqlens=cu, backend="torch")
+        with pytest.raises(ValueError, match="prefix sums from 0 to the packed length"):
+            context_parallel_attention(packed, packed, packed, method="allgather", cu_seqlens=cu[:2], backend="torch")
+        with pytest.raises(ValueError, match="causal attention .* or full attention"):
+            context_parallel_attention(packed, packed, packed, method="allgather", cu_seqlens=cu, window_size=(2, 2),
+                                       backend="torch")
         even = torch.randn(1, 4, 2, 16)
         with pytest.raises(ValueError, match="window_size left must be >= 0"):
             context_parallel_attention(even, even, even, window_size=(-2, 0), backend="torch")
