@@ -11,6 +11,7 @@ import torch
 import flashattn_py as fa
 from flashattn_py import backends
 from flashattn_py.backends import cuda_backend
+from flashattn_py.semantics import positional
 from flashattn_py.validation.attention import attention_params
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
@@ -186,3 +187,57 @@ def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):
     (p,) = launched
     assert p.num_splits == 1 and p.cu_seqlens_q != 0 and p.block_table != 0 and p.page_size == 16
     assert (p.k_strides.batch, p.v_strides.batch, p.q_strides.batch) == (16 * 2 * 64, 16 * 2 * 64, 0)
+
+
+@pytest.mark.parametrize("strategy, seqlen_q, pre_encoded", [
+    ("auto", 300, True),  # 3 query tiles of 128 would each re-encode every K tile: encoded once before
+    ("auto", 128, False),  # one query tile: encoded as the kernels load the tiles
+    ("in_kernel", 300, False),
+    ("prepass", 16, True),
+])
+def test_rope_is_encoded_once_before_the_kernels_past_a_few_query_tiles(monkeypatch, strategy, seqlen_q,
+                                                                         pre_encoded):
+    """pe_k_strategy and the rule the Triton backend uses decide (prepass_chosen): pre-encoded, the kernels
+    get q and k rotated by the standalone kernel and no encoding; otherwise the user's q, k and the encoding."""
+    ext = _built_extension()
+    launched = []
+    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep: launched.append((p, keep)))
+    gen = torch.Generator().manual_seed(seqlen_q)
+    q, k = (torch.randn(1, n, 2, 64, generator=gen).to(torch.float16) for n in (seqlen_q, 40))
+    params = attention_params(q, k, k, rotary=fa.Rotary(), pe_k_strategy=strategy)
+    cuda_backend.BACKEND.forward(q, k, k, params)
+    (p, keep), = launched
+    assert (p.pe.kind == ext.PE_ROTARY) != pre_encoded
+    read = {t.data_ptr(): t for t in keep}
+    if not pre_encoded:
+        assert (p.q, p.k) == (q.data_ptr(), k.data_ptr())
+        return
+    enc = params.encoding
+    for ptr, x, positions in ((p.q, q, enc.q_positions), (p.k, k, enc.k_positions)):
+        expected = positional.encode(x.double(), enc, positions)
+        torch.testing.assert_close(read[ptr].double(), expected, atol=2e-3, rtol=2e-3)
+
+
+def test_pre_encoded_gradients_are_mapped_back_through_the_inverse(monkeypatch):
+    """The backward encodes q, k again and hands the kernels' dq, dk (w.r.t. the encoded q, k) to the
+    encoding's inverse; dv passes through. The kernel is stood in for by known gradients."""
+    import ctypes
+
+    _built_extension()
+    gen = torch.Generator().manual_seed(5)
+    q, k, v, out, dout = (torch.randn(1, 300, 2, 64, generator=gen).to(torch.float16) for _ in range(5))
+    known = [torch.randn(1, 300, 2, 64, generator=gen).to(torch.float16) for _ in range(3)]
+
+    def kernel(fn, p, device, keep):
+        for ptr, grad in zip((p.dq, p.dk, p.dv), known):
+            ctypes.memmove(ptr, grad.data_ptr(), grad.numel() * grad.element_size())
+
+    monkeypatch.setattr(cuda_backend, "_launch", kernel)
+    params = attention_params(q, k, v, causal=True, rotary=fa.Rotary(rotary_dim=32, interleaved=True))
+    lse = torch.zeros(params.lse_shape)
+    dq, dk, dv = cuda_backend.BACKEND.backward(dout, q, k, v, out, lse, (), params)
+    enc = params.encoding
+    for got, grad, positions in ((dq, known[0], enc.q_positions), (dk, known[1], enc.k_positions)):
+        expected = positional.encode(grad.double(), enc, positions, inverse=True)
+        torch.testing.assert_close(got.double(), expected, atol=2e-3, rtol=2e-3)
+    assert torch.equal(dv, known[2])

@@ -31,7 +31,8 @@ SHAPES = [(2, 37, 50, 4, 2, 64), (1, 70, 33, 2, 1, 40), (2, 5, 40, 8, 2, 32)]  #
 
 
 @pytest.mark.parametrize("backend,strategy",
-                         [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
+                         [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "in_kernel"), ("cuda", "prepass"),
+                          ("cuda", "auto"), ("torch", "auto")])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -50,7 +51,8 @@ POSITIONS = {
 
 
 @pytest.mark.parametrize("backend,strategy",
-                         [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "auto"), ("torch", "auto")])
+                         [("triton", "in_kernel"), ("triton", "prepass"), ("cuda", "in_kernel"), ("cuda", "prepass"),
+                          ("cuda", "auto"), ("torch", "auto")])
 @pytest.mark.parametrize("encoding", ["neox", "partial_gptj_tables", "sinusoidal"])
 @pytest.mark.parametrize("positions", POSITIONS)
 def test_positions_offsets_and_ids(request, backend, strategy, encoding, positions):

@@ -37,14 +37,18 @@ class EncodedStreams:
     scratch: tuple  # encoded tensors to keep for the backward
 
 
-def _prepass(params: AttentionParams, reads: int) -> bool:
+def prepass_chosen(params: AttentionParams, reads: int, max_head_dim: int = IN_KERNEL_MAX_HEAD_DIM) -> bool:
+    """The K-encoding rule of both kernel backends (this one and backends/cuda_backend.py): whether q and k
+    are encoded by a pre-pass rather than inside the attention kernels. reads: how many times the kernels
+    load each tile of the streamed operand (a K tile once per query tile in the forward); max_head_dim:
+    the widest head-dim tile the backend's kernels encode without spilling (the CUDA kernels: every one)."""
     if params.is_varlen:  # packed sequences restart their positions: the pre-pass reads them per token
         return True
     if params.pe_k_strategy == "in_kernel":
         return False
     if params.pe_k_strategy == "prepass":
         return True
-    return reads > IN_KERNEL_MAX_READS or head_dim_block(params.head_dim) > IN_KERNEL_MAX_HEAD_DIM
+    return reads > IN_KERNEL_MAX_READS or head_dim_block(params.head_dim) > max_head_dim
 
 
 def encoded_streams(params: AttentionParams, *, q: torch.Tensor, k: torch.Tensor, streamed_reads: int,
@@ -56,7 +60,7 @@ def encoded_streams(params: AttentionParams, *, q: torch.Tensor, k: torch.Tensor
     all (the same registers as without encoding); a K already encoded by the forward is reused.
     """
     enc = params.encoding
-    if enc is None or not _prepass(params, streamed_reads):
+    if enc is None or not prepass_chosen(params, streamed_reads):
         return EncodedStreams(q, k, enc is not None, enc is not None, ())
     if k_encoded is None:
         k_encoded = encode(k, enc, enc.k_positions)

@@ -27,7 +27,12 @@ What the kernels support, and what this module does about the rest:
   (decoding.append_to_cache writes the new tokens into the user's cache before the forward), so a
   padded cache stays correct, but a decoding step at such a head dim copies the whole cache (slow:
   use a compiled head dim, or backend="triton", which masks its tile instead).
-- pe_k_strategy is a Triton scheduling choice; the CUDA kernels always encode in-kernel.
+- RoPE / sinusoidal: pe_k_strategy and the rule of the Triton backend (`_pre_encoded`,
+  triton_kernels/pe_strategy.py prepass_chosen): at a few query tiles the kernels encode q and k tiles
+  as they load them; past that (every query tile would re-encode every K tile: 0.40x of the speed
+  without encoding at head_dim 128, seqlen 4096 on an H200) q and k are encoded once by the standalone
+  encode kernel, the kernels run without encoding, and the backward, which keeps no scratch, encodes
+  them again and maps dq, dk back through the encoding's inverse. Packed batches always pre-encode.
 - The standalone ops (apply_rotary, add_sinusoidal) have no CUDA kernel: `encode` runs the Triton one.
 - Before the first launch on each device, require_runnable checks that the extension has code for the
   GPU's arch (SASS, or PTX to JIT) and that the driver supports its CUDA version (cuda_compat.py), so
@@ -42,8 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import buffers
-from ..params import AttentionParams
-from ..semantics import positional
+from ..params import MAX_HEAD_DIM, AttentionParams
 from . import cuda_compat
 from .interface import Backend
 
@@ -175,14 +179,28 @@ def _pad(t: torch.Tensor, head_dim: int) -> torch.Tensor:
     return t if t.shape[-1] == head_dim else F.pad(t, (0, head_dim - t.shape[-1]))
 
 
-def _encode_in_python(params: AttentionParams) -> bool:
-    """Sinusoidal PE with a padded head dim is applied here, not in the kernels (module docstring)."""
+def _query_tiles(params: AttentionParams) -> int:
+    """Query tiles of the forward, each of which loads every K tile (csrc/attention_fwd.cuh: 128 rows, 64 at
+    head dim 256; the per-sequence layout instance 64)."""
+    rows = 64 if params.lengths is not None or kernel_head_dim(params.head_dim) == 256 else 128
+    return -(-params.seqlen_q // rows)
+
+
+def _pre_encoded(params: AttentionParams) -> bool:
+    """Whether q and k are encoded before the kernels, which then run without encoding. Sinusoidal PE with a
+    padded head dim always (module docstring); otherwise pe_k_strategy and the rule the Triton backend
+    uses too (triton_kernels/pe_strategy.py prepass_chosen): in the kernels every query tile re-encodes
+    every K tile it reads, so past a few query tiles K (and q, one launch for both) is encoded once. These
+    kernels encode any head dim without spilling (0 spills in ptxas' report), so only the reads decide."""
     enc = params.encoding
-    return enc is not None and not enc.is_rotary and kernel_head_dim(params.head_dim) != params.head_dim
+    if enc is None:
+        return False
+    if not enc.is_rotary and kernel_head_dim(params.head_dim) != params.head_dim:
+        return True
+    # Imported here: importing the Triton kernels reads TRITON_INTERPRET, which a CUDA-only user never sets.
+    from ..triton_kernels.pe_strategy import prepass_chosen
 
-
-def _pre_encode(x: torch.Tensor, enc, positions: torch.Tensor) -> torch.Tensor:
-    return positional.encode(x.float(), enc, positions).to(x.dtype)
+    return prepass_chosen(params, _query_tiles(params), max_head_dim=MAX_HEAD_DIM)
 
 
 def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: bool):
@@ -259,12 +277,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Attention
     if params.seqlen_k == 0:  # nothing to attend to: out 0, lse -inf (no launch with an empty grid)
         return out.zero_(), lse.fill_(-math.inf), ()
     d = kernel_head_dim(params.head_dim)
-    enc = params.encoding
-    if _encode_in_python(params):
-        q, k = _pre_encode(q, enc, enc.q_positions), _pre_encode(k, enc, enc.k_positions)
+    enc, pre_encoded = params.encoding, _pre_encoded(params)
+    if pre_encoded:  # the standalone encode kernel: fp32 math, one rounding, as in the kernels
+        q, k = encode(q, enc, enc.q_positions), encode(k, enc, enc.k_positions)
     q_k, k_k, v_k = (_pad(t, d) for t in (q, k, v))
     out_k = out if d == params.head_dim else buffers.empty((*q.shape[:3], d), dtype=q.dtype, device=q.device)
-    p, keep_alive = _kernel_params(ext, params, d, with_encoding=not _encode_in_python(params))
+    p, keep_alive = _kernel_params(ext, params, d, with_encoding=not pre_encoded)
     p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
     paged = params.paged is not None
     p.q_strides, p.out_strides = _strides(ext, q_k, params), _strides(ext, out_k, params)
@@ -294,9 +312,9 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
     if dout.stride(-1) != 1:
         dout = dout.contiguous()  # kernels read the head dim with unit stride
     d = kernel_head_dim(params.head_dim)
-    enc, pre_encoded = params.encoding, _encode_in_python(params)
-    if pre_encoded:
-        q, k = _pre_encode(q, enc, enc.q_positions), _pre_encode(k, enc, enc.k_positions)
+    enc, pre_encoded = params.encoding, _pre_encoded(params)
+    if pre_encoded:  # as the forward encoded them (no scratch is kept between the passes)
+        q, k = encode(q, enc, enc.q_positions), encode(k, enc, enc.k_positions)
     q_k, k_k, v_k, out_k, dout_k = (_pad(t, d) for t in (q, k, v, out, dout))
     padded = d != params.head_dim
     grads = tuple(buffers.empty((*t.shape[:3], d), dtype=t.dtype, device=t.device) for t in (q, k, v)) if padded \
@@ -312,10 +330,10 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
     _launch(ext.backward, p, q.device, keep_alive + [q_k, k_k, v_k, out_k, dout_k, delta])
     if padded:
         for user, kernel in zip((dq, dk, dv), grads):
-            kernel = kernel[..., : params.head_dim]
-            if pre_encoded and user is not dv:  # gradient w.r.t. x of x * scale + PE: times scale
-                kernel = kernel.float() * enc.spec.scale
-            user.copy_(kernel)
+            user.copy_(kernel[..., : params.head_dim])
+    if pre_encoded:  # the kernels' dq, dk are w.r.t. the encoded q, k: the encoding's inverse maps them back
+        encode(dq, enc, enc.q_positions, inverse=True, out=dq)
+        encode(dk, enc, enc.k_positions, inverse=True, out=dk)
     return dq, dk, dv
 
 

@@ -143,6 +143,9 @@ def _ours(case: Case, device: torch.device) -> list[Peer]:
     if not problem and case.dtype == "fp32":
         problem = "the CUDA kernels are fp16/bf16 only"
     peers.append(Peer("cuda", True, None if problem else attention("cuda"), problem))
+    if case.encoding != "none":  # the same two schedules on the CUDA backend (one rule: pe_strategy.py)
+        peers += [Peer(f"cuda[{s}]", True, None if problem else attention("cuda", pe_k_strategy=s), problem)
+                  for s in ("in_kernel", "prepass")]
     return peers
 
 
