@@ -59,21 +59,22 @@ def _check_cuda(device: torch.device) -> None:
 
 def select(name: str, device: torch.device, *, sinks: bool = False) -> Backend:
     """The backend that runs `name` for tensors on `device`, or a clear error why it cannot. sinks: the
-    call has attention sinks, which the CUDA kernels lack; backend="cuda" then runs that call on the
-    Triton kernels, with a warning (once)."""
+    call has attention sinks; a backend without them (Backend.attention_sinks: the CUDA kernels) runs
+    that call on the Triton kernels, with a warning (once)."""
     if name not in NAMES:
         raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
     if name == "auto":  # the CUDA kernels are opt-in until GPU benchmarks show them faster
         name = "triton" if device.type == "cuda" else "torch"
     if name == "cuda":
         _check_cuda(device)
-        if sinks:
-            warnings.warn("backend='cuda' has no attention sinks (csrc/params.h): calls with sinks run on the Triton "
-                          "kernels", stacklevel=3)
-            name = "triton"
-    if name == "triton":
+    chosen = registered(name)
+    if sinks and not chosen.attention_sinks:
+        warnings.warn(f"backend={name!r} has no attention sinks: calls with sinks run on the Triton kernels",
+                      stacklevel=3)
+        chosen = registered("triton")
+    if chosen.name == "triton":
         _check_triton(device)
-    return registered(name)
+    return chosen
 
 
 def for_lengths(backend: Backend, params) -> Backend | PerSequence:

@@ -338,4 +338,5 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
 
 
 # The kernels read cu_seqlens / seqused_k / block tables themselves (csrc/sequence.h).
-BACKEND = Backend(name="cuda", forward=forward, backward=backward, encode=encode, reads_sequence_lengths=True)
+BACKEND = Backend(name="cuda", forward=forward, backward=backward, encode=encode, reads_sequence_lengths=True,
+                  attention_sinks=False)

@@ -28,6 +28,9 @@ class Backend:
     # this runs per-sequence lengths through backends/per_sequence.py and is given dense K/V copies of
     # caches.
     reads_sequence_lengths: bool = False
+    # Attention sinks (params.ScoreMods.sinks); `select` runs a call with sinks on the Triton kernels, with a
+    # warning, when the requested backend lacks them (the CUDA kernels: csrc/params.h has no field for them).
+    attention_sinks: bool = True
     # The forward's scratch is exactly (lse in base 2,), which the backward reads: the custom op keeps it
     # as its third output. Any other backend keeps no scratch.
     keeps_lse_log2: bool = False
