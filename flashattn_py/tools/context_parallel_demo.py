@@ -1,11 +1,13 @@
 """Context-parallel attention on N processes, checked against one process's attention on the whole
 sequence. CPU (gloo) or one GPU per rank (NCCL):
 
-    torchrun --nproc-per-node 2 -m flashattn_py.tools.context_parallel_demo [--method ring|allgather]
+    torchrun --nproc-per-node 2 -m flashattn_py.tools.context_parallel_demo [--method ring|zigzag|allgather]
+        [--window LEFT]
 
 Every rank builds the same random sequence, keeps its shard (shard_sequence: for ring / allgather
 tokens [r * S, (r + 1) * S) of rank r; for zigzag two chunks),
-runs flashattn_py.distributed.context_parallel_attention with causal RoPE attention and backpropagates;
+runs flashattn_py.distributed.context_parallel_attention with causal RoPE attention (with --window, a
+sliding window of LEFT keys back) and backpropagates;
 rank 0 prints the largest difference from flashattn_py.attention on the whole sequence.
 """
 import argparse
@@ -22,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=METHODS, default="ring")
     parser.add_argument("--seqlen", type=int, default=256, help="tokens per rank")
+    parser.add_argument("--window", type=int, default=-1, help="sliding window: keys back from each query")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     if cuda:
@@ -32,7 +35,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)  # the same whole sequence on every rank
     total = args.seqlen * world
     q, k, v = (torch.randn(2, total, heads, 64, generator=gen).to(device, dtype) for heads in (8, 2, 2))
-    options = dict(causal=True, rotary=fa.Rotary())
+    options = dict(causal=True, window_size=(args.window, -1), rotary=fa.Rotary())
     shards = [shard_sequence(t, rank, world, args.method).requires_grad_() for t in (q, k, v)]
     out = context_parallel_attention(*shards, method=args.method, **options)
     out.sum().backward()
@@ -45,8 +48,9 @@ def main() -> None:
                           (shards[2].grad, whole[2].grad))]).to(device)
     dist.all_reduce(diffs, op=dist.ReduceOp.MAX)
     if rank == 0:
-        print(f"{args.method} on {world} ranks ({device.type}, {dtype}), {total} tokens: max |difference| from one "
-              f"process: out {diffs[0]:.2e}, dq {diffs[1]:.2e}, dk {diffs[2]:.2e}, dv {diffs[3]:.2e}")
+        window = f", window {args.window}" if args.window >= 0 else ""
+        print(f"{args.method} on {world} ranks ({device.type}, {dtype}), {total} tokens{window}: max |difference| "
+              f"from one process: out {diffs[0]:.2e}, dq {diffs[1]:.2e}, dk {diffs[2]:.2e}, dv {diffs[3]:.2e}")
     dist.destroy_process_group()
 
 
