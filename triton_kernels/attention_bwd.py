@@ -121,7 +121,7 @@ def key_block_step(start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, 
                    MASKED: tl.constexpr, STREAM_TMA: tl.constexpr,
                    FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                    FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr, Q_PE_KIND: tl.constexpr,
-                   PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                   PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                    HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr, DBIAS_KIND: tl.constexpr):
     """One query block [start_m, start_m + BLOCK_M) of one head against the resident key tile: adds
     to dK, dV (and the per-key bias gradient), and with FUSED_DQ adds this block's dQ share to the
@@ -143,7 +143,7 @@ def key_block_step(start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, 
         q = load_rows(q_src, start_m, offs_m, offs_d, stride_qs, seqlen_q, head_dim, True)
     else:
         q = load_encoded_tile(q_base, offs_m, offs_d, stride_qs, seqlen_q, q_pos, pe,
-                              Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+                              Q_PE_KIND, PE_PAIRS, PE_FROM_TABLE, False)
     dout = load_rows(do_src, start_m, offs_m, offs_d, stride_dos, seqlen_q, head_dim, STREAM_TMA)
     lse, delta = load_row_stats(lse_ptr, delta_ptr, row_offset, offs_m, seqlen_q)
     raw_t = tile_dot(k_tile, tl.trans(q), tl.zeros([k_tile.shape[0], BLOCK_M], dtype=tl.float32),
@@ -204,7 +204,7 @@ def attention_bwd_dkdv_kernel(
     dbias_ptr, dbias_stride_b, dbias_stride_h, dbias_stride_m, dbias_stride_n, kv_head_base, batch_base,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, DBIAS_KIND: tl.constexpr, FUSED_DQ: tl.constexpr,
     DQ_TMA: tl.constexpr, SPLIT_MASK: tl.constexpr, STREAM_TMA: tl.constexpr,
@@ -230,7 +230,7 @@ def attention_bwd_dkdv_kernel(
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     k_pos = (kpos_ptr + batch * kpos_stride_b, kpos_stride_s)
     k_tile = load_encoded_tile(k_ptr + batch * stride_kb + kv_head * stride_kh + k_start * stride_ks, offs_n, offs_d,
-                               stride_ks, seqlen_k, k_pos, pe, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+                               stride_ks, seqlen_k, k_pos, pe, K_PE_KIND, PE_PAIRS, PE_FROM_TABLE, False)
     v_tile = load_tile(v_ptr + batch * stride_vb + kv_head * stride_vh + k_start * stride_vs, offs_n, offs_d, stride_vs,
                        seqlen_k, head_dim)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -276,13 +276,13 @@ def attention_bwd_dkdv_kernel(
                 start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc, geometry,
                 scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, True, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW,
                 HAS_DROPOUT, FP32_OPERANDS, PRECISION,
-                Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
+                Q_PE_KIND, PE_PAIRS, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
         for start_m in range(full_lo, full_hi, BLOCK_M):
             dk, dv, dbias_keys = key_block_step(
                 start_m, k_tile, v_tile, dk, dv, dbias_keys, offs_n, offs_d, stream, q_src, do_src, dq_desc, geometry,
                 scalars, pe, mods, dbias_at, BLOCK_M, BLOCK_D, False, STREAM_TMA, FUSED_DQ, DQ_TMA, HAS_WINDOW,
                 HAS_DROPOUT, FP32_OPERANDS, PRECISION,
-                Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
+                Q_PE_KIND, PE_PAIRS, PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, DBIAS_KIND)
         if DBIAS_KIND == 3:  # DBIAS_PER_KEY
             tl.atomic_add(dbias_at[0] + offs_n.to(tl.int64) * dbias_stride_n, dbias_keys, mask=offs_n < seqlen_k)
     dk = dk * softmax_scale
@@ -300,7 +300,7 @@ def query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k
                      mods, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, STREAM_TMA: tl.constexpr,
                      HAS_WINDOW: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-                     K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+                     K_PE_KIND: tl.constexpr, PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                      HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr):
     """dQ of the resident query tile from one key block [start_n, start_n + BLOCK_N) (key_block_step
     with the roles swapped; P and dP recomputed, the deterministic path)."""
@@ -312,7 +312,7 @@ def query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k
         k_tile = load_rows(k_src, start_n, offs_n, offs_d, stride_ks, seqlen_k, head_dim, True)
     else:
         k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
-                                   K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+                                   K_PE_KIND, PE_PAIRS, PE_FROM_TABLE, False)
     v_tile = load_rows(v_src, start_n, offs_n, offs_d, stride_vs, seqlen_k, head_dim, STREAM_TMA)
     raw = tile_dot(q, tl.trans(k_tile), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), FP32_OPERANDS, PRECISION)
     s, dcap = modified_scores(raw, offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, diag_offset, qk_scale_log2,
@@ -349,7 +349,7 @@ def attention_bwd_dq_kernel(
     cu_q_ptr, cu_k_ptr, seqused_k_ptr, stride_lse_b, stride_lse_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, STREAM_TMA: tl.constexpr,
 ):
@@ -372,7 +372,7 @@ def attention_bwd_dq_kernel(
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh + q_start * stride_qs, offs_m, offs_d,
                           stride_qs, seqlen_q, (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
-                          Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+                          Q_PE_KIND, PE_PAIRS, PE_FROM_TABLE, False)
     dout = load_tile(dout_ptr + batch * stride_dob + head * stride_doh + q_start * stride_dos, offs_m, offs_d,
                      stride_dos, seqlen_q, head_dim)
     row_offset = batch * stride_lse_b + head * stride_lse_h + q_start
@@ -396,7 +396,7 @@ def attention_bwd_dq_kernel(
         for start_n in range(start, end, BLOCK_N):
             dq = query_block_step(start_n, q, dout, dq, lse, delta, offs_m, offs_d, stream, k_src, v_src, geometry,
                                   scalars, pe, mods, BLOCK_N, phase != 1, STREAM_TMA, HAS_WINDOW, HAS_DROPOUT,
-                                  FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, HAS_SOFTCAP,
+                                  FP32_OPERANDS, PRECISION, K_PE_KIND, PE_PAIRS, PE_FROM_TABLE, HAS_SOFTCAP,
                                   HAS_ALIBI, BIAS_KIND)
     dq = dq * softmax_scale
     dq_ptrs = (dq_ptr + batch * stride_dqb + head * stride_dqh + q_start * stride_dqs

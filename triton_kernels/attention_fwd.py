@@ -39,7 +39,7 @@ from .common import (
     tile_source,
 )
 from .configs import forward_candidates, forward_config, launch_arch, packs_gqa
-from .pe_strategy import encoded_streams
+from .pe_strategy import IN_KERNEL_MAX_HEAD_DIM, IN_KERNEL_MAX_HEAD_DIM_SM90_FORWARD, encoded_streams
 from .positional import kernel_encoding, load_encoded_tile
 from .score_mods import head_mods, modified_scores, score_mod_args, sink_args
 from .split_merge import merge_splits
@@ -54,7 +54,7 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, of
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr,
                       FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-                      K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+                      K_PE_KIND: tl.constexpr, PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                       HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
                       PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr, MASKED: tl.constexpr,
                       STREAM_TMA: tl.constexpr):
@@ -77,7 +77,7 @@ def _attend_key_tiles(acc, m_i, l_i, q, k_base, v_base, k_src, v_src, offs_m, of
             v_tile = load_rows(v_src, start_n, offs_n, offs_d, stride_vs, seqlen_k, head_dim, True)
         else:
             k_tile = load_encoded_tile(k_base, offs_n, offs_d, stride_ks, seqlen_k, k_pos, pe,
-                                       K_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+                                       K_PE_KIND, PE_PAIRS, PE_FROM_TABLE, False)
             if HAS_LEFTPAD:
                 v_tile = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vs + offs_d[None, :],
                                  mask=(offs_n[:, None] >= k_first) & (offs_n[:, None] < seqlen_k)
@@ -129,7 +129,7 @@ def attention_fwd_kernel(
     block_table_ptr, stride_bt_b, page_size, num_splits, stride_o_split, stride_lse_split, sinks_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, FP32_OPERANDS: tl.constexpr, PRECISION: tl.constexpr,
-    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+    Q_PE_KIND: tl.constexpr, K_PE_KIND: tl.constexpr, PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, BIAS_KIND: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_SEQUSED_K: tl.constexpr, PAGED: tl.constexpr, HAS_LEFTPAD: tl.constexpr,
     PACK_GQA: tl.constexpr, SPLIT_K: tl.constexpr, HAS_SINKS: tl.constexpr, SPLIT_MASK: tl.constexpr,
@@ -178,7 +178,7 @@ def attention_fwd_kernel(
     q = load_encoded_tile(q_ptr + batch * stride_qb + head * stride_qh + q_start * stride_qs, offs_m, offs_d,
                           stride_qs, seqlen_q,
                           (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
-                          Q_PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, False)
+                          Q_PE_KIND, PE_PAIRS, PE_FROM_TABLE, False)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -237,7 +237,7 @@ def attention_fwd_kernel(
             (kpos_ptr + batch * kpos_stride_b, kpos_stride_s), pe,
             dropout_p, dropout_scale, dropout_seed, drop_row_base, seqlen_k_max, mods,
             (block_table_ptr + batch * stride_bt_b, page_size), stride_kb, stride_vb, k_first,
-            BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_INTERLEAVED,
+            BLOCK_M, BLOCK_N, HAS_WINDOW, HAS_DROPOUT, FP32_OPERANDS, PRECISION, K_PE_KIND, PE_PAIRS,
             PE_FROM_TABLE, HAS_SOFTCAP, HAS_ALIBI, BIAS_KIND, PAGED, HAS_LEFTPAD, phase != 1, STREAM_TMA)
 
     # Rows that saw no key: output 0 and lse -inf (l_i == 0 there).
@@ -303,7 +303,12 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params:
     cfg = forward_config(block_d, bias=params.mods.bias is not None, seqlen_q=params.seqlen_q, arch=arch)
     pack, rows, heads = _query_layout(params)
     # Each K tile is read once per query tile: that is how often in-kernel encoding would repeat.
-    streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(rows, cfg.block_m))
+    max_head_dim = IN_KERNEL_MAX_HEAD_DIM_SM90_FORWARD if arch is not None and arch >= 90 else IN_KERNEL_MAX_HEAD_DIM
+    streams = encoded_streams(params, q=q, k=k, streamed_reads=triton.cdiv(rows, cfg.block_m),
+                              max_head_dim=max_head_dim)
+    if streams.k_in_kernel:  # the same query tiles (block_m), key tiles that fit with the encoding
+        cfg = forward_config(block_d, bias=params.mods.bias is not None, seqlen_q=params.seqlen_q, arch=arch,
+                             k_encoded=True)
     pe_args = kernel_encoding(params.encoding, q).attention_args(streams.q_in_kernel, streams.k_in_kernel)
     mods_args = score_mod_args(params, q)
 

@@ -60,11 +60,12 @@ _INTERPRETER_DQ = TileConfig(32, 16, 4, 1)
 
 
 def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None,
-                   arch: int | None = None) -> TileConfig:
+                   arch: int | None = None, k_encoded: bool = False) -> TileConfig:
     """bias: an attention-bias tile is loaded too (its 2-D pointer tile costs registers). seqlen_q:
     the call's (longest) query count; decoding lengths get decode tiles (DECODE_MAX_SEQLEN_Q). arch:
     the GPU (launch_arch). split_mask: the key loop's mask-free interior blocks run in a second copy
-    of the loop (attention_fwd_kernel SPLIT_MASK), where that compiles without spills."""
+    of the loop (attention_fwd_kernel SPLIT_MASK), where that compiles without spills. k_encoded: K tiles
+    are rotary-/sinusoidal-encoded as they load (pe_strategy), which needs narrower key tiles at head_dim 128."""
     if INTERPRETED:
         return _INTERPRETER_DECODE if is_decode(seqlen_q) else _INTERPRETER_FORWARD
     if is_decode(seqlen_q):  # 4 warps share the 16 rows; K/V tiles as wide as registers allow
@@ -82,8 +83,9 @@ def forward_config(block_d: int, bias: bool = False, seqlen_q: int | None = None
     if block_d <= 128:
         if arch is not None and arch >= 90:
             # K/V through TMA (no pointer tiles): 128 x 128 fits, 254 registers, 0 spills, wgmma
-            # m64n128 for both GEMMs (bench/results/static-2026-12-07).
-            return TileConfig(128, 128, 8, 2)
+            # m64n128 for both GEMMs (bench/results/static-2026-12-07). K encoded in the kernel: 128 x 128
+            # spilled 416 B, 128 x 64 none (238 registers; bench/results/static-2026-12-07/rope-half.txt).
+            return TileConfig(128, 64 if k_encoded else 128, 8, 2)
         return TileConfig(128, 64, 8, 3, split_mask=False)  # the interior loop spilled 36 B on sm_80
     return TileConfig(64, 32, 8, 2)
 

@@ -23,9 +23,13 @@ from .common import head_dim_block
 from .positional import encode
 
 IN_KERNEL_MAX_READS = 2
-# In-kernel encoding spills registers at head_dim >= 128 on sm_80 and sm_90 whatever the tile size
-# (static_report --pe rope): "auto" keeps it to head dims whose tiles are at most this wide.
+# "auto" keeps in-kernel encoding to head dims whose tiles are at most this wide: at 128 it spills
+# registers on sm_80 (forward 236 B with 128 x 64 tiles, static_report --pe rope) and in the sm_90
+# backward (fused kernel, 132 B)...
 IN_KERNEL_MAX_HEAD_DIM = 64
+# ...but not in the sm_90 forward with 128 x 64 tiles (238 registers, 0 spills, since the half-width
+# rotation), which takes head_dim 128 (configs.forward_config k_encoded).
+IN_KERNEL_MAX_HEAD_DIM_SM90_FORWARD = 128
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ def prepass_chosen(params: AttentionParams, reads: int, max_head_dim: int = IN_K
 
 
 def encoded_streams(params: AttentionParams, *, q: torch.Tensor, k: torch.Tensor, streamed_reads: int,
-                    k_encoded: torch.Tensor | None = None) -> EncodedStreams:
+                    k_encoded: torch.Tensor | None = None,
+                    max_head_dim: int = IN_KERNEL_MAX_HEAD_DIM) -> EncodedStreams:
     """Encode q and k beforehand, or leave it to the kernels.
 
     streamed_reads: how many times the kernels will load each tile of the streamed operand. With the
@@ -60,7 +65,7 @@ def encoded_streams(params: AttentionParams, *, q: torch.Tensor, k: torch.Tensor
     all (the same registers as without encoding); a K already encoded by the forward is reused.
     """
     enc = params.encoding
-    if enc is None or not prepass_chosen(params, streamed_reads):
+    if enc is None or not prepass_chosen(params, streamed_reads, max_head_dim):
         return EncodedStreams(q, k, enc is not None, enc is not None, ())
     if k_encoded is None:
         k_encoded = encode(k, enc, enc.k_positions)

@@ -20,34 +20,77 @@ from flashattn_py.params import Encoding
 from .common import head_dim_block
 
 PE_NONE, PE_ROTARY, PE_SINUSOIDAL = 0, 1, 2
+# How a rotary tile's channels pair up (the PE_PAIRS constexpr): NeoX / Llama pairs (i, i + rotary_dim / 2)
+# narrower than the tile (per channel, with a second load of the partner channels); GPT-J pairs (2i, 2i + 1);
+# NeoX pairs that are exactly the tile's two halves (rotary_dim == the tile's width). The last two run
+# half-width: each pair's two channels as two (rows, BLOCK_D / 2) tiles with one angle per pair, so sin and
+# cos are computed once per pair and no partner tile is loaded (forward, head_dim 128, sm_90: 4968 -> 416
+# bytes spilled, non-MMA instructions per score 187 -> 109; bench/results/static-2026-12-07/rope-half.txt).
+PAIRS_NEOX, PAIRS_GPTJ, PAIRS_NEOX_HALVES = 0, 1, 2
 
 
 @triton.jit
-def _pair_layout(offs_d, pe_dim, INTERLEAVED: tl.constexpr):
-    """(pair index, partner channel, is-first-of-pair, is-rotated) for each channel of the tile."""
+def _pair_layout(offs_d, pe_dim):
+    """(pair index, partner channel, is-first-of-pair, is-rotated) for each channel of the tile, NeoX pairs
+    (i, i + pe_dim / 2) narrower than the tile."""
     half = pe_dim // 2
-    if INTERLEAVED:
-        pair = offs_d // 2
-        partner = offs_d ^ 1
-        first = (offs_d % 2) == 0
-    else:
-        pair = tl.where(offs_d < half, offs_d, offs_d - half)
-        partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
-        first = offs_d < half
+    pair = tl.where(offs_d < half, offs_d, offs_d - half)
+    partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
+    first = offs_d < half
     return pair, partner, first, offs_d < pe_dim
 
 
 @triton.jit
+def _rotated_halves(row_ptrs, rows_valid, offs_s, offs_d, pos, pe, PAIRS: tl.constexpr, FROM_TABLE: tl.constexpr,
+                    INVERSE: tl.constexpr):
+    """The tile's rows rotated pair by pair, half-width (PAIRS_GPTJ or PAIRS_NEOX_HALVES): the first and the
+    second channel of every pair as two (rows, BLOCK_D / 2) tiles, one angle per pair, then interleaved back
+    into (rows, BLOCK_D) in the tile's channel order. fp32."""
+    cos_ptr, sin_ptr, table_stride, pe_dim, log2_base, pe_scale, head_dim = pe
+    HALF: tl.constexpr = offs_d.shape[0] // 2
+    j = tl.arange(0, HALF)
+    if PAIRS == 1:
+        first, second = 2 * j, 2 * j + 1
+    else:
+        first, second = j, j + HALF
+    rotated = j < pe_dim // 2  # GPT-J pairs past rotary_dim pass through (cos 1, sin 0)
+    x1 = tl.load(row_ptrs + first[None, :], mask=rows_valid[:, None] & (first[None, :] < head_dim),
+                 other=0.0).to(tl.float32)
+    x2 = tl.load(row_ptrs + second[None, :], mask=rows_valid[:, None] & (second[None, :] < head_dim),
+                 other=0.0).to(tl.float32)
+    rot_mask = rows_valid[:, None] & rotated[None, :]
+    if FROM_TABLE:
+        table_offs = pos[:, None].to(tl.int64) * table_stride + j[None, :]
+        cos = tl.load(cos_ptr + table_offs, mask=rot_mask, other=1.0).to(tl.float32)
+        sin = tl.load(sin_ptr + table_offs, mask=rot_mask, other=0.0).to(tl.float32)
+    else:
+        inv_freq = tl.math.exp2(-(2.0 * j.to(tl.float32) / pe_dim) * log2_base)
+        angle = pos[:, None].to(tl.float32) * inv_freq[None, :]
+        cos = tl.where(rotated[None, :], tl.cos(angle), 1.0)
+        sin = tl.where(rotated[None, :], tl.sin(angle), 0.0)
+    if INVERSE:
+        sin = -sin
+    r1 = x1 * cos - x2 * sin
+    r2 = x2 * cos + x1 * sin
+    pairs = tl.join(r1, r2)  # (rows, HALF, 2): channel first[j], then second[j]
+    if PAIRS == 2:  # the tile's halves: all the first channels, then all the second ones
+        pairs = tl.permute(pairs, (0, 2, 1))
+    return tl.reshape(pairs, (offs_s.shape[0], offs_d.shape[0]))
+
+
+@triton.jit
 def load_encoded_tile(base, offs_s, offs_d, stride_s, seqlen, positions, pe,
-                      PE_KIND: tl.constexpr, INTERLEAVED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                      PE_KIND: tl.constexpr, PAIRS: tl.constexpr, FROM_TABLE: tl.constexpr,
                       INVERSE: tl.constexpr):
     """Load rows offs_s of a (seqlen, head_dim) slab and encode them at their positions.
 
     positions = (pointer to this batch's row of positions, stride along seqlen);
     pe = (cos table, sin table, table row stride, encoded channels, log2(base), scale, head_dim).
-    Rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on channel pairs. The partner channel is
-    loaded a second time from memory (an L1/L2 hit) rather than shuffled between threads in
-    registers: the register gather made the attention kernels spill. INVERSE rotates by -angle.
+    Rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on channel pairs; GPT-J pairs and NeoX pairs
+    as wide as the tile run half-width (`_rotated_halves`). NeoX pairs narrower than the tile run per
+    channel: the partner channel is loaded a second time from memory (an L1/L2 hit) rather than
+    shuffled between threads in registers (a register gather made the kernels spill). INVERSE rotates
+    by -angle.
     Sinusoidal: x * scale + PE (INVERSE: x * scale). Math in fp32; result in the slab's dtype.
     Rows past seqlen and channels past head_dim read 0 (as load_tile).
     """
@@ -61,8 +104,10 @@ def load_encoded_tile(base, offs_s, offs_d, stride_s, seqlen, positions, pe,
     pos_base, pos_stride_s = positions
     pos = tl.load(pos_base + offs_s.to(tl.int64) * pos_stride_s, mask=rows_valid, other=0)
     xf = x.to(tl.float32)
-    if PE_KIND == 1:
-        pair, partner, first, in_rot = _pair_layout(offs_d, pe_dim, INTERLEAVED)
+    if PE_KIND == 1 and PAIRS != 0:
+        out = _rotated_halves(row_ptrs, rows_valid, offs_s, offs_d, pos, pe, PAIRS, FROM_TABLE, INVERSE)
+    elif PE_KIND == 1:
+        pair, partner, first, in_rot = _pair_layout(offs_d, pe_dim)
         rot_mask = rows_valid[:, None] & in_rot[None, :]
         x_partner = tl.load(row_ptrs + partner[None, :], mask=rot_mask, other=0.0).to(tl.float32)
         if FROM_TABLE:
@@ -110,7 +155,7 @@ def kernel_encoding(enc: Encoding | None, dummy: torch.Tensor) -> KernelEncoding
                        qpos_ptr=dummy, qpos_stride_b=0, qpos_stride_s=0,
                        kpos_ptr=dummy, kpos_stride_b=0, kpos_stride_s=0,
                        pe_dim=0, pe_log2_base=0.0, pe_scale=1.0)
-        return KernelEncoding(runtime, dict(PE_INTERLEAVED=False, PE_FROM_TABLE=False), PE_NONE)
+        return KernelEncoding(runtime, dict(PE_PAIRS=PAIRS_NEOX, PE_FROM_TABLE=False), PE_NONE)
     spec = enc.spec
     from_table = enc.is_rotary and spec.cos is not None
     cos, sin = (spec.cos.contiguous(), spec.sin.contiguous()) if from_table else (dummy, dummy)
@@ -121,7 +166,12 @@ def kernel_encoding(enc: Encoding | None, dummy: torch.Tensor) -> KernelEncoding
         pe_dim=enc.rotary_dim, pe_log2_base=math.log2(spec.base),
         pe_scale=1.0 if enc.is_rotary else float(spec.scale),
     )
-    constexprs = dict(PE_INTERLEAVED=bool(enc.is_rotary and spec.interleaved), PE_FROM_TABLE=from_table)
+    pairs = PAIRS_NEOX
+    if enc.is_rotary and spec.interleaved:
+        pairs = PAIRS_GPTJ
+    elif enc.is_rotary and enc.rotary_dim == head_dim_block(dummy.shape[-1]):
+        pairs = PAIRS_NEOX_HALVES
+    constexprs = dict(PE_PAIRS=pairs, PE_FROM_TABLE=from_table)
     return KernelEncoding(runtime, constexprs, PE_ROTARY if enc.is_rotary else PE_SINUSOIDAL)
 
 
@@ -132,7 +182,7 @@ def encode_kernel(x_ptr, out_ptr,
                   pe_cos_ptr, pe_sin_ptr, pe_table_stride, qpos_ptr, qpos_stride_b, qpos_stride_s,
                   kpos_ptr, kpos_stride_b, kpos_stride_s, pe_dim, pe_log2_base, pe_scale,
                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-                  PE_KIND: tl.constexpr, PE_INTERLEAVED: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
+                  PE_KIND: tl.constexpr, PE_PAIRS: tl.constexpr, PE_FROM_TABLE: tl.constexpr,
                   INVERSE: tl.constexpr):
     """out = encode(x) for one (BLOCK_S rows, one head, one batch) tile. Positions come from qpos.
     out may alias x (in place): a program reads its rows (and their partner channels, which lie in
@@ -145,7 +195,7 @@ def encode_kernel(x_ptr, out_ptr,
     pe = (pe_cos_ptr, pe_sin_ptr, pe_table_stride, pe_dim, pe_log2_base, pe_scale, head_dim)
     out = load_encoded_tile(x_ptr + batch * stride_xb + head * stride_xh, offs_s, offs_d, stride_xs, seqlen,
                             (qpos_ptr + batch * qpos_stride_b, qpos_stride_s), pe,
-                            PE_KIND, PE_INTERLEAVED, PE_FROM_TABLE, INVERSE)
+                            PE_KIND, PE_PAIRS, PE_FROM_TABLE, INVERSE)
     o_ptrs = out_ptr + batch * stride_ob + head * stride_oh + offs_s[:, None].to(tl.int64) * stride_os + offs_d[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_s[:, None] < seqlen) & (offs_d[None, :] < head_dim))
 
