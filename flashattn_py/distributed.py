@@ -42,7 +42,7 @@ from . import backends, ops
 from .params import UNBOUNDED
 from .semantics import masks
 from .validation.attention import attention_params, check_window_size
-from .validation.common import check_device, check_tensor
+from .validation.common import check_bool, check_device, check_tensor
 from .validation.sequences import token_positions, varlen_params
 
 METHODS = ("ring", "zigzag", "allgather")
@@ -106,9 +106,11 @@ def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", cau
     group, rank, world = _check_group(group)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_bool("causal", causal)
+    window = masks.normalize_window(causal, check_window_size(window_size))
+    options = dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal)
     if cu_seqlens is not None:
-        return _packed_call(q, k, v, cu_seqlens, group, rank, world, method, causal, window_size, return_lse,
-                            dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal, backend=backend))
+        return _packed_call(q, k, v, cu_seqlens, group, rank, world, method, window, return_lse, options, backend)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D (batch, seqlen, heads, head_dim) tensor shard")
@@ -116,12 +118,7 @@ def context_parallel_attention(q, k, v, *, group=None, method: str = "ring", cau
         raise ValueError(f"q, k, v shards must share (batch, seqlen) and k, v their shape, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     _check_same_shards(q, k, group, world)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    window = masks.normalize_window(causal, check_window_size(window_size))
-    # The one backend choice of the call; every block runs on it.
-    options = dict(softmax_scale=softmax_scale, rotary=rotary, sinusoidal=sinusoidal,
-                   backend=backends.select(backend, q.device))
+    options["backend"] = backends.select(backend, q.device)  # the one backend choice of the call: every block's
     if method == "allgather":
         out, lse = _allgather_attention(q, k, v, group, rank, world, window, options)
     else:
@@ -398,8 +395,8 @@ def _allgather_attention(q, k, v, group, rank: int, world: int, window, options)
                    _block_window(q_offset, seqlen, lo, hi - lo, window), options)
 
 
-def _packed_call(q, k, v, cu_seqlens, group, rank: int, world: int, method: str, causal, window_size,
-                 return_lse: bool, options):
+def _packed_call(q, k, v, cu_seqlens, group, rank: int, world: int, method: str, window, return_lse: bool,
+                 options, backend: str):
     """context_parallel_attention of a packed batch (cu_seqlens): checks, then the all-gather."""
     if method != "allgather":
         raise ValueError(f"packed batches (cu_seqlens) run with method='allgather', got method={method!r}: the ring "
@@ -422,14 +419,11 @@ def _packed_call(q, k, v, cu_seqlens, group, rank: int, world: int, method: str,
     if not starts or starts[0] != 0 or starts[-1] != total or any(b < a for a, b in zip(starts, starts[1:])):
         raise ValueError(f"cu_seqlens must be int32 prefix sums from 0 to the packed length world_size * rows = "
                          f"{total}, never decreasing, got {starts}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    window = masks.normalize_window(causal, check_window_size(window_size))
     if window[1] not in (0, UNBOUNDED) or (window[1] == UNBOUNDED and window[0] != UNBOUNDED):
         raise ValueError(f"packed batches take causal attention (with any left window) or full attention, got "
                          f"window (left, right) = {window}: a sequence split across ranks aligns its keys to its "
                          "last local query")
-    options = dict(options, backend=backends.select(options["backend"], q.device))
+    options = dict(options, backend=backends.select(backend, q.device))
     out, lse = _packed_allgather_attention(q, k, v, cu_seqlens, starts, group, rank, world, window, options)
     return (out, lse) if return_lse else out
 

@@ -132,6 +132,12 @@ def params_from_op_args(q, k, args: dict) -> AttentionParams:
     )
 
 
+def _named(shared: tuple) -> tuple[dict, bool]:
+    """The ops' arguments after the tensors, by name, and the backward's trailing bias_grad (False when the
+    dispatcher leaves the default out)."""
+    return dict(zip(NAMES, shared)), bool(shared[len(NAMES)]) if len(shared) > len(NAMES) else False
+
+
 def _lse_shape(q: torch.Tensor, cu_seqlens_q) -> tuple:
     """(batch, nheads_q, seqlen_q); packed sequences (q is (1, total_q, ...)): (nheads_q, total_q)."""
     return (q.shape[2], q.shape[1]) if cu_seqlens_q is not None else (q.shape[0], q.shape[2], q.shape[1])
@@ -184,8 +190,7 @@ def attention_backward(dout, q, k, v, out, lse, aux, *shared):
     """(dq, dk, dv) shaped, typed and laid out like q, k, v (w.r.t. the unencoded q and k), then dsinks
     (like sinks; (0,) without sinks) and dbias (like attn_bias; (0,) unless bias_grad). num_splits, the
     forward's schedule, does not change them."""
-    args = dict(zip(NAMES, shared))
-    bias_grad = shared[len(NAMES)] if len(shared) > len(NAMES) else False
+    args, bias_grad = _named(shared)
     params = params_from_op_args(q, k, args)
     backend = backends.registered(args["backend"])
     attn_bias, sinks = args["attn_bias"], args["sinks"]
@@ -217,8 +222,7 @@ def _row_delta(dout: torch.Tensor, out: torch.Tensor, params: AttentionParams) -
 
 @attention_backward.register_fake
 def _attention_backward_fake(dout, q, k, v, out, lse, aux, *shared):
-    args = dict(zip(NAMES, shared))
-    bias_grad = shared[len(NAMES)] if len(shared) > len(NAMES) else False
+    args, bias_grad = _named(shared)
     sinks, bias = args["sinks"], args["attn_bias"]
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             q.new_empty(0, dtype=torch.float32) if sinks is None else torch.empty_like(sinks),
