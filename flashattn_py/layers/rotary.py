@@ -29,7 +29,7 @@ from .. import pe_ops
 from ..params import Rotary
 from ..validation.common import check_bool, check_int, check_tensor
 from ..validation.positional import resolve_positions
-from ..validation.sequences import _check_cu_seqlens as check_cu_seqlens  # the packed calls' one rule
+from ..validation.sequences import check_cu_seqlens  # the packed calls' one rule
 
 OFFSETS = "seqlen_offsets"
 

@@ -14,7 +14,7 @@ from .common import check_device, check_int, check_tensor, reads_values
 from .score_mods import check_score_mods
 
 
-def _check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, device) -> None:
+def check_cu_seqlens(cu: torch.Tensor, name: str, total: int, max_seqlen: int, device) -> None:
     check_tensor(name, cu)
     if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
         raise ValueError(f"{name} must be a 1-D int32 tensor of batch + 1 prefix sums, got {cu.dtype} "
@@ -52,8 +52,8 @@ def varlen_params(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
             and cu_seqlens_q.shape != cu_seqlens_k.shape:  # first: their values would be judged by a wrong max_seqlen
         raise ValueError(f"cu_seqlens_q describes {cu_seqlens_q.shape[0] - 1} sequences but cu_seqlens_k "
                          f"{cu_seqlens_k.shape[0] - 1}")
-    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
+    check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, q.device)
+    check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0], max_seqlen_k, q.device)
     if pe_k_strategy == "in_kernel":
         raise ValueError("pe_k_strategy='in_kernel' is not available for packed sequences (positions restart per "
                          "sequence; the encoding runs as a pre-pass): use 'auto' or 'prepass'")
