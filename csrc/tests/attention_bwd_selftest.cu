@@ -53,13 +53,16 @@ static size_t at(const Strides& st, int b, int s, int h) {
 }
 
 // Reference encoding of one row (double math), forward or inverse (positional.py semantics).
+// The angle is the exact p * inv_freq (inv_freq the kernel's fp32 exp2f value), not the fp32 product
+// fl(p * inv_freq): the kernel rotates from row to row along exact angles (rotary_angles.h), as
+// positional.py's float64 reference does; fl() would differ by up to ulp(angle) / 2.
 static void encode_row(double* x, int d, int64_t p, const Case& c, int rot_dim, bool inverse) {
   const double log2_base = std::log2(10000.0);
   if (c.pe == 1) {
     const int half = rot_dim / 2;
     for (int i = 0; i < half; ++i) {
       const float inv = exp2f(-(float(2 * i) / float(rot_dim)) * float(log2_base));  // as the kernel
-      const double a = double(float(p) * inv);
+      const double a = double(p) * inv;  // exact, as the kernel
       const double co = std::cos(a), si = inverse ? -std::sin(a) : std::sin(a);
       const int c1 = c.interleaved ? 2 * i : i, c2 = c.interleaved ? 2 * i + 1 : i + half;
       const double x1 = x[c1], x2 = x[c2];
@@ -69,7 +72,7 @@ static void encode_row(double* x, int d, int64_t p, const Case& c, int rot_dim, 
   } else if (c.pe == 2) {
     for (int i = 0; i < d / 2; ++i) {
       const float inv = exp2f(-(float(2 * i) / float(d)) * float(log2_base));
-      const double a = double(float(p) * inv);
+      const double a = double(p) * inv;  // exact, as the kernel
       x[2 * i] = x[2 * i] * 0.5 + (inverse ? 0.0 : std::sin(a));
       x[2 * i + 1] = x[2 * i + 1] * 0.5 + (inverse ? 0.0 : std::cos(a));
     }

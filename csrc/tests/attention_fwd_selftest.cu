@@ -46,6 +46,9 @@ static Strides strides_of(int s, int h, int d, bool bhsd) {
 }
 
 // Encode one row x[0..d) at position p (reference of positional.cuh, double math, one rounding).
+// The angle is the exact p * inv_freq (inv_freq the kernel's fp32 exp2f value), not the fp32 product
+// fl(p * inv_freq): the kernel rotates from row to row along exact angles (rotary_angles.h), as
+// positional.py's float64 reference does; fl() would differ by up to ulp(angle) / 2.
 static void encode_row(float* x, int d, int64_t p, const Case& c, double log2_base,
                        const std::vector<float>& cos_t, const std::vector<float>& sin_t, DType t) {
   if (c.pe == 1) {
@@ -56,7 +59,7 @@ static void encode_row(float* x, int d, int64_t p, const Case& c, double log2_ba
         co = cos_t[p * half + i], si = sin_t[p * half + i];
       } else {
         const float inv = exp2f(-(float(2 * i) / float(dim)) * float(log2_base));  // as the kernel
-        const double a = double(float(p) * inv);
+        const double a = double(p) * inv;  // exact, as the kernel
         co = std::cos(a), si = std::sin(a);
       }
       const int c1 = c.interleaved ? 2 * i : i, c2 = c.interleaved ? 2 * i + 1 : i + half;
@@ -68,7 +71,7 @@ static void encode_row(float* x, int d, int64_t p, const Case& c, double log2_ba
     const int dim = c.user_dim;
     for (int i = 0; i < dim / 2; ++i) {
       const float inv = exp2f(-(float(2 * i) / float(dim)) * float(log2_base));
-      const double a = double(float(p) * inv);
+      const double a = double(p) * inv;  // exact, as the kernel
       x[2 * i] = round_to(float(x[2 * i] * 0.5 + std::sin(a)), t);
       x[2 * i + 1] = round_to(float(x[2 * i + 1] * 0.5 + std::cos(a)), t);
     }
