@@ -37,6 +37,11 @@ class Backend:
     # params -> programs one forward split launches, which sizes automatic split-K (backends/split_k.py);
     # None: one program per (batch, query head).
     forward_programs: Callable | None = None
+    # Per-sequence lengths without the per-group adapter (backends/per_sequence.py asks first):
+    # (q, k, v, params, spans) -> (out, lse, scratch) and (dout, q, k, v, out, lse, params, spans) ->
+    # (dq, dk, dv), spans being PerSequence._spans; None when the backend has no faster way for that call.
+    forward_sequences: Callable | None = None
+    backward_sequences: Callable | None = None
     # (params, device) -> the keep-mask (batch, nheads_q, seqlen_q, seqlen_k) this backend's dropout draws
     # for a call, regenerated from its seed (tests compare it with the reference); None: no dropout.
     dropout_mask: Callable | None = None

@@ -177,6 +177,20 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
     return dq, dk, dv
 
 
+def forward_sequences(q, k, v, params: AttentionParams, spans):
+    """A batch with per-sequence lengths straight on the fused kernel, a call per sequence (or run of equal
+    ones) on views (torch_fused.forward_sequences); None: backends/per_sequence.py's groups run it."""
+    if not torch_fused.sequences_expressible(params, q.device):
+        return None
+    return (*torch_fused.forward_sequences(q, k, v, params, spans), ())
+
+
+def backward_sequences(dout, q, k, v, out, lse, params: AttentionParams, spans):
+    if not torch_fused.sequences_expressible(params, q.device):
+        return None
+    return torch_fused.backward_sequences(dout, q, k, v, out, lse, params, spans)
+
+
 def encode(x, enc, positions, *, inverse=False, out=None, compute_dtype=None):
     """Standalone positional encoding of bshd x into out (new if None), computed in compute_dtype
     (default: fp32 for fp16/bf16 inputs) and rounded to out's dtype."""
@@ -185,4 +199,5 @@ def encode(x, enc, positions, *, inverse=False, out=None, compute_dtype=None):
     return out.copy_(result)
 
 
-BACKEND = Backend(name="torch", forward=forward, backward=backward, encode=encode, dropout_mask=dropout_mask)
+BACKEND = Backend(name="torch", forward=forward, backward=backward, encode=encode, dropout_mask=dropout_mask,
+                  forward_sequences=forward_sequences, backward_sequences=backward_sequences)
