@@ -1,11 +1,13 @@
 """Per-sequence lengths on the CPU path (backends/per_sequence.py over backends/torch_fused.py): cache slots
 a sequence does not use may hold anything, NaN included, and never reach its result; a batch of
 all-different lengths makes at most one fused kernel call per sequence (no fallback to a slower path)."""
+import dataclasses
+
 import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py.backends import torch_fused
+from flashattn_py.backends import torch_backend, torch_fused
 from flashattn_py.varlen import flash_attn_varlen_func
 
 from tolerance import DEVICE, assert_within_naive_error, seed_of
@@ -100,9 +102,15 @@ def test_nan_past_seqused_k_changes_nothing_forward_or_backward(request, fused_c
     assert fused_calls["forward"] > 0 and fused_calls["backward"] > 0
 
 
-def test_all_different_lengths_make_at_most_one_kernel_call_per_sequence(fused_calls):
+def test_all_different_lengths_make_at_most_one_kernel_call_per_sequence(fused_calls, monkeypatch):
     """A decoding batch whose cache lengths all differ, and a packed causal batch whose lengths all differ:
-    at most one fused forward (and backward) call per sequence."""
+    at most one fused forward (and backward) call per sequence, straight from the lengths (not through
+    the per-group adapter's dense calls); equal lengths next to each other share one call."""
+    group_calls = []
+    forward, backward = torch_backend.BACKEND.forward, torch_backend.BACKEND.backward
+    monkeypatch.setattr(torch_backend, "BACKEND", dataclasses.replace(
+        torch_backend.BACKEND, forward=lambda *a: group_calls.append("forward") or forward(*a),
+        backward=lambda *a, **kw: group_calls.append("backward") or backward(*a, **kw)))
     gen = torch.Generator().manual_seed(0)
     used = [5, 1, 64, 33, 2, 17, 48, 9, 63, 30, 12, 40]
     q = torch.randn(len(used), 1, H, D, generator=gen)
@@ -113,6 +121,10 @@ def test_all_different_lengths_make_at_most_one_kernel_call_per_sequence(fused_c
                                        causal=causal, backend="torch")
     assert 0 < fused_calls["forward"] <= 2 * len(used)
     fused_calls["forward"] = 0
+    with torch.no_grad():  # one length for all: one call
+        fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=17, backend="torch")
+    assert fused_calls["forward"] == 1
+    fused_calls["forward"] = 0
 
     lens = [7, 1, 12, 3, 20, 5, 9, 2, 16, 4]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
@@ -120,3 +132,4 @@ def test_all_different_lengths_make_at_most_one_kernel_call_per_sequence(fused_c
     leaves = [t.requires_grad_() for t in (q, k, v)]
     flash_attn_varlen_func(*leaves, cu, cu, max(lens), max(lens), causal=True, backend="torch").backward(dout)
     assert 0 < fused_calls["forward"] <= len(lens) and 0 < fused_calls["backward"] <= len(lens)
+    assert not group_calls, "the per-group adapter ran calls the fused kernel takes per sequence"
