@@ -6,7 +6,8 @@
 #      in_kernel / prepass, one rule for both backends: triton_kernels/pe_strategy.py prepass_chosen),
 #      against RoPE as a separate kernel + SDPA, fwd and fwd+bwd, bf16, head_dim 128 and 64, seqlen
 #      1k/4k/16k (16k tokens a batch), non-causal;
-#   3. then the CUDA RoPE paths' tests on the GPU (pre-encoded and in-kernel, forward and backward).
+#   3. then the CUDA RoPE paths' tests on the GPU (pre-encoded and in-kernel, forward and backward) and
+#      the CUDA softcap / ALiBi cases (csrc/score_mods.h) of the suite.
 # Writes into ${OUT:-bench/results/<gpu>-<date>}: build.txt, bench-rope-d*.txt/json, tests-rope.txt.
 # Run from the repository root: bash bench/gpu_rope.sh
 set -uo pipefail
@@ -28,8 +29,8 @@ for d in 128 64; do
     --out "$out" --name "rope-bf16-d$d" > "$out/bench-rope-d$d.txt" 2> "$out/bench-rope-d$d.log"
   tail -30 "$out/bench-rope-d$d.txt"
 done
-step "tests: the CUDA backend with RoPE / sinusoidal"
+step "tests: the CUDA backend with RoPE / sinusoidal, softcap and ALiBi"
 PYTHONUNBUFFERED=1 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n "${TEST_WORKERS:-16}" -p no:cacheprovider \
-  tests/test_positional.py tests/test_cuda_backend.py tests/test_attention.py -k "cuda" \
+  tests/test_positional.py tests/test_cuda_backend.py tests/test_attention.py tests/test_score_mods.py -k "cuda" \
   > "$out/tests-rope.txt" 2>&1
 tail -3 "$out/tests-rope.txt"

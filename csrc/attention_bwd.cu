@@ -8,6 +8,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "attention_bwd_dkdv.cuh"
 #include "attention_bwd_dq.cuh"
@@ -27,22 +28,28 @@ namespace {
 // 99 KB, the most an sm_86/sm_89 block may have (sm_80 and sm_90 allow more); two stages (the next
 // streamed tile loads while this one is used) wherever that fits. Picked by compiling (ptxas -v),
 // not yet tuned on a GPU.
+// DkdvMods: the dK/dV tiles of the score-mods instance (softcap / ALiBi, score_mods.h), the same except
+// where the modifications' few registers made the per-sequence instance spill (head_dim 96: 4 bytes on
+// sm_80; 256: 16 bytes on sm_90): there it streams query tiles half as tall.
 template <int kHeadDim>
 struct BwdTiles;
 //                     dK/dV: <D, key strips, D slices, BLOCK_M, stages>   dQ: <D, warps, BLOCK_N, stages>
 template <>
 struct BwdTiles<32> {
   using Dkdv = bwd::DkdvConfig<32, 4, 1, 64, 2>;
+  using DkdvMods = Dkdv;
   using Dq = bwd::DqConfig<32, 4, 64, 2>;
 };
 template <>
 struct BwdTiles<64> {
   using Dkdv = bwd::DkdvConfig<64, 4, 1, 64, 2>;
+  using DkdvMods = Dkdv;
   using Dq = bwd::DqConfig<64, 4, 64, 2>;
 };
 template <>
 struct BwdTiles<96> {
   using Dkdv = bwd::DkdvConfig<96, 4, 1, 64, 2>;
+  using DkdvMods = bwd::DkdvConfig<96, 4, 1, 32, 2>;
   using Dq = bwd::DqConfig<96, 4, 64, 2>;
 };
 // head_dim 128: the two 16 x 128 dK/dV accumulators take 128 registers, so the streamed query
@@ -50,6 +57,7 @@ struct BwdTiles<96> {
 template <>
 struct BwdTiles<128> {
   using Dkdv = bwd::DkdvConfig<128, 4, 1, 32, 2>;
+  using DkdvMods = Dkdv;
   using Dq = bwd::DqConfig<128, 4, 32, 2>;
 };
 // head_dim 256: dK and dV of 16 keys x 256 would take 256 accumulator registers per thread, so two
@@ -59,6 +67,7 @@ struct BwdTiles<128> {
 template <>
 struct BwdTiles<256> {
   using Dkdv = bwd::DkdvConfig<256, 2, 2, 32, 1>;
+  using DkdvMods = bwd::DkdvConfig<256, 2, 2, 16, 1>;
   using Dq = bwd::DqConfig<256, 4, 16, 1>;
 };
 
@@ -72,10 +81,10 @@ void allow_smem(Kernel kernel, int bytes, const char* name) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <typename T, int kHeadDim, bool kLayout>
+template <typename T, int kHeadDim, bool kLayout, bool kMods>
 void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   using Tiles = BwdTiles<kHeadDim>;
-  using Dkdv = typename Tiles::Dkdv;
+  using Dkdv = std::conditional_t<kMods, typename Tiles::DkdvMods, typename Tiles::Dkdv>;
   using Dq = typename Tiles::Dq;
 
   if (p.seqlen_q > 0) {
@@ -86,7 +95,7 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   }
   // With seqlen_q == 0 every key block sees no query: the kernel still runs and writes dK = dV = 0.
   if (p.seqlen_k > 0) {
-    auto kernel = bwd::attention_bwd_dkdv_kernel<T, Dkdv, kLayout>;
+    auto kernel = bwd::attention_bwd_dkdv_kernel<T, Dkdv, kLayout, kMods>;
     allow_smem(kernel, Dkdv::kSmemBytes, "cudaFuncSetAttribute(attention_bwd_dkdv_kernel)");
     const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_k, Dkdv::kBlockN)), p.nheads_kv, p.batch);
     kernel<<<grid, Dkdv::kThreads, Dkdv::kSmemBytes, stream>>>(p);
@@ -94,7 +103,7 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   }
   // With seqlen_k == 0 no key block is visited and dQ = 0 is written.
   if (p.seqlen_q > 0) {
-    auto kernel = bwd::attention_bwd_dq_kernel<T, Dq, kLayout>;
+    auto kernel = bwd::attention_bwd_dq_kernel<T, Dq, kLayout, kMods>;
     allow_smem(kernel, Dq::kSmemBytes, "cudaFuncSetAttribute(attention_bwd_dq_kernel)");
     const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_q, Dq::kBlockM)), p.nheads_q, p.batch);
     kernel<<<grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p);
@@ -111,6 +120,7 @@ std::vector<KernelLaunchInfo> backward_launch_info() {
     using Tiles = BwdTiles<kD>;
     info.push_back({"attention_bwd_preprocess_kernel", kD, bwd::kPreprocessThreads, 0});
     info.push_back({"attention_bwd_dkdv_kernel", kD, Tiles::Dkdv::kThreads, Tiles::Dkdv::kSmemBytes});
+    info.push_back({"attention_bwd_dkdv_kernel[mods]", kD, Tiles::DkdvMods::kThreads, Tiles::DkdvMods::kSmemBytes});
     info.push_back({"attention_bwd_dq_kernel", kD, Tiles::Dq::kThreads, Tiles::Dq::kSmemBytes});
   };
   for_each_head_dim(add);
@@ -123,8 +133,9 @@ void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.nheads_q == 0) return;
   check_common(p, "backward");
   check_layout(p, "backward", /*decoding=*/false);
-  dispatch(p, "backward", [&](auto type, auto head_dim, auto layout) {
-    launch_backward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value>(p, stream);
+  dispatch(p, "backward", [&](auto type, auto head_dim, auto layout, auto mods) {
+    launch_backward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value,
+                    decltype(mods)::value>(p, stream);
   });
 }
 

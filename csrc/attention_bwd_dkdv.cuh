@@ -26,6 +26,7 @@
 #include "params.h"
 #include "positional.cuh"
 #include "primitives.cuh"
+#include "score_mods.h"
 #include "sequence.h"
 
 namespace flashattn {
@@ -56,7 +57,8 @@ struct DkdvConfig {
 
 // Grid (ceil(seqlen_k / kBlockN), nheads_kv, batch); kThreads threads; Cfg::kSmemBytes dynamic smem.
 // kLayout: compiled for variable lengths (sequence.h) or (false) for plain dense batches only.
-template <typename T, typename Cfg, bool kLayout>
+// kMods: compiled for score modifications (softcap, ALiBi: score_mods.h) or (false) for plain scores.
+template <typename T, typename Cfg, bool kLayout, bool kMods>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dkdv_kernel(const AttentionParams p) {
   constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM, BN = Cfg::kBlockN, kLd = Cfg::kLd;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -175,28 +177,52 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dkdv_kernel(co
     gemm_nt<T, D, BM>(pt, sK_strip, kLd, sQ, kLd);
     const bool needs_mask = mask.tile_needs_mask(m0, BM, n0, BN);
     const int key_lo = n0 + 16 * strip + g;  // key of acc[.][0..1]; +8 for [2..3]
+    if constexpr (kMods) {
+      // dS^T = P^T * (dP^T - delta) * dcap needs the raw score (for dcap) and dP^T together: dP^T
+      // first, then P^T and dS^T in one pass, so dcap never needs a register array of its own.
+      const ScoreMod mod = ScoreMod::of(p, batch, kv_head * group + tile / m_tiles);  // this tile's head
+      float dst[BM / 8][4];
+      zero<BM>(dst);
+      gemm_nt<T, D, BM>(dst, sV_strip, kLd, sdO, kLd);
 #pragma unroll
-    for (int j = 0; j < BM / 8; ++j) {
+      for (int j = 0; j < BM / 8; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = 8 * j + 2 * t + (e % 2);
-        const int key = key_lo + 8 * (e / 2);
-        const bool keep = !needs_mask || mask.visible(m0 + col, key);
-        pt[j][e] = keep ? fast_exp2(fmaf(pt[j][e], scale_log2, -sLse2[col])) : 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * j + 2 * t + (e % 2);
+          const int key = key_lo + 8 * (e / 2);
+          const bool keep = !needs_mask || mask.visible(m0 + col, key);
+          float dcap;
+          const float s2 = mod.apply(pt[j][e], m0 + col + mask.offset - key, &dcap);
+          pt[j][e] = keep ? fast_exp2(s2 - sLse2[col]) : 0.f;
+          dst[j][e] = pt[j][e] * (dst[j][e] - sDelta[col]) * dcap;
+        }
       }
-    }
-    gemm_rs<T, BM, Cfg::kCols>(dv, pt, sdO + col0, kLd);
+      gemm_rs<T, BM, Cfg::kCols>(dv, pt, sdO + col0, kLd);
+      gemm_rs<T, BM, Cfg::kCols>(dk, dst, sQ + col0, kLd);
+    } else {
+#pragma unroll
+      for (int j = 0; j < BM / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * j + 2 * t + (e % 2);
+          const int key = key_lo + 8 * (e / 2);
+          const bool keep = !needs_mask || mask.visible(m0 + col, key);
+          pt[j][e] = keep ? fast_exp2(fmaf(pt[j][e], scale_log2, -sLse2[col])) : 0.f;
+        }
+      }
+      gemm_rs<T, BM, Cfg::kCols>(dv, pt, sdO + col0, kLd);
 
-    // dS^T = P^T * (dP^T - delta), dP^T = V dO^T.
-    float dst[BM / 8][4];
-    zero<BM>(dst);
-    gemm_nt<T, D, BM>(dst, sV_strip, kLd, sdO, kLd);
+      // dS^T = P^T * (dP^T - delta), dP^T = V dO^T.
+      float dst[BM / 8][4];
+      zero<BM>(dst);
+      gemm_nt<T, D, BM>(dst, sV_strip, kLd, sdO, kLd);
 #pragma unroll
-    for (int j = 0; j < BM / 8; ++j) {
+      for (int j = 0; j < BM / 8; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dst[j][e] = pt[j][e] * (dst[j][e] - sDelta[8 * j + 2 * t + (e % 2)]);
+        for (int e = 0; e < 4; ++e) dst[j][e] = pt[j][e] * (dst[j][e] - sDelta[8 * j + 2 * t + (e % 2)]);
+      }
+      gemm_rs<T, BM, Cfg::kCols>(dk, dst, sQ + col0, kLd);
     }
-    gemm_rs<T, BM, Cfg::kCols>(dk, dst, sQ + col0, kLd);
   }
 
   // Epilogue through an fp32 tile: dK = scale * dS^T Q is the gradient w.r.t. the encoded k, so the

@@ -18,6 +18,7 @@
 #include "params.h"
 #include "positional.cuh"
 #include "primitives.cuh"
+#include "score_mods.h"
 #include "sequence.h"
 
 namespace flashattn {
@@ -43,7 +44,8 @@ struct DqConfig {
 
 // Grid (ceil(seqlen_q / kBlockM), nheads_q, batch); kThreads threads; Cfg::kSmemBytes dynamic smem.
 // kLayout: compiled for variable lengths (sequence.h) or (false) for plain dense batches only.
-template <typename T, typename Cfg, bool kLayout>
+// kMods: compiled for score modifications (softcap, ALiBi: score_mods.h) or (false) for plain scores.
+template <typename T, typename Cfg, bool kLayout, bool kMods>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dq_kernel(const AttentionParams p) {
   constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM, BN = Cfg::kBlockN, kLd = Cfg::kLd;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -61,6 +63,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dq_kernel(cons
   if (m0 >= seq.seqlen_q) return;  // the grid covers the longest sequence of the batch
   const MaskRule mask = MaskRule::from(p, seq);
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // exp(x) = exp2(x * log2 e)
+  const ScoreMod mod = kMods ? ScoreMod::of(p, batch, head) : ScoreMod{};
   const bool encode = p.pe.kind != static_cast<int>(PEKind::kNone);
   const int64_t* q_pos = sequence_positions(p.pe, seq, batch, false);
   const int64_t* k_pos = sequence_positions(p.pe, seq, batch, true);
@@ -143,25 +146,47 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) attention_bwd_dq_kernel(cons
     zero<BN>(s);
     gemm_nt<T, D, BN>(s, sQ_strip, kLd, sK, kLd);
     const bool needs_mask = mask.tile_needs_mask(m0, BM, n0, BN);
+    if constexpr (kMods) {
+      // dS = P * (dP - delta) * dcap needs the raw score (for dcap) and dP together: dP first, then
+      // P and dS in one pass, so dcap never needs a register array of its own.
+      float ds[BN / 8][4];
+      zero<BN>(ds);
+      gemm_nt<T, D, BN>(ds, sdO_strip, kLd, sV, kLd);
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
+      for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = n0 + 8 * j + 2 * t + (e % 2);
-        const bool keep = !needs_mask || mask.visible(row_lo + 8 * (e / 2), key);
-        s[j][e] = keep ? fast_exp2(fmaf(s[j][e], scale_log2, -lse2[e / 2])) : 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const int key = n0 + 8 * j + 2 * t + (e % 2);
+          const int row = row_lo + 8 * (e / 2);
+          const bool keep = !needs_mask || mask.visible(row, key);
+          float dcap;
+          const float s2 = mod.apply(s[j][e], row + mask.offset - key, &dcap);
+          const float prob = keep ? fast_exp2(s2 - lse2[e / 2]) : 0.f;
+          ds[j][e] = prob * (ds[j][e] - delta[e / 2]) * dcap;
+        }
       }
-    }
-    // dS = P * (dP - delta), dP = dO V^T.
-    float ds[BN / 8][4];
-    zero<BN>(ds);
-    gemm_nt<T, D, BN>(ds, sdO_strip, kLd, sV, kLd);
+      gemm_rs<T, BN, D>(dq, ds, sK, kLd);
+    } else {
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
+      for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) ds[j][e] = s[j][e] * (ds[j][e] - delta[e / 2]);
+        for (int e = 0; e < 4; ++e) {
+          const int key = n0 + 8 * j + 2 * t + (e % 2);
+          const bool keep = !needs_mask || mask.visible(row_lo + 8 * (e / 2), key);
+          s[j][e] = keep ? fast_exp2(fmaf(s[j][e], scale_log2, -lse2[e / 2])) : 0.f;
+        }
+      }
+      // dS = P * (dP - delta), dP = dO V^T.
+      float ds[BN / 8][4];
+      zero<BN>(ds);
+      gemm_nt<T, D, BN>(ds, sdO_strip, kLd, sV, kLd);
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ds[j][e] = s[j][e] * (ds[j][e] - delta[e / 2]);
+      }
+      gemm_rs<T, BN, D>(dq, ds, sK, kLd);
     }
-    gemm_rs<T, BN, D>(dq, ds, sK, kLd);
   }
 
   // Epilogue through an fp32 tile: scale * dS K is the gradient w.r.t. the encoded q; the inverse

@@ -2,8 +2,9 @@
 // shared-memory opt-in and the checks a kernel cannot report itself.
 //
 // Build: correct with or without --use_fast_math (CMakeLists.txt uses it). The softmax's fast exp2 is
-// explicit (primitives.cuh), and the positional sin/cos reduce their argument themselves
-// (positional.cuh: pe_sincos), so the flag's approximate sincosf cannot reach them.
+// explicit (primitives.cuh), softcap's tanh is built from it (score_mods.h), and the positional sin/cos
+// reduce their argument themselves (rotary_angles.h: pe_sincos, fp32 fmaf only), so the flag's approximate
+// sincosf / tanhf cannot reach them.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -30,17 +31,18 @@ void check_vector_aligned(const void* ptr, const Strides& s, int batch, int seql
   }
 }
 
-template <typename T, int kHeadDim, bool kLayout>
+template <typename T, int kHeadDim, bool kLayout, bool kMods>
 void launch_forward(const AttentionParams& p, cudaStream_t stream) {
-  using Cfg = FwdConfig<kHeadDim, kLayout>;
+  using Cfg = FwdConfig<kHeadDim, kLayout, kMods>;
   const std::string name = std::string("attention_fwd_kernel<") +
                            (p.dtype == DType::kFloat16 ? "fp16" : "bf16") + ", head_dim " +
-                           std::to_string(kHeadDim) + (kLayout ? ", per-sequence layout>" : ">");
+                           std::to_string(kHeadDim) + (kLayout ? ", per-sequence layout" : "") +
+                           (kMods ? ", score mods>" : ">");
   const int64_t tiles = int64_t(p.seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM * p.num_splits;
   if (tiles > 2147483647) throw std::invalid_argument("flashattn_py CUDA forward: too many query tiles x splits");
   const dim3 grid(unsigned(tiles), p.nheads_q, p.batch);
   const size_t smem = size_t(Cfg::kSmemElems) * sizeof(T);
-  auto kernel = attention_fwd_kernel<T, kHeadDim, kLayout>;
+  auto kernel = attention_fwd_kernel<T, kHeadDim, kLayout, kMods>;
   if (smem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                ("cudaFuncSetAttribute(" + name + ", MaxDynamicSharedMemorySize)").c_str());
@@ -70,8 +72,9 @@ void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
     check_vector_aligned(p.k, p.k_strides, kv_batches, p.seqlen_k, p.nheads_kv, "k");
     check_vector_aligned(p.v, p.v_strides, kv_batches, p.seqlen_k, p.nheads_kv, "v");
   }
-  dispatch(p, "forward", [&](auto type, auto head_dim, auto layout) {
-    launch_forward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value>(p, stream);
+  dispatch(p, "forward", [&](auto type, auto head_dim, auto layout, auto mods) {
+    launch_forward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value,
+                   decltype(mods)::value>(p, stream);
   });
 }
 
@@ -80,10 +83,13 @@ std::vector<KernelLaunchInfo> forward_launch_info() {
   auto add = [&](auto head_dim) {
     using Dense = FwdConfig<decltype(head_dim)::value, false>;
     using Layout = FwdConfig<decltype(head_dim)::value, true>;
+    using DenseMods = FwdConfig<decltype(head_dim)::value, false, true>;  // the layout instance's are Layout's
     info.push_back({"attention_fwd_kernel", decltype(head_dim)::value, Dense::kThreads,
                     int(Dense::kSmemElems * 2)});  // 2-byte elements (fp16 / bf16)
     info.push_back({"attention_fwd_kernel[layout]", decltype(head_dim)::value, Layout::kThreads,
                     int(Layout::kSmemElems * 2)});
+    info.push_back({"attention_fwd_kernel[mods]", decltype(head_dim)::value, DenseMods::kThreads,
+                    int(DenseMods::kSmemElems * 2)});
   };
   for_each_head_dim(add);
   info.push_back({"attention_split_merge_kernel", 0, kMergeWarps * 32, 0});  // any head dim (runtime loop)

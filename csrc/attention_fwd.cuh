@@ -37,6 +37,7 @@
 #include "params.h"
 #include "positional.cuh"
 #include "primitives.cuh"
+#include "score_mods.h"
 #include "sequence.h"
 
 namespace flashattn {
@@ -80,12 +81,16 @@ struct FwdTileShape<256> {
 // warp: 64-row query tiles waste less on decoding (1 query) and short packed sequences, and leave
 // registers for the per-sequence values (with two slabs the d = 96 / 128 instances spilled 20-52
 // bytes on sm_80). At d = 256 it streams 16-key blocks (32 spilled 12 bytes on sm_80).
-template <int kHeadDim, bool kLayout = false>
+// kMods (softcap / ALiBi, score_mods.h): the dense d = 96 tile already takes 255 registers on sm_80
+// without them, and with them spilled 24 bytes (sm_80) / 4 (sm_90); it streams 32-key blocks (S halves).
+template <int kHeadDim, bool kLayout = false, bool kMods = false>
 struct FwdConfig {
   using Shape = FwdTileShape<kHeadDim>;
   static constexpr int kMSlabs = kLayout ? 1 : Shape::kMSlabs;  // 16-row slabs per warp
   static constexpr int kBlockM = kLayout ? 16 * Shape::kWarps : Shape::kBlockM;
-  static constexpr int kBlockN = kLayout && kHeadDim == 256 ? 16 : Shape::kBlockN;
+  static constexpr int kBlockN = kLayout && kHeadDim == 256 ? 16
+                                 : !kLayout && kMods && kHeadDim == 96 ? 32
+                                                                       : Shape::kBlockN;
   static constexpr int kWarps = Shape::kWarps;
   static constexpr bool kQInRegs = Shape::kQInRegs;
   static constexpr int kThreads = kWarps * 32;
@@ -96,11 +101,12 @@ struct FwdConfig {
 };
 
 // kLayout: compiled for the per-sequence layouts (variable lengths, paged K/V, split-K; sequence.h),
-// or (false) for plain dense batches only.
-template <typename T, int kHeadDim, bool kLayout>
-__global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
+// or (false) for plain dense batches only. kMods: compiled for score modifications (softcap, ALiBi:
+// score_mods.h), or (false) for plain scores, whose instance is what it was before they existed.
+template <typename T, int kHeadDim, bool kLayout, bool kMods>
+__global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout, kMods>::kThreads, 1)
     attention_fwd_kernel(const __grid_constant__ AttentionParams params) {
-  using Cfg = FwdConfig<kHeadDim, kLayout>;
+  using Cfg = FwdConfig<kHeadDim, kLayout, kMods>;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kThreads = Cfg::kThreads, kLd = Cfg::kLd;
   constexpr int kSlicesQK = kHeadDim / 16;  // k-slices of S = Q K^T
   constexpr int kTilesS = kBlockN / 8;      // n8 tiles of S
@@ -204,6 +210,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
   }
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores in log2 units
   const int row0 = m_start + warp * kWarpRows + g;                   // rows row0 + 16 mi + 8 h
+  const ScoreMod mod = kMods ? ScoreMod::of(p, batch, head) : ScoreMod{};
 
   for (int n_block = n_block_min; n_block < n_block_max; ++n_block) {
     const int n_start = n_block * kBlockN;
@@ -269,12 +276,20 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout>::kThreads, 1)
           hi -= n_start;
         }
         float mx = m_row[mi][h];
+        // ALiBi's offset i + diag - j of this row's first column; column col is `col` less.
+        const int offset0 = kMods ? int(row0 + 16 * mi + 8 * h + seq.diag - n_start) : 0;
 #pragma unroll
         for (int j = 0; j < kTilesS; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int col = j * 8 + 2 * t + e;
-            float sv = s_acc[mi][j][2 * h + e] * scale_log2;
+            float sv;
+            if constexpr (kMods) {
+              float dcap;  // the backward's factor; unused here
+              sv = mod.apply(s_acc[mi][j][2 * h + e], offset0 - col, &dcap);
+            } else {
+              sv = s_acc[mi][j][2 * h + e] * scale_log2;
+            }
             if (need_mask && (col < lo || col >= hi)) sv = -INFINITY;
             s_acc[mi][j][2 * h + e] = sv;
             mx = fmaxf(mx, sv);

@@ -121,6 +121,13 @@ PYBIND11_MODULE(_cuda, m) {
   pointer_field(pe, "q_pos", &PositionalParams::q_pos);
   pointer_field(pe, "k_pos", &PositionalParams::k_pos);
 
+  py::class_<ScoreModParams> mods(m, "ScoreModParams", "Softcap and ALiBi of the scores (params.h)");
+  mods.def(py::init<>())
+      .def_readwrite("softcap", &ScoreModParams::softcap)
+      .def_readwrite("alibi_stride_b", &ScoreModParams::alibi_stride_b)
+      .def_readwrite("alibi_stride_h", &ScoreModParams::alibi_stride_h);
+  pointer_field(mods, "alibi_slopes", &ScoreModParams::alibi_slopes);
+
   py::class_<AttentionParams> params(m, "AttentionParams", "Every kernel argument (csrc/params.h)");
   params.def(py::init<>())
       .def_readwrite("dtype", &AttentionParams::dtype)
@@ -143,6 +150,7 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("dk_strides", &AttentionParams::dk_strides)
       .def_readwrite("dv_strides", &AttentionParams::dv_strides)
       .def_readwrite("pe", &AttentionParams::pe)
+      .def_readwrite("mods", &AttentionParams::mods)
       .def_readwrite("block_table_stride", &AttentionParams::block_table_stride)
       .def_readwrite("page_size", &AttentionParams::page_size)
       .def_readwrite("num_splits", &AttentionParams::num_splits)

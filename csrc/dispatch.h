@@ -6,11 +6,13 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
 #include "params.h"
+#include "score_mods.h"
 #include "sequence.h"
 
 namespace flashattn {
@@ -30,6 +32,10 @@ inline void check_common(const AttentionParams& p, const char* pass) {
   if (p.batch > 65535 || p.nheads_q > 65535) {
     throw std::invalid_argument(who + "batch and nheads must be <= 65535, got batch " + std::to_string(p.batch) +
                                 ", nheads " + std::to_string(p.nheads_q));
+  }
+  if (!(p.mods.softcap >= 0.f) || std::isinf(p.mods.softcap)) {
+    throw std::invalid_argument(who + "softcap must be finite and >= 0 (0: off), got " +
+                                std::to_string(p.mods.softcap));
   }
   if (p.pe.kind != int(PEKind::kNone)) {  // the kernels index smem tiles by pe.dim: keep it inside
     if (p.pe.kind != int(PEKind::kRotary) && p.pe.kind != int(PEKind::kSinusoidal)) {
@@ -89,14 +95,20 @@ void for_each_head_dim(F&& f) {
   f(std::integral_constant<int, 256>{});
 }
 
-// launch(TypeTag<T>{}, std::integral_constant<int, kHeadDim>{}, std::integral_constant<bool, kLayout>{})
-// for the instance of p.dtype / p.head_dim, and the per-sequence layout instance when the call uses
-// a layout field (sequence.h has_sequence_layout), the dense one otherwise.
+// launch(TypeTag<T>{}, std::integral_constant<int, kHeadDim>{}, std::bool_constant<kLayout>{},
+// std::bool_constant<kMods>{}) for the instance of p.dtype / p.head_dim; the per-sequence layout
+// instance when the call uses a layout field (sequence.h has_sequence_layout), the dense one
+// otherwise; the score-modification instance when it has a softcap or ALiBi (score_mods.h
+// has_score_mods), the plain one otherwise.
 template <typename Launch>
 void dispatch(const AttentionParams& p, const char* pass, Launch&& launch) {
+  auto by_mods = [&](auto type, auto head_dim, auto layout) {
+    if (has_score_mods(p)) return launch(type, head_dim, layout, std::true_type{});
+    return launch(type, head_dim, layout, std::false_type{});
+  };
   auto by_layout = [&](auto type, auto head_dim) {
-    if (has_sequence_layout(p)) return launch(type, head_dim, std::true_type{});
-    return launch(type, head_dim, std::false_type{});
+    if (has_sequence_layout(p)) return by_mods(type, head_dim, std::true_type{});
+    return by_mods(type, head_dim, std::false_type{});
   };
   auto by_head_dim = [&](auto type) {
     switch (p.head_dim) {

@@ -32,6 +32,17 @@ struct PositionalParams {
   int64_t k_pos_stride_b = 0, k_pos_stride_s = 0;
 };
 
+// Score modifications between scale * q.k and the softmax (flashattn_py/semantics/score_mods.py, FlashAttention
+// 2's order; csrc/score_mods.cuh applies them): softcap (Gemma 2), then ALiBi. Attention biases / masks
+// and sinks have no field: flashattn_py/backends/cuda_backend.py refuses them.
+struct ScoreModParams {
+  float softcap = 0.f;  // > 0: s = softcap * tanh(s / softcap); 0: off
+  // ALiBi slopes, fp32, element [b, h] at alibi_slopes[b * alibi_stride_b + h * alibi_stride_h] (strides
+  // may be 0: one slope per head broadcast over the batch); nullptr: off. s -= slope * |i + diag - j|.
+  const float* alibi_slopes = nullptr;
+  int64_t alibi_stride_b = 0, alibi_stride_h = 0;
+};
+
 // Element strides (not bytes) of a bshd tensor; the head dim is contiguous (stride 1).
 struct Strides {
   int64_t batch = 0, seq = 0, head = 0;
@@ -64,6 +75,7 @@ struct AttentionParams {
   Strides dout_strides, dq_strides, dk_strides, dv_strides;
 
   PositionalParams pe;
+  ScoreModParams mods;
 
   // Variable lengths (flashattn_py/varlen.py, validation/sequences.py), int32 device arrays; nullptr: every sequence is
   // (seqlen_q, seqlen_k). sequence.h turns them into each CTA's view of its sequence.

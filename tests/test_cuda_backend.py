@@ -102,7 +102,8 @@ def test_head_dims_run_in_the_next_compiled_one(head_dim, kernel):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda p: dict(mods=dataclasses.replace(p.mods, softcap=30.0)), r"softcap.*backend='triton'"),
+    (lambda p: dict(mods=dataclasses.replace(p.mods, bias=torch.zeros(1, 2, 8, 12))), r"attn_mask / bias.*triton"),
+    (lambda p: dict(mods=dataclasses.replace(p.mods, sinks=torch.zeros(2))), r"sinks.*backend='triton'"),
     (lambda p: dict(diagonal_offset=1), r"bottom-right or top-left.*backend='triton'"),
 ])
 def test_features_without_a_params_field_are_refused(change, message):
@@ -111,6 +112,14 @@ def test_features_without_a_params_field_are_refused(change, message):
     params = attention_params(q, k, k, causal=True)
     with pytest.raises(NotImplementedError, match=message):
         cuda_backend.check_supported(dataclasses.replace(params, **change(params)))
+
+
+def test_softcap_and_alibi_are_supported():
+    """The kernels apply them (csrc/score_mods.h): no refusal, with masks, GQA and both together."""
+    q, k = torch.randn(1, 8, 4, 32, dtype=torch.float16), torch.randn(1, 12, 2, 32, dtype=torch.float16)
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+    for options in ({"softcap": 30.0}, {"alibi_slopes": slopes}, {"softcap": 5.0, "alibi_slopes": slopes}):
+        cuda_backend.check_supported(attention_params(q, k, k, causal=True, window_size=(3, 0), **options))
 
 
 def _built_extension():
@@ -156,6 +165,22 @@ def test_paged_decoding_reaches_the_kernel_params():
     assert p.block_table in copies and torch.equal(copies[p.block_table], table)
     assert (p.block_table_stride, p.page_size) == (6, 8)
     assert p.cu_seqlens_q == 0 and p.total_q == 0
+
+
+@pytest.mark.parametrize("slopes_shape", [(4,), (2, 4)])
+def test_score_mods_reach_the_kernel_params(slopes_shape):
+    """softcap, and ALiBi slopes as the (batch, nheads_q) fp32 view validation makes of them: a per-head
+    vector is broadcast over the batch (stride 0), a per-(batch, head) tensor is read with its strides."""
+    ext = _built_extension()
+    q = torch.zeros(2, 8, 4, 64, dtype=torch.float16)
+    k = torch.zeros(2, 8, 2, 64, dtype=torch.float16)
+    slopes = torch.rand(slopes_shape)
+    params = attention_params(q, k, k, causal=True, softcap=30.0, alibi_slopes=slopes)
+    p, _ = cuda_backend._kernel_params(ext, params, 64, with_encoding=False)
+    assert p.mods.softcap == 30.0 and p.mods.alibi_slopes == slopes.data_ptr()
+    assert (p.mods.alibi_stride_b, p.mods.alibi_stride_h) == ((0, 1) if len(slopes_shape) == 1 else (4, 1))
+    plain, _ = cuda_backend._kernel_params(ext, attention_params(q, k, k), 64, with_encoding=False)
+    assert plain.mods.softcap == 0.0 and plain.mods.alibi_slopes == 0
 
 
 def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):

@@ -97,14 +97,25 @@ ptxas info    : Used 128 registers, used 1 barriers
 
 def test_launch_info_is_matched_to_each_instance():
     """The report's occupancy needs each instance's launch: the forward's per-sequence layout instance
-    (template argument `true`) launches other tiles than the dense one; the merge kernel has no head dim."""
+    (next-to-last template argument `true`) launches other tiles than the dense one, whatever its score-mods
+    argument (the last), and the dense score-mods instance its own; the merge kernel has no head dim."""
     launches = {("attention_fwd_kernel", 128): (128, 69632), ("attention_fwd_kernel[layout]", 128): (128, 52224),
+                ("attention_fwd_kernel[mods]", 128): (128, 40000),
                 ("attention_bwd_dq_kernel", 128): (128, 50000), ("attention_split_merge_kernel", 0): (128, 0)}
-    fwd = "void flashattn::attention_fwd_kernel<__half, 128, {}>(flashattn::AttentionParams)"
-    assert instance_launch(launches, fwd.format("false")) == (128, 69632)
-    assert instance_launch(launches, fwd.format("true")) == (128, 52224)
-    dq = "void flashattn::bwd::attention_bwd_dq_kernel<__half, flashattn::bwd::DqConfig<128, 4, 32, 2>, true>(x)"
-    assert instance_launch(launches, dq) == (128, 50000)  # same launch for both instances
+    fwd = "void flashattn::attention_fwd_kernel<__half, 128, {}, {}>(flashattn::AttentionParams)"
+    assert instance_launch(launches, fwd.format("false", "false")) == (128, 69632)
+    assert instance_launch(launches, fwd.format("false", "true")) == (128, 40000)  # its own tiles (d = 96)
+    for mods in ("false", "true"):  # the layout instances launch alike
+        assert instance_launch(launches, fwd.format("true", mods)) == (128, 52224)
+    dkdv = ("void flashattn::bwd::attention_bwd_dkdv_kernel<__half, flashattn::bwd::DkdvConfig<96, 4, 1, {}, 2>, "
+            "{}, {}>(x)")
+    launches[("attention_bwd_dkdv_kernel", 96)], launches[("attention_bwd_dkdv_kernel[mods]", 96)] = (128, 9), (128, 7)
+    assert instance_launch(launches, dkdv.format(64, "true", "false")) == (128, 9)
+    assert instance_launch(launches, dkdv.format(32, "true", "true")) == (128, 7)  # layout and mods: mods' tiles
+    assert instance_launch(launches, dkdv.format(32, "false", "true")) == (128, 7)
+    dq = "void flashattn::bwd::attention_bwd_dq_kernel<__half, flashattn::bwd::DqConfig<128, 4, 32, 2>, true, {}>(x)"
+    assert instance_launch(launches, dq.format("false")) == (128, 50000)  # same launch for every instance
+    assert instance_launch(launches, dq.format("true")) == (128, 50000)
     merge = "void flashattn::attention_split_merge_kernel<__nv_bfloat16>(flashattn::AttentionParams)"
     assert instance_launch(launches, merge) == (128, 0)
     assert instance_launch(launches, "void other_kernel<int>()") == (None, None)

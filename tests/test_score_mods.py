@@ -46,7 +46,8 @@ MODS = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# The CUDA kernels apply softcap and ALiBi too (csrc/score_mods.h); their cases run where a GPU is.
+@pytest.mark.parametrize("backend", BACKENDS + ["cuda"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mods", MODS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -31,7 +31,13 @@ struct Case {
   int rot_dim;       // rotary dim (0: d)
   int interleaved;
   bool misaligned;   // odd seq strides and an odd base offset: the element-wise load/store paths
+  float softcap = 0.f;  // score mods (csrc/score_mods.h): softcap > 0, ALiBi slopes per (batch, head)
+  bool alibi = false;
 };
+
+// ALiBi slope of (batch b, head h): the usual 2^(-8 (h + 1) / H), varied per batch so a kernel that
+// reads the wrong batch's slope fails.
+static double alibi_slope(int b, int h, int H) { return float(std::exp2(-8.0 * (h + 1) / H) * (1.0 + 0.25 * b)); }
 
 // A (b, s, h, d) tensor in bshd or bhsd order; `pad` extra elements per seq row (misaligned case).
 struct Layout {
@@ -123,13 +129,20 @@ static bool run_case(const Case& c, std::mt19937& rng) {
         for (int e = 0; e < D; ++e) ke[size_t(j) * D + e] = val(hk, lk.st, b, j, kvh, e);
         encode_row(&ke[size_t(j) * D], D, kpos[size_t(b) * Sk + j], c, rot_dim, false);
       }
-      std::vector<double> pr(Sk), dp(Sk), dqe(D), o(D);
+      std::vector<double> pr(Sk), dp(Sk), dcap(Sk, 1.0), dqe(D), o(D);
       for (int i = 0; i < Sq; ++i) {
         double m = -INFINITY;
         for (int j = 0; j < Sk; ++j) {
           double s = 0;
           for (int e = 0; e < D; ++e) s += qe[size_t(i) * D + e] * ke[size_t(j) * D + e];
-          pr[j] = visible(i, j, c) ? s * scale : -INFINITY;
+          s *= scale;
+          if (c.softcap > 0) {  // s = cap tanh(s / cap); d(capped)/d(scaled) = 1 - tanh^2
+            const double th = std::tanh(s / c.softcap);
+            s = c.softcap * th;
+            dcap[j] = 1 - th * th;
+          }
+          if (c.alibi) s -= alibi_slope(b, h, Hq) * std::fabs(double(i) + Sk - Sq - j);
+          pr[j] = visible(i, j, c) ? s : -INFINITY;
           m = std::max(m, pr[j]);
         }
         double l = 0;
@@ -147,7 +160,7 @@ static bool run_case(const Case& c, std::mt19937& rng) {
         for (int j = 0; j < Sk; ++j) {
           double s = 0;
           for (int e = 0; e < D; ++e) s += val(hdo, lq.st, b, i, h, e) * val(hv, lk.st, b, j, kvh, e);
-          dp[j] = pr[j] * (s - delta);  // dS
+          dp[j] = pr[j] * (s - delta) * dcap[j];  // dS w.r.t. the scaled scores
         }
         std::fill(dqe.begin(), dqe.end(), 0.0);
         for (int j = 0; j < Sk; ++j) {
@@ -217,6 +230,16 @@ static bool run_case(const Case& c, std::mt19937& rng) {
   p.pe.scale = 0.5f;
   p.pe.q_pos = dqpos, p.pe.q_pos_stride_b = Sq, p.pe.q_pos_stride_s = 1;
   p.pe.k_pos = dkpos, p.pe.k_pos_stride_b = Sk, p.pe.k_pos_stride_s = 1;
+  p.mods.softcap = c.softcap;
+  float* dslopes = nullptr;
+  if (c.alibi) {
+    std::vector<float> slopes(size_t(B) * Hq);
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < Hq; ++h) slopes[size_t(b) * Hq + h] = float(alibi_slope(b, h, Hq));
+    CK(cudaMalloc(&dslopes, slopes.size() * 4));
+    CK(cudaMemcpy(dslopes, slopes.data(), slopes.size() * 4, cudaMemcpyHostToDevice));
+    p.mods.alibi_slopes = dslopes, p.mods.alibi_stride_b = Hq, p.mods.alibi_stride_h = 1;
+  }
   try {
     run_attention_backward(p, 0);
   } catch (const std::exception& e) {
@@ -260,6 +283,7 @@ static bool run_case(const Case& c, std::mt19937& rng) {
   for (void* ptr : {(void*)dq_in, (void*)dk_in, (void*)dv_in, (void*)do_in, (void*)ddo_in, (void*)gq,
                     (void*)gk, (void*)gv, (void*)dlse, (void*)ddelta, (void*)dqpos, (void*)dkpos})
     CK(cudaFree(ptr));
+  if (dslopes) CK(cudaFree(dslopes));
   return ok;
 }
 
@@ -281,14 +305,22 @@ int main() {
       {1, 0, 50, 2, 1, 64, f16, -1, -1, false, 0, 0, 0, false},      // seqlen_q 0: dk = dv = 0
       {1, 40, 0, 2, 1, 64, bf16, -1, -1, false, 0, 0, 0, false},     // seqlen_k 0: dq = 0
       {1, 30, 200, 2, 2, 32, f16, 3, 0, false, 0, 0, 0, false},      // key blocks seen by no query
+      // Score mods (softcap, ALiBi): every head dim's tiles, GQA (dK/dV summed over heads with their
+      // own slopes), masks, sq != sk, rotary on top.
+      {2, 77, 131, 4, 2, 64, f16, -1, 0, false, 0, 0, 0, false, 30.f},          // softcap, causal
+      {1, 90, 70, 4, 2, 128, bf16, -1, -1, false, 0, 0, 0, false, 0.f, true},   // ALiBi
+      {2, 64, 100, 2, 1, 32, f16, 17, 5, false, 0, 0, 0, false, 5.f, true},     // both, window
+      {1, 70, 90, 2, 1, 96, bf16, -1, 0, false, 1, 0, 0, false, 20.f, true},    // both + rotary
+      {1, 100, 120, 2, 1, 256, f16, -1, 0, false, 0, 0, 0, false, 10.f, true},  // head_dim 256
   };
   std::mt19937 rng(1234);
   int failed = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
-    std::printf("case %zu: b%d sq%d sk%d hq%d hkv%d d%d %s window(%d,%d) %s pe%d rot%d inter%d%s\n", i,
-                c.batch, c.sq, c.sk, c.hq, c.hkv, c.d, c.dtype == f16 ? "fp16" : "bf16", c.wl, c.wr,
-                c.bhsd ? "bhsd" : "bshd", c.pe, c.rot_dim, c.interleaved, c.misaligned ? " misaligned" : "");
+    std::printf("case %zu: b%d sq%d sk%d hq%d hkv%d d%d %s window(%d,%d) %s pe%d rot%d inter%d cap%g alibi%d%s\n",
+                i, c.batch, c.sq, c.sk, c.hq, c.hkv, c.d, c.dtype == f16 ? "fp16" : "bf16", c.wl, c.wr,
+                c.bhsd ? "bhsd" : "bshd", c.pe, c.rot_dim, c.interleaved, c.softcap, int(c.alibi),
+                c.misaligned ? " misaligned" : "");
     if (!run_case(c, rng)) ++failed;
   }
   std::printf(failed ? "%d case(s) FAILED\n" : "all cases passed\n", failed);

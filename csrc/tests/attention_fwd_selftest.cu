@@ -30,7 +30,13 @@ struct Case {
   bool tables;         // rotary cos/sin tables
   int q_offset;        // position offset of q rows (k rows start at 0)
   int user_dim;        // sinusoidal channel count (<= d; < d emulates padded head dims)
+  float softcap = 0.f;  // score mods (csrc/score_mods.h): softcap > 0, ALiBi slopes per (batch, head)
+  bool alibi = false;
 };
+
+// ALiBi slope of (batch b, head h): the usual 2^(-8 (h + 1) / H), varied per batch so a kernel that
+// reads the wrong batch's slope fails.
+static float alibi_slope(int b, int h, int H) { return float(std::exp2(-8.0 * (h + 1) / H) * (1.0 + 0.25 * b)); }
 
 static float round_to(float x, DType t) { return from_bits(to_bits(x, t), t); }
 
@@ -118,6 +124,7 @@ static bool run_case(const Case& c, std::mt19937& rng) {
   uint16_t *dq, *dk, *dv, *dout;
   float *dlse, *dcos = nullptr, *dsin = nullptr;
   int64_t *dqpos, *dkpos;
+  float* dslopes = nullptr;
   CK(cudaMalloc(&dq, std::max<size_t>(nq, 1) * 2));
   CK(cudaMalloc(&dk, std::max<size_t>(nk, 1) * 2));
   CK(cudaMalloc(&dv, std::max<size_t>(nk, 1) * 2));
@@ -154,6 +161,15 @@ static bool run_case(const Case& c, std::mt19937& rng) {
   p.pe.cos = dcos, p.pe.sin = dsin, p.pe.table_stride = rot_dim / 2;
   p.pe.q_pos = dqpos, p.pe.q_pos_stride_b = Sq, p.pe.q_pos_stride_s = 1;
   p.pe.k_pos = dkpos, p.pe.k_pos_stride_b = Sk, p.pe.k_pos_stride_s = 1;
+  p.mods.softcap = c.softcap;
+  std::vector<float> slopes(size_t(B) * Hq);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < Hq; ++h) slopes[size_t(b) * Hq + h] = alibi_slope(b, h, Hq);
+  if (c.alibi) {
+    CK(cudaMalloc(&dslopes, slopes.size() * 4));
+    CK(cudaMemcpy(dslopes, slopes.data(), slopes.size() * 4, cudaMemcpyHostToDevice));
+    p.mods.alibi_slopes = dslopes, p.mods.alibi_stride_b = Hq, p.mods.alibi_stride_h = 1;
+  }
   try {
     run_attention_forward(p, 0);
   } catch (const std::exception& e) {
@@ -191,6 +207,8 @@ static bool run_case(const Case& c, std::mt19937& rng) {
             s = 0;
             for (int e = 0; e < D; ++e) s += double(qrow[e]) * kenc[size_t(j) * D + e];
             s *= p.softmax_scale;
+            if (c.softcap > 0) s = c.softcap * std::tanh(s / c.softcap);
+            if (c.alibi) s -= slopes[size_t(b) * Hq + h] * std::fabs(double(aligned - j));
           }
           sc[j] = s;
           mx = std::max(mx, s);
@@ -235,12 +253,14 @@ static bool run_case(const Case& c, std::mt19937& rng) {
     }
   const double tol = (t == DType::kFloat16 ? 4e-3 : 3e-2) * std::max(1.0, max_ref);
   if (max_err > tol) ok = false;
-  std::printf("%s b%d sq%d sk%d hq%d hkv%d d%d %s win(%d,%d) %s pe%d rd%d il%d tab%d off%d ud%d: out err %.3g (tol %.3g) lse err %.3g\n",
+  std::printf("%s b%d sq%d sk%d hq%d hkv%d d%d %s win(%d,%d) %s pe%d rd%d il%d tab%d off%d ud%d cap%g alibi%d: "
+              "out err %.3g (tol %.3g) lse err %.3g\n",
               ok ? "ok  " : "FAIL", B, Sq, Sk, Hq, Hkv, D, t == DType::kFloat16 ? "fp16" : "bf16", c.wl, c.wr,
               c.bhsd ? "bhsd" : "bshd", c.pe, rot_dim, c.interleaved, int(c.tables), c.q_offset, c.user_dim,
-              max_err, tol, max_lse_err);
+              c.softcap, int(c.alibi), max_err, tol, max_lse_err);
   cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dlse), cudaFree(dqpos), cudaFree(dkpos);
   if (dcos) cudaFree(dcos), cudaFree(dsin);
+  if (dslopes) cudaFree(dslopes);
   return ok;
 }
 
@@ -288,7 +308,8 @@ static bool big_offset_check() {
   return ok;
 }
 
-static void time_case(int B, int H, int S, int D, DType t, bool causal, int pe) {
+static void time_case(int B, int H, int S, int D, DType t, bool causal, int pe, float softcap = 0.f,
+                      bool alibi = false) {
   const size_t n = size_t(B) * S * H * D;
   void *q, *k, *v, *o;
   float* lse;
@@ -317,6 +338,15 @@ static void time_case(int B, int H, int S, int D, DType t, bool causal, int pe) 
   p.q_strides = p.k_strides = p.v_strides = p.out_strides = strides_of(S, H, D, false);
   p.pe.kind = pe, p.pe.dim = D, p.pe.log2_base = float(std::log2(10000.0)), p.pe.scale = 1.f;
   p.pe.q_pos = pos, p.pe.q_pos_stride_s = 1, p.pe.k_pos = pos, p.pe.k_pos_stride_s = 1;
+  float* slopes = nullptr;
+  p.mods.softcap = softcap;
+  if (alibi) {  // one slope per head, broadcast over the batch (stride 0)
+    std::vector<float> hs(H);
+    for (int h = 0; h < H; ++h) hs[h] = alibi_slope(0, h, H);
+    CK(cudaMalloc(&slopes, H * 4));
+    CK(cudaMemcpy(slopes, hs.data(), H * 4, cudaMemcpyHostToDevice));
+    p.mods.alibi_slopes = slopes, p.mods.alibi_stride_b = 0, p.mods.alibi_stride_h = 1;
+  }
   for (int i = 0; i < 3; ++i) run_attention_forward(p, 0);
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
@@ -330,9 +360,10 @@ static void time_case(int B, int H, int S, int D, DType t, bool causal, int pe) 
   CK(cudaEventElapsedTime(&ms, e0, e1));
   ms /= iters;
   const double flops = 4.0 * B * H * double(S) * S * D * (causal ? 0.5 : 1.0);
-  std::printf("time b%d h%d s%d d%d %s causal%d pe%d: %.3f ms, %.1f TFLOP/s\n", B, H, S, D,
-              t == DType::kFloat16 ? "fp16" : "bf16", int(causal), pe, ms, flops / ms / 1e9);
+  std::printf("time b%d h%d s%d d%d %s causal%d pe%d cap%g alibi%d: %.3f ms, %.1f TFLOP/s\n", B, H, S, D,
+              t == DType::kFloat16 ? "fp16" : "bf16", int(causal), pe, softcap, int(alibi), ms, flops / ms / 1e9);
   cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(lse), cudaFree(pos);
+  if (slopes) cudaFree(slopes);
 }
 
 int main(int argc, char** argv) {
@@ -361,6 +392,13 @@ int main(int argc, char** argv) {
   cases.push_back({1, 90, 140, 2, 2, 96, F, -1, -1, false, 2, 0, 0, false, 0, 96});         // sinusoidal
   cases.push_back({1, 90, 140, 2, 2, 96, F, -1, -1, false, 2, 0, 0, false, 0, 80});         // sinusoidal, padded d
   cases.push_back({1, 70, 70, 2, 2, 256, BF, -1, 0, false, 1, 0, 1, false, 99000, 256});    // large positions
+  // Score mods (softcap, ALiBi), every head dim, with masks, GQA and sq != sk.
+  for (int d : {32, 64, 96, 128, 256}) {
+    cases.push_back({2, 130, 200, 4, 2, d, F, -1, -1, false, 0, 0, 0, false, 0, d, 30.f});          // softcap
+    cases.push_back({2, 200, 130, 4, 2, d, BF, -1, 0, false, 0, 0, 0, false, 0, d, 0.f, true});     // ALiBi, causal
+  }
+  cases.push_back({1, 77, 300, 2, 1, 128, F, 40, 7, true, 1, 0, 0, false, 5, 128, 5.f, true});     // both + rope
+  cases.push_back({1, 1, 513, 8, 2, 64, BF, -1, 0, false, 0, 0, 0, false, 0, 64, 50.f, true});     // decode step
   const bool timing_only = argc > 1 && std::strcmp(argv[1], "--timing-only") == 0;
   int failures = 0;
   if (!timing_only) {
@@ -378,5 +416,7 @@ int main(int argc, char** argv) {
   time_case(16, 16, 1024, 128, BF, true, 0);
   time_case(4, 16, 4096, 128, BF, false, 1);
   time_case(4, 16, 4096, 64, BF, false, 1);
+  time_case(4, 16, 4096, 128, BF, false, 0, 50.f);        // softcap: its cost against pe0 above
+  time_case(4, 16, 4096, 128, BF, true, 0, 0.f, true);    // ALiBi, causal
   return failures != 0;
 }

@@ -7,8 +7,11 @@ device pointers, element strides, the stream, and the positional encoding as
 triton_kernels/positional.py ``kernel_encoding`` gives it to the Triton kernels.
 
 What the kernels support, and what this module does about the rest:
-- fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0 and score
-  mods (softcap, ALiBi, bias / masks) raise NotImplementedError (csrc/params.h has no field for them).
+- fp16 / bf16 on an sm_80+ GPU. fp32 raises ValueError (use backend="triton"); dropout_p > 0, an
+  attention bias / mask and attention sinks raise NotImplementedError (csrc/params.h has no field for
+  them; `select` runs calls with sinks on the Triton kernels). Softcap and ALiBi run in the kernels
+  (csrc/score_mods.h, the formulas of semantics/score_mods.py), forward and backward, in instances
+  compiled for them, so a plain call keeps its own.
 - Variable lengths run natively (csrc/sequence.h): packed batches (cu_seqlens; tensors (1, total, h, d),
   lse (nheads, total_q)) and seqused_k, forward and backward; leftpad_k (a first visible key per
   sequence), a paged K/V (block_table, any page size; dense or packed batches) and split-K
@@ -151,10 +154,8 @@ def check_supported(params: AttentionParams) -> None:
         )
     # What csrc/params.h cannot express: refused here rather than computed wrongly.
     mods = params.mods
-    if mods.active:
-        names = [n for n, on in (("softcap", mods.softcap > 0), ("alibi_slopes", mods.alibi_slopes is not None),
-                                 ("attn_mask / bias", mods.bias is not None), ("sinks", mods.sinks is not None))
-                 if on]
+    names = [n for n, on in (("attn_mask / bias", mods.bias is not None), ("sinks", mods.sinks is not None)) if on]
+    if names:
         raise NotImplementedError(f"backend='cuda' does not implement {', '.join(names)}; use backend='triton'")
     offset = params.diagonal_offset
     # Variable lengths always align bottom-right per sequence (csrc/sequence.h; validation/attention.py refuses others).
@@ -231,6 +232,12 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
             enc.q_positions.data_ptr(), enc.q_positions.stride(0), enc.q_positions.stride(1))
         pe.k_pos, pe.k_pos_stride_b, pe.k_pos_stride_s = (
             enc.k_positions.data_ptr(), enc.k_positions.stride(0), enc.k_positions.stride(1))
+    mods = params.mods  # softcap and ALiBi (check_supported refused the rest)
+    p.mods.softcap = float(mods.softcap)
+    if mods.alibi_slopes is not None:  # fp32 (batch, nheads_q), possibly an expanded view (stride 0)
+        slopes = mods.alibi_slopes
+        p.mods.alibi_slopes, p.mods.alibi_stride_b, p.mods.alibi_stride_h = (
+            slopes.data_ptr(), slopes.stride(0), slopes.stride(1))
     lengths = params.lengths
     if lengths is not None:  # int32 device arrays the kernels read with unit stride (csrc/sequence.h)
         def address(t):

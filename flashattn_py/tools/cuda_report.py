@@ -89,9 +89,11 @@ def tensor_core_counts(objects, cuobjdump: str) -> dict:
 
 
 _KERNEL_AND_HEAD_DIM = re.compile(r"(attention_\w+_kernel)<[^,]+, (?:[\w:]+Config<)?(\d+)")
-# The per-sequence layout instance (variable lengths, paged K/V, split-K: csrc/sequence.h) ends its
-# template arguments with `true`; the forward's launches differently and is listed as "<kernel>[layout]".
-_LAYOUT_INSTANCE = re.compile(r", true>\(")
+# The per-sequence layout instance (variable lengths, paged K/V, split-K: csrc/sequence.h) has `true` as its
+# next-to-last template argument, the score-mods instance (csrc/score_mods.h) as its last. The forward's
+# layout instances launch differently and are listed as "<kernel>[layout]"; score-mods instances with their
+# own tiles (the forward's dense ones, dK/dV's) as "<kernel>[mods]".
+_INSTANCE_FLAGS = re.compile(r", (true|false), (true|false)>\(")
 
 
 def instance_launch(launches: dict, demangled: str):
@@ -101,8 +103,10 @@ def instance_launch(launches: dict, demangled: str):
         name = re.search(r"(attention_\w+_kernel)<", demangled)
         return launches.get((name[1], 0), (None, None)) if name else (None, None)
     kernel, head_dim = m[1], int(m[2])
-    if _LAYOUT_INSTANCE.search(demangled) and (f"{kernel}[layout]", head_dim) in launches:
-        kernel = f"{kernel}[layout]"
+    flags = _INSTANCE_FLAGS.search(demangled)
+    layout, mods = (flags[1] == "true", flags[2] == "true") if flags else (False, False)
+    variants = ["[layout]"] * layout + ["[mods]"] * mods + [""]  # the first one the extension lists
+    kernel = next(kernel + v for v in variants if (kernel + v, head_dim) in launches or not v)
     return launches.get((kernel, head_dim), (None, None))
 
 
