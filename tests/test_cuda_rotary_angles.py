@@ -17,12 +17,11 @@ inv_freq make the float64 product exact), as flashattn_py/semantics/positional.p
 """
 import math
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
-from test_cuda_build import ROOT
+from host_probe import ROOT, build_probe
 
 THREADS = 128  # the kernels' kThreads
 ROTARY_DIMS = (16, 32, 48, 64, 96, 128, 160, 192, 256)  # pe.dim: head dims 32..256 and partial rotary dims
@@ -52,14 +51,7 @@ def _positions(rng):
 @pytest.fixture(scope="module")
 def walks(tmp_path_factory):
     """Every case's rows as a float64 array (case, i, r, position, inv_freq, cos, sin, run), and the cases."""
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (c++ / g++) to build csrc/tests/rotary_probe.cpp")
-    exe = tmp_path_factory.mktemp("probe") / "rotary_probe"
-    proc = subprocess.run([compiler, "-std=c++17", "-O2", "-Wall", "-Werror", "-ffp-contract=off",
-                           f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / "tests" / "rotary_probe.cpp"), "-o", str(exe)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    exe = build_probe(tmp_path_factory, "rotary_probe", "-O2", "-ffp-contract=off")
     cases, lines = [], []
     for pattern, (first_row, pos) in _positions(np.random.default_rng(0)).items():
         for base in BASES:

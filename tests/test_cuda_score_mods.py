@@ -9,13 +9,12 @@ slopes read at (batch, head) through their strides (a per-head vector broadcast 
 the signed diagonal offset, and which calls take the instances compiled for score mods.
 """
 import math
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from test_cuda_build import ROOT
+from host_probe import build_probe
 
 from flashattn_py.params import ScoreMods
 from flashattn_py.semantics.score_mods import modify
@@ -25,15 +24,7 @@ LOG2E = 1.0 / math.log(2.0)
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (c++ / g++) to build csrc/tests/score_mods_probe.cpp")
-    exe = tmp_path_factory.mktemp("probe") / "score_mods_probe"
-    proc = subprocess.run([compiler, "-std=c++17", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",
-                           str(ROOT / "csrc" / "tests" / "score_mods_probe.cpp"), "-o", str(exe)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    return build_probe(tmp_path_factory, "score_mods_probe", "-O2")
 
 
 def run_probe(exe, *, softcap, scale, slopes=None, strides=(0, 0), scores=()):

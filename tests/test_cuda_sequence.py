@@ -8,14 +8,13 @@ restart per sequence), masks.diagonal_offset (bottom-right per sequence), checks
 (leftpad_k: a first visible key, key indices not shifted), kvcache._cache_rows (the page and slot of
 a cache row), and the split-K contract (contiguous shares covering every block).
 """
-import shutil
 import subprocess
 
 import pytest
 import torch
+from host_probe import build_probe
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cuda_build import ROOT
 
 from flashattn_py.decoding import _cache_rows
 from flashattn_py.semantics import masks
@@ -30,15 +29,7 @@ PAGE_STRIDE = 100_000
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (c++ / g++) to build csrc/tests/sequence_probe.cpp")
-    exe = tmp_path_factory.mktemp("probe") / "sequence_probe"
-    proc = subprocess.run([compiler, "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",
-                           str(ROOT / "csrc" / "tests" / "sequence_probe.cpp"), "-o", str(exe)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    return build_probe(tmp_path_factory, "sequence_probe", "-O1")
 
 
 def run_probe(exe, *, batch, seqlen_q, seqlen_k, nheads_q=3, top_left=0, cu_q=None, cu_k=None, seqused=None,
