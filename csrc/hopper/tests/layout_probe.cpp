@@ -1,0 +1,89 @@
+// Host probe of csrc/hopper/smem_layout.h and csrc/hopper/tma.h, for tests/test_cuda_hopper_primitives.py:
+// the 128B swizzle, the wgmma descriptor and the tensor-map arguments, compiled with the host compiler
+// (no CUDA) and checked against a Python statement of the PTX ISA / driver rules.
+//
+// stdin, one command per line; stdout, one line per command (or per element for `swz`):
+//   swz ROWS COLS                  -> "swz row col offset" for every element of a ROWS x COLS tile
+//   enc START LBO SBO BASE SWIZZLE -> "enc value"          (encode_wgmma_desc, value as unsigned decimal)
+//   kdesc ADDRESS ROWS K16         -> "kdesc value"        (sw128_kmajor_desc)
+//   bshd TYPE B S H D SB SS SH BOX_ROWS BOX_COLS    -> "args ..." or "error message"  (bshd_tile_args)
+//   tile TYPE RANK DIMS[RANK] STRIDES[RANK-1] BOX[RANK] -> "args ..." or "error message" (tma_tile_args)
+//   addr ADDRESS                   -> "addr ok" or "error message"  (tma_check_address)
+// TYPE: 0 fp16, 1 bf16. "args" prints: data_type rank dims[5] strides[4] box[5] element_strides[5]
+// interleave swizzle l2_promotion oob_fill box_bytes.
+#include <cinttypes>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "../smem_layout.h"
+#include "../tma.h"
+
+using namespace flashattn::hopper;
+
+static void print_args(const TmaTileArgs& a) {
+  std::printf("args %u %u", uint32_t(a.data_type), a.rank);
+  for (uint64_t d : a.global_dim) std::printf(" %" PRIu64, d);
+  for (uint64_t s : a.global_strides) std::printf(" %" PRIu64, s);
+  for (uint32_t b : a.box_dim) std::printf(" %u", b);
+  for (uint32_t e : a.element_strides) std::printf(" %u", e);
+  std::printf(" %u %u %u %u %u\n", uint32_t(a.interleave), uint32_t(a.swizzle), uint32_t(a.l2_promotion),
+              uint32_t(a.oob_fill), a.box_bytes);
+}
+
+int main() {
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string cmd;
+    if (!(in >> cmd)) continue;
+    try {
+      if (cmd == "swz") {
+        uint32_t rows, cols;
+        in >> rows >> cols;
+        for (uint32_t r = 0; r < rows; ++r)
+          for (uint32_t c = 0; c < cols; ++c) std::printf("swz %u %u %u\n", r, c, sw128_offset(r, c, rows));
+      } else if (cmd == "enc") {
+        WgmmaDescFields f;
+        uint32_t swizzle;
+        in >> f.start_address >> f.leading_byte_offset >> f.stride_byte_offset >> f.base_offset >> swizzle;
+        f.swizzle = static_cast<WgmmaSwizzle>(swizzle);
+        std::printf("enc %" PRIu64 "\n", encode_wgmma_desc(f));
+      } else if (cmd == "kdesc") {
+        uint32_t address, rows, k16;
+        in >> address >> rows >> k16;
+        std::printf("kdesc %" PRIu64 "\n", sw128_kmajor_desc(address, rows, k16));
+      } else if (cmd == "bshd") {
+        int type;
+        int64_t b, s, h, d, sb, ss, sh;
+        uint32_t box_rows, box_cols;
+        in >> type >> b >> s >> h >> d >> sb >> ss >> sh >> box_rows >> box_cols;
+        print_args(bshd_tile_args(type ? TmaDataType::kBFloat16 : TmaDataType::kFloat16, b, s, h, d, sb, ss, sh,
+                                  box_rows, box_cols));
+      } else if (cmd == "tile") {
+        int type;
+        uint32_t rank;
+        in >> type >> rank;
+        uint64_t dims[kTmaMaxRank] = {}, strides[kTmaMaxRank] = {};
+        uint32_t box[kTmaMaxRank] = {};
+        const uint32_t n = rank <= uint32_t(kTmaMaxRank) ? rank : 0;
+        for (uint32_t i = 0; i < n; ++i) in >> dims[i];
+        for (uint32_t i = 0; i + 1 < n; ++i) in >> strides[i];
+        for (uint32_t i = 0; i < n; ++i) in >> box[i];
+        print_args(tma_tile_args(type ? TmaDataType::kBFloat16 : TmaDataType::kFloat16, rank, dims, strides, box));
+      } else if (cmd == "addr") {
+        uint64_t address;
+        in >> address;
+        tma_check_address(address);
+        std::printf("addr ok\n");
+      } else {
+        std::printf("error unknown command %s\n", cmd.c_str());
+      }
+    } catch (const std::invalid_argument& e) {
+      std::printf("error %s\n", e.what());
+    }
+  }
+  return 0;
+}
