@@ -23,11 +23,20 @@ build_cuda "$out"
 step "CUDA kernel self-tests (no torch: every head dim x dtype, masks, RoPE, offsets > 2^31)"
 mkdir -p build
 for pass in fwd bwd; do
-  timeout 120 nvcc -std=c++17 -O3 --use_fast_math -gencode arch=compute_$arch,code=sm_$arch -Icsrc \
+  # 240 s: every kernel has a score-mods instance too (2026-12-07), about twice the compile of before
+  timeout 240 nvcc -std=c++17 -O3 --use_fast_math -gencode arch=compute_$arch,code=sm_$arch -Icsrc \
       csrc/attention_$pass.cu csrc/tests/attention_${pass}_selftest.cu -o build/${pass}_selftest \
     && timeout 60 build/${pass}_selftest > "$out/cuda-$pass-selftest.txt" 2>&1
   echo "cuda $pass self-test exit code $?" | tee -a "$out/cuda-$pass-selftest.txt"
 done
+
+if [ "$arch" = 90 ]; then  # Hopper primitives (docs/hopper.md): TMA + wgmma GEMM probe against fp64
+  step "Hopper wgmma + TMA probe (csrc/hopper)"
+  timeout 120 nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc \
+      csrc/hopper/tests/wgmma_tma_probe.cu -o build/wgmma_tma_probe \
+    && timeout 60 build/wgmma_tma_probe > "$out/hopper-probe.txt" 2>&1
+  echo "hopper probe exit code $?" | tee -a "$out/hopper-probe.txt"
+fi
 
 step "tests"
 PYTHONUNBUFFERED=1 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n "${TEST_WORKERS:-16}" -p no:cacheprovider \
