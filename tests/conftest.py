@@ -35,3 +35,23 @@ def _backend_cases(request):
         yield
     finally:
         tolerance._backend_under_test = None
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the calls into torch's fused CPU kernels (backends/torch_fused.py FLASH / FLASH_BACKWARD), so a
+    test can show a call took the fast lane (or at most so many calls)."""
+    from flashattn_py.backends import torch_fused
+
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = torch_fused.FLASH, torch_fused.FLASH_BACKWARD
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch_fused, "FLASH", counted("forward", forward))
+    monkeypatch.setattr(torch_fused, "FLASH_BACKWARD", counted("backward", backward))
+    return calls

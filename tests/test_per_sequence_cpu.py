@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py.backends import torch_backend, torch_fused
+from flashattn_py.backends import torch_backend
 from flashattn_py.varlen import flash_attn_varlen_func
 
 from tolerance import DEVICE, assert_within_naive_error, seed_of
@@ -15,23 +15,6 @@ from tolerance import DEVICE, assert_within_naive_error, seed_of
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU path of per-sequence lengths")
 
 H, HK, D = 4, 2, 16
-
-
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Counts the calls into torch's fused CPU kernels (forward, backward), as tests/test_torch_fused.py."""
-    calls = {"forward": 0, "backward": 0}
-    forward, backward = torch_fused.FLASH, torch_fused.FLASH_BACKWARD
-
-    def counted(name, fn):
-        def call(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(torch_fused, "FLASH", counted("forward", forward))
-    monkeypatch.setattr(torch_fused, "FLASH_BACKWARD", counted("backward", backward))
-    return calls
 
 
 def _poisoned(cache: torch.Tensor, first: list[int], used: list[int], value: float) -> torch.Tensor:

@@ -18,23 +18,6 @@ from tolerance import DEVICE, check_against_reference, random_qkv, seed_of
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="torch's fused CPU attention runs on CPU tensors")
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Counts the calls into torch's fused CPU kernels (forward, backward)."""
-    calls = {"forward": 0, "backward": 0}
-    forward, backward = torch_fused.FLASH, torch_fused.FLASH_BACKWARD
-
-    def counted(name, fn):
-        def call(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(torch_fused, "FLASH", counted("forward", forward))
-    monkeypatch.setattr(torch_fused, "FLASH_BACKWARD", counted("backward", backward))
-    return calls
-
-
 # (seqlen_q, seqlen_k, window, alignment): the diagonal before the first key, on it, inside, past the
 # last key; top-left with seqlen_q < seqlen_k; a window bounded on the right only (a shifted diagonal).
 DIAGONALS = [
