@@ -175,7 +175,10 @@ class _Rows:
     def batch_index(self) -> torch.Tensor:
         return torch.tensor(self._batch, device=self._device)
 
-    def _advanced(self):
+    @functools.cached_property
+    def _advanced(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, row) index tensors of scattered sequences at different offsets; built once, used by
+        every gather and scatter of the group."""
         return (self.batch_index[:, None], torch.tensor(self._first, device=self._device)[:, None]
                 + torch.arange(self.length, device=self._device))
 
@@ -189,7 +192,7 @@ class _Rows:
             return t[self.batch0:self.batch0 + self.n, self.first0:self.first0 + self.length]
         if self.same_first:
             return t.index_select(0, self.batch_index)[:, self.first0:self.first0 + self.length]
-        return t[self._advanced()]
+        return t[self._advanced]
 
     def scatter(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         if self.packed:
@@ -203,7 +206,7 @@ class _Rows:
         elif self.same_first:
             dst[:, self.first0:self.first0 + self.length].index_copy_(0, self.batch_index, src.to(dst.dtype))
         else:
-            dst[self._advanced()] = src
+            dst[self._advanced] = src
 
     def gather_lse(self, lse: torch.Tensor, packed: bool) -> torch.Tensor:
         """The group's (n, nheads, length) lse from the call's: packed (nheads, total_q), else (batch, nheads, sq)."""
