@@ -36,6 +36,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+# Imported here, at import time, and not left to the first call of one of our ops (torch's custom-op
+# wrapper imports it then): torch._dynamo imported after init_process_group keeps the process group, and
+# with it gloo's worker threads, alive past destroy_process_group (seen with torch 2.13). A worker can then
+# release a finished collective's tensors while Python finalizes, and the process aborts at exit
+# ("terminate called without an active exception"). Importing this module before init_process_group, the
+# usual order, avoids it; docs/design.md, Context parallelism, says so for users.
+import torch._dynamo  # noqa: F401
 import torch.distributed as dist
 
 from . import backends, ops
