@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+
 # Imported here, at import time, and not left to the first call of one of our ops (torch's custom-op
 # wrapper imports it then): torch._dynamo imported after init_process_group keeps the process group, and
 # with it gloo's worker threads, alive past destroy_process_group (seen with torch 2.13). A worker can then
