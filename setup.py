@@ -10,7 +10,7 @@ every nvcc flag). Environment:
                          failed compile also installs without it, with a warning; the kernels'
                          compile test, tests/test_cuda_build.py, then shows the errors);
                          1: build it or fail; 0: never build it (Triton-only install).
-  FLASHATTN_CUDA_ARCHS   SASS archs, e.g. "80;90a" (default "80;86;89;90"); PTX for the newest too.
+  FLASHATTN_CUDA_ARCHS   SASS archs, e.g. "80;90a" (default "80;86;89;90a"); PTX for the newest too.
                          With the extension, the version gets a local label naming what the wheel
                          holds: 0.1.0+cu130.sm80.sm90a (CUDA 13.0, SASS for sm_80 and sm_90a); the
                          PTX arch goes to flashattn_py/_build_info.json. Without it: plain 0.1.0.
@@ -30,7 +30,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 VERSION = "0.1.0"
-DEFAULT_CUDA_ARCHS = "80;86;89;90"
+DEFAULT_CUDA_ARCHS = "80;86;89;90a"
 
 
 def find_nvcc():

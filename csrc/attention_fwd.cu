@@ -61,9 +61,10 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-void run_attention_forward(const AttentionParams& p, cudaStream_t stream) {
+void run_attention_forward(const AttentionParams& p, cudaStream_t stream, const hopper::Sm90Context& sm90) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.nheads_q == 0) return;  // nothing to write
   check_common(p, "forward");
+  if (run_attention_forward_sm90(p, stream, sm90)) return;
   check_layout(p, "forward", /*decoding=*/true);
   check_vector_aligned(p.q, p.q_strides, p.batch, p.seqlen_q, p.nheads_q, "q");
   check_vector_aligned(p.out, p.out_strides, p.batch, p.seqlen_q, p.nheads_q, "out");

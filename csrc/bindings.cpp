@@ -62,6 +62,24 @@ void require_device(int device) {
 
 cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
+// True when FLASHATTN_SASS_ARCHS (comma-separated) lists 90a: the build has the Hopper kernels' code.
+bool built_with_sm90a() {
+  const std::string archs = std::string(",") + FLASHATTN_SASS_ARCHS + ",";
+  return archs.find(",90a,") != std::string::npos;
+}
+
+// hopper/route.h's context for `device` (current after require_device); `requested` is the user's opt-in.
+hopper::Sm90Context sm90_context(int device, bool requested) {
+  hopper::Sm90Context c;
+  c.requested = requested;
+  c.compiled = built_with_sm90a();
+  check_cuda(cudaDeviceGetAttribute(&c.cc_major, cudaDevAttrComputeCapabilityMajor, device),
+             "cudaDeviceGetAttribute(compute capability major)");
+  check_cuda(cudaDeviceGetAttribute(&c.cc_minor, cudaDevAttrComputeCapabilityMinor, device),
+             "cudaDeviceGetAttribute(compute capability minor)");
+  return c;
+}
+
 // An int the runtime reports through an out-parameter (device count, driver version), or 0 when it
 // cannot (no GPU, no driver): for the probes Python calls without a GPU, which must never raise.
 int runtime_int_or_zero(cudaError_t (*query)(int*)) {
@@ -115,7 +133,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("q_pos_stride_b", &PositionalParams::q_pos_stride_b)
       .def_readwrite("q_pos_stride_s", &PositionalParams::q_pos_stride_s)
       .def_readwrite("k_pos_stride_b", &PositionalParams::k_pos_stride_b)
-      .def_readwrite("k_pos_stride_s", &PositionalParams::k_pos_stride_s);
+      .def_readwrite("k_pos_stride_s", &PositionalParams::k_pos_stride_s)
+      .def_readwrite("k_encoded", &PositionalParams::k_encoded);
   pointer_field(pe, "cos", &PositionalParams::cos);
   pointer_field(pe, "sin", &PositionalParams::sin);
   pointer_field(pe, "q_pos", &PositionalParams::q_pos);
@@ -154,7 +173,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("block_table_stride", &AttentionParams::block_table_stride)
       .def_readwrite("page_size", &AttentionParams::page_size)
       .def_readwrite("num_splits", &AttentionParams::num_splits)
-      .def_readwrite("total_q", &AttentionParams::total_q);
+      .def_readwrite("total_q", &AttentionParams::total_q)
+      .def_readwrite("total_k", &AttentionParams::total_k);
   pointer_field(params, "q", &AttentionParams::q);
   pointer_field(params, "k", &AttentionParams::k);
   pointer_field(params, "v", &AttentionParams::v);
@@ -196,13 +216,27 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def(
       "forward",
-      [](const AttentionParams& p, std::uintptr_t stream, int device) {
+      [](const AttentionParams& p, std::uintptr_t stream, int device, bool sm90) {
         require_device(device);
+        const hopper::Sm90Context context = sm90_context(device, sm90);
         py::gil_scoped_release release;
-        run_attention_forward(p, as_stream(stream));
+        run_attention_forward(p, as_stream(stream), context);
       },
-      py::arg("params"), py::arg("stream"), py::arg("device"),
-      "out, lse from q, k, v on `stream` (a cudaStream_t as int) of `device`; asynchronous");
+      py::arg("params"), py::arg("stream"), py::arg("device"), py::arg("sm90") = false,
+      "out, lse from q, k, v on `stream` (a cudaStream_t as int) of `device`; asynchronous. sm90: the user "
+      "opted in to the Hopper kernel, which then runs the calls csrc/hopper/route.h gives it");
+
+  m.def(
+      "sm90_forward_route",
+      [](const AttentionParams& p, int device, bool sm90) {
+        require_device(device);
+        return hopper::sm90_forward_route(p, sm90_context(device, sm90));
+      },
+      py::arg("params"), py::arg("device"), py::arg("sm90"),
+      "'' when the Hopper forward can take the call on `device` (its K then pre-encoded when there is an "
+      "encoding), else the reason it cannot (csrc/hopper/route.h)");
+
+  m.def("built_with_sm90a", &built_with_sm90a, "Whether FLASHATTN_CUDA_ARCHS had 90a (the Hopper kernels' code)");
 
   m.def(
       "backward",
@@ -218,7 +252,7 @@ PYBIND11_MODULE(_cuda, m) {
       "launch_info",
       [] {
         py::list rows;
-        for (const auto& list : {forward_launch_info(), backward_launch_info()}) {
+        for (const auto& list : {forward_launch_info(), forward_sm90_launch_info(), backward_launch_info()}) {
           for (const auto& i : list) rows.append(py::make_tuple(i.kernel, i.head_dim, i.threads, i.dynamic_smem_bytes));
         }
         return rows;

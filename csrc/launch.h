@@ -10,12 +10,19 @@
 #include <string>
 #include <vector>
 
+#include "hopper/route.h"
 #include "params.h"
 
 namespace flashattn {
 
-// out, lse from q, k, v (with params.pe applied to q/k tiles after load).
-void run_attention_forward(const AttentionParams& params, cudaStream_t stream);
+// out, lse from q, k, v (with params.pe applied to q/k tiles after load). `sm90`: the device and build
+// facts and the user's opt-in with which hopper/route.h decides whether the sm_90a kernel runs the call.
+void run_attention_forward(const AttentionParams& params, cudaStream_t stream,
+                           const hopper::Sm90Context& sm90 = hopper::Sm90Context{});
+
+// The Hopper forward (attention_fwd_sm90.cu): runs the call and returns true when hopper/route.h
+// sm90_forward_takes() says it takes it, else returns false without launching.
+bool run_attention_forward_sm90(const AttentionParams& params, cudaStream_t stream, const hopper::Sm90Context& sm90);
 
 // dq, dk, dv from dout, q, k, v, out, lse (params.delta is scratch the caller allocated).
 // dq/dk are gradients w.r.t. the user's (unencoded) q/k: the inverse encoding is applied in-kernel.
@@ -31,6 +38,7 @@ struct KernelLaunchInfo {
   int dynamic_smem_bytes;
 };
 std::vector<KernelLaunchInfo> forward_launch_info();
+std::vector<KernelLaunchInfo> forward_sm90_launch_info();  // the Hopper forward's (sm_90a builds launch them)
 std::vector<KernelLaunchInfo> backward_launch_info();
 
 }  // namespace flashattn

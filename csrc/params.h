@@ -30,6 +30,9 @@ struct PositionalParams {
   int64_t q_pos_stride_b = 0, q_pos_stride_s = 0;
   const int64_t* k_pos = nullptr;
   int64_t k_pos_stride_b = 0, k_pos_stride_s = 0;
+  // 1: k arrives already encoded (the backend's K pre-pass), so the forward encodes q only. The Hopper
+  // forward (hopper/route.h) takes encoded calls only this way; the mma.sync forward honours it too.
+  int k_encoded = 0;
 };
 
 // Score modifications between scale * q.k and the softmax (flashattn_py/semantics/score_mods.py, FlashAttention
@@ -90,6 +93,7 @@ struct AttentionParams {
   const int32_t* cu_seqlens_q = nullptr;
   const int32_t* cu_seqlens_k = nullptr;
   int total_q = 0;  // packed: rows of q (cu_seqlens_q[batch]), the lse / delta row length
+  int total_k = 0;  // packed: rows of k / v (cu_seqlens_k[batch]): the extent of the Hopper kernel's K/V tensor maps
   const int32_t* seqused_k = nullptr;
   const int32_t* leftpad_k = nullptr;
 

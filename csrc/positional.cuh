@@ -21,19 +21,31 @@ __device__ __forceinline__ float pe_inv_freq(int i, const PositionalParams& pe) 
 
 // x -> f(x1, x2, p) on channels (c1, c2) of rows r0, r0 + step, ... < rows of a smem tile, p the row's
 // position (pos[(first_row + r) * pos_stride_s], or first_row + r when pos is nullptr). f updates x1, x2.
-template <typename T, typename F>
-__device__ __forceinline__ void for_pair_rows(T* tile, int ld, int r0, int step, int rows, int first_row,
+// Tile accessors: element (r, c) of a shared-memory tile. Row-major with a row pitch (the mma.sync
+// kernels' padded tiles); the Hopper kernels' 128B-swizzled panels are hopper::Sw128Tile.
+template <typename T>
+struct RowMajorTile {
+  using Elem = T;
+  T* base;
+  int ld;
+  __device__ __forceinline__ T& at(int r, int c) const { return base[r * ld + c]; }
+};
+
+template <typename Tile, typename F>
+__device__ __forceinline__ void for_pair_rows(const Tile& tile, int r0, int step, int rows, int first_row,
                                               const int64_t* pos, int64_t pos_stride_s, int c1, int c2, F f) {
+  using T = typename Tile::Elem;
 #pragma unroll 2  // loads of the next row in flight; 4 (as before the walks) spilled in two sm_90 instances
   for (int r = r0; r < rows; r += step) {
     const int row = first_row + r;
     const int64_t p = pos != nullptr ? pos[int64_t(row) * pos_stride_s] : int64_t(row);
-    T* x = tile + r * ld;
-    float x1 = to_float(x[c1]);
-    float x2 = to_float(x[c2]);
+    T& x1r = tile.at(r, c1);
+    T& x2r = tile.at(r, c2);
+    float x1 = to_float(x1r);
+    float x2 = to_float(x2r);
     f(x1, x2, p);
-    x[c1] = from_float<T>(x1);
-    x[c2] = from_float<T>(x2);
+    x1r = from_float<T>(x1);
+    x2r = from_float<T>(x2);
   }
 }
 
@@ -45,10 +57,11 @@ __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float
 }
 
 // Encode (or, inverse = true, decode a gradient of) rows [first_row, first_row + kRows) held in a
-// row-major smem tile: row r of `tile` (ld elements apart) is sequence row first_row + r, whose
-// position is pos[(first_row + r) * pos_stride_s] (pos already offset to this batch; nullptr means
-// position = row index). Rows >= seqlen are left untouched. T: __half, __nv_bfloat16 or float.
-// All kThreads threads of the (1-D) block call it; the caller __syncthreads() before and after.
+// smem tile reached through `tile.at(r, c)` (RowMajorTile; the Hopper kernels' swizzled tiles): row r is
+// sequence row first_row + r, whose position is pos[(first_row + r) * pos_stride_s] (pos already offset
+// to this batch; nullptr means position = row index). Rows >= seqlen are left untouched. Elements:
+// __half, __nv_bfloat16 or float. Threads tid = 0 .. kThreads - 1 call it (the whole block for
+// encode_rows_in_smem, one warpgroup in the Hopper forward); the caller synchronizes them before and after.
 //  - rotary: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), pairs (i, i + dim/2) or, interleaved,
 //    (2i, 2i+1); channels >= dim untouched; inverse rotates by -angle. cos/sin from pe.cos/pe.sin
 //    [p * table_stride + i] when given, else computed (AngleWalk, below).
@@ -63,16 +76,15 @@ __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float
 // by the step angle's, 4 fmaf per row, and computes a row's afresh (pe_sincos, accurate at any
 // position < 2^24) only at the first row, every AngleWalk::kRun + 1 rows and where positions jump. A
 // sin/cos per element (range reduction + 2 MUFU) was the encoding's dominant cost.
-template <typename T, int kRows, int kHeadDim, int kThreads>
-__device__ void encode_rows_in_smem(T* tile, int ld, int first_row, int seqlen, const int64_t* pos,
-                                    int64_t pos_stride_s, const PositionalParams& pe, bool inverse) {
+template <int kRows, int kThreads, typename Tile>
+__device__ void encode_tile_rows(const Tile& tile, int tid, int first_row, int seqlen, const int64_t* pos,
+                                 int64_t pos_stride_s, const PositionalParams& pe, bool inverse) {
   if (pe.kind == int(PEKind::kNone)) return;
   const int half = pe.dim / 2;  // pairs per row (rotary and sinusoidal alike)
   const int rows = min(kRows, seqlen - first_row);
   if (rows <= 0 || half <= 0) return;
   const int cols = min(half, kThreads);
   const int groups = kThreads / cols;
-  const int tid = int(threadIdx.x);
   if (tid >= cols * groups) return;
   const int r0 = tid / cols;
   const bool rotary = pe.kind == int(PEKind::kRotary);
@@ -80,7 +92,7 @@ __device__ void encode_rows_in_smem(T* tile, int ld, int first_row, int seqlen, 
     const int c1 = !rotary || pe.interleaved ? 2 * i : i;  // the pair's channels
     const int c2 = !rotary || pe.interleaved ? 2 * i + 1 : i + half;
     const auto rows_of_pair = [&](auto f) {
-      for_pair_rows(tile, ld, r0, groups, rows, first_row, pos, pos_stride_s, c1, c2, f);
+      for_pair_rows(tile, r0, groups, rows, first_row, pos, pos_stride_s, c1, c2, f);
     };
     if (rotary && pe.cos != nullptr) {  // user tables
       const float sign = inverse ? -1.f : 1.f;
@@ -108,6 +120,14 @@ __device__ void encode_rows_in_smem(T* tile, int ld, int first_row, int seqlen, 
       });
     }
   }
+}
+
+// The mma.sync kernels' form: a row-major tile with pitch ld, every thread of the (1-D) block.
+template <typename T, int kRows, int kHeadDim, int kThreads>
+__device__ __forceinline__ void encode_rows_in_smem(T* tile, int ld, int first_row, int seqlen, const int64_t* pos,
+                                                    int64_t pos_stride_s, const PositionalParams& pe, bool inverse) {
+  encode_tile_rows<kRows, kThreads>(RowMajorTile<T>{tile, ld}, int(threadIdx.x), first_row, seqlen, pos, pos_stride_s,
+                                    pe, inverse);
 }
 
 }  // namespace flashattn

@@ -201,7 +201,7 @@ def test_left_padding_and_packed_pages_reach_the_kernel_params(monkeypatch):
     assert p.leftpad_k in copies and copies[p.leftpad_k].tolist() == [4, 0, 17]
 
     launched = []
-    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep: launched.append(p))
+    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep, **kw: launched.append(p))
     q_packed, cache = torch.zeros(1, 5, 4, 64, dtype=torch.float16), torch.zeros(6, 16, 2, 64, dtype=torch.float16)
     cu_q, cu_k = torch.tensor([0, 1, 5], dtype=torch.int32), torch.tensor([0, 20, 27], dtype=torch.int32)
     params = varlen_params(q_packed[0], cache[0, :1].expand(27, 2, 64), cache[0, :1].expand(27, 2, 64), cu_q, cu_k,
@@ -226,7 +226,7 @@ def test_rope_is_encoded_once_before_the_kernels_past_a_few_query_tiles(monkeypa
     get q and k rotated by the standalone kernel and no encoding; otherwise the user's q, k and the encoding."""
     ext = _built_extension()
     launched = []
-    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep: launched.append((p, keep)))
+    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep, **kw: launched.append((p, keep)))
     gen = torch.Generator().manual_seed(seqlen_q)
     q, k = (torch.randn(1, n, 2, 64, generator=gen).to(torch.float16) for n in (seqlen_q, 40))
     params = attention_params(q, k, k, rotary=fa.Rotary(), pe_k_strategy=strategy)
@@ -243,6 +243,31 @@ def test_rope_is_encoded_once_before_the_kernels_past_a_few_query_tiles(monkeypa
         torch.testing.assert_close(read[ptr].double(), expected, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("route", ["", "head_dim 96 (the kernel has 64, 128, 256)"])
+def test_hopper_route_pre_encodes_k_only_when_it_takes_the_call(monkeypatch, route):
+    """Opted in (FLASHATTN_CUDA_SM90=1) with RoPE encoded in the kernels: when csrc/hopper/route.h takes the
+    call, K alone goes through the standalone encode kernel and the params say so (pe.k_encoded), q stays
+    the user's (the Hopper kernel encodes it); otherwise nothing changes. The opt-in reaches the launch."""
+    ext = _built_extension()
+    launched = []
+    monkeypatch.setattr(cuda_backend, "_launch", lambda fn, p, device, keep, **kw: launched.append((p, keep, kw)))
+    monkeypatch.setenv(cuda_backend.SM90_ENV, "1")
+    monkeypatch.setattr(cuda_backend, "sm90_route", lambda ext, p, device: route)
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, n, 2, 64, generator=gen).to(torch.float16) for n in (128, 40))
+    params = attention_params(q, k, k, rotary=fa.Rotary(), pe_k_strategy="in_kernel")
+    cuda_backend.BACKEND.forward(q, k, k, params)
+    (p, keep, kw), = launched
+    assert kw == {"sm90": True} and p.pe.kind == ext.PE_ROTARY and p.q == q.data_ptr()
+    if route:
+        assert p.k == k.data_ptr() and p.pe.k_encoded == 0
+        return
+    assert p.k != k.data_ptr() and p.pe.k_encoded == 1
+    read = {t.data_ptr(): t for t in keep}
+    expected = positional.encode(k.double(), params.encoding, params.encoding.k_positions)
+    torch.testing.assert_close(read[p.k].double(), expected, atol=2e-3, rtol=2e-3)
+
+
 def test_pre_encoded_gradients_are_mapped_back_through_the_inverse(monkeypatch):
     """The backward encodes q, k again and hands the kernels' dq, dk (w.r.t. the encoded q, k) to the
     encoding's inverse; dv passes through. The kernel is stood in for by known gradients."""
@@ -253,7 +278,7 @@ def test_pre_encoded_gradients_are_mapped_back_through_the_inverse(monkeypatch):
     q, k, v, out, dout = (torch.randn(1, 300, 2, 64, generator=gen).to(torch.float16) for _ in range(5))
     known = [torch.randn(1, 300, 2, 64, generator=gen).to(torch.float16) for _ in range(3)]
 
-    def kernel(fn, p, device, keep):
+    def kernel(fn, p, device, keep, **kw):
         for ptr, grad in zip((p.dq, p.dk, p.dv), known):
             ctypes.memmove(ptr, grad.data_ptr(), grad.numel() * grad.element_size())
 

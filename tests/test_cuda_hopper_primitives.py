@@ -138,6 +138,32 @@ def test_kmajor_128b_descriptor(probe, rows):
                      "base": 0, "swizzle": 1, "reserved": 0}
 
 
+@pytest.mark.parametrize("rows", [64, 128])
+def test_mnmajor_128b_descriptor(probe, rows):
+    # MN-major operand (V in O = P V: rows are keys = the GEMM's K, 64-channel panels along N), 128B
+    # swizzle: the PTX ISA's canonical MN-major layout has LBO = the stride between 64-wide panels along
+    # N (rows * 128 bytes) and SBO = the stride between 8-row groups along K (1024); a k16 step is 16 rows.
+    cases = [(address, k16) for address in (0, 1024, 65536, 7 * 8192) for k16 in range(rows // 16)]
+    out = probe(*(f"mdesc {a} {rows} {k}" for a, k in cases))
+    for (address, k16), line in zip(cases, out, strict=True):
+        d = decode_descriptor(int(line.split()[1]))
+        assert d == {"start": address + k16 * 2048, "lbo": rows * 128, "sbo": 1024, "base": 0, "swizzle": 1,
+                     "reserved": 0}
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+def test_descriptor_advance_equals_encoding_each_step(probe, rows):
+    # The Hopper forward forms each k16 step's descriptor as step 0's plus a constant (desc_advance): the
+    # same 64-bit value as encoding the step, for every tile address the kernel uses (< 228 KB).
+    cases = [(address, k16) for address in (0, 16384, 98304, 196608) for k16 in range(16)]
+    out = probe(*(f"adv {a} {rows} {k}" for a, k in cases))
+    expected = probe(*(f"kdesc {a} {rows} {k}" for a, k in cases))
+    expected_mn = probe(*(f"mdesc {a} {rows} {k}" for a, k in cases))
+    for line, kd, md in zip(out, expected, expected_mn, strict=True):
+        _, k_value, m_value = line.split()
+        assert (k_value, m_value) == (kd.split()[1], md.split()[1])
+
+
 # cuda.h: CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, _BFLOAT16 = 9; INTERLEAVE_NONE = 0; SWIZZLE_128B = 3;
 # L2_PROMOTION_L2_128B = 2; FLOAT_OOB_FILL_NONE = 0 (zeros).
 DTYPE = {0: 6, 1: 9}

@@ -165,6 +165,18 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   FLASHATTN_SM90_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// ---- named barriers (PTX ISA "bar.sync / bar.arrive") --------------------------------------------------
+// Barrier `id` (1..15; 0 is __syncthreads) completes when `threads` threads (a multiple of 32) have
+// arrived; bar.sync arrives and waits, bar.arrive only arrives. Warpgroups use them to order work among
+// themselves without stopping the producer (the ping-pong between consumer warpgroups, a warpgroup's
+// own shared-memory handoffs). Plain sm_70+ instructions: no guard needed.
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // ---- wgmma ordering (PTX ISA "wgmma.fence", "wgmma.commit_group", "wgmma.wait_group") ------------------
 
 // Before the first wgmma of a batch, and whenever the accumulators or the A registers were written by

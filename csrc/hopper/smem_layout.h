@@ -87,12 +87,42 @@ FLASHATTN_HOST_DEVICE constexpr uint64_t encode_wgmma_desc(const WgmmaDescFields
          (uint64_t(static_cast<uint32_t>(f.swizzle) & 0x3) << 62);
 }
 
+// Bytes from a K-major operand's k16 step 0 to its step k16 (sw128_kmajor_desc's start address), and
+// from an MN-major operand's step 0 to its step k16 (sw128_mnmajor_desc's).
+FLASHATTN_HOST_DEVICE constexpr uint32_t sw128_kmajor_step(uint32_t rows, uint32_t k16) {
+  return (k16 / 4) * rows * kSwizzleRowBytes + (k16 % 4) * 32;
+}
+FLASHATTN_HOST_DEVICE constexpr uint32_t sw128_mnmajor_step(uint32_t k16) { return k16 * 16 * kSwizzleRowBytes; }
+
+// The descriptor of the same operand `bytes` further on: the start address (bits 0-13, >> 4) plus
+// bytes >> 4. No carry leaves the field as long as the end address stays below 2^18 (shared memory is
+// 228 KB), so a kernel may add a constant instead of re-encoding.
+FLASHATTN_HOST_DEVICE constexpr uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
 // Descriptor of the K-major, 128B-swizzled operand whose k16 step `k16` (0-based, any panel) starts
 // in the tile at shared address `tile_address` (1024-aligned) with `rows` rows (M or N) per panel.
 FLASHATTN_HOST_DEVICE constexpr uint64_t sw128_kmajor_desc(uint32_t tile_address, uint32_t rows, uint32_t k16) {
   WgmmaDescFields f;
-  f.start_address = tile_address + (k16 / 4) * rows * kSwizzleRowBytes + (k16 % 4) * 32;
+  f.start_address = tile_address + sw128_kmajor_step(rows, k16);
   f.leading_byte_offset = 16;  // encoded 1: ignored by the hardware for this layout
+  f.stride_byte_offset = kSwizzleAtomBytes;
+  f.base_offset = 0;
+  f.swizzle = WgmmaSwizzle::k128B;
+  return encode_wgmma_desc(f);
+}
+
+// Descriptor of the MN-major, 128B-swizzled operand (B of O = P V: V stored [key][channel], key = the
+// GEMM's K, channel = its N) whose k16 step `k16` starts in the tile at `tile_address` (1024-aligned),
+// `rows` rows (keys) per 64-channel panel. A row holds 64 consecutive N elements (one swizzled
+// 128-byte row); 8 rows along K form an atom, so the stride-dim offset (next 8 keys) is 1024 bytes and
+// a k16 step (16 keys) starts 2048 bytes later; the leading-dim offset is the distance between the
+// 64-wide N panels, rows * 128 bytes (the PTX ISA's canonical MN-major swizzled layout: "leading
+// dimension byte offset" = stride between repeating patterns along MN, "stride dimension byte offset"
+// = stride between 8-row groups along K).
+FLASHATTN_HOST_DEVICE constexpr uint64_t sw128_mnmajor_desc(uint32_t tile_address, uint32_t rows, uint32_t k16) {
+  WgmmaDescFields f;
+  f.start_address = tile_address + sw128_mnmajor_step(k16);
+  f.leading_byte_offset = rows * kSwizzleRowBytes;
   f.stride_byte_offset = kSwizzleAtomBytes;
   f.base_offset = 0;
   f.swizzle = WgmmaSwizzle::k128B;

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +249,7 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
         if lengths.cu_seqlens_q is not None:
             p.cu_seqlens_q, p.cu_seqlens_k = address(lengths.cu_seqlens_q), address(lengths.cu_seqlens_k)
             p.total_q = lengths.total_q  # the lse rows allocated here, whatever the device array says
+            p.total_k = lengths.total_k  # the rows of k / v (the Hopper kernel's TMA maps)
         if lengths.seqused_k is not None:
             p.seqused_k = address(lengths.seqused_k)
         if lengths.leftpad_k is not None:  # forward only: the extension refuses it in the backward
@@ -261,12 +263,33 @@ def _kernel_params(ext, params: AttentionParams, head_dim: int, with_encoding: b
     return p, keep_alive
 
 
-def _launch(fn, p, device: torch.device, keep_alive) -> None:
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _launch(fn, p, device: torch.device, keep_alive, **options) -> None:
     """Queue fn(p) on torch's current stream. `keep_alive`: the temporaries p points into; they may be
     freed once the launch is queued (the caching allocator orders their reuse on this stream)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
     require_runnable(index)
-    fn(p, torch.cuda.current_stream(device).cuda_stream, index)
+    fn(p, torch.cuda.current_stream(device).cuda_stream, index, **options)
+
+
+SM90_ENV = "FLASHATTN_CUDA_SM90"
+
+
+def sm90_requested() -> bool:
+    """The opt-in to the Hopper (sm_90a) forward, csrc/hopper/: FLASHATTN_CUDA_SM90=1. Opt-in until a
+    committed GPU run shows the kernel passing its self-test and the suite's CUDA cases (docs/hopper.md);
+    the extension's routing rule (csrc/hopper/route.h) then decides per call."""
+    return os.environ.get(SM90_ENV, "0") == "1"
+
+
+def sm90_route(ext, p, device: torch.device) -> str:
+    """'' when the Hopper forward takes the call described by p on `device` (route.h), else why not."""
+    if not sm90_requested():
+        return f"not requested ({SM90_ENV}=1 opts in)"
+    return ext.sm90_forward_route(p, _device_index(device), True)
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
@@ -300,7 +323,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Attention
         lse_accum = buffers.empty((params.num_splits, rows), dtype=torch.float32, device=q.device)
         p.num_splits, p.out_accum, p.lse_accum = params.num_splits, out_accum.data_ptr(), lse_accum.data_ptr()
         keep_alive += [out_accum, lse_accum]
-    _launch(ext.forward, p, q.device, keep_alive + [q_k, k_k, v_k])
+    if enc is not None and not pre_encoded and sm90_route(ext, p, q.device) == "":
+        # The Hopper kernel encodes Q in the kernel and takes K encoded (its producer warpgroup has no
+        # registers to encode K tiles as they land): K through the standalone encode kernel, once.
+        k_k = _pad(encode(k, enc, enc.k_positions), d)
+        p.k, p.k_strides, p.pe.k_encoded = k_k.data_ptr(), _strides(ext, k_k, params, paged), 1
+    _launch(ext.forward, p, q.device, keep_alive + [q_k, k_k, v_k], sm90=sm90_requested())
     if out_k is not out:
         out.copy_(out_k[..., : params.head_dim])
     return out, lse, ()

@@ -6,6 +6,8 @@
 //   swz ROWS COLS                  -> "swz row col offset" for every element of a ROWS x COLS tile
 //   enc START LBO SBO BASE SWIZZLE -> "enc value"          (encode_wgmma_desc, value as unsigned decimal)
 //   kdesc ADDRESS ROWS K16         -> "kdesc value"        (sw128_kmajor_desc)
+//   mdesc ADDRESS ROWS K16         -> "mdesc value"        (sw128_mnmajor_desc)
+//   adv ADDRESS ROWS K16           -> "adv kvalue mvalue"  (desc_advance of step 0 by the k16 step's bytes)
 //   bshd TYPE B S H D SB SS SH BOX_ROWS BOX_COLS    -> "args ..." or "error message"  (bshd_tile_args)
 //   tile TYPE RANK DIMS[RANK] STRIDES[RANK-1] BOX[RANK] -> "args ..." or "error message" (tma_tile_args)
 //   addr ADDRESS                   -> "addr ok" or "error message"  (tma_check_address)
@@ -55,6 +57,16 @@ int main() {
         uint32_t address, rows, k16;
         in >> address >> rows >> k16;
         std::printf("kdesc %" PRIu64 "\n", sw128_kmajor_desc(address, rows, k16));
+      } else if (cmd == "mdesc") {
+        uint32_t address, rows, k16;
+        in >> address >> rows >> k16;
+        std::printf("mdesc %" PRIu64 "\n", sw128_mnmajor_desc(address, rows, k16));
+      } else if (cmd == "adv") {  // the kernels' descriptor arithmetic: K-major step k16 and MN-major step k16
+        uint32_t address, rows, k16;
+        in >> address >> rows >> k16;
+        std::printf("adv %" PRIu64 " %" PRIu64 "\n",
+                    desc_advance(sw128_kmajor_desc(address, rows, 0), sw128_kmajor_step(rows, k16)),
+                    desc_advance(sw128_mnmajor_desc(address, rows, 0), sw128_mnmajor_step(k16)));
       } else if (cmd == "bshd") {
         int type;
         int64_t b, s, h, d, sb, ss, sh;
