@@ -64,7 +64,6 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
 void run_attention_forward(const AttentionParams& p, cudaStream_t stream, const hopper::Sm90Context& sm90) {
   if (p.batch == 0 || p.seqlen_q == 0 || p.nheads_q == 0) return;  // nothing to write
   check_common(p, "forward");
-  if (run_attention_forward_sm90(p, stream, sm90)) return;
   check_layout(p, "forward", /*decoding=*/true);
   check_vector_aligned(p.q, p.q_strides, p.batch, p.seqlen_q, p.nheads_q, "q");
   check_vector_aligned(p.out, p.out_strides, p.batch, p.seqlen_q, p.nheads_q, "out");
@@ -73,6 +72,7 @@ void run_attention_forward(const AttentionParams& p, cudaStream_t stream, const 
     check_vector_aligned(p.k, p.k_strides, kv_batches, p.seqlen_k, p.nheads_kv, "k");
     check_vector_aligned(p.v, p.v_strides, kv_batches, p.seqlen_k, p.nheads_kv, "v");
   }
+  if (run_attention_forward_sm90(p, stream, sm90)) return;  // hopper/route.h: the calls the sm_90a kernel takes
   dispatch(p, "forward", [&](auto type, auto head_dim, auto layout, auto mods) {
     launch_forward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value,
                    decltype(mods)::value>(p, stream);
