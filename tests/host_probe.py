@@ -9,15 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_probe(tmp_path_factory, name: str, *flags: str) -> Path:
-    """The executable of csrc/tests/<name>.cpp (-std=c++17 -Wall -Werror plus flags); skips, saying why,
-    where no host compiler exists."""
+def build_probe(tmp_path_factory, name: str, *flags: str, source: Path | None = None) -> Path:
+    """The executable of csrc/tests/<name>.cpp, or of `source` (-std=c++17 -Wall -Werror plus flags); skips,
+    saying why, where no host compiler exists."""
+    source = source or ROOT / "csrc" / "tests" / f"{name}.cpp"
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
-        pytest.skip(f"no host C++ compiler (c++ / g++) to build csrc/tests/{name}.cpp")
+        pytest.skip(f"no host C++ compiler (c++ / g++) to build {source.relative_to(ROOT)}")
     exe = tmp_path_factory.mktemp("probe") / name
     proc = subprocess.run([compiler, "-std=c++17", "-Wall", "-Werror", *flags, f"-I{ROOT / 'csrc'}",
-                           str(ROOT / "csrc" / "tests" / f"{name}.cpp"), "-o", str(exe)],
-                          capture_output=True, text=True)
+                           str(source), "-o", str(exe)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return exe

@@ -12,11 +12,11 @@
 The kernel's numbers are checked on a GPU by the self-test (`build/fwd_selftest --sm90`, bench/gpu_validate.sh).
 """
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from host_probe import build_probe
 from test_cuda_hopper_primitives import SM90A, count, nvcc_compile, sass_opcodes
 
 from flashattn_py.tools.cuda_report import parse_ptxas
@@ -38,13 +38,7 @@ REFUSED = {  # case: words of the reason
 
 @pytest.fixture(scope="module")
 def routes(tmp_path_factory):
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (c++ / g++) to build csrc/hopper/tests/route_probe.cpp")
-    exe = tmp_path_factory.mktemp("route") / "route_probe"
-    proc = subprocess.run([compiler, "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}",
-                           str(HOPPER / "tests" / "route_probe.cpp"), "-o", str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    exe = build_probe(tmp_path_factory, "route_probe", "-Wextra", source=HOPPER / "tests" / "route_probe.cpp")
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     return {name: (reason, takes == "1") for name, reason, takes in (line.split("|") for line in out.splitlines())}
 

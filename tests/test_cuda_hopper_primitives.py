@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from host_probe import build_probe
 
 from flashattn_py.tools.cuda_report import find_cuobjdump, parse_ptxas
 
@@ -36,13 +37,7 @@ SM90A = "-gencode=arch=compute_90a,code=sm_90a"
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (c++ / g++) to build csrc/hopper/tests/layout_probe.cpp")
-    exe = tmp_path_factory.mktemp("hopper") / "layout_probe"
-    proc = subprocess.run([compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
-                           str(HOPPER / "tests" / "layout_probe.cpp"), "-o", str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    exe = build_probe(tmp_path_factory, "layout_probe", "-O1", "-Wextra", source=HOPPER / "tests" / "layout_probe.cpp")
 
     def run(*commands):
         out = subprocess.run([str(exe)], input="\n".join(commands) + "\n", capture_output=True, text=True)
