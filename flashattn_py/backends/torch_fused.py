@@ -29,6 +29,7 @@ import torch
 
 from ..params import AttentionParams
 from ..semantics import masks, positional
+from . import packed_windows
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
@@ -213,6 +214,10 @@ def forward_sequences(q, k, v, params: AttentionParams, spans: list):
     one per sequence), on views of q, k, v (keys outside a sequence's span are never read, whatever they
     hold), the results written into out / lse. spans: backends/per_sequence.py PerSequence._spans."""
     packed, g, hkv = params.is_varlen, params.group_size, params.nheads_kv
+    runs = _runs(spans, packed)
+    windowed = packed_windows.forward(q, k, v, params, spans, len(runs), FLASH)  # many short sequences
+    if windowed is not None:
+        return windowed
     out = torch.empty_like(q)
     lse = torch.empty(params.lse_shape, dtype=torch.float32, device=q.device)
     qh, kh, vh, outh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), out.transpose(1, 2)
@@ -232,7 +237,7 @@ def forward_sequences(q, k, v, params: AttentionParams, spans: list):
         return entry if length == entry.shape[dim] else entry.narrow(dim, first, length)
 
     right, scale = params.window[1], params.softmax_scale
-    for n, qb, q0, sq, kb, k0, sk in _runs(spans, packed):
+    for n, qb, q0, sq, kb, k0, sk in runs:
         if sq == 0:
             continue
         first, pieces = _slices(sq, sk, right, sk - sq) if sk else (sq, [])
