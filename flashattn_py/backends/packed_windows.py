@@ -16,7 +16,7 @@ sequence's rows, compute it instead (a finite row never becomes NaN through a ne
 
 Pays only for short sequences (a window computes up to 3m - 2 keys per query where a sequence needs its
 own); measured (docs/design.md, the CPU path; 1 thread, causal, 8 heads, d64): lengths 1..8 / 1..16:
-1.4x / 1.15x faster than a call per sequence; 1..32: 1.25x slower. Forward only: the backward's
+1.6x / 1.2-1.5x faster than a call per sequence; 1..32: 1.2x slower. Forward only: the backward's
 per-sequence calls read out and lse, not how they were computed.
 """
 from __future__ import annotations
