@@ -12,7 +12,9 @@
    setmaxnreg honoured (no C7508) and within the CTA's registers.
 3. The architecture guards: csrc/hopper/tests/guard_probe.cu (every primitive) compiles for sm_80 and
    plain sm_90 with no Hopper-only instruction in the SASS.
-Nothing here runs on a GPU: `wgmma_tma_probe` checks the numbers there (docs/hopper.md).
+4. The backward's groundwork (issue 18): fp32 tensor maps (the dQ accumulator), and the static facts of
+   csrc/hopper/tests/tma_reduce_probe.cu (TMA reduce-add UTMAREDG and store UTMASTG, bulk groups, 0 spills).
+Nothing here runs on a GPU: `wgmma_tma_probe` and `tma_reduce_probe` check the numbers there (docs/hopper.md).
 """
 import os
 import random
@@ -221,6 +223,72 @@ def test_aligned_address_passes(probe):
     assert probe("addr 0", "addr 4096") == ["addr ok", "addr ok"]
 
 
+# ---- fp32 tensor maps (issue 18: the backward's dQ accumulator, TMA reduce-add / store) ---------------------
+# cuda.h: CU_TENSOR_MAP_DATA_TYPE_FLOAT32 = 7 (4-byte elements); CU_TENSOR_MAP_SWIZZLE_NONE = 0. The layout
+# probe's TYPE 2 is fp32; its optional last argument is the swizzle (default 3 = 128B).
+FP32 = 7
+
+FP32_BSHD = [  # (batch, seqlen, heads, head_dim, strides (b, s, h) in elements or None, box_rows, box_cols, swizzle)
+    (1, 4096, 32, 128, None, 64, 32, 3),     # a dQ accumulator: 128B swizzle, 32 fp32 = 128-byte box rows
+    (2, 130, 2, 64, (144 * 2 * 72, 2 * 72, 72), 64, 32, 3),  # rows padded to 72 floats (288 bytes), batch gaps
+    (1, 300, 1, 64, (320 * 68, 68, 68), 64, 64, 0),  # unswizzled, 64 columns = 256-byte box rows, 272-byte rows
+    (2, 1000, 4, 128, None, 128, 128, 0),    # unswizzled, 512-byte box rows
+    (1, 77, 2, 256, None, 16, 256, 0),       # unswizzled, the widest box (256 elements = 1024 bytes)
+    (3, 50, 5, 4, None, 64, 4, 3),           # head_dim 4: 16-byte rows (too narrow for 16-bit types)
+]
+
+
+@pytest.mark.parametrize("case", FP32_BSHD)
+def test_fp32_bshd_tensor_map_arguments(probe, case):
+    b, s, h, d, strides, box_rows, box_cols, swizzle = case
+    sb, ss, sh = strides or (s * h * d, h * d, d)
+    (line,) = probe(f"bshd 2 {b} {s} {h} {d} {sb} {ss} {sh} {box_rows} {box_cols} {swizzle}")
+    a = parse_args(line)
+    assert a == {"dtype": FP32, "rank": 4, "dims": [d, s, h, b, 0], "strides": [4 * ss, 4 * sh, 4 * sb, 0],
+                 "box": [box_cols, box_rows, 1, 1, 0], "estrides": [1, 1, 1, 1, 0], "interleave": 0,
+                 "swizzle": swizzle, "l2": 2, "oob": 0, "bytes": 4 * box_cols * box_rows}
+
+
+def test_fp32_dq_accumulator_tile_arguments(probe):
+    # The (seqlen, heads, head_dim) accumulator as a rank-3 map (d, s, h), and one head as rank 2 (d, s).
+    (rank3,) = probe("tile 2 3 128 200 3 1536 512 32 64 1")
+    assert parse_args(rank3) == {"dtype": FP32, "rank": 3, "dims": [128, 200, 3, 0, 0], "strides": [1536, 512, 0, 0],
+                                 "box": [32, 64, 1, 0, 0], "estrides": [1, 1, 1, 0, 0], "interleave": 0,
+                                 "swizzle": 3, "l2": 2, "oob": 0, "bytes": 32 * 64 * 4}
+    (rank2,) = probe("tile 2 2 64 300 272 64 64 0")
+    assert parse_args(rank2) == {"dtype": FP32, "rank": 2, "dims": [64, 300, 0, 0, 0], "strides": [272, 0, 0, 0],
+                                 "box": [64, 64, 0, 0, 0], "estrides": [1, 1, 0, 0, 0], "interleave": 0,
+                                 "swizzle": 0, "l2": 2, "oob": 0, "bytes": 64 * 64 * 4}
+
+
+def test_element_size_comes_from_the_type(probe):
+    # A head stride of 68 elements is 272 bytes in fp32 (accepted) but 136 in bf16 (refused); 4-column rows
+    # are 16 bytes in fp32 and 8 in bf16; the same 64-column box fits the 128B swizzle in bf16, not in fp32.
+    fp32, bf16 = probe("bshd 2 1 10 2 64 1360 136 68 64 32", "bshd 1 1 10 2 64 1360 136 68 64 32")
+    assert parse_args(fp32)["strides"][:3] == [544, 272, 5440]
+    assert "stride of dim 2 is 136 bytes, not a multiple of 16" in bf16
+    fp32, bf16 = probe("bshd 2 1 10 1 4 40 4 4 8 4", "bshd 1 1 10 1 4 40 4 4 8 4")
+    assert parse_args(fp32)["bytes"] == 8 * 4 * 4 and "not a multiple of 16" in bf16
+    fp32, bf16 = probe("bshd 2 1 10 1 64 640 64 64 64 64", "bshd 1 1 10 1 64 640 64 64 64 64")
+    assert "the inner box is 256 bytes, more than the swizzle span of 128" in fp32
+    assert parse_args(bf16)["bytes"] == 64 * 64 * 2
+
+
+@pytest.mark.parametrize("command,reason", [
+    ("bshd 2 1 100 3 66 19800 198 66 64 32", "stride of dim 1 is 792 bytes, not a multiple of 16"),  # head_dim 66
+    ("bshd 2 1 100 2 64 12800 128 66 64 32", "stride of dim 2 is 264 bytes, not a multiple of 16"),  # head stride
+    ("bshd 2 2 100 1 64 6402 64 64 64 32", "stride of dim 3 is 25608 bytes, not a multiple of 16"),  # batch stride
+    ("bshd 2 1 10 1 64 640 64 64 64 40", "the inner box is 160 bytes, more than the swizzle span of 128"),
+    ("bshd 2 1 10 1 64 640 64 64 64 64 3", "the inner box is 256 bytes, more than the swizzle span of 128"),
+    ("bshd 2 1 10 1 64 640 64 64 64 6 0", "the inner box is 24 bytes, not a multiple of 16"),
+    ("bshd 2 1 10 1 512 5120 512 512 64 257 0", "box must be in [1, 256]"),
+    ("tile 2 2 64 10 1099511627776 32 8", "must be < 2^40 bytes"),
+])
+def test_fp32_refusals_name_the_rule(probe, command, reason):
+    (line,) = probe(command)
+    assert line.startswith("error flashattn_py TMA tensor map: ") and reason in line, line
+
+
 # ---- 2. and 3. nvcc: static facts and guards ------------------------------------------------------------
 
 
@@ -339,3 +407,62 @@ def test_guards_compile_for_every_arch(tmp_path, gencode, hopper):
     sm90 = "compute_90" in gencode
     assert count(ops, "UTMALDG") == (3 if sm90 else 0) and (count(ops, "SYNCS") >= 4) == sm90, ops
     assert all(count(ops, f"UTMALDG.{rank}D") == int(sm90) for rank in (2, 3, 4)), ops
+    # The shared -> global primitives (sm_90, no sm_90a feature): a store and a reduce-add per rank, one
+    # UTMACMDFLUSH per bulk commit_group; traps on sm_80.
+    for rank in (2, 3, 4):
+        assert ops.get(f"UTMASTG.{rank}D", 0) == int(sm90) and ops.get(f"UTMAREDG.{rank}D.ADD", 0) == int(sm90), ops
+    assert count(ops, "UTMACMDFLUSH") == (2 if sm90 else 0), ops
+
+
+# ---- 4. the TMA reduce-add / store probe (issue 18) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reduce_probe(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tma_reduce_probe")
+    nvcc, exe, log = nvcc_compile(tmp, HOPPER / "tests" / "tma_reduce_probe.cu", SM90A, "tma_reduce_probe")
+    config = subprocess.run([str(exe), "--config"], capture_output=True, text=True, check=True).stdout
+    return {"ptxas": parse_ptxas(log), "log": log, "sass": sass_opcodes(nvcc, exe), "config": config}
+
+
+# Template arguments <rank, head_dim, swizzle, reduce> in the mangled name: (rank, boxes per tile, reduce,
+# dynamic shared memory key of --config). A 128B-swizzled fp32 box is 32 columns: head_dim / 32 boxes.
+REDUCE_VARIANTS = {"ILi3ELi128ELb1ELb1E": (3, 4, True, "d128_sw128"), "ILi4ELi64ELb1ELb1E": (4, 2, True, "d64_sw128"),
+                   "ILi2ELi64ELb0ELb1E": (2, 1, True, "d64_none"), "ILi3ELi128ELb1ELb0E": (3, 4, False, "d128_sw128"),
+                   "ILi4ELi64ELb0ELb0E": (4, 1, False, "d64_none")}
+
+
+def by_reduce_variant(table):
+    found = {}
+    for key, value in table.items():
+        name = key[0] if isinstance(key, tuple) else key
+        for tag in REDUCE_VARIANTS:
+            if "tma_reduce_probe" in name and tag in name:
+                found[tag] = value
+    assert set(found) == set(REDUCE_VARIANTS), sorted(table)
+    return found
+
+
+@pytest.mark.cuda_build
+def test_reduce_probe_ptxas_no_spills_and_smem_within_227kb(reduce_probe):
+    cfg = dict(re.findall(r"(\w+) (\d+)", reduce_probe["config"]))
+    threads = int(cfg["threads"])
+    for tag, r in by_reduce_variant(reduce_probe["ptxas"]).items():
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack"] == 0, (tag, r)
+        assert r["smem"] + int(cfg[REDUCE_VARIANTS[tag][3]]) <= SMEM_LIMIT, (tag, r)
+        assert threads * r["registers"] <= CTA_REGISTERS, (tag, r)
+
+
+@pytest.mark.cuda_build
+def test_reduce_probe_sass_has_utmaredg_utmastg_and_bulk_groups(reduce_probe):
+    # nvcc 13 / sm_90a: cp.reduce.async.bulk.tensor.Nd...add -> UTMAREDG.ND.ADD, cp.async.bulk.tensor.Nd
+    # .global.shared::cta -> UTMASTG.ND, cp.async.bulk.commit_group -> UTMACMDFLUSH, the two wait_group
+    # (.read 1 in the loop, 0 at the end) -> DEPBAR.LE SB0, fence.proxy.async.shared::cta -> FENCE.VIEW.ASYNC.S.
+    for tag, ops in by_reduce_variant(reduce_probe["sass"]).items():
+        rank, boxes, reduce, _ = REDUCE_VARIANTS[tag]
+        assert ops.get(f"UTMAREDG.{rank}D.ADD", 0) == (boxes if reduce else 0), (tag, ops)
+        assert ops.get(f"UTMASTG.{rank}D", 0) == (0 if reduce else boxes), (tag, ops)
+        assert count(ops, "UTMAREDG") + count(ops, "UTMASTG") == boxes and count(ops, "UTMALDG") == 0, (tag, ops)
+        assert count(ops, "UTMACMDFLUSH") == 1 and count(ops, "DEPBAR") == 2, (tag, ops)
+        assert count(ops, "FENCE.VIEW.ASYNC") >= 1, (tag, ops)
+        assert count(ops, "LDL") == 0 and count(ops, "STL") == 0 and count(ops, "BPT") == 0, (tag, ops)

@@ -1,12 +1,14 @@
 // Hopper (sm_90 / sm_90a) building blocks of the warp-specialized kernels: mbarriers, TMA tensor loads,
-// the async-proxy fence, wgmma (warpgroup MMA) with its fence/commit/wait, and setmaxnreg.
+// TMA tensor stores and reduce-adds (shared -> global) with their bulk async-groups, the async-proxy
+// fence, wgmma (warpgroup MMA) with its fence/commit/wait, and setmaxnreg.
 //
 // Each is inline PTX written once here, no CUTLASS/CuTe; the PTX ISA section it follows is named at
 // each group (PTX ISA 8.x titles; the section numbers move between releases). The shared-memory
 // layout wgmma and TMA agree on, and the descriptors, are in smem_layout.h; tensor maps in tma.h.
 //
 // Architecture guards: this header compiles in every build of the extension. The sm_90 instructions
-// (mbarrier transaction counts, cp.async.bulk.tensor, fence.proxy.async) are emitted for
+// (mbarrier transaction counts, cp.async.bulk.tensor, cp.reduce.async.bulk.tensor, cp.async.bulk
+// commit/wait_group, fence.proxy.async) are emitted for
 // __CUDA_ARCH__ >= 900; wgmma and setmaxnreg only exist in the arch-specific target sm_90a
 // (-gencode=arch=compute_90a,code=sm_90a, which defines __CUDA_ARCH_FEAT_SM90_ALL). Elsewhere (sm_80
 // builds, plain sm_90 PTX) the functions compile to a trap: only sm_90a kernels may call them, and a
@@ -155,6 +157,89 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* map, uint64_t
       "[%2];\n" ::"r"(smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+}
+
+// ---- TMA store and reduce-add, shared -> global (PTX ISA "Data Movement and Conversion Instructions:
+//      cp.async.bulk.tensor" (the .global.shared::cta direction) and "cp.reduce.async.bulk.tensor") ------------
+// One thread issues the copy of one box of the tensor map `map` at element coordinates c0 (innermost) ..
+// from shared memory at `src` (the box laid out as a load would write it: 128-byte aligned, 1024 for the
+// 128B swizzle). Elements of the box outside the tensor's bounds are not written (a tail tile is clipped).
+// The store overwrites global memory; the reduce-add adds each element to global memory, the operation
+// and element type coming from the instruction (.add) and the tensor map (fp32 for the dQ accumulator).
+// Each element's reduction is performed atomically (as red.global.add), so boxes of different CTAs that
+// overlap accumulate; the order of the adds, hence the fp32 rounding of the sum, is not fixed.
+// Ordering: the shared memory being copied was written by ordinary stores (the generic proxy), so every
+// writing thread executes fence_proxy_async_shared() and then a barrier orders them before the issuing
+// thread. Completion is tracked per thread by bulk async-groups, not mbarriers: bulk_commit_group() closes
+// the copies this thread issued since the previous commit into a group; bulk_wait_group_read<N>() returns
+// when at most N of its groups are still reading their shared memory (the buffer may then be rewritten),
+// bulk_wait_group<N>() when at most N are incomplete (their global writes performed). A CTA must not exit
+// while a group still reads its shared memory: wait (at least .read<0>) before the end of the kernel.
+
+__device__ __forceinline__ void tma_store_2d(const void* map, const void* src, int32_t c0, int32_t c1) {
+  FLASHATTN_SM90_ASM("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                         reinterpret_cast<uint64_t>(map)),
+                     "r"(smem_u32(src)), "r"(c0), "r"(c1)
+                     : "memory");
+}
+
+__device__ __forceinline__ void tma_store_3d(const void* map, const void* src, int32_t c0, int32_t c1, int32_t c2) {
+  FLASHATTN_SM90_ASM("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+                         reinterpret_cast<uint64_t>(map)),
+                     "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+                     : "memory");
+}
+
+__device__ __forceinline__ void tma_store_4d(const void* map, const void* src, int32_t c0, int32_t c1, int32_t c2,
+                                             int32_t c3) {
+  FLASHATTN_SM90_ASM("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                         reinterpret_cast<uint64_t>(map)),
+                     "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+                     : "memory");
+}
+
+__device__ __forceinline__ void tma_reduce_add_2d(const void* map, const void* src, int32_t c0, int32_t c1) {
+  FLASHATTN_SM90_ASM("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                         reinterpret_cast<uint64_t>(map)),
+                     "r"(smem_u32(src)), "r"(c0), "r"(c1)
+                     : "memory");
+}
+
+__device__ __forceinline__ void tma_reduce_add_3d(const void* map, const void* src, int32_t c0, int32_t c1,
+                                                  int32_t c2) {
+  FLASHATTN_SM90_ASM(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+__device__ __forceinline__ void tma_reduce_add_4d(const void* map, const void* src, int32_t c0, int32_t c1,
+                                                  int32_t c2, int32_t c3) {
+  FLASHATTN_SM90_ASM(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
+// (PTX ISA "cp.async.bulk.commit_group", "cp.async.bulk.wait_group")
+__device__ __forceinline__ void bulk_commit_group() {
+  FLASHATTN_SM90_ASM("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most kPending of this thread's bulk groups still read their shared-memory source.
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  static_assert(kPending >= 0, "cp.async.bulk.wait_group takes a non-negative integer constant");
+  FLASHATTN_SM90_ASM("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Waits until at most kPending of this thread's bulk groups are incomplete (writes to global memory done).
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group() {
+  static_assert(kPending >= 0, "cp.async.bulk.wait_group takes a non-negative integer constant");
+  FLASHATTN_SM90_ASM("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // ---- proxy fence (PTX ISA "Parallel Synchronization and Communication Instructions: membar/fence",

@@ -1,5 +1,6 @@
-// Tensor maps for the Hopper TMA loads (cp.async.bulk.tensor): the arguments of the driver's
-// cuTensorMapEncodeTiled for a tile of a bshd bf16/fp16 tensor, and the call that encodes them.
+// Tensor maps for the Hopper TMA copies (cp.async.bulk.tensor loads and stores, cp.reduce.async.bulk.tensor
+// reduce-adds): the arguments of the driver's cuTensorMapEncodeTiled for a tile of a bshd bf16/fp16 tensor
+// (the operands) or of an fp32 tensor (the backward's dQ accumulator), and the call that encodes them.
 //
 // Split in two so the index math is testable without CUDA:
 //   * TmaTileArgs / tma_tile_args / bshd_tile_args: plain C++ (no CUDA header), compiled by the host
@@ -18,7 +19,10 @@
 // (b, s, h, d) order: a bshd tensor is the rank-4 TMA tensor (d, s, h, b).
 // What the kernel gets: each load writes one box of boxDim[1] rows x boxDim[0] elements into shared
 // memory with the 128B swizzle of smem_layout.h; out-of-bounds elements (rows past seqlen, columns past
-// head_dim) are written as zeros and still count toward the mbarrier's transaction bytes.
+// head_dim) are written as zeros and still count toward the mbarrier's transaction bytes. A store or
+// reduce-add reads one box from shared memory (same layout) and writes only its in-bounds elements.
+// Element sizes: 2 bytes (bf16/fp16: a 128B-swizzled row is 64 elements), 4 bytes (fp32: 32 elements;
+// unswizzled, an fp32 box row may be up to 256 elements = 1024 bytes).
 #pragma once
 
 #include <cstdint>
@@ -30,7 +34,7 @@ namespace hopper {
 
 // Values of the driver's enums (cuda.h), restated so this part needs no CUDA header; the driver part
 // below static_asserts that they agree.
-enum class TmaDataType : uint32_t { kFloat16 = 6, kBFloat16 = 9 };
+enum class TmaDataType : uint32_t { kFloat16 = 6, kFloat32 = 7, kBFloat16 = 9 };
 enum class TmaInterleave : uint32_t { kNone = 0 };
 enum class TmaSwizzle : uint32_t { kNone = 0, k32B = 1, k64B = 2, k128B = 3 };
 enum class TmaL2Promotion : uint32_t { kNone = 0, k64B = 1, k128B = 2, k256B = 3 };
@@ -53,8 +57,8 @@ struct TmaTileArgs {
   uint32_t box_bytes = 0;  // bytes one load writes to shared memory (the mbarrier's expect_tx share)
 };
 
-// 16-bit element types only (bf16/fp16): the kernels' operands.
-constexpr uint32_t kTmaElementBytes = 2;
+// Bytes per element: 2 for the operands (bf16/fp16), 4 for fp32 (the dQ accumulator of the backward).
+constexpr uint32_t tma_element_bytes(TmaDataType type) { return type == TmaDataType::kFloat32 ? 4 : 2; }
 
 inline void tma_require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("flashattn_py TMA tensor map: " + what);
@@ -70,7 +74,8 @@ inline TmaTileArgs tma_tile_args(TmaDataType type, uint32_t rank, const uint64_t
   a.data_type = type;
   a.rank = rank;
   a.swizzle = swizzle;
-  a.box_bytes = kTmaElementBytes;
+  const uint32_t element_bytes = tma_element_bytes(type);
+  a.box_bytes = element_bytes;
   for (uint32_t i = 0; i < rank; ++i) {
     const std::string dim = "dim " + std::to_string(i);
     tma_require(dims[i] >= 1 && dims[i] <= (uint64_t(1) << 32),
@@ -89,7 +94,7 @@ inline TmaTileArgs tma_tile_args(TmaDataType type, uint32_t rank, const uint64_t
     tma_require(s < (uint64_t(1) << 40), "the stride of dim " + std::to_string(i + 1) + " must be < 2^40 bytes");
     a.global_strides[i] = s;
   }
-  const uint32_t inner_bytes = box[0] * kTmaElementBytes;
+  const uint32_t inner_bytes = box[0] * element_bytes;
   tma_require(inner_bytes % 16 == 0,
               "the inner box is " + std::to_string(inner_bytes) + " bytes, not a multiple of 16");
   const uint32_t span = swizzle == TmaSwizzle::k128B ? 128 : swizzle == TmaSwizzle::k64B ? 64
@@ -100,19 +105,22 @@ inline TmaTileArgs tma_tile_args(TmaDataType type, uint32_t rank, const uint64_t
 }
 
 // The tile of a bshd tensor (batch, seqlen, heads, head_dim) with element strides (stride_b, stride_s,
-// stride_h, 1) that one load brings in: box_rows consecutive rows (sequence positions) of one (b, h) and
-// box_cols (<= 64 with the 128B swizzle) consecutive channels. The kernel's coordinates are then
-// {col, row, head, batch}. Wider tiles are several loads (panels of smem_layout.h).
+// stride_h, 1) that one load (store, reduce-add) moves: box_rows consecutive rows (sequence positions) of
+// one (b, h) and box_cols consecutive channels (with the 128B swizzle at most 128 bytes: 64 bf16/fp16, 32
+// fp32). The kernel's coordinates are then {col, row, head, batch}. Wider tiles are several boxes (panels
+// of smem_layout.h). The swizzle is 128B unless asked otherwise (an unswizzled fp32 box of up to 256 columns
+// for an accumulator that shared memory holds row-major).
 inline TmaTileArgs bshd_tile_args(TmaDataType type, int64_t batch, int64_t seqlen, int64_t heads, int64_t head_dim,
                                   int64_t stride_b, int64_t stride_s, int64_t stride_h, uint32_t box_rows,
-                                  uint32_t box_cols = 64) {
+                                  uint32_t box_cols = 64, TmaSwizzle swizzle = TmaSwizzle::k128B) {
   tma_require(batch >= 1 && seqlen >= 1 && heads >= 1 && head_dim >= 1, "every bshd extent must be >= 1");
   tma_require(stride_b >= 0 && stride_s >= 0 && stride_h >= 0, "negative strides are not supported");
   const uint64_t dims[4] = {uint64_t(head_dim), uint64_t(seqlen), uint64_t(heads), uint64_t(batch)};
-  const uint64_t strides[3] = {uint64_t(stride_s) * kTmaElementBytes, uint64_t(stride_h) * kTmaElementBytes,
-                               uint64_t(stride_b) * kTmaElementBytes};
+  const uint64_t element_bytes = tma_element_bytes(type);
+  const uint64_t strides[3] = {uint64_t(stride_s) * element_bytes, uint64_t(stride_h) * element_bytes,
+                               uint64_t(stride_b) * element_bytes};
   const uint32_t box[4] = {box_cols, box_rows, 1, 1};
-  return tma_tile_args(type, 4, dims, strides, box, TmaSwizzle::k128B);
+  return tma_tile_args(type, 4, dims, strides, box, swizzle);
 }
 
 // The global address rule, separate because the host tests have no device pointer.
@@ -134,6 +142,8 @@ namespace hopper {
 
 static_assert(uint32_t(TmaDataType::kFloat16) == CU_TENSOR_MAP_DATA_TYPE_FLOAT16, "cuda.h enum");
 static_assert(uint32_t(TmaDataType::kBFloat16) == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, "cuda.h enum");
+static_assert(uint32_t(TmaDataType::kFloat32) == CU_TENSOR_MAP_DATA_TYPE_FLOAT32, "cuda.h enum");
+static_assert(uint32_t(TmaSwizzle::kNone) == CU_TENSOR_MAP_SWIZZLE_NONE, "cuda.h enum");
 static_assert(uint32_t(TmaInterleave::kNone) == CU_TENSOR_MAP_INTERLEAVE_NONE, "cuda.h enum");
 static_assert(uint32_t(TmaSwizzle::k128B) == CU_TENSOR_MAP_SWIZZLE_128B, "cuda.h enum");
 static_assert(uint32_t(TmaSwizzle::k64B) == CU_TENSOR_MAP_SWIZZLE_64B, "cuda.h enum");

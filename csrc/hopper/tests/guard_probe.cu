@@ -54,6 +54,20 @@ __global__ void __launch_bounds__(384, 1) guard_probe(const __grid_constant__ CU
   __syncthreads();
   mbarrier_wait(&bar, 0);
   fence_proxy_async_shared();
+  __syncthreads();
+  if (threadIdx.x == 0) {  // shared -> global: stores and reduce-adds, their bulk groups
+    tma_store_2d(&map, tile, 0, 0);
+    tma_store_3d(&map, tile, 0, 0, 0);
+    tma_store_4d(&map, tile, 0, 0, 0, 0);
+    bulk_commit_group();
+    tma_reduce_add_2d(&map, tile, 0, 0);
+    tma_reduce_add_3d(&map, tile, 0, 0, 0);
+    tma_reduce_add_4d(&map, tile, 0, 0, 0, 0);
+    bulk_commit_group();
+    bulk_wait_group_read<1>();
+    bulk_wait_group<0>();
+  }
+  __syncthreads();
   if (warpgroup_index() == 0) {
     setmaxnreg_dec<24>();
     if (threadIdx.x == 0) mbarrier_arrive(&bar);

@@ -8,11 +8,12 @@
 //   kdesc ADDRESS ROWS K16         -> "kdesc value"        (sw128_kmajor_desc)
 //   mdesc ADDRESS ROWS K16         -> "mdesc value"        (sw128_mnmajor_desc)
 //   adv ADDRESS ROWS K16           -> "adv kvalue mvalue"  (desc_advance of step 0 by the k16 step's bytes)
-//   bshd TYPE B S H D SB SS SH BOX_ROWS BOX_COLS    -> "args ..." or "error message"  (bshd_tile_args)
-//   tile TYPE RANK DIMS[RANK] STRIDES[RANK-1] BOX[RANK] -> "args ..." or "error message" (tma_tile_args)
+//   bshd TYPE B S H D SB SS SH BOX_ROWS BOX_COLS [SWIZZLE] -> "args ..." or "error message"  (bshd_tile_args)
+//   tile TYPE RANK DIMS[RANK] STRIDES[RANK-1] BOX[RANK] [SWIZZLE] -> "args ..." or "error message" (tma_tile_args)
 //   addr ADDRESS                   -> "addr ok" or "error message"  (tma_check_address)
-// TYPE: 0 fp16, 1 bf16. "args" prints: data_type rank dims[5] strides[4] box[5] element_strides[5]
-// interleave swizzle l2_promotion oob_fill box_bytes.
+// TYPE: 0 fp16, 1 bf16, 2 fp32. SWIZZLE (optional, default 3 = 128B): the TmaSwizzle value, 0 none.
+// "args" prints: data_type rank dims[5] strides[4] box[5] element_strides[5] interleave swizzle
+// l2_promotion oob_fill box_bytes.
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
@@ -24,6 +25,17 @@
 #include "../tma.h"
 
 using namespace flashattn::hopper;
+
+static TmaDataType data_type(int type) {
+  return type == 2 ? TmaDataType::kFloat32 : type == 1 ? TmaDataType::kBFloat16 : TmaDataType::kFloat16;
+}
+
+// The optional trailing swizzle of a command (128B when absent).
+static TmaSwizzle read_swizzle(std::istringstream& in) {
+  uint32_t swizzle = 3;
+  if (!(in >> swizzle)) swizzle = 3;
+  return static_cast<TmaSwizzle>(swizzle);
+}
 
 static void print_args(const TmaTileArgs& a) {
   std::printf("args %u %u", uint32_t(a.data_type), a.rank);
@@ -72,8 +84,8 @@ int main() {
         int64_t b, s, h, d, sb, ss, sh;
         uint32_t box_rows, box_cols;
         in >> type >> b >> s >> h >> d >> sb >> ss >> sh >> box_rows >> box_cols;
-        print_args(bshd_tile_args(type ? TmaDataType::kBFloat16 : TmaDataType::kFloat16, b, s, h, d, sb, ss, sh,
-                                  box_rows, box_cols));
+        const TmaSwizzle swizzle = read_swizzle(in);
+        print_args(bshd_tile_args(data_type(type), b, s, h, d, sb, ss, sh, box_rows, box_cols, swizzle));
       } else if (cmd == "tile") {
         int type;
         uint32_t rank;
@@ -84,7 +96,7 @@ int main() {
         for (uint32_t i = 0; i < n; ++i) in >> dims[i];
         for (uint32_t i = 0; i + 1 < n; ++i) in >> strides[i];
         for (uint32_t i = 0; i < n; ++i) in >> box[i];
-        print_args(tma_tile_args(type ? TmaDataType::kBFloat16 : TmaDataType::kFloat16, rank, dims, strides, box));
+        print_args(tma_tile_args(data_type(type), rank, dims, strides, box, read_swizzle(in)));
       } else if (cmd == "addr") {
         uint64_t address;
         in >> address;
