@@ -56,6 +56,11 @@ if [ "$arch" = 90 ]; then  # Hopper primitives (docs/hopper.md): TMA + wgmma GEM
       csrc/hopper/tests/wgmma_tma_probe.cu -o build/wgmma_tma_probe \
     && timeout 60 build/wgmma_tma_probe > "$out/hopper-probe.txt" 2>&1
   echo "hopper probe exit code $?" | tee -a "$out/hopper-probe.txt"
+  # The backward's primitives (issue 18): fp32 TMA reduce-add and store against fp64, exact sums.
+  timeout 120 nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc \
+      csrc/hopper/tests/tma_reduce_probe.cu -o build/tma_reduce_probe \
+    && timeout 60 build/tma_reduce_probe > "$out/hopper-reduce-probe.txt" 2>&1
+  echo "hopper reduce probe exit code $?" | tee -a "$out/hopper-reduce-probe.txt"
 fi
 
 step "tests"

@@ -10,6 +10,7 @@ or as eager torch ops, followed by SDPA or FlexAttention.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -125,6 +126,38 @@ def _cuda_extension_problem() -> str:
     return "" if cuda_backend.is_built() else "CUDA extension not built (FLASHATTN_BUILD_CUDA=1 pip install .)"
 
 
+def _sm90_problem(case: Case, device: torch.device) -> str:
+    """Why backend='cuda' with the Hopper forward opted in (csrc/hopper/route.h) would not run it for this
+    case, '' when it would: the checks of the route that depend on the case and the machine."""
+    from flashattn_py.backends import cuda_backend
+
+    if not cuda_backend.extension().built_with_sm90a():
+        return "the extension has no sm_90a code (FLASHATTN_CUDA_ARCHS=90a)"
+    if torch.cuda.get_device_capability(device) != (9, 0):
+        return "the Hopper forward runs on sm_90 (H100 / H200) only"
+    if case.head_dim not in (64, 128, 256):
+        return f"the Hopper forward has head dims 64 / 128 / 256, not {case.head_dim}"
+    return ""
+
+
+def _with_sm90(fn):
+    """fn run with FLASHATTN_CUDA_SM90=1 (the Hopper forward's opt-in; the backward stays mma.sync)."""
+    from flashattn_py.backends import cuda_backend
+
+    def run(q, k, v):
+        before = os.environ.get(cuda_backend.SM90_ENV)
+        os.environ[cuda_backend.SM90_ENV] = "1"
+        try:
+            return fn(q, k, v)
+        finally:
+            if before is None:
+                del os.environ[cuda_backend.SM90_ENV]
+            else:
+                os.environ[cuda_backend.SM90_ENV] = before
+
+    return run
+
+
 def _ours(case: Case, device: torch.device) -> list[Peer]:
     options = {**mask_options(case), **encoding_options(case)}
 
@@ -143,6 +176,8 @@ def _ours(case: Case, device: torch.device) -> list[Peer]:
     if not problem and case.dtype == "fp32":
         problem = "the CUDA kernels are fp16/bf16 only"
     peers.append(Peer("cuda", True, None if problem else attention("cuda"), problem))
+    sm90_problem = problem or _sm90_problem(case, device)
+    peers.append(Peer("cuda[sm90]", True, None if sm90_problem else _with_sm90(attention("cuda")), sm90_problem))
     if case.encoding != "none":  # the same two schedules on the CUDA backend (one rule: pe_strategy.py)
         peers += [Peer(f"cuda[{s}]", True, None if problem else attention("cuda", pe_k_strategy=s), problem)
                   for s in ("in_kernel", "prepass")]

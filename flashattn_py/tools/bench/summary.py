@@ -105,7 +105,7 @@ def summarize(folder: Path) -> str:
         lines += ["### Ours vs the best peer", ""] + comparison_table(data["rows"]) + [""]
     for name in ("tests.txt", "sanitizer.txt", "build.txt", "cuda-fwd-selftest.txt", "cuda-bwd-selftest.txt",
                  "cuda-fwd-sm90-selftest.txt", "cuda-fwd-sm90-memcheck.txt", "cuda-fwd-sm90-racecheck.txt",
-                 "cuda-fwd-sm90-synccheck.txt", "hopper-probe.txt"):
+                 "cuda-fwd-sm90-synccheck.txt", "hopper-probe.txt", "hopper-reduce-probe.txt"):
         path = folder / name
         if path.exists():
             tail = path.read_text().strip().splitlines()[-3:]
