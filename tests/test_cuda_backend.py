@@ -140,6 +140,7 @@ def test_packed_batches_reach_the_kernel_params():
     p, keep_alive = cuda_backend._kernel_params(ext, params, 64, with_encoding=True)
     assert (p.cu_seqlens_q, p.cu_seqlens_k) == (cu_q.data_ptr(), cu_k.data_ptr())  # contiguous: no copy
     assert (p.total_q, p.batch, p.seqlen_q, p.seqlen_k) == (9, 2, 5, 7)
+    assert p.total_k == 12  # the K/V rows: the Hopper forward's TMA maps span them (csrc/hopper/route.h)
     assert p.seqused_k == 0 and p.block_table == 0 and p.num_splits == 1
     strides = cuda_backend._strides(ext, q[None], params)
     assert (strides.batch, strides.seq, strides.head) == (0, 4 * 64, 64)
