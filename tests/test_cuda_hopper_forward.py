@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from host_probe import build_probe
-from test_cuda_hopper_primitives import SM90A, count, nvcc_compile, sass_opcodes
+from test_cuda_hopper_primitives import SM90A, by_tag, count, nvcc_compile, sass_opcodes
 
 from flashattn_py.tools.cuda_report import parse_ptxas
 
@@ -73,14 +73,8 @@ def sm90_build(tmp_path_factory):
 
 
 def by_instance(table):
-    found = {}
-    for key, value in table.items():
-        name = key[0] if isinstance(key, tuple) else key
-        for dtype, d in INSTANCES:
-            if "attention_fwd_sm90_kernel" in name and f"I{dtype}Li{d}E" in name:
-                found[dtype, d] = value
-    assert set(found) == set(INSTANCES), sorted(table)
-    return found
+    tags = {f"I{dtype}Li{d}E": (dtype, d) for dtype, d in INSTANCES}
+    return {tags[tag]: value for tag, value in by_tag(table, "attention_fwd_sm90_kernel", tags).items()}
 
 
 @pytest.mark.cuda_build

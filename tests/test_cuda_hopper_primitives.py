@@ -346,15 +346,21 @@ VARIANTS = {"I13__nv_bfloat16Li128ELb0ELi4E": 128, "I6__halfLi64ELb0ELi3E": 64,
             "I13__nv_bfloat16Li128ELb1ELi2E": 128, "I6__halfLi256ELb1ELi4E": 256}
 
 
-def by_variant(table):
+def by_tag(table, kernel, tags):
+    """{tag: value} of the instances of `kernel` in a ptxas / SASS table keyed by (mangled) names, one per
+    tag (template arguments in the mangled name); every tag must be found."""
     found = {}
     for key, value in table.items():
         name = key[0] if isinstance(key, tuple) else key
-        for tag in VARIANTS:
-            if "gemm_abt_probe" in name and tag in name:
+        for tag in tags:
+            if kernel in name and tag in name:
                 found[tag] = value
-    assert set(found) == set(VARIANTS), sorted(table)
+    assert set(found) == set(tags), sorted(table)
     return found
+
+
+def by_variant(table):
+    return by_tag(table, "gemm_abt_probe", VARIANTS)
 
 
 @pytest.mark.cuda_build
@@ -433,14 +439,7 @@ REDUCE_VARIANTS = {"ILi3ELi128ELb1ELb1E": (3, 4, True, "d128_sw128"), "ILi4ELi64
 
 
 def by_reduce_variant(table):
-    found = {}
-    for key, value in table.items():
-        name = key[0] if isinstance(key, tuple) else key
-        for tag in REDUCE_VARIANTS:
-            if "tma_reduce_probe" in name and tag in name:
-                found[tag] = value
-    assert set(found) == set(REDUCE_VARIANTS), sorted(table)
-    return found
+    return by_tag(table, "tma_reduce_probe", REDUCE_VARIANTS)
 
 
 @pytest.mark.cuda_build

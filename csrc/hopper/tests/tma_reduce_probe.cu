@@ -37,6 +37,7 @@
 #include "hopper/sm90_primitives.cuh"
 #include "hopper/smem_layout.h"
 #include "hopper/tma.h"
+#include "hopper/tests/probe_util.h"
 
 using namespace flashattn::hopper;
 
@@ -259,14 +260,7 @@ int main(int argc, char** argv) {
                 ReduceShape<64, false>::kSmemBytes, ReduceShape<128, true>::kSmemBytes);
     return 0;
   }
-  int devices = 0;
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0 ||
-      cudaGetDeviceProperties(&prop, 0) != cudaSuccess || prop.major != 9) {
-    std::printf("no sm_90 GPU: the probe needs a Hopper GPU (H100/H200)\n");
-    return 2;
-  }
-  std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+  if (!require_sm90_gpu()) return 2;
   bool ok = true;
   // The dQ accumulator (seqlen, heads, head_dim), rank 3, 128B swizzle (4 panels of 32 columns): 6 CTAs per
   // head with row offsets 0, 24, 48, 8, 32, 56 (partial overlaps), 200 rows (tail clipped), 16 padding rows.

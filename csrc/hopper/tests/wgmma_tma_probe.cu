@@ -31,6 +31,7 @@
 #include "hopper/sm90_primitives.cuh"
 #include "hopper/smem_layout.h"
 #include "hopper/tma.h"
+#include "hopper/tests/probe_util.h"
 
 using namespace flashattn::hopper;
 
@@ -273,14 +274,7 @@ int main(int argc, char** argv) {
                 ProbeShape<256>::kSmemBytes);
     return 0;
   }
-  int devices = 0;
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0 ||
-      cudaGetDeviceProperties(&prop, 0) != cudaSuccess || prop.major != 9) {
-    std::printf("no sm_90 GPU: the probe needs a Hopper GPU (H100/H200)\n");
-    return 2;
-  }
-  std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+  if (!require_sm90_gpu()) return 2;
   bool ok = true;
   // bf16, SS, N 128, rank 4: 2 M tiles (the second partial: OOB rows), 2 N tiles (partial), head_dim 96
   // (the second K chunk half out of bounds: zero-filled columns) in rows padded to 104 elements.
