@@ -73,6 +73,10 @@ void run_attention_forward(const AttentionParams& p, cudaStream_t stream, const 
     check_vector_aligned(p.v, p.v_strides, kv_batches, p.seqlen_k, p.nheads_kv, "v");
   }
   if (run_attention_forward_sm90(p, stream, sm90)) return;  // hopper/route.h: the calls the sm_90a kernel takes
+  if (p.pe.kind != int(PEKind::kNone) && p.pe.k_encoded) {  // these kernels encode K themselves
+    throw std::invalid_argument("flashattn_py CUDA forward: pe.k_encoded (K pre-encoded) is for the Hopper forward, "
+                                "which does not take this call (csrc/hopper/route.h)");
+  }
   dispatch(p, "forward", [&](auto type, auto head_dim, auto layout, auto mods) {
     launch_forward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value,
                    decltype(mods)::value>(p, stream);

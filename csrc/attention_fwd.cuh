@@ -143,7 +143,6 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout, kMods>::kThreads,
   const auto k_row = [&](int row) { return kv_row_offset(pages, p.page_size, row, p.k_strides.batch, p.k_strides.seq); };
   const auto v_row = [&](int row) { return kv_row_offset(pages, p.page_size, row, p.v_strides.batch, p.v_strides.seq); };
   const bool encode = p.pe.kind != int(PEKind::kNone);
-  const bool encode_k = encode && !p.pe.k_encoded;  // k_encoded: K came through the pre-pass (params.h)
   const int64_t* q_pos = sequence_positions(p.pe, seq, batch, false);
   const int64_t* k_pos = sequence_positions(p.pe, seq, batch, true);
 
@@ -179,7 +178,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout, kMods>::kThreads,
   if (encode) {
     encode_rows_in_smem<T, kBlockM, kHeadDim, kThreads>(q_s, kLd, m_start, seq.seqlen_q, q_pos,
                                                         p.pe.q_pos_stride_s, p.pe, false);
-    if (encode_k && n_block_min < n_block_max) {
+    if (n_block_min < n_block_max) {
       encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_s, kLd, n_block_min * kBlockN, seq.seqlen_k, k_pos,
                                                           p.pe.k_pos_stride_s, p.pe, false);
     }
@@ -355,7 +354,7 @@ __global__ void __launch_bounds__(FwdConfig<kHeadDim, kLayout, kMods>::kThreads,
     cp_async_wait<0>();  // K_{j+1}, V_{j+1} landed (this thread's copies) ...
     __syncthreads();     // ... everyone's; and every warp is done reading buffer `stage`, which the next
                          // iteration refills with block j+2
-    if (encode_k && has_next) {
+    if (encode && has_next) {
       encode_rows_in_smem<T, kBlockN, kHeadDim, kThreads>(k_next, kLd, n_start + kBlockN, seq.seqlen_k, k_pos,
                                                           p.pe.k_pos_stride_s, p.pe, false);
       __syncthreads();

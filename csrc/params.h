@@ -31,7 +31,8 @@ struct PositionalParams {
   const int64_t* k_pos = nullptr;
   int64_t k_pos_stride_b = 0, k_pos_stride_s = 0;
   // 1: k arrives already encoded (the backend's K pre-pass), so the forward encodes q only. The Hopper
-  // forward (hopper/route.h) takes encoded calls only this way; the mma.sync forward honours it too.
+  // forward (hopper/route.h) takes encoded calls only this way; the mma.sync forward refuses it (it
+  // encodes K itself, and a flag read in its loop cost the tightest instance a spill).
   int k_encoded = 0;
 };
 
