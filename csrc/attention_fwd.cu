@@ -18,12 +18,11 @@
 namespace flashattn {
 namespace {
 
-// cp.async and the epilogue move 16-byte chunks: every row start must be 16-byte aligned. The stride
-// of a dimension of size 1 is never used (torch leaves arbitrary strides there), so it is not checked.
+// cp.async and the epilogue move 16-byte chunks: every row start must be 16-byte aligned (params.h
+// rows_vector_aligned).
 void check_vector_aligned(const void* ptr, const Strides& s, int batch, int seqlen, int heads,
                           const char* name) {
-  const bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (batch <= 1 || s.batch % 8 == 0) &&
-                  (seqlen <= 1 || s.seq % 8 == 0) && (heads <= 1 || s.head % 8 == 0);
+  const bool ok = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && rows_vector_aligned(s, batch, seqlen, heads);
   if (!ok) {
     throw std::invalid_argument(std::string("flashattn_py CUDA forward: ") + name +
                                 " must be 16-byte aligned with batch/seq/head strides that are multiples of 8 "

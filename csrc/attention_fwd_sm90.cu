@@ -69,7 +69,6 @@ void launch_sm90_forward(const AttentionParams& p, cudaStream_t stream) {
 
 bool run_attention_forward_sm90(const AttentionParams& p, cudaStream_t stream, const hopper::Sm90Context& sm90) {
   if (!hopper::sm90_forward_takes(p, sm90)) return false;
-  if (p.seqlen_k == 0) return false;  // nothing to stream: the mma.sync kernel writes out 0, lse -inf
   dispatch(p, "forward (sm_90a)", [&](auto type, auto head_dim, auto, auto) {
     constexpr int kD = decltype(head_dim)::value;
     if constexpr (kD == 64 || kD == 128 || kD == 256) {

@@ -122,5 +122,12 @@ struct AttentionParams {
 #define FLASHATTN_HOST_DEVICE
 #endif
 
+// Every row start of a bshd tensor with element strides s is 16-byte aligned relative to its base
+// (16-bit elements: strides that are multiples of 8) for the dimensions it steps over; the stride of a
+// dimension of size 1 is never used (torch leaves arbitrary strides there). The mma.sync forward's
+// cp.async (attention_fwd.cu) and the Hopper forward's TMA (hopper/route.h) both need it.
+FLASHATTN_HOST_DEVICE inline bool rows_vector_aligned(const Strides& s, int batch, int seqlen, int heads) {
+  return (batch <= 1 || s.batch % 8 == 0) && (seqlen <= 1 || s.seq % 8 == 0) && (heads <= 1 || s.head % 8 == 0);
+}
 
 }  // namespace flashattn

@@ -32,7 +32,7 @@ REFUSED = {  # case: words of the reason
     "not_requested": "FLASHATTN_CUDA_SM90=1", "not_compiled": "90a", "a100": "not sm_90", "sm_100": "not sm_90",
     "d96": "head_dim 96", "d32": "head_dim 32", "softcap": "softcap", "alibi": "ALiBi", "paged": "paged",
     "split": "split-K", "leftpad": "leftpad_k", "odd_q_seq_stride": "16-byte", "odd_v_head_stride": "16-byte",
-    "packed_without_total_k": "total_k",
+    "packed_without_total_k": "total_k", "no_keys": "no keys",
 }
 
 

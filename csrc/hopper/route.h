@@ -25,11 +25,6 @@ struct Sm90Context {
 
 inline bool sm90_head_dim(int d) { return d == 64 || d == 128 || d == 256; }
 
-// TMA reads rows with 16-byte aligned strides (tma.h); a stride of a size-1 dimension is never used.
-inline bool sm90_strides_ok(const Strides& s, int batch, int seqlen, int heads) {
-  return (batch <= 1 || s.batch % 8 == 0) && (seqlen <= 1 || s.seq % 8 == 0) && (heads <= 1 || s.head % 8 == 0);
-}
-
 inline std::string sm90_forward_route(const AttentionParams& p, const Sm90Context& c) {
   if (!c.requested) return "not requested (FLASHATTN_CUDA_SM90=1 opts in)";
   if (!c.compiled) return "the extension was built without sm_90a (FLASHATTN_CUDA_ARCHS needs 90a)";
@@ -39,12 +34,14 @@ inline std::string sm90_forward_route(const AttentionParams& p, const Sm90Contex
   if (p.block_table != nullptr) return "paged K/V";
   if (p.num_splits != 1) return "split-K";
   if (p.leftpad_k != nullptr) return "leftpad_k";
+  if (p.seqlen_k == 0) return "no keys (nothing to stream: out 0, lse -inf without a kernel of its own)";
   const bool packed = p.cu_seqlens_q != nullptr;
   const int batches = packed ? 1 : p.batch;
-  if (!sm90_strides_ok(p.q_strides, batches, p.seqlen_q, p.nheads_q) ||
-      !sm90_strides_ok(p.k_strides, batches, p.seqlen_k, p.nheads_kv) ||
-      !sm90_strides_ok(p.v_strides, batches, p.seqlen_k, p.nheads_kv) ||
-      !sm90_strides_ok(p.out_strides, batches, p.seqlen_q, p.nheads_q)) {
+  // TMA reads rows with 16-byte aligned strides (tma.h): params.h rows_vector_aligned.
+  if (!rows_vector_aligned(p.q_strides, batches, p.seqlen_q, p.nheads_q) ||
+      !rows_vector_aligned(p.k_strides, batches, p.seqlen_k, p.nheads_kv) ||
+      !rows_vector_aligned(p.v_strides, batches, p.seqlen_k, p.nheads_kv) ||
+      !rows_vector_aligned(p.out_strides, batches, p.seqlen_q, p.nheads_q)) {
     return "strides not multiples of 8 elements (TMA needs 16-byte aligned rows)";
   }
   if (packed && (p.total_q <= 0 || p.total_k <= 0)) return "packed batch without total_q / total_k";

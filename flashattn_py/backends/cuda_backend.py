@@ -323,12 +323,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Attention
         lse_accum = buffers.empty((params.num_splits, rows), dtype=torch.float32, device=q.device)
         p.num_splits, p.out_accum, p.lse_accum = params.num_splits, out_accum.data_ptr(), lse_accum.data_ptr()
         keep_alive += [out_accum, lse_accum]
-    if enc is not None and not pre_encoded and sm90_route(ext, p, q.device) == "":
+    sm90 = sm90_requested()  # read once: the K pre-pass below and the extension's route decide alike
+    if sm90 and enc is not None and not pre_encoded and sm90_route(ext, p, q.device) == "":
         # The Hopper kernel encodes Q in the kernel and takes K encoded (its producer warpgroup has no
         # registers to encode K tiles as they land): K through the standalone encode kernel, once.
         k_k = _pad(encode(k, enc, enc.k_positions), d)
         p.k, p.k_strides, p.pe.k_encoded = k_k.data_ptr(), _strides(ext, k_k, params, paged), 1
-    _launch(ext.forward, p, q.device, keep_alive + [q_k, k_k, v_k], sm90=sm90_requested())
+    _launch(ext.forward, p, q.device, keep_alive + [q_k, k_k, v_k], sm90=sm90)
     if out_k is not out:
         out.copy_(out_k[..., : params.head_dim])
     return out, lse, ()

@@ -48,6 +48,7 @@ int main() {
       {"split", [](AttentionParams& p, Sm90Context&) { p.num_splits = 4; }},
       {"leftpad", [](AttentionParams& p, Sm90Context&) { p.seqused_k = lengths, p.leftpad_k = lengths; }},
       {"seqused_k", [](AttentionParams& p, Sm90Context&) { p.seqused_k = lengths; }},
+      {"no_keys", [](AttentionParams& p, Sm90Context&) { p.seqlen_k = 0; }},
       {"odd_q_seq_stride", [](AttentionParams& p, Sm90Context&) { p.q_strides.seq = 8 * 128 + 4; }},
       {"odd_v_head_stride", [](AttentionParams& p, Sm90Context&) { p.v_strides.head = 130; }},
       {"odd_stride_of_size_1_dim", [](AttentionParams& p, Sm90Context&) { p.batch = 1, p.q_strides.batch = 3; }},
