@@ -1,7 +1,9 @@
 """Context parallelism (flashattn_py.distributed) on CPU: real process groups (gloo), one process per
-rank (torch.multiprocessing spawn). Each rank's output, lse and the gradients of its q, k, v shards
-are compared with the float64 reference attention over the whole sequence, within the package's
-tolerance rule (2x the error of the naive attention in the same precision, + atol)."""
+rank (torch.multiprocessing, forked from a server that has imported this module: _spawn). Each rank's
+output, lse and the gradients of its q, k, v shards are compared with the float64 reference attention over
+the whole sequence, within the package's tolerance rule (2x the error of the naive attention in the same
+precision, + atol)."""
+import multiprocessing
 import socket
 
 import pytest
@@ -23,6 +25,24 @@ CASES = {
     "window": (1, 8, 2, 2, 16, dict(window_size=(5, 3))),
     "causal_window_rope": (2, 6, 2, 1, 16, dict(causal=True, window_size=(4, -1), rotary=fa.Rotary())),
 }
+
+
+# Each test starts fresh rank processes, as torch.multiprocessing.spawn would, but forks them from a
+# forkserver (one per pytest process, started on the first call) that has already imported torch,
+# flashattn_py with both backends, this module and the cp benchmark: a spawned rank spends about 3 s of
+# CPU importing them before it does anything, and on CI's two cores that start-up was most of this file's
+# time (the refusal test, which computes nothing, took 16 s). The server only imports (no process group,
+# no tensors computed: the state a spawned rank has after its imports); each test still gets new processes
+# and a new process group.
+_PRELOAD = [__name__, "flashattn_py.backends.torch_backend", "flashattn_py.backends.triton_backend",
+            "flashattn_py.tools.bench.context_parallel"]
+
+
+def _spawn(fn, nprocs, *args):
+    """torch.multiprocessing.spawn(fn, args, nprocs) with the ranks forked from the preloaded forkserver:
+    rank i runs fn(i, *args); any rank's exception fails the call (and ends the other ranks)."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_PRELOAD)
+    mp.start_processes(fn, args=args, nprocs=nprocs, join=True, start_method="forkserver")
 
 
 def _free_port() -> int:
@@ -81,13 +101,13 @@ WORLDS_AND_DTYPES = [(2, torch.float32), (2, torch.float16), (3, torch.float32),
 @pytest.mark.parametrize("world, dtype", WORLDS_AND_DTYPES, ids=lambda x: str(x))
 @pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
 def test_context_parallel_matches_whole_sequence_reference(world, method, dtype):
-    mp.spawn(_rank_main, args=(world, method, dtype, _free_port()), nprocs=world, join=True)
+    _spawn(_rank_main, world, world, method, dtype, _free_port())
 
 
 @pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
 def test_context_parallel_on_the_triton_kernels(method):
     """The same on backend="triton" (the Triton interpreter here; its backward reads the base-2 lse)."""
-    mp.spawn(_rank_main, args=(2, method, torch.float16, _free_port(), "triton"), nprocs=2, join=True)
+    _spawn(_rank_main, 2, 2, method, torch.float16, _free_port(), "triton")
 
 
 def _zero_grads_main(rank, world, method, port):
@@ -116,7 +136,7 @@ def _zero_grads_main(rank, world, method, port):
 
 @pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
 def test_keys_only_gradient_free_queries_see_get_exact_zero_gradients(method):
-    mp.spawn(_zero_grads_main, args=(2, method, _free_port()), nprocs=2, join=True)
+    _spawn(_zero_grads_main, 2, 2, method, _free_port())
 
 
 # Packed batches (cu_seqlens): sequences of these lengths, packed, then split evenly across the ranks, so
@@ -178,7 +198,7 @@ def _packed_main(rank, world, dtype, port, backend):
 def test_packed_batches_spanning_ranks_match_each_sequence_alone(world, dtype, backend):
     """Packed sequences split across ranks wherever the even split falls (allgather): each rank's rows match
     the float64 reference of each sequence alone, outputs, lse and gradients."""
-    mp.spawn(_packed_main, args=(world, dtype, _free_port(), backend), nprocs=world, join=True)
+    _spawn(_packed_main, world, world, dtype, _free_port(), backend)
 
 
 def _errors_main(rank, world, port):
@@ -208,7 +228,7 @@ def _errors_main(rank, world, port):
 
 
 def test_bad_calls_are_refused_naming_the_problem():
-    mp.spawn(_errors_main, args=(2, _free_port()), nprocs=2, join=True)
+    _spawn(_errors_main, 2, 2, _free_port())
 
 
 @pytest.mark.parametrize("method", ("ring", "zigzag", "allgather"))
@@ -244,7 +264,7 @@ def test_bench_cp_mode_times_every_method_against_one_device(tmp_path):
     import json
 
     out = tmp_path / "cp.json"
-    mp.spawn(_bench_main, args=(2, _free_port(), out), nprocs=2, join=True)
+    _spawn(_bench_main, 2, 2, _free_port(), out)
     rows = json.loads(out.read_text())
     assert {(r["method"], r["mode"]) for r in rows} == {(m, mode) for m in ("ring", "zigzag", "allgather")
                                                        for mode in ("fwd", "fwd+bwd")}
