@@ -170,3 +170,32 @@ def test_decode_benchmark_checks_then_reports_throughput(tmp_path, monkeypatch):
     assert {(r["page_size"], r["implementation"]) for r in rows} >= {(0, "ours"), (16, "ours"), (0, "sdpa")}
     assert all(r["status"] == "ok" and r["tokens_per_s"] == 2 / 1.0 * 1e3 for r in rows)
     assert all(r["kv_gb_per_s"] == 2 * 2 * 40 * 2 * 16 * 2 / 1.0 / 1e6 for r in rows)
+
+
+def test_cpu_timer_interleaves_the_steps_in_rounds():
+    order = []
+    steps = [lambda i=i: order.append(i) for i in range(3)]
+    medians = runner.interleaved_cpu_timer(steps, reps=4, budget_s=0.0)
+    assert len(medians) == 3 and all(m >= 0 for m in medians)
+    warmup, rounds = order[:3], [order[i:i + 3] for i in range(3, len(order), 3)]
+    assert warmup == [0, 1, 2] and len(rounds) == 4
+    assert all(sorted(r) == [0, 1, 2] for r in rounds)  # every step once per round
+    assert [r[0] for r in rounds] == [0, 1, 2, 0]  # each round starts one step later
+
+
+def test_measure_case_times_a_modes_implementations_together_on_an_interleaving_timer():
+    calls = []
+
+    def timer(step):
+        raise AssertionError("an interleaving timer is given all steps at once")
+
+    def interleaved(steps):
+        calls.append(len(steps))
+        return [2.0] * len(steps)
+
+    timer.interleaved = interleaved
+    case = Case(1, 2, 2, 33, 16, "fp32")
+    rows = runner.measure_case(case, ["fwd", "fwd+bwd"], DEVICE, timer, skip=["triton", "cuda"])
+    ok = [r for r in rows if r.status == "ok"]
+    assert calls == [len(ok) // 2] * 2 and all(r.ms == 2.0 for r in ok)
+    assert runner.cpu_timer.interleaved is runner.interleaved_cpu_timer

@@ -108,16 +108,33 @@ def gpu_timer(step: Callable) -> float:
     return triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
 
 
-def cpu_timer(step: Callable, reps: int = 3, budget_s: float = 1.0) -> float:
-    """Median ms of at least `reps` runs after a warm-up, more while they fit in budget_s: a step of a few
-    ms on a small shared CPU varies by 10-20% run to run, so short steps get more runs."""
-    step()
-    times = []
-    while len(times) < reps or (sum(times) < budget_s * 1e3 and len(times) < 50):
-        start = time.perf_counter()
+def cpu_timer(step: Callable, reps: int = 5, budget_s: float = 1.0) -> float:
+    """Median ms of at least `reps` runs of one step after a warm-up, more while they fit in budget_s."""
+    return interleaved_cpu_timer([step], reps, budget_s)[0]
+
+
+def interleaved_cpu_timer(steps: list[Callable], reps: int = 5, budget_s: float = 1.0) -> list[float]:
+    """Median ms of each step, timed in rounds that run every step once (each round starting one step
+    later), at least `reps` rounds after one warm-up round, more while they fit in budget_s per step
+    (at most 50). On a small shared CPU the load changes over seconds (another job's compile starts,
+    page faults of fresh buffers come and go): steps timed one after the other would each see a
+    different machine, steps timed in the same rounds see the same one, so their ratio is fair."""
+    for step in steps:
         step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in steps]
+    budget_ms = budget_s * 1e3 * len(steps)
+    rounds = 0
+    while rounds < reps or (sum(map(sum, times)) < budget_ms and rounds < 50):
+        for i in range(len(steps)):
+            index = (rounds + i) % len(steps)
+            start = time.perf_counter()
+            steps[index]()
+            times[index].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
+    return [statistics.median(t) for t in times]
+
+
+cpu_timer.interleaved = interleaved_cpu_timer  # measure_case times a case's implementations together
 
 
 def peak_memory_mib(step: Callable, device: torch.device) -> Optional[float]:
@@ -143,7 +160,7 @@ def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=
     q, k, v, dout = make_inputs(case, device)
     with_grads = any(m != "fwd" for m in modes)
     references = check_references(case, device, with_grads)
-    rows = []
+    rows, timed = [], []  # timed: (row, make_step) of every correct implementation x mode
     for name, peer in impls.items():
         status = (f"unavailable: {peer.unavailable}" if peer.fn is None
                   else check(case, peer.fn, device, with_grads, references))
@@ -154,19 +171,40 @@ def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=
             rows.append(row)
             if status != "ok":
                 continue
-            try:
-                step = step_for(peer.fn, mode, q, k, v, dout)
-                if nvtx and device.type == "cuda":
-                    step = _with_nvtx(step, f"{name} {mode} {case.label()}")
-                row.ms = timer(step)
-                row.peak_mib = peak_memory_mib(step, device)
-            except torch.cuda.OutOfMemoryError:
-                row.status = "failed: out of memory"
-                torch.cuda.empty_cache()
-                continue
-            row.tflops = attention_flops(case, mode) / row.ms / 1e9
+            label = f"{name} {mode} {case.label()}" if nvtx and device.type == "cuda" else None
+            timed.append((row, lambda fn=peer.fn, mode=mode, label=label: _step(fn, mode, (q, k, v, dout), label)))
+    for mode in modes:
+        _time_rows([(row, make) for row, make in timed if row.mode == mode], timer, device)
+    for row in rows:
+        if row.ms is not None:
+            row.tflops = attention_flops(case, row.mode) / row.ms / 1e9
     _fill_ratios(rows)
     return rows
+
+
+def _step(fn: Callable, mode: str, inputs, nvtx_label) -> Callable:
+    step = step_for(fn, mode, *inputs)
+    return step if nvtx_label is None else _with_nvtx(step, nvtx_label)
+
+
+def _time_rows(timed: list, timer: Callable, device: torch.device) -> None:
+    """Fill ms (and peak memory) of the (row, make_step) pairs of one case and mode: together in rounds
+    when the timer interleaves (the CPU's: the ratios between implementations are then of one machine
+    state), else one after the other, each step made just before it is timed (a GPU holds one
+    implementation's saved activations at a time)."""
+    interleaved = getattr(timer, "interleaved", None)
+    if interleaved is not None:
+        for (row, _), ms in zip(timed, interleaved([make() for _, make in timed]) if timed else []):
+            row.ms = ms
+        return
+    for row, make in timed:
+        try:
+            step = make()
+            row.ms = timer(step)
+            row.peak_mib = peak_memory_mib(step, device)
+        except torch.cuda.OutOfMemoryError:
+            row.status, row.ms = "failed: out of memory", None
+            torch.cuda.empty_cache()
 
 
 def _with_nvtx(step: Callable, label: str) -> Callable:
