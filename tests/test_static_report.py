@@ -90,7 +90,9 @@ def report(tmp_path_factory) -> dict:
     """{(kernel, arch, dtype, head_dim, pe): row of the static report's JSON}, from one subprocess.
 
     Under pytest-xdist the workers share one run: the first to get the lock compiles, the others
-    read its JSON.
+    read its JSON. Compiles hit Triton's cache when the kernels are unchanged, and so do the ptxas -v
+    reports the counts come from (kernel_report saves them there): warm, this takes ~16 s instead of
+    ~80 s, most of which was ptxas run again on every instance.
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         from filelock import FileLock  # a torch dependency
@@ -193,3 +195,40 @@ def test_interior_loops_do_less_non_mma_work_per_score(tmp_path):
     edge, interior, *_ = rows["attention_fwd_kernel"]["alu_per_score"]
     assert interior < 0.75 * edge, rows["attention_fwd_kernel"]["alu_per_score"]
     assert rows["attention_bwd_dq_kernel"]["alu_per_score"][1] < rows["attention_bwd_dq_kernel"]["alu_per_score"][0]
+
+
+_PTXAS_SOURCES = """
+import json, os, subprocess, types
+from pathlib import Path
+from flashattn_py.tools import kernel_report, static_report
+runs = []  # kernel_report's own ptxas runs
+kernel_report.subprocess = types.SimpleNamespace(run=lambda *a, **k: runs.append(a) or subprocess.run(*a, **k))
+launch = next(c for c in static_report.kernel_launches("fp16", 64, True, "none", 80) if c.kernel == "{kernel}")
+cold = static_report._compile(launch, 80, 64)  # empty caches: Triton runs ptxas -v, its report is captured
+saved = list(Path(os.environ["TRITON_CACHE_DIR"]).rglob("ptxas-v.log"))
+for path in saved:
+    path.unlink()
+runs_cold = len(runs)
+ours = static_report._compile(launch, 80, 64)  # Triton's cache hit, no saved report: ptxas -v run here
+again = static_report._compile(launch, 80, 64)  # the report saved by the run before
+log = "ptxas info : Used 7 registers\\nptxas info : 0 bytes stack frame, 3 bytes spill stores, 5 bytes spill loads"
+given = kernel_report._ptxas_usage("not ptx", 80, log)
+read_back = kernel_report._ptxas_usage("not ptx", 80)  # ptxas would fail on this text: only the saved report
+print(json.dumps(dict(cold=cold.registers, ours=ours.registers, again=again.registers, saved=len(saved),
+                      runs=[runs_cold, len(runs)], given=given, read_back=read_back)))
+"""
+
+
+def test_ptxas_reports_captured_saved_and_run_agree(tmp_path):
+    """kernel_report takes a kernel's ptxas -v report from Triton's own compile (captured), else from the
+    report it saved in Triton's cache for that PTX, else runs ptxas: the three give the same registers, and
+    a saved report is what comes back (a fake one for text ptxas would refuse)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_DEFAULT_FP_FUSION="1", TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
+    proc = subprocess.run([sys.executable, "-c", _PTXAS_SOURCES.format(kernel=PREPROCESS)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["saved"] == 1 and got["runs"] == [0, 1], got  # captured, then run once, then read back
+    assert got["cold"] == got["ours"] == got["again"] > 0, got
+    assert got["given"] == got["read_back"] == [7, 3, 5], got
