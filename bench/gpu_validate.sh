@@ -2,8 +2,8 @@
 # The one command to run on a GPU machine (at most about 9 minutes, plus up to 16 on sm_90 for the
 # Hopper forward's self-test and its sanitizers; each step has a time limit):
 #   1. build the CUDA extension for this GPU's arch (editable install, no downloads), run the CUDA
-#      kernels' standalone self-tests; on sm_90 the forward's again with --sm90 (the Hopper kernel,
-#      attention_fwd_sm90.cu) and under compute-sanitizer memcheck, racecheck and synccheck,
+#      kernels' standalone self-tests; on sm_90 both again with --sm90 (the Hopper kernels,
+#      attention_{fwd,bwd}_sm90.cu) and under compute-sanitizer memcheck, racecheck and synccheck,
 #   2. run the full test suite on the GPU (both backends against the float64 reference),
 #   3. the standard benchmark sweep (bf16, head_dim 64/128, seqlen 512..16k, causal on/off,
 #      fwd and fwd+bwd, with and without RoPE; every result checked before it is timed),
@@ -25,13 +25,10 @@ build_cuda "$out"
 step "CUDA kernel self-tests (no torch: every head dim x dtype, masks, RoPE, offsets > 2^31)"
 mkdir -p build
 for pass in fwd bwd; do
-  # The forward's run_attention_forward calls the Hopper forward: its host side is linked too, and on
-  # sm_90 the SASS is sm_90a (runs the mma.sync kernels as sm_90 would, and has the Hopper kernel's body).
-  sources="csrc/attention_$pass.cu" sass=$arch
-  if [ "$pass" = fwd ]; then
-    sources="$sources csrc/attention_fwd_sm90.cu"
-    if [ "$arch" = 90 ]; then sass=90a; fi
-  fi
+  # run_attention_forward / _backward call the Hopper kernels: their host sides are linked too, and on
+  # sm_90 the SASS is sm_90a (runs the mma.sync kernels as sm_90 would, and has the Hopper kernels' bodies).
+  sources="csrc/attention_$pass.cu csrc/attention_${pass}_sm90.cu" sass=$arch
+  if [ "$arch" = 90 ]; then sass=90a; fi
   # 240 s: every kernel has a score-mods instance too (2026-12-07), about twice the compile of before
   timeout 240 nvcc -std=c++17 -O3 --use_fast_math -gencode=arch=compute_$sass,code=sm_$sass -Icsrc \
       $sources csrc/tests/attention_${pass}_selftest.cu -o build/${pass}_selftest \
@@ -39,7 +36,7 @@ for pass in fwd bwd; do
   echo "cuda $pass self-test exit code $?" | tee -a "$out/cuda-$pass-selftest.txt"
 done
 
-if [ "$arch" = 90 ]; then  # the Hopper forward (attention_fwd_sm90_kernel): the same cases, lines tagged [sm90]
+if [ "$arch" = 90 ]; then  # the Hopper forward and backward (*_sm90_kernel): the same cases, lines tagged [sm90]
   step "CUDA forward self-test with --sm90 (Hopper kernel), then compute-sanitizer on it"
   timeout 60 build/fwd_selftest --sm90 > "$out/cuda-fwd-sm90-selftest.txt" 2>&1
   echo "cuda fwd --sm90 self-test exit code $?" | tee -a "$out/cuda-fwd-sm90-selftest.txt"
@@ -47,6 +44,14 @@ if [ "$arch" = 90 ]; then  # the Hopper forward (attention_fwd_sm90_kernel): the
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 build/fwd_selftest --sm90 --no-timing \
       > "$out/cuda-fwd-sm90-$tool.txt" 2>&1
     echo "cuda fwd --sm90 $tool exit code $?" | tee -a "$out/cuda-fwd-sm90-$tool.txt"
+  done
+  step "CUDA backward self-test with --sm90 (Hopper kernel), then compute-sanitizer on it"
+  timeout 60 build/bwd_selftest --sm90 > "$out/cuda-bwd-sm90-selftest.txt" 2>&1
+  echo "cuda bwd --sm90 self-test exit code $?" | tee -a "$out/cuda-bwd-sm90-selftest.txt"
+  for tool in memcheck racecheck synccheck; do
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 build/bwd_selftest --sm90 \
+      > "$out/cuda-bwd-sm90-$tool.txt" 2>&1
+    echo "cuda bwd --sm90 $tool exit code $?" | tee -a "$out/cuda-bwd-sm90-$tool.txt"
   done
 fi
 

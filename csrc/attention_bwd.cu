@@ -127,12 +127,15 @@ std::vector<KernelLaunchInfo> backward_launch_info() {
   return info;
 }
 
-void run_attention_backward(const AttentionParams& p, cudaStream_t stream) {
+void run_attention_backward(const AttentionParams& p, cudaStream_t stream, const hopper::Sm90Context& sm90,
+                            bool deterministic) {
   // Nothing to write: dq/dk/dv are empty tensors. (seqlen_q == 0 or seqlen_k == 0 alone still
   // launches the kernel that zero-fills the non-empty gradients.)
   if (p.batch == 0 || p.nheads_q == 0) return;
   check_common(p, "backward");
   check_layout(p, "backward", /*decoding=*/false);
+  // hopper/route.h: the calls the sm_90a kernel takes (the mma.sync kernels below never read dq_accum).
+  if (run_attention_backward_sm90(p, stream, sm90, deterministic)) return;
   dispatch(p, "backward", [&](auto type, auto head_dim, auto layout, auto mods) {
     launch_backward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value,
                     decltype(mods)::value>(p, stream);

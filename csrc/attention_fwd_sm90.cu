@@ -15,31 +15,11 @@
 #include "errors.h"
 #include "hopper/attention_fwd_sm90.cuh"
 #include "hopper/route.h"
-#include "hopper/tma.h"
+#include "hopper/tensor_maps.h"
 #include "launch.h"
 
 namespace flashattn {
 namespace {
-
-// The stride (elements) TMA is given for a dimension of extent n: the tensor's own, except that torch
-// leaves arbitrary strides on size-1 dimensions, which are never stepped over: those get the packed
-// value `dense` (a multiple of 8 elements, as the driver's 16-byte rule needs).
-int64_t tma_stride(int64_t stride, int64_t n, int64_t dense) { return n <= 1 ? dense : stride; }
-
-// The tensor map of a bshd tensor (or of a packed (rows, heads, head_dim) one, seen as batch 1) whose
-// loads bring `box_rows` rows x 64 channels.
-template <typename T>
-CUtensorMap bshd_map(const void* ptr, const Strides& st, int64_t batch, int64_t rows, int64_t heads, int head_dim,
-                     uint32_t box_rows) {
-  const hopper::TmaDataType type =
-      std::is_same<T, __half>::value ? hopper::TmaDataType::kFloat16 : hopper::TmaDataType::kBFloat16;
-  const int64_t s_seq = tma_stride(st.seq, rows, ((head_dim + 7) / 8) * 8);
-  const int64_t s_head = tma_stride(st.head, heads, s_seq * rows);
-  const int64_t s_batch = tma_stride(st.batch, batch, s_head * heads);
-  const hopper::TmaTileArgs args =
-      hopper::bshd_tile_args(type, batch, rows, heads, head_dim, s_batch, s_seq, s_head, box_rows, 64);
-  return hopper::encode_tensor_map(args, ptr);
-}
 
 template <typename T, int kHeadDim>
 void launch_sm90_forward(const AttentionParams& p, cudaStream_t stream) {
@@ -51,9 +31,9 @@ void launch_sm90_forward(const AttentionParams& p, cudaStream_t stream) {
   const int64_t q_rows = packed ? p.total_q : p.seqlen_q, k_rows = packed ? p.total_k : p.seqlen_k;
   CUtensorMap map_q, map_k, map_v;
   try {
-    map_q = bshd_map<T>(p.q, p.q_strides, batches, q_rows, p.nheads_q, kHeadDim, Cfg::kBlockM);
-    map_k = bshd_map<T>(p.k, p.k_strides, batches, k_rows, p.nheads_kv, kHeadDim, Cfg::kBlockN);
-    map_v = bshd_map<T>(p.v, p.v_strides, batches, k_rows, p.nheads_kv, kHeadDim, Cfg::kBlockN);
+    map_q = hopper::bshd_tensor_map<T>(p.q, p.q_strides, batches, q_rows, p.nheads_q, kHeadDim, Cfg::kBlockM);
+    map_k = hopper::bshd_tensor_map<T>(p.k, p.k_strides, batches, k_rows, p.nheads_kv, kHeadDim, Cfg::kBlockN);
+    map_v = hopper::bshd_tensor_map<T>(p.v, p.v_strides, batches, k_rows, p.nheads_kv, kHeadDim, Cfg::kBlockN);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(std::string("flashattn_py CUDA forward (") + name + "): " + e.what());
   }

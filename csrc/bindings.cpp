@@ -168,6 +168,7 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("dq_strides", &AttentionParams::dq_strides)
       .def_readwrite("dk_strides", &AttentionParams::dk_strides)
       .def_readwrite("dv_strides", &AttentionParams::dv_strides)
+      .def_readwrite("dq_accum_strides", &AttentionParams::dq_accum_strides)
       .def_readwrite("pe", &AttentionParams::pe)
       .def_readwrite("mods", &AttentionParams::mods)
       .def_readwrite("block_table_stride", &AttentionParams::block_table_stride)
@@ -185,6 +186,7 @@ PYBIND11_MODULE(_cuda, m) {
   pointer_field(params, "dk", &AttentionParams::dk);
   pointer_field(params, "dv", &AttentionParams::dv);
   pointer_field(params, "delta", &AttentionParams::delta);
+  pointer_field(params, "dq_accum", &AttentionParams::dq_accum);
   pointer_field(params, "cu_seqlens_q", &AttentionParams::cu_seqlens_q);
   pointer_field(params, "cu_seqlens_k", &AttentionParams::cu_seqlens_k);
   pointer_field(params, "seqused_k", &AttentionParams::seqused_k);
@@ -240,19 +242,34 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def(
       "backward",
-      [](const AttentionParams& p, std::uintptr_t stream, int device) {
+      [](const AttentionParams& p, std::uintptr_t stream, int device, bool sm90, bool deterministic) {
         require_device(device);
+        const hopper::Sm90Context context = sm90_context(device, sm90);
         py::gil_scoped_release release;
-        run_attention_backward(p, as_stream(stream));
+        run_attention_backward(p, as_stream(stream), context, deterministic);
       },
-      py::arg("params"), py::arg("stream"), py::arg("device"),
-      "dq, dk, dv (and the delta scratch) from dout, q, k, v, out, lse on `stream`; asynchronous");
+      py::arg("params"), py::arg("stream"), py::arg("device"), py::arg("sm90") = false,
+      py::arg("deterministic") = false,
+      "dq, dk, dv (and the delta scratch) from dout, q, k, v, out, lse on `stream`; asynchronous. sm90: the "
+      "user opted in to the Hopper kernel, which then runs the calls csrc/hopper/route.h gives it (they need "
+      "params.dq_accum, a zeroed fp32 tensor shaped like dq)");
+
+  m.def(
+      "sm90_backward_route",
+      [](const AttentionParams& p, int device, bool sm90, bool deterministic) {
+        require_device(device);
+        return hopper::sm90_backward_route(p, sm90_context(device, sm90), deterministic);
+      },
+      py::arg("params"), py::arg("device"), py::arg("sm90"), py::arg("deterministic"),
+      "'' when the Hopper backward can take the call on `device` (q, k then pre-encoded when there is an "
+      "encoding, and a dq_accum given), else the reason it cannot (csrc/hopper/route.h)");
 
   m.def(
       "launch_info",
       [] {
         py::list rows;
-        for (const auto& list : {forward_launch_info(), forward_sm90_launch_info(), backward_launch_info()}) {
+        for (const auto& list : {forward_launch_info(), forward_sm90_launch_info(), backward_launch_info(),
+                                  backward_sm90_launch_info()}) {
           for (const auto& i : list) rows.append(py::make_tuple(i.kernel, i.head_dim, i.threads, i.dynamic_smem_bytes));
         }
         return rows;

@@ -26,7 +26,14 @@ bool run_attention_forward_sm90(const AttentionParams& params, cudaStream_t stre
 
 // dq, dk, dv from dout, q, k, v, out, lse (params.delta is scratch the caller allocated).
 // dq/dk are gradients w.r.t. the user's (unencoded) q/k: the inverse encoding is applied in-kernel.
-void run_attention_backward(const AttentionParams& params, cudaStream_t stream);
+// `sm90` and `deterministic` decide with hopper/route.h whether the sm_90a backward runs the call.
+void run_attention_backward(const AttentionParams& params, cudaStream_t stream,
+                            const hopper::Sm90Context& sm90 = hopper::Sm90Context{}, bool deterministic = false);
+
+// The Hopper backward (attention_bwd_sm90.cu): runs the call and returns true when hopper/route.h
+// sm90_backward_takes() says it takes it, else returns false without launching.
+bool run_attention_backward_sm90(const AttentionParams& params, cudaStream_t stream, const hopper::Sm90Context& sm90,
+                                 bool deterministic);
 
 // What each compiled instance launches with (the same for fp16 and bf16), for the static report's
 // occupancy: ptxas reports registers, but threads per block and dynamic shared memory are launch
@@ -40,5 +47,6 @@ struct KernelLaunchInfo {
 std::vector<KernelLaunchInfo> forward_launch_info();
 std::vector<KernelLaunchInfo> forward_sm90_launch_info();  // the Hopper forward's (sm_90a builds launch them)
 std::vector<KernelLaunchInfo> backward_launch_info();
+std::vector<KernelLaunchInfo> backward_sm90_launch_info();  // the Hopper backward's (sm_90a builds launch them)
 
 }  // namespace flashattn

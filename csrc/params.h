@@ -77,6 +77,11 @@ struct AttentionParams {
   void* dv = nullptr;
   float* delta = nullptr;
   Strides dout_strides, dq_strides, dk_strides, dv_strides;
+  // The Hopper backward's fp32 dQ accumulator (hopper/attention_bwd_sm90.cuh): shaped like dq, zeroed by
+  // the caller, summed into by TMA reduce-adds, then scaled and rounded into dq. nullptr: the mma.sync
+  // backward, which writes dq directly.
+  float* dq_accum = nullptr;
+  Strides dq_accum_strides;
 
   PositionalParams pe;
   ScoreModParams mods;

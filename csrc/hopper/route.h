@@ -1,11 +1,14 @@
-// Which forward calls the Hopper (sm_90a) kernel takes: the one routing rule, in plain C++ so that
-// tests/test_cuda_hopper_forward.py checks it on the host (csrc/hopper/tests/route_probe.cpp) and the
-// extension, the Python backend (through the bindings) and the self-test all ask this function.
+// Which calls the Hopper (sm_90a) kernels take: the one routing rule, in plain C++ so that
+// tests/test_cuda_hopper_forward.py and tests/test_cuda_hopper_backward.py check it on the host
+// (csrc/hopper/tests/route_probe.cpp) and the extension, the Python backend (through the bindings) and
+// the self-tests all ask these functions.
 //
-// A call goes to attention_fwd_sm90_kernel when every condition of sm90_forward_route holds and K
-// arrives encoded when the call has an encoding (sm90_forward_takes); otherwise the mma.sync forward
-// (attention_fwd.cuh) runs it, with the same semantics. sm90_forward_route returns the first condition
-// that fails as the reason ("" when the Hopper kernel can take the call).
+// A forward call goes to attention_fwd_sm90_kernel when every condition of sm90_forward_route holds and K
+// arrives encoded when the call has an encoding (sm90_forward_takes); a backward call goes to
+// attention_bwd_sm90_kernel when sm90_backward_route holds, q and k arrive encoded and the caller gave the
+// fp32 dQ accumulator (sm90_backward_takes). Otherwise the mma.sync kernels (attention_fwd.cuh,
+// attention_bwd_*.cuh) run the call, with the same semantics. The *_route functions return the first
+// condition that fails as the reason ("" when the Hopper kernel can take the call).
 #pragma once
 
 #include <cstdint>
@@ -24,12 +27,14 @@ struct Sm90Context {
 };
 
 inline bool sm90_head_dim(int d) { return d == 64 || d == 128 || d == 256; }
+// The backward's head dims: at 256, dK and dV of 64 keys alone are 256 fp32 registers per thread.
+inline bool sm90_backward_head_dim(int d) { return d == 64 || d == 128; }
 
-inline std::string sm90_forward_route(const AttentionParams& p, const Sm90Context& c) {
+// The conditions the forward and the backward share: opt-in, build, device, and the call's form.
+inline std::string sm90_common_route(const AttentionParams& p, const Sm90Context& c) {
   if (!c.requested) return "not requested (FLASHATTN_CUDA_SM90=1 opts in)";
   if (!c.compiled) return "the extension was built without sm_90a (FLASHATTN_CUDA_ARCHS needs 90a)";
   if (c.cc_major != 9 || c.cc_minor != 0) return "the device is not sm_90 (H100 / H200)";
-  if (!sm90_head_dim(p.head_dim)) return "head_dim " + std::to_string(p.head_dim) + " (the kernel has 64, 128, 256)";
   if (p.mods.softcap != 0.f || p.mods.alibi_slopes != nullptr) return "softcap / ALiBi";
   if (p.block_table != nullptr) return "paged K/V";
   if (p.num_splits != 1) return "split-K";
@@ -48,10 +53,49 @@ inline std::string sm90_forward_route(const AttentionParams& p, const Sm90Contex
   return "";
 }
 
+inline std::string sm90_forward_route(const AttentionParams& p, const Sm90Context& c) {
+  if (!sm90_head_dim(p.head_dim)) {
+    const std::string common = sm90_common_route(p, c);
+    return common.empty() ? "head_dim " + std::to_string(p.head_dim) + " (the kernel has 64, 128, 256)" : common;
+  }
+  return sm90_common_route(p, c);
+}
+
 // Whether the kernel runs the call as given: the route, and K already encoded when there is an encoding
 // (the kernel encodes Q only; the backend pre-encodes K when sm90_forward_route says "").
 inline bool sm90_forward_takes(const AttentionParams& p, const Sm90Context& c) {
   return sm90_forward_route(p, c).empty() && (p.pe.kind == int(PEKind::kNone) || p.pe.k_encoded != 0);
+}
+
+// The backward (attention_bwd_sm90.cuh): the forward's conditions, head dims 64 / 128, not deterministic
+// (its dQ adds are atomic and unordered; the mma.sync backward writes every gradient once), and the
+// gradients' and dout's rows 16-byte aligned too (the epilogue's and dq_convert's vector stores, dO by TMA).
+inline std::string sm90_backward_route(const AttentionParams& p, const Sm90Context& c, bool deterministic) {
+  const std::string common = sm90_common_route(p, c);
+  if (!common.empty()) return common;
+  if (!sm90_backward_head_dim(p.head_dim)) {
+    return "head_dim " + std::to_string(p.head_dim) + " (the backward kernel has 64, 128)";
+  }
+  if (deterministic) return "deterministic (the kernel adds dQ with unordered TMA reduce-adds)";
+  if (p.seqlen_q == 0) return "no queries (every gradient is 0 without a kernel of its own)";
+  const bool packed = p.cu_seqlens_q != nullptr;
+  const int batches = packed ? 1 : p.batch;
+  if (!rows_vector_aligned(p.dout_strides, batches, p.seqlen_q, p.nheads_q) ||
+      !rows_vector_aligned(p.dq_strides, batches, p.seqlen_q, p.nheads_q) ||
+      !rows_vector_aligned(p.dk_strides, batches, p.seqlen_k, p.nheads_kv) ||
+      !rows_vector_aligned(p.dv_strides, batches, p.seqlen_k, p.nheads_kv)) {
+    return "gradient strides not multiples of 8 elements (16-byte aligned rows)";
+  }
+  return "";
+}
+
+// Whether the backward kernel runs the call as given: the route, q and k arriving as they entered the
+// products (no encoding left for the kernel: the backend encodes them before and maps dq, dk back after),
+// and the caller's zeroed fp32 dQ accumulator.
+inline bool sm90_backward_takes(const AttentionParams& p, const Sm90Context& c, bool deterministic) {
+  return sm90_backward_route(p, c, deterministic).empty() && p.pe.kind == int(PEKind::kNone) &&
+         p.dq_accum != nullptr && rows_vector_aligned(p.dq_accum_strides, p.cu_seqlens_q != nullptr ? 1 : p.batch,
+                                                      p.seqlen_q, p.nheads_q);
 }
 
 }  // namespace hopper

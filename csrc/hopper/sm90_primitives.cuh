@@ -262,6 +262,21 @@ __device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threa
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// ---- shared-memory stores by 32-bit address, and a value the compiler must not hoist ---------------------
+// The Hopper kernels compute swizzled store addresses from a few per-thread bits; written as pointers, the
+// compiler hoisted all of a tile's 64-bit addresses out of the tile loop and spilled them.
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_v2_f32(uint32_t addr, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(x), "f"(y) : "memory");
+}
+// x, as a value the compiler cannot see through: what is computed from it inside a loop stays inside.
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
 // ---- wgmma ordering (PTX ISA "wgmma.fence", "wgmma.commit_group", "wgmma.wait_group") ------------------
 
 // Before the first wgmma of a batch, and whenever the accumulators or the A registers were written by

@@ -1,11 +1,18 @@
 // Standalone GPU self-test of run_attention_backward, no torch: random q, k, v, dout; a float64 host
 // reference computes out, lse (given to the kernels, as the forward would) and dq, dk, dv with the
 // same semantics (flashattn_py/semantics/masks.py, positional.py); outputs are NaN-poisoned first and guarded
-// by sentinel elements around them. For a GPU machine without the Python stack:
+// by sentinel elements around them. For a GPU machine without the Python stack (run_attention_backward
+// calls the Hopper backward, attention_bwd_sm90.cu, so both files are linked; its kernel body is in the
+// sm_90a pass only):
 //   nvcc -std=c++17 -O3 --use_fast_math -gencode arch=compute_80,code=sm_80 \
-//        -gencode arch=compute_90,code=sm_90 -Icsrc csrc/attention_bwd.cu \
+//        -gencode arch=compute_90a,code=sm_90a -Icsrc csrc/attention_bwd.cu csrc/attention_bwd_sm90.cu \
 //        csrc/tests/attention_bwd_selftest.cu -o build/bwd_selftest
-//   build/bwd_selftest            (exit status 0 = every case within tolerance)
+//   build/bwd_selftest [--sm90]   (exit status 0 = every case within tolerance)
+// --sm90: every call carries the Hopper context (requested, compiled, this device's compute capability)
+// and a zeroed fp32 dQ accumulator, so hopper/route.h sends the calls it takes to attention_bwd_sm90_kernel.
+// Cases with a positional encoding then upload q and k encoded on the host and compare dq, dk with the
+// reference's gradients w.r.t. the encoded q, k (the backend's pre-pass and inverse, around the kernel).
+// Each line is tagged [sm90] or [mma.sync]: the kernel that ran. Exit status 2 without an sm_90 device.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -17,10 +24,15 @@
 #include <random>
 #include <vector>
 
+#include "../hopper/route.h"
 #include "../launch.h"
 #include "selftest_util.h"
 
 using namespace flashattn;
+
+// --sm90: the Hopper context of every run_attention_backward call; cases the Hopper kernel ran.
+static hopper::Sm90Context g_sm90;
+static int g_sm90_cases = 0;
 
 struct Case {
   int batch, sq, sk, hq, hkv, d;
@@ -94,6 +106,9 @@ static bool run_case(const Case& c, std::mt19937& rng) {
   const int B = c.batch, Sq = c.sq, Sk = c.sk, Hq = c.hq, Hkv = c.hkv, D = c.d, group = Hq / Hkv;
   const DType t = c.dtype;
   const int pad = c.misaligned ? 3 : 0;
+  // --sm90 with an encoding: q and k go to the kernel encoded (as the backend's pre-pass hands them) when
+  // the route is open for the call; decided below once the params exist, prepared here.
+  const bool sm90_mode = g_sm90.requested;
   const int rot_dim = c.rot_dim ? c.rot_dim : D;
   const Layout lq = layout_of(B, Sq, Hq, D, c.bhsd, pad), lk = layout_of(B, Sk, Hkv, D, c.bhsd, pad);
   const int off = c.misaligned ? 1 : 0;  // odd element offset of every base pointer
@@ -117,6 +132,7 @@ static bool run_case(const Case& c, std::mt19937& rng) {
       rdv(size_t(B) * Sk * Hkv * D, 0.0);
   std::vector<float> lse(size_t(B) * Hq * Sq);
   auto ridx = [&](int b, int s, int h, int H, int S) { return ((size_t(b) * S + s) * H + h) * D; };
+  std::vector<uint16_t> hq_enc(hq), hk_enc(hk);  // q, k encoded and rounded to T (the --sm90 pre-pass)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < Hq; ++h) {
       const int kvh = h / group;
@@ -124,10 +140,12 @@ static bool run_case(const Case& c, std::mt19937& rng) {
       for (int i = 0; i < Sq; ++i) {
         for (int e = 0; e < D; ++e) qe[size_t(i) * D + e] = val(hq, lq.st, b, i, h, e);
         encode_row(&qe[size_t(i) * D], D, qpos[size_t(b) * Sq + i], c, rot_dim, false);
+        for (int e = 0; e < D; ++e) hq_enc[off + at(lq.st, b, i, h) + e] = to_bits(float(qe[size_t(i) * D + e]), t);
       }
       for (int j = 0; j < Sk; ++j) {
         for (int e = 0; e < D; ++e) ke[size_t(j) * D + e] = val(hk, lk.st, b, j, kvh, e);
         encode_row(&ke[size_t(j) * D], D, kpos[size_t(b) * Sk + j], c, rot_dim, false);
+        for (int e = 0; e < D; ++e) hk_enc[off + at(lk.st, b, j, kvh) + e] = to_bits(float(ke[size_t(j) * D + e]), t);
       }
       std::vector<double> pr(Sk), dp(Sk), dcap(Sk, 1.0), dqe(D), o(D);
       for (int i = 0; i < Sq; ++i) {
@@ -171,16 +189,20 @@ static bool run_case(const Case& c, std::mt19937& rng) {
             rdv[ridx(b, j, kvh, Hkv, Sk) + e] += pr[j] * val(hdo, lq.st, b, i, h, e);
           }
         }
-        encode_row(dqe.data(), D, qpos[size_t(b) * Sq + i], c, rot_dim, true);
-        for (int e = 0; e < D; ++e) rdq[ridx(b, i, h, Hq, Sq) + e] = dqe[e];
+        for (int e = 0; e < D; ++e) rdq[ridx(b, i, h, Hq, Sq) + e] = dqe[e];  // w.r.t. the encoded q (inverse below)
       }
     }
   }
-  for (int b = 0; b < B; ++b)
-    for (int j = 0; j < Sk; ++j)
-      for (int h = 0; h < Hkv; ++h) {
-        encode_row(&rdk[ridx(b, j, h, Hkv, Sk)], D, kpos[size_t(b) * Sk + j], c, rot_dim, true);
-      }
+  // The reference gradients w.r.t. the user's q, k: the encoding's inverse, unless the kernel is handed q and
+  // k encoded (--sm90, route open), when its dq, dk are w.r.t. the encoded ones.
+  const auto to_user_qk = [&]() {
+    for (int b = 0; b < B; ++b) {
+      for (int i = 0; i < Sq; ++i)
+        for (int h = 0; h < Hq; ++h) encode_row(&rdq[ridx(b, i, h, Hq, Sq)], D, qpos[size_t(b) * Sq + i], c, rot_dim, true);
+      for (int j = 0; j < Sk; ++j)
+        for (int h = 0; h < Hkv; ++h) encode_row(&rdk[ridx(b, j, h, Hkv, Sk)], D, kpos[size_t(b) * Sk + j], c, rot_dim, true);
+    }
+  };
 
   // Device buffers. Gradients: NaN-poisoned (0xffff), `guard` sentinel elements before and after.
   const size_t guard = 256;
@@ -240,8 +262,29 @@ static bool run_case(const Case& c, std::mt19937& rng) {
     CK(cudaMemcpy(dslopes, slopes.data(), slopes.size() * 4, cudaMemcpyHostToDevice));
     p.mods.alibi_slopes = dslopes, p.mods.alibi_stride_b = Hq, p.mods.alibi_stride_h = 1;
   }
+  // --sm90: the Hopper context, the fp32 dQ accumulator (zeroed, contiguous bshd), and, when the route is
+  // open and the call has an encoding, q and k pre-encoded with the kernel told of no encoding.
+  float* dq_accum = nullptr;
+  bool pre_encoded = false;
+  if (sm90_mode) {
+    const size_t n = size_t(B) * Sq * Hq * D;
+    CK(cudaMalloc(&dq_accum, std::max<size_t>(n, 1) * 4));
+    CK(cudaMemset(dq_accum, 0, std::max<size_t>(n, 1) * 4));
+    p.dq_accum = dq_accum;
+    p.dq_accum_strides = Strides{int64_t(Sq) * Hq * D, int64_t(Hq) * D, D};
+    if (c.pe != 0 && hopper::sm90_backward_route(p, g_sm90, false).empty()) {
+      CK(cudaMemcpy(dq_in, hq_enc.data(), hq_enc.size() * 2, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dk_in, hk_enc.data(), hk_enc.size() * 2, cudaMemcpyHostToDevice));
+      p.pe.kind = 0;
+      pre_encoded = true;
+    }
+  }
+  if (!pre_encoded) to_user_qk();
+  const bool hopper_ran = hopper::sm90_backward_takes(p, g_sm90, false) && B > 0 && Hq > 0 && Sq > 0 && Sk > 0;
+  g_sm90_cases += hopper_ran;
+  std::printf("  %s\n", hopper_ran ? "[sm90]" : "[mma.sync]");
   try {
-    run_attention_backward(p, 0);
+    run_attention_backward(p, 0, g_sm90, false);
   } catch (const std::exception& e) {
     std::printf("  launch threw: %s\n", e.what());
     return false;
@@ -284,10 +327,30 @@ static bool run_case(const Case& c, std::mt19937& rng) {
                     (void*)gk, (void*)gv, (void*)dlse, (void*)ddelta, (void*)dqpos, (void*)dkpos})
     CK(cudaFree(ptr));
   if (dslopes) CK(cudaFree(dslopes));
+  if (dq_accum) CK(cudaFree(dq_accum));
   return ok;
 }
 
-int main() {
+int main(int argc, char** argv) {
+  for (int a = 1; a < argc; ++a) {
+    if (std::strcmp(argv[a], "--sm90") == 0) {
+      g_sm90.requested = g_sm90.compiled = true;
+    } else {
+      std::printf("usage: %s [--sm90]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (g_sm90.requested) {  // the Hopper kernel runs only on sm_90 (route.h); elsewhere this mode proves nothing
+    int dev;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&g_sm90.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+    CK(cudaDeviceGetAttribute(&g_sm90.cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
+    if (g_sm90.cc_major != 9 || g_sm90.cc_minor != 0) {
+      std::printf("--sm90: the device is sm_%d%d, not sm_90: the Hopper backward cannot run here\n", g_sm90.cc_major,
+                  g_sm90.cc_minor);
+      return 2;
+    }
+  }
   const DType f16 = DType::kFloat16, bf16 = DType::kBFloat16;
   // batch, sq, sk, hq, hkv, d, dtype, wl, wr, bhsd, pe, rot_dim, interleaved, misaligned
   const std::vector<Case> cases = {
@@ -312,6 +375,13 @@ int main() {
       {2, 64, 100, 2, 1, 32, f16, 17, 5, false, 0, 0, 0, false, 5.f, true},     // both, window
       {1, 70, 90, 2, 1, 96, bf16, -1, 0, false, 1, 0, 0, false, 20.f, true},    // both + rotary
       {1, 100, 120, 2, 1, 256, f16, -1, 0, false, 0, 0, 0, false, 10.f, true},  // head_dim 256
+      // Several key blocks (128) and query tiles (64 / 128) per CTA, for the Hopper backward's loops (its
+      // ring slots wrap, dS^T buffers alternate, GQA members follow each other).
+      {2, 300, 520, 4, 2, 128, bf16, -1, 0, false, 0, 0, 0, false},    // causal, GQA, ragged tails
+      {1, 520, 300, 2, 2, 64, f16, -1, -1, false, 0, 0, 0, false},     // sq > sk
+      {1, 384, 384, 6, 2, 64, bf16, 100, 0, true, 0, 0, 0, false},     // sliding window, bhsd
+      {1, 260, 260, 2, 1, 128, f16, -1, 0, false, 1, 0, 0, false},     // rotary (pre-encoded on Hopper)
+      {1, 200, 330, 2, 2, 128, bf16, -1, -1, false, 2, 0, 0, false},   // sinusoidal
   };
   std::mt19937 rng(1234);
   int failed = 0;
@@ -322,6 +392,10 @@ int main() {
                 c.bhsd ? "bhsd" : "bshd", c.pe, c.rot_dim, c.interleaved, c.softcap, int(c.alibi),
                 c.misaligned ? " misaligned" : "");
     if (!run_case(c, rng)) ++failed;
+  }
+  if (g_sm90.requested) {
+    std::printf("%d / %zu cases ran attention_bwd_sm90_kernel\n", g_sm90_cases, cases.size());
+    if (g_sm90_cases == 0) ++failed;  // --sm90 proved nothing
   }
   std::printf(failed ? "%d case(s) FAILED\n" : "all cases passed\n", failed);
   return failed ? 1 : 0;

@@ -292,6 +292,13 @@ def sm90_route(ext, p, device: torch.device) -> str:
     return ext.sm90_forward_route(p, _device_index(device), True)
 
 
+def sm90_backward_route(ext, p, device: torch.device, deterministic: bool) -> str:
+    """'' when the Hopper backward takes the call described by p on `device` (route.h), else why not."""
+    if not sm90_requested():
+        return f"not requested ({SM90_ENV}=1 opts in)"
+    return ext.sm90_backward_route(p, _device_index(device), True, deterministic)
+
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams):
     """bshd q, k, v (head dim contiguous) -> (out like q, lse fp32 params.lse_shape, ())."""
     check_supported(params)
@@ -363,7 +370,23 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
     p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t, params) for t in (q_k, k_k, v_k, out_k))
     p.dout_strides = _strides(ext, dout_k, params)
     p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g, params) for g in grads)
-    _launch(ext.backward, p, q.device, keep_alive + [q_k, k_k, v_k, out_k, dout_k, delta])
+    keep_alive += [q_k, k_k, v_k, out_k, dout_k, delta]
+    sm90 = sm90_requested()  # read once: the pre-pass below and the extension's route decide alike
+    if sm90 and sm90_backward_route(ext, p, q.device, params.deterministic) == "":
+        # The Hopper backward takes q and k as they entered the products (its warpgroups keep no registers
+        # for encoding tiles): encoded here when the kernels would have encoded them, mapped back below.
+        if enc is not None and not pre_encoded:
+            pre_encoded = True
+            q_k, k_k = _pad(encode(q, enc, enc.q_positions), d), _pad(encode(k, enc, enc.k_positions), d)
+            p.q, p.k = q_k.data_ptr(), k_k.data_ptr()
+            p.q_strides, p.k_strides = _strides(ext, q_k, params), _strides(ext, k_k, params)
+            p.pe.kind = ext.PE_NONE
+            keep_alive += [q_k, k_k]
+        # Its CTAs add their dQ shares into this fp32 accumulator (TMA reduce-add); the extension rounds it into dq.
+        dq_accum = torch.zeros(q_k.shape, dtype=torch.float32, device=q.device)
+        p.dq_accum, p.dq_accum_strides = dq_accum.data_ptr(), _strides(ext, dq_accum, params)
+        keep_alive.append(dq_accum)
+    _launch(ext.backward, p, q.device, keep_alive, sm90=sm90, deterministic=params.deterministic)
     if padded:
         for user, kernel in zip((dq, dk, dv), grads):
             user.copy_(kernel[..., : params.head_dim])

@@ -1,7 +1,8 @@
-// Host probe of csrc/hopper/route.h for tests/test_cuda_hopper_forward.py: the routing rule of the Hopper
-// forward on named cases, compiled with the host compiler (no CUDA).
-// stdout, one line per case: "name|reason|takes" (reason "" when the Hopper kernel can take the call,
-// takes 1 when it runs the call as given: the route, and K pre-encoded when there is an encoding).
+// Host probe of csrc/hopper/route.h for tests/test_cuda_hopper_forward.py and test_cuda_hopper_backward.py:
+// the routing rules of the Hopper forward and backward on named cases, compiled with the host compiler (no CUDA).
+// stdout, one line per case: "name|reason|takes" (reason "" when the Hopper kernel can take the call, takes 1
+// when it runs the call as given). Forward cases first; the backward's are named "bwd_...": there takes needs
+// no encoding left for the kernel and the fp32 dQ accumulator.
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -74,6 +75,49 @@ int main() {
     Sm90Context c = h100();
     edit(p, c);
     std::printf("%s|%s|%d\n", name.c_str(), sm90_forward_route(p, c).c_str(), int(sm90_forward_takes(p, c)));
+  }
+
+  // The backward: the same dense call with its gradients (laid out like q, k, v), dout and dq_accum.
+  static float accum[1];
+  const auto backward_call = [] {
+    AttentionParams p = dense();
+    p.dout_strides = p.dq_strides = p.q_strides;
+    p.dk_strides = p.dv_strides = p.k_strides;
+    p.dq_accum = accum, p.dq_accum_strides = p.q_strides;
+    return p;
+  };
+  using BwdEdit = std::function<void(AttentionParams&, Sm90Context&, bool&)>;
+  const std::vector<std::pair<std::string, BwdEdit>> bwd_cases = {
+      {"bwd_dense", [](AttentionParams&, Sm90Context&, bool&) {}},
+      {"bwd_fp16_d64", [](AttentionParams& p, Sm90Context&, bool&) { p.dtype = DType::kFloat16, p.head_dim = 64; }},
+      {"bwd_causal_window", [](AttentionParams& p, Sm90Context&, bool&) { p.window_left = 64, p.window_right = 0; }},
+      {"bwd_seqused_k", [](AttentionParams& p, Sm90Context&, bool&) { p.seqused_k = lengths; }},
+      {"bwd_packed", [](AttentionParams& p, Sm90Context&, bool&) {
+         p.cu_seqlens_q = p.cu_seqlens_k = lengths, p.total_q = 700, p.total_k = 900;
+       }},
+      {"bwd_d256", [](AttentionParams& p, Sm90Context&, bool&) { p.head_dim = 256; }},
+      {"bwd_d96", [](AttentionParams& p, Sm90Context&, bool&) { p.head_dim = 96; }},
+      {"bwd_deterministic", [](AttentionParams&, Sm90Context&, bool& det) { det = true; }},
+      {"bwd_not_requested", [](AttentionParams&, Sm90Context& c, bool&) { c.requested = false; }},
+      {"bwd_a100", [](AttentionParams&, Sm90Context& c, bool&) { c.cc_major = 8; }},
+      {"bwd_softcap", [](AttentionParams& p, Sm90Context&, bool&) { p.mods.softcap = 30.f; }},
+      {"bwd_no_queries", [](AttentionParams& p, Sm90Context&, bool&) { p.seqlen_q = 0; }},
+      {"bwd_odd_dout_stride", [](AttentionParams& p, Sm90Context&, bool&) { p.dout_strides.seq = 8 * 128 + 4; }},
+      {"bwd_odd_dk_stride", [](AttentionParams& p, Sm90Context&, bool&) { p.dk_strides.head = 130; }},
+      // An encoded call: the route is open (the backend then pre-encodes q and k and clears the encoding);
+      // the kernel runs it only without an encoding left, and only with the dQ accumulator.
+      {"bwd_rotary_raw", [](AttentionParams& p, Sm90Context&, bool&) {
+         p.pe.kind = int(PEKind::kRotary), p.pe.dim = 128, p.pe.q_pos = p.pe.k_pos = positions;
+       }},
+      {"bwd_no_accum", [](AttentionParams& p, Sm90Context&, bool&) { p.dq_accum = nullptr; }},
+  };
+  for (const auto& [name, edit] : bwd_cases) {
+    AttentionParams p = backward_call();
+    Sm90Context c = h100();
+    bool deterministic = false;
+    edit(p, c, deterministic);
+    std::printf("%s|%s|%d\n", name.c_str(), sm90_backward_route(p, c, deterministic).c_str(),
+                int(sm90_backward_takes(p, c, deterministic)));
   }
   return 0;
 }
