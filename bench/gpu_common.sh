@@ -18,3 +18,11 @@ build_cuda() {
       --no-index -e . ; } > "$1/build.txt" 2>&1 || echo "CUDA build failed (see $1/build.txt); continuing with Triton"
   tail -3 "$1/build.txt"
 }
+
+# machine_header FILE COMMAND: what a committed result needs beside its numbers (the GPU and driver, torch
+# and Triton, the date, the commit, the command that made it), written to FILE.
+machine_header() {
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    date -u; git log -1 --format='commit %H' 2>/dev/null; echo "command: $2"; } > "$1" 2>&1
+}

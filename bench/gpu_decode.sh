@@ -12,9 +12,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-bench/results/decode-${gpu}-$(date -u +%Y-%m-%d)}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  date -u; git log -1 --format='commit %H'; } > "$out/gpu.txt" 2>&1
+machine_header "$out/gpu.txt" "bash bench/gpu_decode.sh"
 
 build_cuda "$out"
 

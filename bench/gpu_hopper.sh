@@ -18,9 +18,7 @@ cd "$(dirname "$0")/.."
 [ "$arch" = 90 ] || { echo "the Hopper forward needs an sm_90 GPU (this one is sm_$arch)"; exit 2; }
 out=${OUT:-bench/results/${gpu}-$(date -u +%F)}
 mkdir -p "$out"
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  date -u; echo "command: bash bench/gpu_hopper.sh"; } > "$out/gpu-hopper.txt" 2>&1
+machine_header "$out/gpu-hopper.txt" "bash bench/gpu_hopper.sh"
 build_cuda "$out"
 for d in 128 64; do
   step "Hopper forward timings, head_dim $d"

@@ -15,9 +15,7 @@ cd "$(dirname "$0")/.."
 . bench/gpu_common.sh  # PY, gpu, arch, step, build_cuda
 out=${OUT:-bench/results/${gpu}-$(date -u +%F)}
 mkdir -p "$out"
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  date -u; echo "command: bash bench/gpu_rope.sh"; } > "$out/gpu-rope.txt" 2>&1
+machine_header "$out/gpu-rope.txt" "bash bench/gpu_rope.sh"
 build_cuda "$out"
 for d in 128 64; do
   step "RoPE timings, head_dim $d"

@@ -241,6 +241,22 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("built_with_sm90a", &built_with_sm90a, "Whether FLASHATTN_CUDA_ARCHS had 90a (the Hopper kernels' code)");
 
   m.def(
+      "sm90_head_dims",
+      [] {
+        py::dict dims;
+        py::list forward, backward;
+        for (int d : {32, 64, 96, 128, 256}) {
+          if (hopper::sm90_head_dim(d)) forward.append(d);
+          if (hopper::sm90_backward_head_dim(d)) backward.append(d);
+        }
+        dims["forward"] = forward;
+        dims["backward"] = backward;
+        return dims;
+      },
+      "{'forward': [...], 'backward': [...]}: the head dims the Hopper kernels have (csrc/hopper/route.h), of the "
+      "compiled ones; no GPU needed");
+
+  m.def(
       "backward",
       [](const AttentionParams& p, std::uintptr_t stream, int device, bool sm90, bool deterministic) {
         require_device(device);

@@ -9,8 +9,8 @@ or as eager torch ops, followed by SDPA or FlexAttention.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -34,6 +34,9 @@ class Peer:
     fn: Optional[Callable] = None
     unavailable: str = ""  # why fn is None
     timed_on_cpu: bool = True  # False for the Triton interpreter: its speed is no performance figure
+    # Environment variables set while any of its calls runs, its backward included (the runner's
+    # `environment`): e.g. the Hopper kernels' opt-in, which the CUDA backend reads at each call.
+    env: dict = dataclasses.field(default_factory=dict)
 
 
 def encoding_options(case: Case) -> dict:
@@ -127,35 +130,27 @@ def _cuda_extension_problem() -> str:
 
 
 def _sm90_problem(case: Case, device: torch.device) -> str:
-    """Why backend='cuda' with the Hopper forward opted in (csrc/hopper/route.h) would not run it for this
-    case, '' when it would: the checks of the route that depend on the case and the machine."""
+    """Why backend='cuda' with the Hopper kernels opted in (csrc/hopper/route.h) would run neither of them
+    for this case, '' when it runs the forward (and the backward where its head dims include the case's):
+    the checks of the route that depend on the case and the machine, asked of the extension."""
     from flashattn_py.backends import cuda_backend
 
-    if not cuda_backend.extension().built_with_sm90a():
+    ext = cuda_backend.extension()
+    if not ext.built_with_sm90a():
         return "the extension has no sm_90a code (FLASHATTN_CUDA_ARCHS=90a)"
     if torch.cuda.get_device_capability(device) != (9, 0):
-        return "the Hopper forward runs on sm_90 (H100 / H200) only"
-    if case.head_dim not in (64, 128, 256):
-        return f"the Hopper forward has head dims 64 / 128 / 256, not {case.head_dim}"
+        return "the Hopper kernels run on sm_90 (H100 / H200) only"
+    dims = ext.sm90_head_dims()["forward"]
+    if case.head_dim not in dims:
+        return f"the Hopper forward has head dims {' / '.join(map(str, dims))}, not {case.head_dim}"
     return ""
 
 
-def _with_sm90(fn):
-    """fn run with FLASHATTN_CUDA_SM90=1 (the Hopper forward's opt-in; the backward stays mma.sync)."""
+def _sm90_environment() -> dict:
+    """The environment a cuda[sm90] step runs in, forward and backward alike: the Hopper kernels' opt-in."""
     from flashattn_py.backends import cuda_backend
 
-    def run(q, k, v):
-        before = os.environ.get(cuda_backend.SM90_ENV)
-        os.environ[cuda_backend.SM90_ENV] = "1"
-        try:
-            return fn(q, k, v)
-        finally:
-            if before is None:
-                del os.environ[cuda_backend.SM90_ENV]
-            else:
-                os.environ[cuda_backend.SM90_ENV] = before
-
-    return run
+    return {cuda_backend.SM90_ENV: "1"}
 
 
 def _ours(case: Case, device: torch.device) -> list[Peer]:
@@ -177,7 +172,8 @@ def _ours(case: Case, device: torch.device) -> list[Peer]:
         problem = "the CUDA kernels are fp16/bf16 only"
     peers.append(Peer("cuda", True, None if problem else attention("cuda"), problem))
     sm90_problem = problem or _sm90_problem(case, device)
-    peers.append(Peer("cuda[sm90]", True, None if sm90_problem else _with_sm90(attention("cuda")), sm90_problem))
+    peers.append(Peer("cuda[sm90]", True, None if sm90_problem else attention("cuda"), sm90_problem,
+                      env=_sm90_environment()))
     if case.encoding != "none":  # the same two schedules on the CUDA backend (one rule: pe_strategy.py)
         peers += [Peer(f"cuda[{s}]", True, None if problem else attention("cuda", pe_k_strategy=s), problem)
                   for s in ("in_kernel", "prepass")]

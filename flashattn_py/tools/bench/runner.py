@@ -2,6 +2,8 @@
 ones (median ms, TFLOP/s) and record their peak memory. A wrong result is reported, never timed."""
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -162,8 +164,9 @@ def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=
     references = check_references(case, device, with_grads)
     rows, timed = [], []  # timed: (row, make_step) of every correct implementation x mode
     for name, peer in impls.items():
-        status = (f"unavailable: {peer.unavailable}" if peer.fn is None
-                  else check(case, peer.fn, device, with_grads, references))
+        with environment(peer.env):
+            status = (f"unavailable: {peer.unavailable}" if peer.fn is None
+                      else check(case, peer.fn, device, with_grads, references))
         if status == "ok" and device.type == "cpu" and not peer.timed_on_cpu:
             status = "not timed: Triton interpreter (correctness only; its speed is no performance figure)"
         for mode in modes:
@@ -172,7 +175,8 @@ def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=
             if status != "ok":
                 continue
             label = f"{name} {mode} {case.label()}" if nvtx and device.type == "cuda" else None
-            timed.append((row, lambda fn=peer.fn, mode=mode, label=label: _step(fn, mode, (q, k, v, dout), label)))
+            timed.append((row, lambda fn=peer.fn, mode=mode, label=label, env=peer.env:
+                          _step(fn, mode, (q, k, v, dout), label, env)))
     for mode in modes:
         _time_rows([(row, make) for row, make in timed if row.mode == mode], timer, device)
     for row in rows:
@@ -182,9 +186,31 @@ def measure_case(case: Case, modes, device: torch.device, timer: Callable, only=
     return rows
 
 
-def _step(fn: Callable, mode: str, inputs, nvtx_label) -> Callable:
-    step = step_for(fn, mode, *inputs)
+def _step(fn: Callable, mode: str, inputs, nvtx_label, env: dict) -> Callable:
+    with environment(env):  # "bwd" runs the forward here, once
+        step = step_for(fn, mode, *inputs)
+    if env:
+        inner = step
+
+        def step():
+            with environment(env):
+                return inner()
     return step if nvtx_label is None else _with_nvtx(step, nvtx_label)
+
+
+@contextlib.contextmanager
+def environment(env: dict):
+    """os.environ with `env` set, restored after (a peer whose backend reads an opt-in at each call)."""
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _time_rows(timed: list, timer: Callable, device: torch.device) -> None:
