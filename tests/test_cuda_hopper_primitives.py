@@ -135,6 +135,38 @@ def test_kmajor_128b_descriptor(probe, rows):
                      "base": 0, "swizzle": 1, "reserved": 0}
 
 
+@pytest.mark.parametrize("rows, slices", [(128, 4), (128, 8)])
+def test_backward_ds_stores_are_the_swizzled_layout(probe, rows, slices):
+    # The Hopper backward's dS^T stores (smem_layout.h ds_pair_offset, kBlockM = 16 * slices queries): the 4-byte
+    # pair of each thread's register i of slice c lands where the 128B swizzle (PTX rule) puts element
+    # (key + 8 (i % 2), 16c + 8 (i / 2) + 2 t4) of a [key][query] tile of 64-query panels; every pair exactly once.
+    seen = {}
+    for line in probe(f"dsst {rows} {slices}"):
+        key, t4, c, i, off = map(int, line.split()[1:])
+        if key % 16 >= 8:
+            continue  # a thread's base key is 16 w + g (its second row is + 8)
+        row, query = key + 8 * (i % 2), 16 * c + 8 * (i // 2) + 2 * t4
+        panel, col = divmod(query, 64)
+        assert off == panel * rows * 128 + ptx_swizzle_128b(row * 128 + col * 2), (key, t4, c, i)
+        seen[off] = seen.get(off, 0) + 1
+    assert len(seen) == rows * 16 * slices // 2 and set(seen.values()) == {1}
+
+
+def test_backward_dq_share_stores_are_the_fp32_box_layout(probe):
+    # The fp32 dQ share (f32_share_pair_offset): element pair (row + 8h, 8j + 2 t4) of a 64 x 64 share lands
+    # in 32-column panels of 64 rows, 128B-swizzled as TMA reads a box of 32 fp32 (PTX rule); each 8-byte pair once.
+    seen = {}
+    for line in probe("dqst"):
+        row, t4, j, h, off = map(int, line.split()[1:])
+        if row % 16 >= 8:
+            continue
+        r, col = row + 8 * h, 8 * j + 2 * t4
+        panel, within = divmod(col, 32)
+        assert off == panel * 64 * 128 + ptx_swizzle_128b(r * 128 + within * 4), (row, t4, j, h)
+        seen[off] = seen.get(off, 0) + 1
+    assert len(seen) == 64 * 64 // 2 and set(seen.values()) == {1}
+
+
 @pytest.mark.parametrize("rows", [64, 128])
 def test_mnmajor_128b_descriptor(probe, rows):
     # MN-major operand (V in O = P V: rows are keys = the GEMM's K, 64-channel panels along N), 128B

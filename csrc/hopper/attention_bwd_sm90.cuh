@@ -323,20 +323,17 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
       a_ds[c][2] = pack2<T>(dp[8 * c + 4], dp[8 * c + 5]);
       a_ds[c][3] = pack2<T>(dp[8 * c + 6], dp[8 * c + 7]);
     }
-    // dS^T rows of this thread into the tile's dS^T buffer ([key][query], 128B-swizzled panels of kBlockN
-    // rows): register i of slice c is key key_local + 8 (i % 2), queries 16c + 8 (i / 2) + 2 t4, + 1, i.e.
-    // sw128_offset(key, query, kBlockN) = panel c / 4, row key (row % 8 = g), 16-byte chunk
-    // (2 (c % 4) + i / 2) ^ g, byte 4 t4 in it. The buffer was last read by tile t - 2's dQ GEMMs, which
-    // both consumers waited for before tile t - 1's kDsReady barrier, which this consumer has passed.
+    // dS^T of this thread into the tile's dS^T buffer ([key][query], 128B-swizzled panels of kBlockN rows;
+    // smem_layout.h ds_pair_offset). The buffer was last read by tile t - 2's dQ GEMMs, which both consumers
+    // waited for before tile t - 1's kDsReady barrier, which this consumer has passed.
     {
-      const uint32_t sw = opaque(uint32_t(g));  // recomputed per tile (hoisted, the 32 addresses spilled)
-      const uint32_t row_addr = smem_u32(ds_s) + uint32_t(t % 2) * Cfg::kDsBytes + uint32_t(key_local) * 128 + 4 * t4;
+      const uint32_t sw = opaque(uint32_t(key_local % 8));  // recomputed per tile (hoisted, the addresses spilled)
+      const uint32_t buf = smem_u32(ds_s) + uint32_t(t % 2) * Cfg::kDsBytes;
 #pragma unroll
       for (int c = 0; c < kSlicesM; ++c) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const uint32_t chunk = (uint32_t(2 * (c % 4) + i / 2) ^ sw) << 4;
-          st_shared_b32(row_addr + uint32_t(c / 4) * kBlockN * 128 + uint32_t(i % 2) * 1024 + chunk, a_ds[c][i]);
+          st_shared_b32(buf + ds_pair_offset(uint32_t(key_local), uint32_t(t4), c, i, kBlockN, sw), a_ds[c][i]);
         }
       }
     }
@@ -396,18 +393,18 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     }
     if (lane == 0) mbarrier_arrive(&empty[stage]);
 
-    // The share into its swizzled fp32 staging (two 32-column TMA boxes of 64 rows), then one reduce-add per
-    // box. Element (16 warp + g + 8h, 8j + 2 t4) of box j / 4 (32 fp32 = 128 bytes a row, smem_layout.h's swizzle): row (row % 8 = g), 16-byte
-    // chunk (2 (j % 4) + t4 / 2) ^ g = 2 (j % 4) ^ (g ^ t4 / 2), byte 8 (t4 % 2) in it.
+    // The share into its swizzled fp32 staging (two 32-column TMA boxes of 64 rows; smem_layout.h
+    // f32_share_pair_offset), then one reduce-add per box.
     {
-      const uint32_t sw = opaque(uint32_t(g ^ (t4 / 2)));
-      const uint32_t row_addr = smem_u32(dq_share) + uint32_t(16 * warp + g) * 128 + 8 * (t4 % 2);
+      const uint32_t row = uint32_t(16 * warp + g);
+      const uint32_t sw = opaque((row % 8) ^ uint32_t(t4 / 2));
+      const uint32_t base = smem_u32(dq_share);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          st_shared_v2_f32(row_addr + uint32_t(j / 4) * 64 * 128 + uint32_t(h) * 1024 + ((uint32_t(2 * (j % 4)) ^ sw) << 4),
-                           dq[4 * j + 2 * h], dq[4 * j + 2 * h + 1]);
+          st_shared_v2_f32(base + f32_share_pair_offset(row, uint32_t(t4), j, h, sw), dq[4 * j + 2 * h],
+                           dq[4 * j + 2 * h + 1]);
         }
       }
     }

@@ -66,6 +66,31 @@ FLASHATTN_HOST_DEVICE constexpr uint32_t sw128_offset(uint32_t row, uint32_t col
   return (col / kPanelCols16) * rows * kSwizzleRowBytes + sw128_byte_offset(row, (col % kPanelCols16) * 2);
 }
 
+// ---- the backward's register-to-shared stores, by (row base, chunk XOR) ------------------------------
+// The Hopper backward stores two tiles from wgmma accumulator registers (thread lane = 4 g + t4 of warp w):
+// dS^T (16-bit, [key][query], panels of `rows` keys) and its fp32 dQ share (64 rows, 32-column panels, the
+// TMA box layout). Its addresses are a per-thread row base plus a constant plus a 16-byte chunk XORed with a
+// per-thread value `sw`, which the kernel recomputes inside its tile loop (as pointers the compiler hoisted
+// every address and spilled them). tests/test_cuda_hopper_primitives.py checks both against sw128_offset.
+
+// dS^T element pair of register i (0..3) of k16 slice c: key `key` + 8 (i % 2), queries 16c + 8 (i / 2) + 2 t4
+// (+1): = sw128_offset(key + 8 (i % 2), 16c + 8 (i / 2) + 2 t4, rows) when sw = key % 8.
+FLASHATTN_HOST_DEVICE constexpr uint32_t ds_pair_offset(uint32_t key, uint32_t t4, uint32_t c, uint32_t i,
+                                                        uint32_t rows, uint32_t sw) {
+  return key * kSwizzleRowBytes + 4 * t4 + (c / 4) * rows * kSwizzleRowBytes + (i % 2) * kSwizzleAtomBytes +
+         (((2 * (c % 4) + i / 2) ^ sw) * kSwizzleChunkBytes);
+}
+
+// fp32 dQ-share element pair (row, 8j + 2 t4 (+1)), h = 0, 1 for rows row, row + 8, in 32-column panels of 64
+// rows (128B-swizzled fp32: 32 elements a row): = panel (8j + 2 t4) / 32, row (row + 8h), byte 4 ((8j + 2 t4)
+// % 32) under the swizzle, when sw = (row % 8) ^ (t4 / 2). (The pair's chunk is 2 (j % 4) + t4 / 2, and
+// (2 (j % 4) + t4 / 2) ^ (row % 8) = 2 (j % 4) ^ sw since the two terms share no bit.)
+FLASHATTN_HOST_DEVICE constexpr uint32_t f32_share_pair_offset(uint32_t row, uint32_t t4, uint32_t j, uint32_t h,
+                                                               uint32_t sw) {
+  return row * kSwizzleRowBytes + 8 * (t4 % 2) + (j / 4) * 64 * kSwizzleRowBytes + h * kSwizzleAtomBytes +
+         (((2 * (j % 4)) ^ sw) * kSwizzleChunkBytes);
+}
+
 // ---- wgmma descriptor ------------------------------------------------------------------------------
 
 enum class WgmmaSwizzle : uint32_t { kNone = 0, k128B = 1, k64B = 2, k32B = 3 };

@@ -79,6 +79,20 @@ int main() {
         std::printf("adv %" PRIu64 " %" PRIu64 "\n",
                     desc_advance(sw128_kmajor_desc(address, rows, 0), sw128_kmajor_step(rows, k16)),
                     desc_advance(sw128_mnmajor_desc(address, rows, 0), sw128_mnmajor_step(k16)));
+      } else if (cmd == "dsst") {  // the backward's dS^T stores: every thread, slice and register of a tile
+        uint32_t rows, slices;
+        in >> rows >> slices;
+        for (uint32_t key = 0; key < rows; key += 1)
+          for (uint32_t t4 = 0; t4 < 4; ++t4)
+            for (uint32_t c = 0; c < slices; ++c)
+              for (uint32_t i = 0; i < 4; ++i)
+                std::printf("dsst %u %u %u %u %u\n", key, t4, c, i, ds_pair_offset(key, t4, c, i, rows, key % 8));
+      } else if (cmd == "dqst") {  // the backward's fp32 dQ-share stores
+        for (uint32_t row = 0; row < 64; row += 1)
+          for (uint32_t t4 = 0; t4 < 4; ++t4)
+            for (uint32_t j = 0; j < 8; ++j)
+              for (uint32_t h = 0; h < 2; ++h)
+                std::printf("dqst %u %u %u %u %u\n", row, t4, j, h, f32_share_pair_offset(row, t4, j, h, (row % 8) ^ (t4 / 2)));
       } else if (cmd == "bshd") {
         int type;
         int64_t b, s, h, d, sb, ss, sh;
