@@ -60,19 +60,24 @@ namespace hopper {
 //  - d 128: S^T, dP^T 32 + 32, dK + dV 128.
 template <int kHeadDim>
 struct Sm90BwdShape;
+// kEarlyDv: dV's GEMM issued as soon as P^T is ready, under dS^T's math (see the tile loop). At d 64 the
+// fp32 P^T (64 registers) that dS^T still needs, live beside dP^T and the A registers, spilled 48 bytes.
 template <>
 struct Sm90BwdShape<64> {
   static constexpr int kBlockM = 128;
+  static constexpr bool kEarlyDv = false;
 };
 template <>
 struct Sm90BwdShape<128> {
   static constexpr int kBlockM = 64;
+  static constexpr bool kEarlyDv = true;
 };
 
 template <int kHeadDim>
 struct Sm90BwdConfig {
   static constexpr int kBlockN = 128;  // keys per CTA: 64 per consumer warpgroup
   static constexpr int kBlockM = Sm90BwdShape<kHeadDim>::kBlockM;
+  static constexpr bool kEarlyDv = Sm90BwdShape<kHeadDim>::kEarlyDv;
   static constexpr int kStages = 2;
   static constexpr int kThreads = 384;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
@@ -253,19 +258,28 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     const float* delta = lse2 + kBlockM;
     mbarrier_wait(&full[stage], uint32_t(t / kStages) & 1u);
 
-    // S^T = K Q^T and dP^T = V dO^T, one group.
+    // wgmma groups per tile, so that the math of each step runs under the GEMM issued before it (kEarlyDv):
+    //   1 S^T = K Q^T, 2 dP^T = V dO^T   (P^T is computed while dP^T runs)
+    //   3 dV += P^T dO                   (dS^T is computed and stored while dV runs)
+    //   4 dK += dS^T Q, then 5 the dQ share (after the dS^T tile is whole)
+    // Without kEarlyDv, P^T waits for dP^T too and dV joins dK's group (fp32 P^T then need not stay live
+    // beside dP^T and P^T's A registers while dV runs).
+    constexpr bool kEarlyDv = Cfg::kEarlyDv;
     float s[kSRegs], dp[kSRegs];
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
     {
       const uint64_t q_desc = desc_advance(q_desc0, uint32_t(stage) * Cfg::kQBytes);
-      const uint64_t do_desc = desc_advance(do_desc0, uint32_t(stage) * Cfg::kQBytes);
 #pragma unroll
       for (int kk = 0; kk < kSlicesD; ++kk) {
         Wgmma<kBlockM, T>::ss(s, desc_advance(k_desc, sw128_kmajor_step(kBlockN, kk)),
                               desc_advance(q_desc, sw128_kmajor_step(kBlockM, kk)), kk > 0);
       }
+    }
+    wgmma_commit_group();
+    {
+      const uint64_t do_desc = desc_advance(do_desc0, uint32_t(stage) * Cfg::kQBytes);
 #pragma unroll
       for (int kk = 0; kk < kSlicesD; ++kk) {
         Wgmma<kBlockM, T>::ss(dp, desc_advance(v_desc, sw128_kmajor_step(kBlockN, kk)),
@@ -273,12 +287,15 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
       }
     }
     wgmma_commit_group();
-    wgmma_wait_group<0>();
+    if constexpr (kEarlyDv) {
+      wgmma_wait_group<1>();  // S^T done; dP^T may still run
+    } else {
+      wgmma_wait_group<0>();
+    }
     wgmma_fence_operand(s);
-    wgmma_fence_operand(dp);
 
-    // P^T and dS^T (accumulator element 4j + 2h + e: key key_local + 8h, query m0 + 8j + 2 t4 + e). A hidden
-    // score is zeroed before exp2: it may exceed lse and overflow.
+    // P^T (accumulator element 4j + 2h + e: key key_local + 8h, query m0 + 8j + 2 t4 + e). A hidden score is
+    // zeroed before exp2: it may exceed lse and overflow.
     // Masked tiles test each element against its key's visible queries (MaskRule::query_range of the one
     // key, i.e. MaskRule::visible, as tile columns; keys past the sequence see none): two bounds per key
     // instead of the rule's arithmetic per element, which spilled at d 64.
@@ -304,13 +321,12 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
           const int col = 8 * j + 2 * t4 + e;
           const int r = 4 * j + 2 * h + e;
           const bool keep = col >= col_lo[h] && col < col_hi[h];
-          const float pr = keep ? fast_exp2(fmaf(s[r], scale_log2, -lse2[col])) : 0.f;
-          s[r] = pr;
-          dp[r] = pr * (dp[r] - delta[col]);
+          s[r] = keep ? fast_exp2(fmaf(s[r], scale_log2, -lse2[col])) : 0.f;
         }
       }
     }
-    // P^T and dS^T rounded to T in the A-register layout (k16 slice c = queries 16c .. 16c + 15).
+    // P^T rounded to T in the A-register layout (k16 slice c = queries 16c .. 16c + 15), then dV += P^T dO
+    // (B = the dO tile read transposed).
     uint32_t a_p[kSlicesM][4], a_ds[kSlicesM][4];
 #pragma unroll
     for (int c = 0; c < kSlicesM; ++c) {
@@ -318,6 +334,38 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
       a_p[c][1] = pack2<T>(s[8 * c + 2], s[8 * c + 3]);
       a_p[c][2] = pack2<T>(s[8 * c + 4], s[8 * c + 5]);
       a_p[c][3] = pack2<T>(s[8 * c + 6], s[8 * c + 7]);
+      wgmma_fence_operand(a_p[c]);
+    }
+    const auto issue_dv = [&] {
+      const uint64_t do_mn = desc_advance(do_mn0, uint32_t(stage) * Cfg::kQBytes);
+#pragma unroll
+      for (int c = 0; c < kSlicesM; ++c) {
+        Wgmma<kHeadDim, T>::template rs<1>(dv, a_p[c], desc_advance(do_mn, sw128_mnmajor_step(c)), 1);
+      }
+    };
+    if constexpr (kEarlyDv) {
+      wgmma_fence_operand(dv);
+      wgmma_fence();
+      issue_dv();
+      wgmma_commit_group();
+      wgmma_wait_group<1>();  // dP^T done; dV may still run
+    }
+    wgmma_fence_operand(dp);
+
+    // dS^T = P^T (dP^T - delta), rounded into the A-register layout.
+#pragma unroll
+    for (int j = 0; j < kBlockM / 8; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int r = 4 * j + 2 * h + e;
+          dp[r] = s[r] * (dp[r] - delta[8 * j + 2 * t4 + e]);
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < kSlicesM; ++c) {
       a_ds[c][0] = pack2<T>(dp[8 * c + 0], dp[8 * c + 1]);
       a_ds[c][1] = pack2<T>(dp[8 * c + 2], dp[8 * c + 3]);
       a_ds[c][2] = pack2<T>(dp[8 * c + 4], dp[8 * c + 5]);
@@ -338,22 +386,15 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
       }
     }
 
-    // dV += P^T dO and dK += dS^T Q (A from registers, B transposed), one group.
+    // dK += dS^T Q (B = the Q tile read transposed), with dV before it in one group when not issued early.
 #pragma unroll
-    for (int c = 0; c < kSlicesM; ++c) {
-      wgmma_fence_operand(a_p[c]);
-      wgmma_fence_operand(a_ds[c]);
-    }
-    wgmma_fence_operand(dv);
+    for (int c = 0; c < kSlicesM; ++c) wgmma_fence_operand(a_ds[c]);
     wgmma_fence_operand(dk);
+    wgmma_fence_operand(dv);
     wgmma_fence();
+    if constexpr (!kEarlyDv) issue_dv();
     {
-      const uint64_t do_mn = desc_advance(do_mn0, uint32_t(stage) * Cfg::kQBytes);
       const uint64_t q_mn = desc_advance(q_mn0, uint32_t(stage) * Cfg::kQBytes);
-#pragma unroll
-      for (int c = 0; c < kSlicesM; ++c) {
-        Wgmma<kHeadDim, T>::template rs<1>(dv, a_p[c], desc_advance(do_mn, sw128_mnmajor_step(c)), 1);
-      }
 #pragma unroll
       for (int c = 0; c < kSlicesM; ++c) {
         Wgmma<kHeadDim, T>::template rs<1>(dk, a_ds[c], desc_advance(q_mn, sw128_mnmajor_step(c)), 1);
