@@ -70,7 +70,7 @@ bool run_attention_backward_sm90(const AttentionParams& p, cudaStream_t stream, 
   if (!hopper::sm90_backward_takes(p, sm90, deterministic)) return false;
   dispatch(p, "backward (sm_90a)", [&](auto type, auto head_dim, auto, auto) {
     constexpr int kD = decltype(head_dim)::value;
-    if constexpr (kD == 64 || kD == 128) {
+    if constexpr (kD == 64 || kD == 128 || kD == 256) {
       launch_sm90_backward<typename decltype(type)::type, kD>(p, stream);
     } else {
       throw std::logic_error("flashattn_py CUDA backward: hopper/route.h let head_dim " + std::to_string(kD) +
@@ -89,6 +89,7 @@ std::vector<KernelLaunchInfo> backward_sm90_launch_info() {
   };
   add(std::integral_constant<int, 64>{});
   add(std::integral_constant<int, 128>{});
+  add(std::integral_constant<int, 256>{});
   return info;
 }
 

@@ -2,8 +2,8 @@
 
 1. The routing rule (csrc/hopper/route.h sm90_backward_route / sm90_backward_takes), host-compiled
    (csrc/hopper/tests/route_probe.cpp, its "bwd_" cases): which calls the kernel takes and why it refuses
-   the others (deterministic, head dim 256, ...).
-2. Static facts of its four instances (fp16 / bf16 x head dim 64 / 128) as the extension's build compiles
+   the others (deterministic, head dim 96, ...).
+2. Static facts of its six instances (fp16 / bf16 x head dim 64 / 128 / 256) as the extension's build compiles
    them for sm_90a: no spills within the CTA's 168 registers per thread, the five GEMMs as HGMMA (S^T and
    dP^T from shared memory, dV and dK with P^T / dS^T from registers, dQ with both operands transposed),
    TMA loads (UTMALDG) and the dQ reduce-add (UTMAREDG), mbarriers, setmaxnreg, and no ptxas note that
@@ -26,9 +26,9 @@ HOPPER = ROOT / "csrc" / "hopper"
 
 # ---- 1. the routing rule ----------------------------------------------------------------------------
 
-TAKEN = {"bwd_dense", "bwd_fp16_d64", "bwd_causal_window", "bwd_seqused_k", "bwd_packed"}
+TAKEN = {"bwd_dense", "bwd_fp16_d64", "bwd_d256", "bwd_causal_window", "bwd_seqused_k", "bwd_packed"}
 REFUSED = {  # case: words of the reason
-    "bwd_d256": "head_dim 256", "bwd_d96": "head_dim 96", "bwd_deterministic": "deterministic",
+    "bwd_d96": "head_dim 96", "bwd_deterministic": "deterministic",
     "bwd_not_requested": "FLASHATTN_CUDA_SM90=1", "bwd_a100": "not sm_90", "bwd_softcap": "softcap",
     "bwd_no_queries": "no queries", "bwd_odd_dout_stride": "16-byte", "bwd_odd_dk_stride": "16-byte",
 }
@@ -60,9 +60,10 @@ def test_route_refuses_the_rest_saying_why(routes):
 
 # ---- 2. static facts -----------------------------------------------------------------------------------
 
-INSTANCES = [(dtype, d) for dtype in ("6__half", "13__nv_bfloat16") for d in (64, 128)]
+INSTANCES = [(dtype, d) for dtype in ("6__half", "13__nv_bfloat16") for d in (64, 128, 256)]
 CMAKE_FLAGS = ("--use_fast_math", "--expt-relaxed-constexpr", "-c")  # CMakeLists.txt's, as far as they change code
-BLOCK_M = {64: 128, 128: 64}  # query rows per tile (Sm90BwdShape): S^T and dP^T are 64 keys x BLOCK_M
+BLOCK_M = {64: 128, 128: 64, 256: 64}  # query rows per tile (Sm90BwdShape): S^T and dP^T are 64 keys x BLOCK_M
+ACC_COLS = {64: 64, 128: 128, 256: 128}  # dK / dV channels per consumer (at 256 the consumers split them)
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,10 @@ def test_sm90_backward_sass_is_wgmma_and_tma(sm90_build):
         # (cuobjdump's operands carry the transposes, .tnspA / .tnspB; the opcodes give the shapes.)
         # S^T = K Q^T and dP^T = V dO^T: 64 keys x m queries, D / 16 steps each.
         assert any(op.startswith(f"HGMMA.64x{m}x16.F32") for op in hgmma), (dtype, d, hgmma)
-        # dV += P^T dO and dK += dS^T Q: 64 keys x D, m / 16 steps each.
-        assert any(op.startswith(f"HGMMA.64x{d}x16.F32") for op in hgmma), (dtype, d, hgmma)
-        # dQ share = dS K: 64 x 64, 128 keys = 8 steps. Per tile: 2 D/16 + 2 m/16 + 8 wgmma (unrolled once).
+        # dV += P^T dO and dK += dS^T Q: 64 keys x the consumer's channels, m / 16 steps each.
+        assert any(op.startswith(f"HGMMA.64x{ACC_COLS[d]}x16.F32") for op in hgmma), (dtype, d, hgmma)
+        # dQ shares = dS K: 64 x 64 each; 128 keys = 8 steps (d 64 / 128), or at d 256 two shares of 64 keys =
+        # 4 steps each. Per tile: 2 D/16 + 2 m/16 + 8 wgmma (unrolled once).
         assert any(op.startswith("HGMMA.64x64x16.F32") for op in hgmma), (dtype, d, hgmma)
         assert count(ops, "HGMMA") == 2 * d // 16 + 2 * m // 16 + 8, (dtype, d, count(ops, "HGMMA"))
         # The operands' transposes, from the instruction text of this instance: dV / dK read B (dO, Q) transposed,
@@ -134,7 +136,7 @@ def test_sm90_backward_is_a_trap_outside_sm90a(tmp_path):
     nvcc, obj, log = nvcc_compile(tmp_path, ROOT / "csrc" / "attention_bwd_sm90.cu",
                                   "-gencode=arch=compute_80,code=sm_80", "bwd80.o", extra=CMAKE_FLAGS)
     kernels = {name: ops for name, ops in sass_opcodes(nvcc, obj).items() if "attention_bwd_sm90_kernel" in name}
-    assert len(kernels) == 4
+    assert len(kernels) == 6
     for name, ops in kernels.items():
         assert count(ops, "HGMMA") == 0 and count(ops, "BPT") >= 1 and sum(ops.values()) < 40, (name, ops)
 

@@ -53,37 +53,51 @@
 namespace flashattn {
 namespace hopper {
 
-// Query tile per head dim: kBlockM x kHeadDim = 64 x 128 or 128 x 64, so that dQ_tile splits into two
-// whole 64 x 64 panels, one per consumer. Registers per consumer thread: dK + dV = D floats, S^T and
-// dP^T kBlockM / 2 floats each, the dQ share 32 floats.
-//  - d 64: S^T, dP^T 64 + 64, dK + dV 64: the most at once is about 200 of 240.
-//  - d 128: S^T, dP^T 32 + 32, dK + dV 128.
-template <int kHeadDim>
-struct Sm90BwdShape;
+// Tiles per head dim. Registers per consumer thread: dK + dV = 2 x kAccCols / 2 floats, S^T and dP^T
+// kBlockM / 2 floats each, a dQ share 32 floats.
+//  - d 64: 128 keys (64 per consumer) x 128-row query tiles; S^T, dP^T 64 + 64, dK + dV 64.
+//  - d 128: 128 keys x 64-row query tiles; S^T, dP^T 32 + 32, dK + dV 128.
+//  - d 256 (kColumnSplit): 64 keys x 64-row query tiles. dK and dV of 64 keys x 256 would be 256 registers
+//    per thread, so both consumers take the same 64 keys and each keeps dK / dV for half of the channels
+//    (64 + 64 registers); S^T and dP^T (2 of the 5 GEMMs) are computed by both, and one stores dS^T. One
+//    Q / dO slot: two would pass 227 KB (each slot is 64 KB); the slot is released before the dQ GEMMs.
+// Every dQ tile splits into 64 x 64 shares, kDqPasses per consumer: by query rows at d 64 (the consumers
+// take rows 0-63 / 64-127), by channels otherwise, so every descriptor starts on a whole 128-byte panel.
 // kEarlyDv: dV's GEMM issued as soon as P^T is ready, under dS^T's math (see the tile loop). At d 64 the
 // fp32 P^T (64 registers) that dS^T still needs, live beside dP^T and the A registers, spilled 48 bytes.
+template <int kHeadDim>
+struct Sm90BwdShape;
 template <>
 struct Sm90BwdShape<64> {
-  static constexpr int kBlockM = 128;
-  static constexpr bool kEarlyDv = false;
+  static constexpr int kBlockN = 128, kBlockM = 128, kStages = 2;
+  static constexpr bool kEarlyDv = false, kColumnSplit = false;
 };
 template <>
 struct Sm90BwdShape<128> {
-  static constexpr int kBlockM = 64;
-  static constexpr bool kEarlyDv = true;
+  static constexpr int kBlockN = 128, kBlockM = 64, kStages = 2;
+  static constexpr bool kEarlyDv = true, kColumnSplit = false;
+};
+template <>
+struct Sm90BwdShape<256> {
+  static constexpr int kBlockN = 64, kBlockM = 64, kStages = 1;
+  static constexpr bool kEarlyDv = true, kColumnSplit = true;
 };
 
 template <int kHeadDim>
 struct Sm90BwdConfig {
-  static constexpr int kBlockN = 128;  // keys per CTA: 64 per consumer warpgroup
-  static constexpr int kBlockM = Sm90BwdShape<kHeadDim>::kBlockM;
-  static constexpr bool kEarlyDv = Sm90BwdShape<kHeadDim>::kEarlyDv;
-  static constexpr int kStages = 2;
+  using Shape = Sm90BwdShape<kHeadDim>;
+  static constexpr int kBlockN = Shape::kBlockN;  // keys per CTA
+  static constexpr int kBlockM = Shape::kBlockM;  // query rows per streamed tile
+  static constexpr int kStages = Shape::kStages;
+  static constexpr bool kEarlyDv = Shape::kEarlyDv;
+  static constexpr bool kColumnSplit = Shape::kColumnSplit;
   static constexpr int kThreads = 384;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static constexpr int kPanels = kHeadDim / 64;
-  // dQ_tile split: true = by query rows (the consumers take rows 0-63 / 64-127), false = by channels.
+  static constexpr int kAccCols = kColumnSplit ? kHeadDim / 2 : kHeadDim;  // dK / dV channels per consumer
+  // dQ shares: true = by query rows, false = by channels; kDqPasses 64 x 64 shares per consumer per tile.
   static constexpr bool kSplitRows = kBlockM == 128;
+  static constexpr int kDqPasses = kBlockM * kHeadDim / (2 * 64 * 64);
   static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * 2;  // one K (or V) tile
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * 2;   // one Q (or dO) tile
   static constexpr uint32_t kDsBytes = kBlockN * kBlockM * 2;   // one dS^T tile
@@ -100,7 +114,9 @@ struct Sm90BwdConfig {
   static constexpr uint32_t kBarriers = 1 + 2 * kStages;
   static constexpr uint32_t kSmemBytes = kBarOffset + kBarriers * 8 + 1024;  // + the 1024-byte alignment slack
   static_assert(kSmemBytes <= 227 * 1024, "an sm_90 CTA has at most 227 KB of shared memory");
-  static_assert(kBlockM * kHeadDim == 2 * 64 * 64, "dQ_tile = two 64 x 64 shares, one per consumer");
+  static_assert(kBlockN == (kColumnSplit ? 64 : 128), "64 keys per consumer, or 64 shared by both");
+  static_assert(kBlockM * kHeadDim == 2 * kDqPasses * 64 * 64 && (kDqPasses == 1 || !kSplitRows),
+                "dQ_tile = whole 64 x 64 shares, kDqPasses per consumer");
   static_assert(kQBytes % 1024 == 0 && kKVBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles stay 1024-aligned");
   static_assert(128 * (kProducerRegs + 2 * kConsumerRegs) <= 65536 / kThreads / 8 * 8 * kThreads,
                 "setmaxnreg budgets exceed the CTA's registers");
@@ -118,7 +134,7 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
 #if defined(FLASHATTN_SM90A_ENABLED)
   using Cfg = Sm90BwdConfig<kHeadDim>;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
-  constexpr int kSRegs = kBlockM / 2, kAccRegs = kHeadDim / 2;
+  constexpr int kSRegs = kBlockM / 2, kAccRegs = Cfg::kAccCols / 2;
   constexpr int kSlicesD = kHeadDim / 16, kSlicesM = kBlockM / 16, kSlicesN = kBlockN / 16;
 
   extern __shared__ unsigned char smem_raw[];
@@ -221,10 +237,12 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
 
   // ---- consumers ----
   setmaxnreg_inc<Cfg::kConsumerRegs>();
-  const int cw = wg - 1;                          // consumer 0 or 1: keys 64 cw .. 64 cw + 63 of the block
+  const int cw = wg - 1;  // consumer 0 or 1: keys 64 cw .. 64 cw + 63 of the block (kColumnSplit: keys 0-63, channels 128 cw ..)
   const int ctid = int(threadIdx.x) - 128 * wg;  // 0..127 within the warpgroup
   const int warp = ctid / 32, lane = ctid % 32, g = lane / 4, t4 = lane % 4;
-  const int key_local = 64 * cw + 16 * warp + g;  // this thread's keys (block rows): key_local, key_local + 8
+  const int wg_key0 = Cfg::kColumnSplit ? 0 : 64 * cw;  // the consumer's first key (block row)
+  const int key_local = wg_key0 + 16 * warp + g;        // this thread's keys: key_local, key_local + 8
+  const uint32_t acc_panel0 = Cfg::kColumnSplit ? uint32_t(2 * cw) : 0u;  // its dK / dV channels' first panel
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
 
   float dk[kAccRegs], dv[kAccRegs];
@@ -232,21 +250,22 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
   for (int i = 0; i < kAccRegs; ++i) dk[i] = dv[i] = 0.f;
 
   // Descriptors as a base plus a constant per k16 step (desc_advance), as in the forward.
-  const uint64_t k_desc = sw128_kmajor_desc(smem_u32(k_s) + uint32_t(64 * cw * 128), kBlockN, 0);  // A of S^T
-  const uint64_t v_desc = sw128_kmajor_desc(smem_u32(v_s) + uint32_t(64 * cw * 128), kBlockN, 0);  // A of dP^T
+  const uint64_t k_desc = sw128_kmajor_desc(smem_u32(k_s) + uint32_t(wg_key0 * 128), kBlockN, 0);  // A of S^T
+  const uint64_t v_desc = sw128_kmajor_desc(smem_u32(v_s) + uint32_t(wg_key0 * 128), kBlockN, 0);  // A of dP^T
   const uint64_t q_desc0 = sw128_kmajor_desc(smem_u32(q_s), kBlockM, 0);    // B of S^T (slot 0)
   const uint64_t do_desc0 = sw128_kmajor_desc(smem_u32(do_s), kBlockM, 0);  // B of dP^T (slot 0)
-  const uint64_t q_mn0 = sw128_mnmajor_desc(smem_u32(q_s), kBlockM, 0);     // B of dK (Q transposed)
-  const uint64_t do_mn0 = sw128_mnmajor_desc(smem_u32(do_s), kBlockM, 0);   // B of dV (dO transposed)
-  // dQ share: A = dS (dS^T's panel of this consumer's rows, or the one panel), B = K (this consumer's
-  // channel panel, or the one panel), both transposed (MN-major) with the 128 keys as the reduction.
-  const uint32_t share_panel = uint32_t(cw);
-  const uint64_t ds_mn0 = sw128_mnmajor_desc(smem_u32(ds_s) + (Cfg::kSplitRows ? share_panel * kBlockN * 128 : 0u),
-                                             kBlockN, 0);
-  const uint64_t k_mn = sw128_mnmajor_desc(smem_u32(k_s) + (Cfg::kSplitRows ? 0u : share_panel * kBlockN * 128),
-                                           kBlockN, 0);
+  // B of dK / dV (Q / dO transposed), from the consumer's first channel panel.
+  const uint64_t q_mn0 = sw128_mnmajor_desc(smem_u32(q_s) + acc_panel0 * kBlockM * 128, kBlockM, 0);
+  const uint64_t do_mn0 = sw128_mnmajor_desc(smem_u32(do_s) + acc_panel0 * kBlockM * 128, kBlockM, 0);
+  // dQ share `share` (cw kDqPasses + pass): A = dS (dS^T's panel of the share's rows, or the one panel), B = K
+  // (the share's channel panel, or the one panel), both transposed (MN-major), the block's keys the reduction.
+  const auto ds_mn_of = [&](uint32_t share) {
+    return sw128_mnmajor_desc(smem_u32(ds_s) + (Cfg::kSplitRows ? share * kBlockN * 128 : 0u), kBlockN, 0);
+  };
+  const auto k_mn_of = [&](uint32_t share) {
+    return sw128_mnmajor_desc(smem_u32(k_s) + (Cfg::kSplitRows ? 0u : share * kBlockN * 128), kBlockN, 0);
+  };
   unsigned char* dq_share = dq_s + cw * Cfg::kDqShareBytes;
-  const int share_row0 = Cfg::kSplitRows ? 64 * cw : 0, share_col0 = Cfg::kSplitRows ? 0 : 64 * cw;
 
   if (num_tiles > 0) mbarrier_wait(full_kv, 0);
   for (int t = 0; t < num_tiles; ++t) {
@@ -301,7 +320,7 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     // instead of the rule's arithmetic per element, which spilled at d 64.
     // The rule re-read per tile (a few cached loads): kept live across the GEMMs it spilled at d 64.
     const MaskRule mask = MaskRule::from(p, sequence_view<true>(p, batch));
-    const bool needs_mask = mask.tile_needs_mask(m0, kBlockM, n0 + 64 * cw, 64);
+    const bool needs_mask = mask.tile_needs_mask(m0, kBlockM, n0 + wg_key0, 64);
     int col_lo[2] = {0, 0}, col_hi[2] = {kBlockM, kBlockM};
     if (needs_mask) {
 #pragma unroll
@@ -340,7 +359,7 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
       const uint64_t do_mn = desc_advance(do_mn0, uint32_t(stage) * Cfg::kQBytes);
 #pragma unroll
       for (int c = 0; c < kSlicesM; ++c) {
-        Wgmma<kHeadDim, T>::template rs<1>(dv, a_p[c], desc_advance(do_mn, sw128_mnmajor_step(c)), 1);
+        Wgmma<Cfg::kAccCols, T>::template rs<1>(dv, a_p[c], desc_advance(do_mn, sw128_mnmajor_step(c)), 1);
       }
     };
     if constexpr (kEarlyDv) {
@@ -374,7 +393,8 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     // dS^T of this thread into the tile's dS^T buffer ([key][query], 128B-swizzled panels of kBlockN rows;
     // smem_layout.h ds_pair_offset). The buffer was last read by tile t - 2's dQ GEMMs, which both consumers
     // waited for before tile t - 1's kDsReady barrier, which this consumer has passed.
-    {
+    // With kColumnSplit both consumers hold the same dS^T: consumer 0 stores it.
+    if (!Cfg::kColumnSplit || cw == 0) {
       const uint32_t sw = opaque(uint32_t(key_local % 8));  // recomputed per tile (hoisted, the addresses spilled)
       const uint32_t buf = smem_u32(ds_s) + uint32_t(t % 2) * Cfg::kDsBytes;
 #pragma unroll
@@ -397,7 +417,7 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
       const uint64_t q_mn = desc_advance(q_mn0, uint32_t(stage) * Cfg::kQBytes);
 #pragma unroll
       for (int c = 0; c < kSlicesM; ++c) {
-        Wgmma<kHeadDim, T>::template rs<1>(dk, a_ds[c], desc_advance(q_mn, sw128_mnmajor_step(c)), 1);
+        Wgmma<Cfg::kAccCols, T>::template rs<1>(dk, a_ds[c], desc_advance(q_mn, sw128_mnmajor_step(c)), 1);
       }
     }
     wgmma_commit_group();
@@ -406,58 +426,68 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     fence_proxy_async_shared();
     named_barrier_sync(kDsReadyBarrier, 256);
 
-    // dQ share = dS K over the block's 128 keys, a second group.
-    float dq[32];
-    wgmma_fence_operand(dq);
-    wgmma_fence();
-    {
-      const uint64_t ds_mn = desc_advance(ds_mn0, uint32_t(t % 2) * Cfg::kDsBytes);
+    // The dQ shares = dS K over the block's keys, one group each; the Q / dO slot is released as soon as dV
+    // and dK are done (before the first share's GEMM completes), so the producer refills it meanwhile.
 #pragma unroll
-      for (int c = 0; c < kSlicesN; ++c) {
-        Wgmma<64, T>::template ss<1, 1>(dq, desc_advance(ds_mn, sw128_mnmajor_step(c)),
-                                        desc_advance(k_mn, sw128_mnmajor_step(c)), c > 0);
-      }
-    }
-    wgmma_commit_group();
-    // The staging of this consumer's dQ share is free once the reduce-add issued for the previous tile has
-    // read it (its issuing thread waits, then the warpgroup's barrier passes that on).
-    if (ctid == 0) bulk_wait_group_read<0>();
-    named_barrier_sync(kBwdConsumerBarrier + cw, 128);
-    wgmma_wait_group<0>();  // dV, dK and the dQ share are done: Q, dO and this slot's stats are no longer read
-    wgmma_fence_operand(dq);
-    wgmma_fence_operand(dv);
-    wgmma_fence_operand(dk);
+    for (int pass = 0; pass < Cfg::kDqPasses; ++pass) {
+      const uint32_t share = uint32_t(cw * Cfg::kDqPasses + pass);
+      float dq[32];
+      wgmma_fence_operand(dq);
+      wgmma_fence();
+      {
+        const uint64_t ds_mn = desc_advance(ds_mn_of(share), uint32_t(t % 2) * Cfg::kDsBytes);
+        const uint64_t k_mn = k_mn_of(share);
 #pragma unroll
-    for (int c = 0; c < kSlicesM; ++c) {
-      wgmma_fence_operand(a_p[c]);
-      wgmma_fence_operand(a_ds[c]);
-    }
-    if (lane == 0) mbarrier_arrive(&empty[stage]);
-
-    // The share into its swizzled fp32 staging (two 32-column TMA boxes of 64 rows; smem_layout.h
-    // f32_share_pair_offset), then one reduce-add per box.
-    {
-      const uint32_t row = uint32_t(16 * warp + g);
-      const uint32_t sw = opaque((row % 8) ^ uint32_t(t4 / 2));
-      const uint32_t base = smem_u32(dq_share);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          st_shared_v2_f32(base + f32_share_pair_offset(row, uint32_t(t4), j, h, sw), dq[4 * j + 2 * h],
-                           dq[4 * j + 2 * h + 1]);
+        for (int c = 0; c < kSlicesN; ++c) {
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_advance(ds_mn, sw128_mnmajor_step(c)),
+                                          desc_advance(k_mn, sw128_mnmajor_step(c)), c > 0);
         }
       }
-    }
-    fence_proxy_async_shared();
-    named_barrier_sync(kBwdConsumerBarrier + cw, 128);
-    if (ctid == 0) {
-      const int row = q_row0 + m0 + share_row0;
+      wgmma_commit_group();
+      if (pass == 0) {
+        wgmma_wait_group<1>();  // dV and dK are done: Q, dO and this slot's stats are no longer read
+        wgmma_fence_operand(dv);
+        wgmma_fence_operand(dk);
 #pragma unroll
-      for (int box = 0; box < 2; ++box) {
-        tma_reduce_add_4d(&tma_dq, dq_share + box * 64 * 128, share_col0 + 32 * box, row, head, tma_batch);
+        for (int c = 0; c < kSlicesM; ++c) {
+          wgmma_fence_operand(a_p[c]);
+          wgmma_fence_operand(a_ds[c]);
+        }
+        if (lane == 0) mbarrier_arrive(&empty[stage]);
       }
-      bulk_commit_group();
+      // The staging of this consumer's dQ share is free once the reduce-add issued before has read it (its
+      // issuing thread waits, then the warpgroup's barrier passes that on).
+      if (ctid == 0) bulk_wait_group_read<0>();
+      named_barrier_sync(kBwdConsumerBarrier + cw, 128);
+      wgmma_wait_group<0>();
+      wgmma_fence_operand(dq);
+
+      // The share into its swizzled fp32 staging (two 32-column TMA boxes of 64 rows; smem_layout.h
+      // f32_share_pair_offset), then one reduce-add per box.
+      {
+        const uint32_t row = uint32_t(16 * warp + g);
+        const uint32_t sw = opaque((row % 8) ^ uint32_t(t4 / 2));
+        const uint32_t base = smem_u32(dq_share);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            st_shared_v2_f32(base + f32_share_pair_offset(row, uint32_t(t4), j, h, sw), dq[4 * j + 2 * h],
+                             dq[4 * j + 2 * h + 1]);
+          }
+        }
+      }
+      fence_proxy_async_shared();
+      named_barrier_sync(kBwdConsumerBarrier + cw, 128);
+      if (ctid == 0) {
+        const int row = q_row0 + m0 + (Cfg::kSplitRows ? 64 * int(share) : 0);
+        const int col = Cfg::kSplitRows ? 0 : 64 * int(share);
+#pragma unroll
+        for (int box = 0; box < 2; ++box) {
+          tma_reduce_add_4d(&tma_dq, dq_share + box * 64 * 128, col + 32 * box, row, head, tma_batch);
+        }
+        bulk_commit_group();
+      }
     }
   }
   if (ctid == 0) bulk_wait_group<0>();  // the last reduce-adds have read the staging (and are done)
@@ -470,8 +500,8 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     const int key = n0 + key_local + 8 * h;
     if (key >= seq.k_rows) continue;
 #pragma unroll
-    for (int j = 0; j < kHeadDim / 8; ++j) {
-      const int col = 8 * j + 2 * t4;
+    for (int j = 0; j < Cfg::kAccCols / 8; ++j) {
+      const int col = int(acc_panel0) * 64 + 8 * j + 2 * t4;
       *reinterpret_cast<uint32_t*>(dk_out + int64_t(key) * p.dk_strides.seq + col) =
           pack2<T>(dk[4 * j + 2 * h] * p.softmax_scale, dk[4 * j + 2 * h + 1] * p.softmax_scale);
       *reinterpret_cast<uint32_t*>(dv_out + int64_t(key) * p.dv_strides.seq + col) =

@@ -27,8 +27,8 @@ struct Sm90Context {
 };
 
 inline bool sm90_head_dim(int d) { return d == 64 || d == 128 || d == 256; }
-// The backward's head dims: at 256, dK and dV of 64 keys alone are 256 fp32 registers per thread.
-inline bool sm90_backward_head_dim(int d) { return d == 64 || d == 128; }
+// The backward's head dims: those of the forward (at 256 its consumers split dK / dV by channels).
+inline bool sm90_backward_head_dim(int d) { return sm90_head_dim(d); }
 
 // The conditions the forward and the backward share: opt-in, build, device, and the call's form.
 inline std::string sm90_common_route(const AttentionParams& p, const Sm90Context& c) {
@@ -67,14 +67,14 @@ inline bool sm90_forward_takes(const AttentionParams& p, const Sm90Context& c) {
   return sm90_forward_route(p, c).empty() && (p.pe.kind == int(PEKind::kNone) || p.pe.k_encoded != 0);
 }
 
-// The backward (attention_bwd_sm90.cuh): the forward's conditions, head dims 64 / 128, not deterministic
+// The backward (attention_bwd_sm90.cuh): the forward's conditions and head dims, not deterministic
 // (its dQ adds are atomic and unordered; the mma.sync backward writes every gradient once), and the
 // gradients' and dout's rows 16-byte aligned too (the epilogue's and dq_convert's vector stores, dO by TMA).
 inline std::string sm90_backward_route(const AttentionParams& p, const Sm90Context& c, bool deterministic) {
   const std::string common = sm90_common_route(p, c);
   if (!common.empty()) return common;
   if (!sm90_backward_head_dim(p.head_dim)) {
-    return "head_dim " + std::to_string(p.head_dim) + " (the backward kernel has 64, 128)";
+    return "head_dim " + std::to_string(p.head_dim) + " (the backward kernel has 64, 128, 256)";
   }
   if (deterministic) return "deterministic (the kernel adds dQ with unordered TMA reduce-adds)";
   if (p.seqlen_q == 0) return "no queries (every gradient is 0 without a kernel of its own)";

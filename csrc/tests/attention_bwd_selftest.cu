@@ -382,6 +382,8 @@ int main(int argc, char** argv) {
       {1, 384, 384, 6, 2, 64, bf16, 100, 0, true, 0, 0, 0, false},     // sliding window, bhsd
       {1, 260, 260, 2, 1, 128, f16, -1, 0, false, 1, 0, 0, false},     // rotary (pre-encoded on Hopper)
       {1, 200, 330, 2, 2, 128, bf16, -1, -1, false, 2, 0, 0, false},   // sinusoidal
+      {2, 150, 290, 4, 2, 256, bf16, -1, 0, false, 0, 0, 0, false},    // head_dim 256 (Hopper: channel split), GQA
+      {1, 200, 200, 2, 1, 256, f16, 60, 0, false, 1, 0, 0, false},     // head_dim 256, window, rotary
   };
   std::mt19937 rng(1234);
   int failed = 0;
