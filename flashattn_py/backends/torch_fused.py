@@ -29,7 +29,7 @@ import torch
 
 from ..params import AttentionParams
 from ..semantics import masks, positional
-from . import packed_windows
+from . import packed_windows, sequence_pool
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
@@ -208,6 +208,17 @@ def _piece(params: AttentionParams, n: int, sq: int, sk: int) -> AttentionParams
     return dataclasses.replace(params, batch=n, seqlen_q=sq, seqlen_k=sk, diagonal_offset=sk - sq, lengths=None)
 
 
+def _run_cost(params: AttentionParams):
+    """A run's kernel time in flops: its matmuls', plus a call's fixed cost (~17 us on one thread, measured:
+    docs/design.md), so the pool's chunks take about equal time."""
+    per_pair = 4 * params.nheads_q * params.head_dim
+
+    def cost(run) -> int:
+        n, _, _, sq, _, _, sk = run
+        return n * sq * sk * per_pair + 200_000
+    return cost
+
+
 def forward_sequences(q, k, v, params: AttentionParams, spans: list):
     """(out, lse) of a batch with per-sequence lengths (sequences_expressible): one kernel call per run of
     equal-length sequences that are one block of rows (_runs; a decoding batch of all-different lengths:
@@ -237,9 +248,11 @@ def forward_sequences(q, k, v, params: AttentionParams, spans: list):
         return entry if length == entry.shape[dim] else entry.narrow(dim, first, length)
 
     right, scale = params.window[1], params.softmax_scale
-    for n, qb, q0, sq, kb, k0, sk in runs:
+
+    def one(run) -> None:
+        n, qb, q0, sq, kb, k0, sk = run
         if sq == 0:
-            continue
+            return
         first, pieces = _slices(sq, sk, right, sk - sq) if sk else (sq, [])
         if first == 0 and len(pieces) == 1:  # one kernel call, its results written in place
             causal = pieces[0][3]
@@ -255,7 +268,7 @@ def forward_sequences(q, k, v, params: AttentionParams, spans: list):
                                     _repeat_kv(v_rows, params), 0.0, causal, scale=scale)
                 rows(3, outh, n, qb, q0, sq).copy_(o)
                 rows(4, lseh, n, qb, q0, sq).copy_(lse_part)
-            continue
+            return
         out_rows, lse_rows = _run_rows(outh, n, qb, q0, sq, packed), _run_rows(lseh, n, qb, q0, sq, packed)
         if pieces:  # several slices merged, or queries that see no key: the whole rule (forward)
             o, lse_part = forward(_run_rows(qh, n, qb, q0, sq, packed).transpose(1, 2),
@@ -266,6 +279,8 @@ def forward_sequences(q, k, v, params: AttentionParams, spans: list):
         else:  # no key: output 0, lse -inf
             out_rows.zero_()
             lse_rows.fill_(float("-inf"))
+
+    sequence_pool.run(runs, one, _run_cost(params))
     return out, lse
 
 
@@ -273,18 +288,21 @@ def backward_sequences(dout, q, k, v, out, lse, params: AttentionParams, spans: 
     """(dq, dk, dv) of forward_sequences' call: each run's backward (the rule of `backward`) on views,
     written into the gradients; keys outside every span (past seqused_k) get zero gradients."""
     packed = params.is_varlen
+    runs = _runs(spans, packed)
     dq = torch.empty_like(q)
     new = torch.empty_like if packed else torch.zeros_like  # packed sequences cover every key row
     dk, dv = new(k), new(v)
     heads = [t.transpose(1, 2) for t in (dout, q, k, v, out, dq, dk, dv)]
     lseh = lse[None] if packed else lse
-    for n, qb, q0, sq, kb, k0, sk in _runs(spans, packed):
+
+    def one(run) -> None:
+        n, qb, q0, sq, kb, k0, sk = run
         q_side = [_run_rows(t, n, qb, q0, sq, packed) for t in (heads[0], heads[1], heads[4], heads[5])]
         k_side = [_run_rows(t, n, kb, k0, sk, packed) for t in (heads[2], heads[3], heads[6], heads[7])]
         if sq == 0 or sk == 0:  # no query or no key: zero gradients
             for grad in (q_side[3], k_side[2], k_side[3]):
                 grad.zero_()
-            continue
+            return
         lse_rows = _run_rows(lseh, n, qb, q0, sq, packed)
         first, pieces = _slices(sq, sk, params.window[1], sk - sq)
         if first == 0 and len(pieces) == 1:  # one kernel call: its gradients are the run's
@@ -292,9 +310,11 @@ def backward_sequences(dout, q, k, v, out, lse, params: AttentionParams, spans: 
                                    params)
             for dst, grad in zip((q_side[3], k_side[2], k_side[3]), grads):
                 dst.copy_(grad)
-            continue
+            return
         grads = backward(*(t.transpose(1, 2) for t in (q_side[0], q_side[1], k_side[0], k_side[1], q_side[2])),
                          lse_rows, _piece(params, n, sq, sk))
         for dst, grad in zip((q_side[3], k_side[2], k_side[3]), grads):
             dst.copy_(grad.transpose(1, 2))
+
+    sequence_pool.run(runs, one, _run_cost(params))
     return dq, dk, dv
