@@ -35,6 +35,7 @@ class Info:
     min_driver: str | None  # the driver that CUDA version needs
     sass_archs: tuple[str, ...]
     ptx_archs: tuple[str, ...]
+    hopper: str | None  # the Hopper (sm_90a) kernels of the build and their opt-in; None without the extension
     driver_cuda: str | None  # the newest CUDA the installed driver supports; None: unknown or no driver
     driver_release: str | None
     torch: str
@@ -74,6 +75,17 @@ def _auto_backend(device: torch.device) -> str:
     return chosen.name
 
 
+def _hopper(build: dict | None) -> str | None:
+    """Whether the build holds the Hopper kernels (docs/hopper.md) and whether this process opts in to them."""
+    if build is None:
+        return None
+    if "90a" not in build["sass_archs"]:
+        return "not built (FLASHATTN_CUDA_ARCHS without 90a)"
+    state = "set" if cuda_backend.sm90_requested() else "not set"
+    return (f"built (wgmma + TMA forward and backward for H100 / H200); they run only with "
+            f"{cuda_backend.SM90_ENV}=1 ({state} here) until validated on a GPU")
+
+
 def _gpu(index: int, build: dict | None) -> GPU:
     name, capability = cuda_backend.device_facts(index)
     arch = f"sm_{capability[0]}{capability[1]}"
@@ -101,6 +113,7 @@ def collect() -> Info:
         min_driver=cuda_compat.min_driver(build["cuda_version"]) if build else None,
         sass_archs=build["sass_archs"] if build else (),
         ptx_archs=build["ptx_archs"] if build else (),
+        hopper=_hopper(build),
         driver_cuda=cuda_compat.version_text(driver) if driver else None,
         driver_release=cuda_compat.driver_release(),
         torch=torch.__version__,
@@ -116,7 +129,8 @@ def format_info(info: Info) -> str:
     if info.extension_built:
         lines += [f"CUDA extension: built with CUDA {info.cuda_version} (needs NVIDIA driver >= {info.min_driver})",
                   f"  SASS archs: {', '.join('sm_' + a for a in info.sass_archs)}",
-                  f"  PTX archs:  {', '.join('compute_' + a for a in info.ptx_archs)} (JIT-compiled for newer GPUs)"]
+                  f"  PTX archs:  {', '.join('compute_' + a for a in info.ptx_archs)} (JIT-compiled for newer GPUs)",
+                  f"  Hopper kernels: {info.hopper}"]
     else:
         lines.append(f"CUDA extension: not built ({info.extension_missing})")
     driver = "none found / unknown" if info.driver_cuda is None and info.driver_release is None else \

@@ -115,6 +115,18 @@ def test_collect_reports_each_gpu_and_its_coverage(monkeypatch):
     assert "GPU 2: NVIDIA B200 (sm_100), covered by the CUDA extension: yes (PTX" in info.format_info(facts)
 
 
+def test_hopper_kernels_and_their_opt_in_are_reported(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(cuda_backend.SM90_ENV, raising=False)
+    fake(monkeypatch, sass=("80", "90a"))
+    text = info.format_info(info.collect())
+    assert "Hopper kernels: built" in text and "FLASHATTN_CUDA_SM90=1 (not set here)" in text
+    monkeypatch.setenv(cuda_backend.SM90_ENV, "1")
+    assert "FLASHATTN_CUDA_SM90=1 (set here)" in info.format_info(info.collect())
+    fake(monkeypatch, sass=("80", "90"))
+    assert "Hopper kernels: not built (FLASHATTN_CUDA_ARCHS without 90a)" in info.format_info(info.collect())
+
+
 def test_python_m_info_tells_the_truth_here():
     proc = subprocess.run([sys.executable, "-m", "flashattn_py.info"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
