@@ -125,3 +125,22 @@ def test_threads_started_later_keep_the_process_count(two_threads):
     thread.start()
     thread.join()
     assert seen == [2] and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("state", ["inference_mode", "autocast_bf16"])
+def test_workers_see_the_callers_inference_mode_and_autocast(request, two_threads, kernel_threads, monkeypatch,
+                                                             state):
+    """Under torch.inference_mode (outputs are inference tensors, written by the workers) and CPU autocast,
+    the workers' results are the inline calls'."""
+    q, k_cache, v_cache, seqlens = _decode_inputs(torch.Generator().manual_seed(seed_of(request)))
+
+    def step():
+        context = torch.inference_mode() if state == "inference_mode" else torch.autocast("cpu", torch.bfloat16)
+        with context:
+            return fa.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, return_softmax_lse=True)
+
+    got = step()
+    assert _split(kernel_threads), set(kernel_threads)
+    _inline(monkeypatch)
+    for g, e in zip(got, step()):
+        assert g.dtype == e.dtype and torch.equal(g, e)

@@ -10,12 +10,14 @@ calls on one thread (torch's kernels release the GIL, so the workers' kernels ov
 Python of the next call), as many workers as torch has threads.
 
 torch.set_num_threads in a worker sets that thread's OpenMP thread count only (the OpenMP backend keeps
-it per thread); `_pool` checks that once and runs everything inline where it does not hold. Workers run
-under no_grad: the caller is inside the attention custom op, below autograd, and a worker thread does not
-inherit that thread-local state.
+it per thread); `_pool` checks that once and runs everything inline where it does not hold. A worker
+does not inherit the caller's thread-local state: it runs under no_grad (the caller is inside the
+attention custom op, below autograd), and under the caller's inference mode (else writing into an output
+made in inference mode raises) and CPU autocast (the kernel calls see what they would see inline).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -81,14 +83,30 @@ def run(items: Sequence, work: Callable[[object], None], cost: Callable[[object]
             work(item)
         return
 
+    as_caller = _callers_state()
+
     def run_chunk(chunk):
-        with torch.no_grad():
+        with as_caller():
             for item in chunk:
                 work(item)
 
     futures = [pool.submit(run_chunk, c) for c in _chunks(items, cost, torch.get_num_threads())]
     for future in futures:
         future.result()  # waits for all; re-raises a worker's exception here
+
+
+def _callers_state():
+    """A context manager giving a worker the calling thread's inference mode and CPU autocast, under no_grad."""
+    inference = torch.is_inference_mode_enabled()
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu")
+
+    @contextlib.contextmanager
+    def as_caller():
+        # no_grad last: inference_mode(False) turns grad mode on
+        with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            yield
+    return as_caller
 
 
 def _chunks(items: Sequence, cost: Callable[[object], float], count: int) -> list[list]:
