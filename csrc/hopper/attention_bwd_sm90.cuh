@@ -288,24 +288,18 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
-    {
-      const uint64_t q_desc = desc_advance(q_desc0, uint32_t(stage) * Cfg::kQBytes);
+    // acc = A B^T over the head dim, one group: A = this consumer's K (or V) rows, B = the slot's Q (or dO).
+    const auto issue_scores = [&](float (&acc)[kSRegs], uint64_t a_desc, uint64_t b_desc0) {
+      const uint64_t b_desc = desc_advance(b_desc0, uint32_t(stage) * Cfg::kQBytes);
 #pragma unroll
       for (int kk = 0; kk < kSlicesD; ++kk) {
-        Wgmma<kBlockM, T>::ss(s, desc_advance(k_desc, sw128_kmajor_step(kBlockN, kk)),
-                              desc_advance(q_desc, sw128_kmajor_step(kBlockM, kk)), kk > 0);
+        Wgmma<kBlockM, T>::ss(acc, desc_advance(a_desc, sw128_kmajor_step(kBlockN, kk)),
+                              desc_advance(b_desc, sw128_kmajor_step(kBlockM, kk)), kk > 0);
       }
-    }
-    wgmma_commit_group();
-    {
-      const uint64_t do_desc = desc_advance(do_desc0, uint32_t(stage) * Cfg::kQBytes);
-#pragma unroll
-      for (int kk = 0; kk < kSlicesD; ++kk) {
-        Wgmma<kBlockM, T>::ss(dp, desc_advance(v_desc, sw128_kmajor_step(kBlockN, kk)),
-                              desc_advance(do_desc, sw128_kmajor_step(kBlockM, kk)), kk > 0);
-      }
-    }
-    wgmma_commit_group();
+      wgmma_commit_group();
+    };
+    issue_scores(s, k_desc, q_desc0);
+    issue_scores(dp, v_desc, do_desc0);
     if constexpr (kEarlyDv) {
       wgmma_wait_group<1>();  // S^T done; dP^T may still run
     } else {

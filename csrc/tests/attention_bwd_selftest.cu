@@ -24,7 +24,6 @@
 #include <random>
 #include <vector>
 
-#include "../hopper/route.h"
 #include "../launch.h"
 #include "selftest_util.h"
 
@@ -334,20 +333,9 @@ static bool run_case(const Case& c, std::mt19937& rng) {
 int main(int argc, char** argv) {
   for (int a = 1; a < argc; ++a) {
     if (std::strcmp(argv[a], "--sm90") == 0) {
-      g_sm90.requested = g_sm90.compiled = true;
+      g_sm90 = sm90_selftest_context("backward");
     } else {
       std::printf("usage: %s [--sm90]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (g_sm90.requested) {  // the Hopper kernel runs only on sm_90 (route.h); elsewhere this mode proves nothing
-    int dev;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&g_sm90.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
-    CK(cudaDeviceGetAttribute(&g_sm90.cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
-    if (g_sm90.cc_major != 9 || g_sm90.cc_minor != 0) {
-      std::printf("--sm90: the device is sm_%d%d, not sm_90: the Hopper backward cannot run here\n", g_sm90.cc_major,
-                  g_sm90.cc_minor);
       return 2;
     }
   }
