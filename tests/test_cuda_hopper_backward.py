@@ -155,3 +155,13 @@ def test_backward_route_is_asked_only_when_opted_in(monkeypatch):
 def test_sm90_backward_is_documented():
     text = (ROOT / "docs" / "hopper.md").read_text()
     assert "attention_bwd_sm90" in text and re.search(r"deterministic", text) and "reduce-add" in text
+
+
+@pytest.mark.cuda_build
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_selftests_compile(tmp_path, which):
+    """The torch-free self-tests (csrc/tests/attention_*_selftest.cu) run only on a GPU machine; their own code
+    (the --sm90 mode, the reference, the cases) must at least compile here, so that the one GPU command works.
+    The kernels they link are compiled by the extension's build and the static tests above."""
+    nvcc_compile(tmp_path, ROOT / "csrc" / "tests" / f"attention_{which}_selftest.cu", SM90A, f"{which}_selftest.o",
+                 extra=("-c",))
