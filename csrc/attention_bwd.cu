@@ -136,6 +136,10 @@ void run_attention_backward(const AttentionParams& p, cudaStream_t stream, const
   check_layout(p, "backward", /*decoding=*/false);
   // hopper/route.h: the calls the sm_90a kernel takes (the mma.sync kernels below never read dq_accum).
   if (run_attention_backward_sm90(p, stream, sm90, deterministic)) return;
+  if (p.pe.kind != int(PEKind::kNone) && p.pe.q_encoded) {  // these kernels encode q themselves
+    throw std::invalid_argument("flashattn_py CUDA backward: pe.q_encoded (q pre-encoded) is for the Hopper backward, "
+                                "which does not take this call (csrc/hopper/route.h)");
+  }
   dispatch(p, "backward", [&](auto type, auto head_dim, auto layout, auto mods) {
     launch_backward<typename decltype(type)::type, decltype(head_dim)::value, decltype(layout)::value,
                     decltype(mods)::value>(p, stream);

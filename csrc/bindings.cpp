@@ -134,7 +134,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def_readwrite("q_pos_stride_s", &PositionalParams::q_pos_stride_s)
       .def_readwrite("k_pos_stride_b", &PositionalParams::k_pos_stride_b)
       .def_readwrite("k_pos_stride_s", &PositionalParams::k_pos_stride_s)
-      .def_readwrite("k_encoded", &PositionalParams::k_encoded);
+      .def_readwrite("k_encoded", &PositionalParams::k_encoded)
+      .def_readwrite("q_encoded", &PositionalParams::q_encoded);
   pointer_field(pe, "cos", &PositionalParams::cos);
   pointer_field(pe, "sin", &PositionalParams::sin);
   pointer_field(pe, "q_pos", &PositionalParams::q_pos);

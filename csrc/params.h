@@ -34,6 +34,10 @@ struct PositionalParams {
   // forward (hopper/route.h) takes encoded calls only this way; the mma.sync forward refuses it (it
   // encodes K itself, and a flag read in its loop cost the tightest instance a spill).
   int k_encoded = 0;
+  // 1: q arrives already encoded (the backend's Q pre-pass: every key block re-reads each Q tile), so the
+  // Hopper backward encodes its K block in the kernel (once per CTA) and maps dq, dk back through the
+  // inverse itself. Only the Hopper backward takes it (hopper/route.h); the mma.sync backward refuses it.
+  int q_encoded = 0;
 };
 
 // Score modifications between scale * q.k and the softmax (flashattn_py/semantics/score_mods.py, FlashAttention

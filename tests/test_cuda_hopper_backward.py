@@ -45,14 +45,15 @@ def routes(tmp_path_factory):
 def test_route_takes_what_the_kernel_implements(routes):
     for name in TAKEN:
         assert routes[name] == ("", True), name
-    # An encoded call: the route is open (the backend pre-encodes q and k and clears the encoding), but the
-    # kernel does not run it with the encoding still set; nor without the caller's fp32 dQ accumulator.
+    # An encoded call: the route is open; the kernel runs it with q pre-encoded (pe.q_encoded, the backend's
+    # Q pre-pass: it encodes K and maps dq, dk back itself), not with q raw; nor without the fp32 dQ accumulator.
     assert routes["bwd_rotary_raw"] == ("", False)
+    assert routes["bwd_rotary_q_encoded"] == ("", True)
     assert routes["bwd_no_accum"] == ("", False)
 
 
 def test_route_refuses_the_rest_saying_why(routes):
-    assert set(routes) == TAKEN | set(REFUSED) | {"bwd_rotary_raw", "bwd_no_accum"}
+    assert set(routes) == TAKEN | set(REFUSED) | {"bwd_rotary_raw", "bwd_rotary_q_encoded", "bwd_no_accum"}
     for name, words in REFUSED.items():
         reason, takes = routes[name]
         assert words in reason and not takes, (name, reason)

@@ -45,10 +45,12 @@
 
 #include "../masks.cuh"
 #include "../params.h"
+#include "../positional.cuh"
 #include "../primitives.cuh"
 #include "../sequence.h"
 #include "sm90_primitives.cuh"
 #include "smem_layout.h"
+#include "sw128_tile.cuh"
 
 namespace flashattn {
 namespace hopper {
@@ -267,7 +269,18 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
   };
   unsigned char* dq_share = dq_s + cw * Cfg::kDqShareBytes;
 
-  if (num_tiles > 0) mbarrier_wait(full_kv, 0);
+  if (num_tiles > 0) {
+    mbarrier_wait(full_kv, 0);
+    // With an encoding q arrives encoded (pe.q_encoded: every key block re-reads each Q tile, so the backend
+    // encodes q once); the K block, read by this CTA alone, is encoded here, once, by both consumers.
+    if (p.pe.kind != int(PEKind::kNone)) {
+      const SequenceView cs = sequence_view<true>(p, batch);
+      encode_tile_rows<kBlockN, 256>(Sw128Tile<T>{k_s, kBlockN, 0}, int(threadIdx.x) - 128, n0, cs.seqlen_k,
+                                     sequence_positions(p.pe, cs, batch, true), p.pe.k_pos_stride_s, p.pe, false);
+      fence_proxy_async_shared();  // generic-proxy writes, read next by wgmma
+      named_barrier_sync(kDsReadyBarrier, 256);
+    }
+  }
   for (int t = 0; t < num_tiles; ++t) {
     const int stage = t % kStages;
     const int member = t / m_tiles;
@@ -489,17 +502,52 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
   // ---- epilogue: dK = scale * dS^T Q summed over the tiles, dV; keys past the sequence are not stored ----
   T* dk_out = static_cast<T*>(p.dk) + row0_offset(seq, p.dk_strides, batch, kv_head, true);
   T* dv_out = static_cast<T*>(p.dv) + row0_offset(seq, p.dv_strides, batch, kv_head, true);
+  const auto store_pairs = [&](T* out, const Strides& st, const float (&acc)[kAccRegs], float scale) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int key = n0 + key_local + 8 * h;
-    if (key >= seq.k_rows) continue;
+    for (int h = 0; h < 2; ++h) {
+      const int key = n0 + key_local + 8 * h;
+      if (key >= seq.k_rows) continue;
 #pragma unroll
-    for (int j = 0; j < Cfg::kAccCols / 8; ++j) {
-      const int col = int(acc_panel0) * 64 + 8 * j + 2 * t4;
-      *reinterpret_cast<uint32_t*>(dk_out + int64_t(key) * p.dk_strides.seq + col) =
-          pack2<T>(dk[4 * j + 2 * h] * p.softmax_scale, dk[4 * j + 2 * h + 1] * p.softmax_scale);
-      *reinterpret_cast<uint32_t*>(dv_out + int64_t(key) * p.dv_strides.seq + col) =
-          pack2<T>(dv[4 * j + 2 * h], dv[4 * j + 2 * h + 1]);
+      for (int j = 0; j < Cfg::kAccCols / 8; ++j) {
+        const int col = int(acc_panel0) * 64 + 8 * j + 2 * t4;
+        *reinterpret_cast<uint32_t*>(out + int64_t(key) * st.seq + col) =
+            pack2<T>(acc[4 * j + 2 * h] * scale, acc[4 * j + 2 * h + 1] * scale);
+      }
+    }
+  };
+  store_pairs(dv_out, p.dv_strides, dv, 1.f);
+  if (p.pe.kind == int(PEKind::kNone)) {
+    store_pairs(dk_out, p.dk_strides, dk, p.softmax_scale);
+  } else {
+    // dK is w.r.t. the encoded k: whole rows (both consumers' channels at d 256) go through an fp32 tile over
+    // the K / V / Q memory, which every GEMM of both consumers has finished reading at this barrier, for the
+    // inverse encoding, then out, rounded once.
+    constexpr int kLd = kHeadDim + 4;  // floats; 16-byte rows, rows 4 banks apart
+    float* tile = reinterpret_cast<float*>(smem);
+    static_assert(Cfg::kBlockN * kLd * 4 <= Cfg::kDsOffset, "the dK tile overlays K, V, Q and dO only");
+    const int tid = int(threadIdx.x) - 128;  // 0..255 over both consumers
+    named_barrier_sync(kDsReadyBarrier, 256);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int j = 0; j < Cfg::kAccCols / 8; ++j) {
+        const int col = int(acc_panel0) * 64 + 8 * j + 2 * t4;
+        *reinterpret_cast<float2*>(tile + (key_local + 8 * h) * kLd + col) =
+            make_float2(dk[4 * j + 2 * h] * p.softmax_scale, dk[4 * j + 2 * h + 1] * p.softmax_scale);
+      }
+    }
+    named_barrier_sync(kDsReadyBarrier, 256);
+    const SequenceView cs = sequence_view<true>(p, batch);
+    encode_tile_rows<kBlockN, 256>(RowMajorTile<float>{tile, kLd}, tid, n0, cs.k_rows,
+                                   sequence_positions(p.pe, cs, batch, true), p.pe.k_pos_stride_s, p.pe, true);
+    named_barrier_sync(kDsReadyBarrier, 256);
+    constexpr int kQuads = kHeadDim / 4;  // 4 channels = one 8-byte store
+    for (int i = tid; i < kBlockN * kQuads; i += 256) {
+      const int r = i / kQuads, c = (i % kQuads) * 4;
+      if (n0 + r >= cs.k_rows) break;  // rows grow with i
+      const float4 x = *reinterpret_cast<const float4*>(tile + r * kLd + c);
+      *reinterpret_cast<uint2*>(dk_out + int64_t(n0 + r) * p.dk_strides.seq + c) =
+          make_uint2(pack2<T>(x.x, x.y), pack2<T>(x.z, x.w));
     }
   }
 #else

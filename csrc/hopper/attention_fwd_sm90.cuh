@@ -42,6 +42,7 @@
 #include "../sequence.h"
 #include "sm90_primitives.cuh"
 #include "smem_layout.h"
+#include "sw128_tile.cuh"
 
 namespace flashattn {
 namespace hopper {
@@ -99,18 +100,6 @@ struct Sm90FwdConfig {
   // the CTA launched with (65536 / 384 rounded down to a multiple of 8 = 168 per thread).
   static_assert(128 * (kProducerRegs + 2 * kConsumerRegs) <= 65536 / kThreads / 8 * 8 * kThreads,
                 "setmaxnreg budgets exceed the CTA's registers");
-};
-
-// Element (r, c) of a 128B-swizzled tile of `rows` rows per panel, from row `row0` on (positional.cuh's
-// tile accessor, for encoding Q in place).
-template <typename T>
-struct Sw128Tile {
-  using Elem = T;
-  unsigned char* base;
-  int rows, row0;
-  __device__ __forceinline__ T& at(int r, int c) const {
-    return *reinterpret_cast<T*>(base + sw128_offset(uint32_t(row0 + r), uint32_t(c), uint32_t(rows)));
-  }
 };
 
 // Named barriers: 0 is __syncthreads; 1 + wg the ping-pong turn of consumer wg (0, 1); 3 + wg consumer

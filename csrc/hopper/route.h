@@ -89,11 +89,11 @@ inline std::string sm90_backward_route(const AttentionParams& p, const Sm90Conte
   return "";
 }
 
-// Whether the backward kernel runs the call as given: the route, q and k arriving as they entered the
-// products (no encoding left for the kernel: the backend encodes them before and maps dq, dk back after),
-// and the caller's zeroed fp32 dQ accumulator.
+// Whether the backward kernel runs the call as given: the route, q arriving encoded when there is an encoding
+// (pe.q_encoded: the backend's Q pre-pass; the kernel encodes its K block and maps dq, dk back), and the
+// caller's zeroed fp32 dQ accumulator.
 inline bool sm90_backward_takes(const AttentionParams& p, const Sm90Context& c, bool deterministic) {
-  return sm90_backward_route(p, c, deterministic).empty() && p.pe.kind == int(PEKind::kNone) &&
+  return sm90_backward_route(p, c, deterministic).empty() && (p.pe.kind == int(PEKind::kNone) || p.pe.q_encoded) &&
          p.dq_accum != nullptr && rows_vector_aligned(p.dq_accum_strides, p.cu_seqlens_q != nullptr ? 1 : p.batch,
                                                       p.seqlen_q, p.nheads_q);
 }

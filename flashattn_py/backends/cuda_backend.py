@@ -356,32 +356,36 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
         dout = dout.contiguous()  # kernels read the head dim with unit stride
     d = kernel_head_dim(params.head_dim)
     enc, pre_encoded = params.encoding, _pre_encoded(params)
-    if pre_encoded:  # as the forward encoded them (no scratch is kept between the passes)
-        q, k = encode(q, enc, enc.q_positions), encode(k, enc, enc.k_positions)
     q_k, k_k, v_k, out_k, dout_k = (_pad(t, d) for t in (q, k, v, out, dout))
     padded = d != params.head_dim
     grads = tuple(buffers.empty((*t.shape[:3], d), dtype=t.dtype, device=t.device) for t in (q, k, v)) if padded \
         else (dq, dk, dv)
     delta = buffers.empty(params.lse_shape, dtype=torch.float32, device=q.device)  # laid out like lse
-    p, keep_alive = _kernel_params(ext, params, d, with_encoding=not pre_encoded)
-    p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
-    p.dout, p.delta = dout_k.data_ptr(), delta.data_ptr()
-    p.dq, p.dk, p.dv = (g.data_ptr() for g in grads)
-    p.q_strides, p.k_strides, p.v_strides, p.out_strides = (_strides(ext, t, params) for t in (q_k, k_k, v_k, out_k))
-    p.dout_strides = _strides(ext, dout_k, params)
-    p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g, params) for g in grads)
-    keep_alive += [q_k, k_k, v_k, out_k, dout_k, delta]
-    sm90 = sm90_requested()  # read once: the pre-pass below and the extension's route decide alike
-    if sm90 and sm90_backward_route(ext, p, q.device, params.deterministic) == "":
-        # The Hopper backward takes q and k as they entered the products (its warpgroups keep no registers
-        # for encoding tiles): encoded here when the kernels would have encoded them, mapped back below.
-        if enc is not None and not pre_encoded:
-            pre_encoded = True
-            q_k, k_k = _pad(encode(q, enc, enc.q_positions), d), _pad(encode(k, enc, enc.k_positions), d)
-            p.q, p.k = q_k.data_ptr(), k_k.data_ptr()
-            p.q_strides, p.k_strides = _strides(ext, q_k, params), _strides(ext, k_k, params)
-            p.pe.kind = ext.PE_NONE
-            keep_alive += [q_k, k_k]
+
+    def kernel_params(with_encoding, q_k, k_k):  # the struct with the launch's pointers and strides
+        p, keep_alive = _kernel_params(ext, params, d, with_encoding=with_encoding)
+        p.q, p.k, p.v, p.out, p.lse = q_k.data_ptr(), k_k.data_ptr(), v_k.data_ptr(), out_k.data_ptr(), lse.data_ptr()
+        p.dout, p.delta = dout_k.data_ptr(), delta.data_ptr()
+        p.dq, p.dk, p.dv = (g.data_ptr() for g in grads)
+        p.q_strides, p.k_strides, p.v_strides, p.out_strides = (
+            _strides(ext, t, params) for t in (q_k, k_k, v_k, out_k))
+        p.dout_strides = _strides(ext, dout_k, params)
+        p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g, params) for g in grads)
+        return p, keep_alive + [q_k, k_k, v_k, out_k, dout_k, delta]
+
+    p, keep_alive = kernel_params(not pre_encoded, q_k, k_k)
+    sm90 = sm90_requested()  # read once: the encodings below and the extension's route decide alike
+    hopper = sm90 and sm90_backward_route(ext, p, q.device, params.deterministic) == ""
+    if hopper and enc is not None and (enc.is_rotary or d == params.head_dim):
+        # The Hopper backward takes q encoded (pe.q_encoded: every key block re-reads each Q tile, so q is
+        # encoded once here), encodes its K block itself and maps dq, dk back in its kernels.
+        pre_encoded = False
+        p, keep_alive = kernel_params(True, _pad(encode(q, enc, enc.q_positions), d), k_k)
+        p.pe.q_encoded = 1
+    elif pre_encoded:  # as the forward encoded them (no scratch is kept between the passes); inverse below
+        p, keep_alive = kernel_params(False, _pad(encode(q, enc, enc.q_positions), d),
+                                      _pad(encode(k, enc, enc.k_positions), d))
+    if hopper:
         # Its CTAs add their dQ shares into this fp32 accumulator (TMA reduce-add); the extension rounds it into dq.
         dq_accum = torch.zeros(q_k.shape, dtype=torch.float32, device=q.device)
         p.dq_accum, p.dq_accum_strides = dq_accum.data_ptr(), _strides(ext, dq_accum, params)

@@ -104,10 +104,13 @@ int main() {
       {"bwd_no_queries", [](AttentionParams& p, Sm90Context&, bool&) { p.seqlen_q = 0; }},
       {"bwd_odd_dout_stride", [](AttentionParams& p, Sm90Context&, bool&) { p.dout_strides.seq = 8 * 128 + 4; }},
       {"bwd_odd_dk_stride", [](AttentionParams& p, Sm90Context&, bool&) { p.dk_strides.head = 130; }},
-      // An encoded call: the route is open (the backend then pre-encodes q and k and clears the encoding);
-      // the kernel runs it only without an encoding left, and only with the dQ accumulator.
+      // An encoded call: the route is open (the backend then pre-encodes q, pe.q_encoded); the kernel runs it
+      // only so, and only with the dQ accumulator.
       {"bwd_rotary_raw", [](AttentionParams& p, Sm90Context&, bool&) {
          p.pe.kind = int(PEKind::kRotary), p.pe.dim = 128, p.pe.q_pos = p.pe.k_pos = positions;
+       }},
+      {"bwd_rotary_q_encoded", [](AttentionParams& p, Sm90Context&, bool&) {
+         p.pe.kind = int(PEKind::kRotary), p.pe.dim = 128, p.pe.q_pos = p.pe.k_pos = positions, p.pe.q_encoded = 1;
        }},
       {"bwd_no_accum", [](AttentionParams& p, Sm90Context&, bool&) { p.dq_accum = nullptr; }},
   };
