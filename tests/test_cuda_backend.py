@@ -292,3 +292,44 @@ def test_pre_encoded_gradients_are_mapped_back_through_the_inverse(monkeypatch):
         expected = positional.encode(grad.double(), enc, positions, inverse=True)
         torch.testing.assert_close(got.double(), expected, atol=2e-3, rtol=2e-3)
     assert torch.equal(dv, known[2])
+
+
+@pytest.mark.parametrize("route", ["", "deterministic (the kernel adds dQ with unordered TMA reduce-adds)"])
+def test_hopper_backward_takes_q_encoded_and_maps_back_itself(monkeypatch, route):
+    """Opted in with RoPE, when csrc/hopper/route.h takes the backward: q alone goes through the standalone
+    encode kernel (pe.q_encoded: the kernel encodes its K block and applies both inverses), k is the user's,
+    a zeroed fp32 dq_accum shaped like q is given, and the kernels' dq, dk come back as they are. Refused,
+    the call is the mma.sync one of before (300 queries: q and k pre-encoded, the inverse applied here)."""
+    import ctypes
+
+    ext = _built_extension()
+    gen = torch.Generator().manual_seed(7)
+    q, k, v, out, dout = (torch.randn(1, 300, 2, 64, generator=gen).to(torch.float16) for _ in range(5))
+    known = [torch.randn(1, 300, 2, 64, generator=gen).to(torch.float16) for _ in range(3)]
+    launched = []
+
+    def kernel(fn, p, device, keep, **kw):
+        launched.append((p, {t.data_ptr(): t.clone() for t in keep}, kw))
+        for ptr, grad in zip((p.dq, p.dk, p.dv), known):
+            ctypes.memmove(ptr, grad.data_ptr(), grad.numel() * grad.element_size())
+
+    monkeypatch.setattr(cuda_backend, "_launch", kernel)
+    monkeypatch.setenv(cuda_backend.SM90_ENV, "1")
+    monkeypatch.setattr(cuda_backend, "sm90_backward_route", lambda ext, p, device, deterministic: route)
+    params = attention_params(q, k, v, causal=True, rotary=fa.Rotary())
+    dq, dk, dv = cuda_backend.BACKEND.backward(dout, q, k, v, out, torch.zeros(params.lse_shape), (), params)
+    (p, read, kw), = launched
+    assert kw == {"sm90": True, "deterministic": False}
+    enc = params.encoding
+    if route:  # the mma.sync path: both pre-encoded, no encoding in the params, the inverse applied here
+        assert p.dq_accum == 0 and p.pe.kind == ext.PE_NONE and p.pe.q_encoded == 0
+        expected = positional.encode(known[0].double(), enc, enc.q_positions, inverse=True)
+        torch.testing.assert_close(dq.double(), expected, atol=2e-3, rtol=2e-3)
+        return
+    assert p.pe.kind == ext.PE_ROTARY and p.pe.q_encoded == 1 and p.k == k.data_ptr()
+    torch.testing.assert_close(read[p.q].double(), positional.encode(q.double(), enc, enc.q_positions),
+                               atol=2e-3, rtol=2e-3)
+    accum = read[p.dq_accum]
+    assert accum.dtype == torch.float32 and accum.shape == q.shape and not accum.any()
+    assert (p.dq_accum_strides.seq, p.dq_accum_strides.head) == (2 * 64, 64)
+    assert torch.equal(dq, known[0]) and torch.equal(dk, known[1]) and torch.equal(dv, known[2])
