@@ -244,18 +244,14 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "sm90_head_dims",
       [] {
-        py::dict dims;
-        py::list forward, backward;
+        py::list dims;
         for (int d : {32, 64, 96, 128, 256}) {
-          if (hopper::sm90_head_dim(d)) forward.append(d);
-          if (hopper::sm90_backward_head_dim(d)) backward.append(d);
+          if (hopper::sm90_head_dim(d)) dims.append(d);
         }
-        dims["forward"] = forward;
-        dims["backward"] = backward;
         return dims;
       },
-      "{'forward': [...], 'backward': [...]}: the head dims the Hopper kernels have (csrc/hopper/route.h), of the "
-      "compiled ones; no GPU needed");
+      "The head dims the Hopper kernels (forward and backward) have, of the compiled ones (csrc/hopper/route.h); "
+      "no GPU needed");
 
   m.def(
       "backward",

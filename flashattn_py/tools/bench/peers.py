@@ -130,9 +130,9 @@ def _cuda_extension_problem() -> str:
 
 
 def _sm90_problem(case: Case, device: torch.device) -> str:
-    """Why backend='cuda' with the Hopper kernels opted in (csrc/hopper/route.h) would run neither of them
-    for this case, '' when it runs the forward (and the backward where its head dims include the case's):
-    the checks of the route that depend on the case and the machine, asked of the extension."""
+    """Why backend='cuda' with the Hopper kernels opted in (csrc/hopper/route.h) would not run them for this
+    case, '' when it would: the checks of the route that depend on the case and the machine, asked of the
+    extension."""
     from flashattn_py.backends import cuda_backend
 
     ext = cuda_backend.extension()
@@ -140,9 +140,9 @@ def _sm90_problem(case: Case, device: torch.device) -> str:
         return "the extension has no sm_90a code (FLASHATTN_CUDA_ARCHS=90a)"
     if torch.cuda.get_device_capability(device) != (9, 0):
         return "the Hopper kernels run on sm_90 (H100 / H200) only"
-    dims = ext.sm90_head_dims()["forward"]
+    dims = ext.sm90_head_dims()
     if case.head_dim not in dims:
-        return f"the Hopper forward has head dims {' / '.join(map(str, dims))}, not {case.head_dim}"
+        return f"the Hopper kernels have head dims {' / '.join(map(str, dims))}, not {case.head_dim}"
     return ""
 
 
