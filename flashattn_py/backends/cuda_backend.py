@@ -373,9 +373,9 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
         p.dq_strides, p.dk_strides, p.dv_strides = (_strides(ext, g, params) for g in grads)
         return p, keep_alive + [q_k, k_k, v_k, out_k, dout_k, delta]
 
-    p, keep_alive = kernel_params(not pre_encoded, q_k, k_k)
     sm90 = sm90_requested()  # read once: the encodings below and the extension's route decide alike
-    hopper = sm90 and sm90_backward_route(ext, p, q.device, params.deterministic) == ""
+    # The route reads shapes and strides only (not the encoding): asked of the user's tensors, before any encoding.
+    hopper = sm90 and sm90_backward_route(ext, kernel_params(False, q_k, k_k)[0], q.device, params.deterministic) == ""
     if hopper and enc is not None and (enc.is_rotary or d == params.head_dim):
         # The Hopper backward takes q encoded (pe.q_encoded: every key block re-reads each Q tile, so q is
         # encoded once here), encodes its K block itself and maps dq, dk back in its kernels.
@@ -385,6 +385,8 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
     elif pre_encoded:  # as the forward encoded them (no scratch is kept between the passes); inverse below
         p, keep_alive = kernel_params(False, _pad(encode(q, enc, enc.q_positions), d),
                                       _pad(encode(k, enc, enc.k_positions), d))
+    else:
+        p, keep_alive = kernel_params(True, q_k, k_k)
     if hopper:
         # Its CTAs add their dQ shares into this fp32 accumulator (TMA reduce-add); the extension rounds it into dq.
         dq_accum = torch.zeros(q_k.shape, dtype=torch.float32, device=q.device)
