@@ -338,28 +338,27 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
         col_hi[h] = int(r.hi) - m0;
       }
     }
+    // f(r, h, col) for every accumulator element r of S^T / dP^T: key key_local + 8h, tile query col.
+    const auto for_each_score = [&](auto f) {
 #pragma unroll
-    for (int j = 0; j < kBlockM / 8; ++j) {
+      for (int j = 0; j < kBlockM / 8; ++j) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < 2; ++h) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = 8 * j + 2 * t4 + e;
-          const int r = 4 * j + 2 * h + e;
-          const bool keep = col >= col_lo[h] && col < col_hi[h];
-          s[r] = keep ? fast_exp2(fmaf(s[r], scale_log2, -lse2[col])) : 0.f;
+          for (int e = 0; e < 2; ++e) f(4 * j + 2 * h + e, h, 8 * j + 2 * t4 + e);
         }
       }
-    }
+    };
+    for_each_score([&](int r, int h, int col) {
+      const bool keep = col >= col_lo[h] && col < col_hi[h];
+      s[r] = keep ? fast_exp2(fmaf(s[r], scale_log2, -lse2[col])) : 0.f;
+    });
     // P^T rounded to T in the A-register layout (k16 slice c = queries 16c .. 16c + 15), then dV += P^T dO
     // (B = the dO tile read transposed).
     uint32_t a_p[kSlicesM][4], a_ds[kSlicesM][4];
 #pragma unroll
     for (int c = 0; c < kSlicesM; ++c) {
-      a_p[c][0] = pack2<T>(s[8 * c + 0], s[8 * c + 1]);
-      a_p[c][1] = pack2<T>(s[8 * c + 2], s[8 * c + 3]);
-      a_p[c][2] = pack2<T>(s[8 * c + 4], s[8 * c + 5]);
-      a_p[c][3] = pack2<T>(s[8 * c + 6], s[8 * c + 7]);
+      acc_to_a<T>(a_p[c], s, c);
       wgmma_fence_operand(a_p[c]);
     }
     const auto issue_dv = [&] {
@@ -379,24 +378,9 @@ __global__ void __launch_bounds__(Sm90BwdConfig<kHeadDim>::kThreads, 1)
     wgmma_fence_operand(dp);
 
     // dS^T = P^T (dP^T - delta), rounded into the A-register layout.
+    for_each_score([&](int r, int, int col) { dp[r] = s[r] * (dp[r] - delta[col]); });
 #pragma unroll
-    for (int j = 0; j < kBlockM / 8; ++j) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int r = 4 * j + 2 * h + e;
-          dp[r] = s[r] * (dp[r] - delta[8 * j + 2 * t4 + e]);
-        }
-      }
-    }
-#pragma unroll
-    for (int c = 0; c < kSlicesM; ++c) {
-      a_ds[c][0] = pack2<T>(dp[8 * c + 0], dp[8 * c + 1]);
-      a_ds[c][1] = pack2<T>(dp[8 * c + 2], dp[8 * c + 3]);
-      a_ds[c][2] = pack2<T>(dp[8 * c + 4], dp[8 * c + 5]);
-      a_ds[c][3] = pack2<T>(dp[8 * c + 6], dp[8 * c + 7]);
-    }
+    for (int c = 0; c < kSlicesM; ++c) acc_to_a<T>(a_ds[c], dp, c);
     // dS^T of this thread into the tile's dS^T buffer ([key][query], 128B-swizzled panels of kBlockN rows;
     // smem_layout.h ds_pair_offset). The buffer was last read by tile t - 2's dQ GEMMs, which both consumers
     // waited for before tile t - 1's kDsReady barrier, which this consumer has passed.

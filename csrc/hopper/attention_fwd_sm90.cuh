@@ -106,16 +106,6 @@ struct Sm90FwdConfig {
 // wg's own 128 threads.
 constexpr uint32_t kTurnBarrier = 1, kConsumerBarrier = 3;
 
-// The A registers of k16 slice c of P (rows of this thread, keys 16c .. 16c + 15) from the S
-// accumulators: n8 slices 2c and 2c + 1 (sm90_primitives.cuh: accumulator and A layouts).
-template <typename T, int kRegs>
-__device__ __forceinline__ void p_to_a(uint32_t (&a)[4], const float (&s)[kRegs], int c) {
-  a[0] = pack2<T>(s[8 * c + 0], s[8 * c + 1]);
-  a[1] = pack2<T>(s[8 * c + 2], s[8 * c + 3]);
-  a[2] = pack2<T>(s[8 * c + 4], s[8 * c + 5]);
-  a[3] = pack2<T>(s[8 * c + 6], s[8 * c + 7]);
-}
-
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(Sm90FwdConfig<kHeadDim>::kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ AttentionParams params, const __grid_constant__ CUtensorMap tma_q,
@@ -316,7 +306,7 @@ __global__ void __launch_bounds__(Sm90FwdConfig<kHeadDim>::kThreads, 1)
       const int next_stage = (i + 1) % kStages;
       uint32_t a[kSlicesPV][4];  // P_i in the A-register layout
 #pragma unroll
-      for (int c = 0; c < kSlicesPV; ++c) p_to_a<T>(a[c], s, c);
+      for (int c = 0; c < kSlicesPV; ++c) acc_to_a<T>(a[c], s, c);
       if (kNext) mbarrier_wait(&full_k[next_stage], uint32_t((i + 1) / kStages) & 1u);
       mbarrier_wait(&full_v[stage], uint32_t(i / kStages) & 1u);
       // Pin every register the GEMMs read (P_i, O, S) before the fence: the compiler may not sink their

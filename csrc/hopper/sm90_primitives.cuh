@@ -39,6 +39,7 @@
 
 #include <cstdint>
 
+#include "../primitives.cuh"
 #include "smem_layout.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -306,6 +307,17 @@ template <int kRegs>
 __device__ __forceinline__ void wgmma_fence_operand(uint32_t (&r)[kRegs]) {
 #pragma unroll
   for (int i = 0; i < kRegs; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// The A registers of k16 slice c (a wgmma from registers) from an accumulator's n8 slices 2c and 2c + 1,
+// rounded to T (the layouts in the header comment): P for O = P V in the forward, P^T and dS^T for dV, dK
+// in the backward, which never leave registers.
+template <typename T, int kRegs>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&acc)[kRegs], int c) {
+  a[0] = pack2<T>(acc[8 * c + 0], acc[8 * c + 1]);
+  a[1] = pack2<T>(acc[8 * c + 2], acc[8 * c + 3]);
+  a[2] = pack2<T>(acc[8 * c + 4], acc[8 * c + 5]);
+  a[3] = pack2<T>(acc[8 * c + 6], acc[8 * c + 7]);
 }
 
 // ---- setmaxnreg (PTX ISA "Miscellaneous Instructions: setmaxnreg") ---------------------------------------
