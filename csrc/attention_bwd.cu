@@ -87,12 +87,7 @@ void launch_backward(const AttentionParams& p, cudaStream_t stream) {
   using Dkdv = std::conditional_t<kMods, typename Tiles::DkdvMods, typename Tiles::Dkdv>;
   using Dq = typename Tiles::Dq;
 
-  if (p.seqlen_q > 0) {
-    using Shape = bwd::PreprocessShape<kHeadDim>;
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.seqlen_q, Shape::kRowsPerBlock)), p.nheads_q, p.batch);
-    bwd::attention_bwd_preprocess_kernel<T, kHeadDim, kLayout><<<grid, bwd::kPreprocessThreads, 0, stream>>>(p);
-    check_launch("attention_bwd_preprocess_kernel");
-  }
+  bwd::launch_attention_bwd_preprocess<T, kHeadDim, kLayout>(p, stream);
   // With seqlen_q == 0 every key block sees no query: the kernel still runs and writes dK = dV = 0.
   if (p.seqlen_k > 0) {
     auto kernel = bwd::attention_bwd_dkdv_kernel<T, Dkdv, kLayout, kMods>;

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "attention_bwd_tiles.cuh"
+#include "errors.h"
 #include "params.h"
 #include "sequence.h"
 
@@ -67,6 +68,17 @@ __global__ void __launch_bounds__(kPreprocessThreads)
     sum += __shfl_xor_sync(0xffffffffu, sum, width);
   }
   if (row < seq.seqlen_q && chunk == 0) p.delta[stats_row0(p, seq, batch, head) + row] = sum;
+}
+
+// The launch for every query row of the call on `stream` (none without queries): both backwards, the
+// mma.sync one (attention_bwd.cu) and the Hopper one (attention_bwd_sm90.cu), start with it.
+template <typename T, int kHeadDim, bool kLayout>
+void launch_attention_bwd_preprocess(const AttentionParams& p, cudaStream_t stream) {
+  if (p.seqlen_q <= 0) return;
+  using Shape = PreprocessShape<kHeadDim>;
+  const dim3 grid(unsigned((p.seqlen_q + Shape::kRowsPerBlock - 1) / Shape::kRowsPerBlock), p.nheads_q, p.batch);
+  attention_bwd_preprocess_kernel<T, kHeadDim, kLayout><<<grid, kPreprocessThreads, 0, stream>>>(p);
+  check_launch("attention_bwd_preprocess_kernel");
 }
 
 }  // namespace bwd

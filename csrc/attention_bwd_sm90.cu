@@ -42,12 +42,7 @@ void launch_sm90_backward(const AttentionParams& p, cudaStream_t stream) {
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(std::string("flashattn_py CUDA backward (") + name + "): " + e.what());
   }
-  {
-    using Shape = bwd::PreprocessShape<kHeadDim>;
-    const dim3 grid(unsigned((p.seqlen_q + Shape::kRowsPerBlock - 1) / Shape::kRowsPerBlock), p.nheads_q, p.batch);
-    bwd::attention_bwd_preprocess_kernel<T, kHeadDim, true><<<grid, bwd::kPreprocessThreads, 0, stream>>>(p);
-    check_launch("attention_bwd_preprocess_kernel");
-  }
+  bwd::launch_attention_bwd_preprocess<T, kHeadDim, true>(p, stream);
   {
     const dim3 grid(unsigned((p.seqlen_k + Cfg::kBlockN - 1) / Cfg::kBlockN), p.nheads_kv, p.batch);
     auto kernel = hopper::attention_bwd_sm90_kernel<T, kHeadDim>;
