@@ -16,6 +16,11 @@ every nvcc flag). Environment:
                          PTX arch goes to flashattn_py/_build_info.json. Without it: plain 0.1.0.
   CUDA_HOME              where nvcc lives, if not on PATH or in /usr/local/cuda.
   CMAKE_BUILD_PARALLEL_LEVEL  parallel compile jobs (default: all cores).
+
+The CPU kernels ``flashattn_py/_cpu_kernels*.so`` (csrc/cpu/: plain C++, no torch or Python header, loaded
+with ctypes by flashattn_py/backends/cpu_kernels.py) are built with the C++ compiler setuptools finds, a few
+seconds; where that fails the package installs without them (a warning) and the CPU path uses torch's kernels
+alone. FLASHATTN_BUILD_CPU=0 skips them.
 """
 import json
 import os
@@ -85,9 +90,10 @@ def build_info(nvcc):
 def wheel_version(extensions):
     """VERSION+cu130.sm80.sm90a when the CUDA extension is built (PEP 440 local label: pip shows it, and
     wheels for different GPUs get different names), plain VERSION for the Triton-only package."""
-    if not extensions:
+    cuda = [ext for ext in extensions if isinstance(ext, CMakeExtension)]
+    if not cuda:
         return VERSION
-    info = extensions[0].build_info
+    info = cuda[0].build_info
     return f"{VERSION}+cu{info['cuda'].replace('.', '')}." + ".".join(f"sm{a}" for a in info["sass"])
 
 
@@ -109,6 +115,18 @@ def cuda_extensions():
               "FLASHATTN_BUILD_CUDA=1 makes this an error.")
         return []
     return [CMakeExtension("flashattn_py._cuda", nvcc, required=mode == "1")]
+
+
+def cpu_extensions():
+    """[the CPU kernels' library] unless FLASHATTN_BUILD_CPU=0; optional: a failed compile is a warning."""
+    if os.environ.get("FLASHATTN_BUILD_CPU", "1").strip() == "0":
+        print("flashattn_py: FLASHATTN_BUILD_CPU=0, skipping the CPU kernels (the CPU path uses torch's alone)")
+        return []
+    cpu = Path("csrc") / "cpu"
+    return [Extension("flashattn_py._cpu_kernels", sources=[str(cpu / "attention_cpu.cpp")], include_dirs=[str(cpu)],
+                      depends=[str(cpu / "attention_cpu.h"), str(cpu / "attention_cpu_kernels.inc")],
+                      extra_compile_args=["-std=c++17", "-O3", "-fopenmp-simd"], libraries=["dl"], language="c++",
+                      optional=True)]
 
 
 class CMakeExtension(Extension):
@@ -178,7 +196,7 @@ class CMakeBuild(build_ext):
             target.unlink(missing_ok=True)
 
 
-EXTENSIONS = cuda_extensions()
+EXTENSIONS = cuda_extensions() + cpu_extensions()
 setup(
     name="flashattn_py",
     version=wheel_version(EXTENSIONS),

@@ -40,8 +40,11 @@ def _backend_cases(request):
 @pytest.fixture
 def fused_calls(monkeypatch):
     """Counts the calls into torch's fused CPU kernels (backends/torch_fused.py FLASH / FLASH_BACKWARD), so a
-    test can show a call took the fast lane (or at most so many calls)."""
-    from flashattn_py.backends import torch_fused
+    test can show a call took the fast lane (or at most so many calls). The CPU kernels (cpu_kernels.py),
+    which take short per-sequence calls before that lane, are turned off: these tests are about the lane."""
+    from flashattn_py.backends import cpu_kernels, torch_fused
+
+    monkeypatch.setattr(cpu_kernels, "takes", lambda *args: False)
 
     calls = {"forward": 0, "backward": 0}
     forward, backward = torch_fused.FLASH, torch_fused.FLASH_BACKWARD

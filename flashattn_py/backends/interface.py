@@ -39,7 +39,7 @@ class Backend:
     forward_programs: Callable | None = None
     # Per-sequence lengths without the per-group adapter (backends/per_sequence.py asks first):
     # (q, k, v, params, spans) -> (out, lse, scratch) and (dout, q, k, v, out, lse, params, spans) ->
-    # (dq, dk, dv), spans being PerSequence._spans; None when the backend has no faster way for that call.
+    # (dq, dk, dv), spans being a spans.Spans; None when the backend has no faster way for that call.
     forward_sequences: Callable | None = None
     backward_sequences: Callable | None = None
     # (params, device) -> the keep-mask (batch, nheads_q, seqlen_q, seqlen_k) this backend's dropout draws

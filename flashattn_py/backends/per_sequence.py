@@ -10,6 +10,7 @@ import functools
 import torch
 
 from ..params import AttentionParams
+from .spans import Spans
 
 
 class PerSequence:
@@ -22,18 +23,6 @@ class PerSequence:
 
     def __init__(self, backend):
         self.backend = backend
-
-    @staticmethod
-    def _spans(params: AttentionParams) -> list[tuple[int, int, int, int, int, int]]:
-        """(q batch entry, first q row, end q row, k batch entry, first k row, end k row) per sequence,
-        indexing the bshd tensors (packed: rows of batch entry 0). One host read of the lengths."""
-        lengths = params.lengths
-        if params.is_varlen:
-            cu_q, cu_k = lengths.cu_seqlens_q.tolist(), lengths.cu_seqlens_k.tolist()
-            return [(0, cu_q[b], cu_q[b + 1], 0, cu_k[b], cu_k[b + 1]) for b in range(params.batch)]
-        used = lengths.seqused_k.tolist()
-        first = [0] * params.batch if lengths.leftpad_k is None else lengths.leftpad_k.tolist()
-        return [(b, 0, params.seqlen_q, b, first[b], used[b]) for b in range(params.batch)]
 
     @staticmethod
     def _pieces(params: AttentionParams, spans: list):
@@ -86,11 +75,12 @@ class PerSequence:
         return not params.has_dropout and params.mods.bias is None
 
     def forward(self, q, k, v, params):
-        spans = self._spans(params)
+        spans = Spans(params)
         if self.backend.forward_sequences is not None:  # the backend's own way, when it has one for this call
             result = self.backend.forward_sequences(q, k, v, params, spans)
             if result is not None:
                 return result
+        spans = spans.rows
         out = torch.empty_like(q)
         lse = torch.empty(params.lse_shape, dtype=torch.float32, device=q.device)
         if self._groupable(params):
@@ -108,11 +98,12 @@ class PerSequence:
         return out, lse, ()
 
     def backward(self, dout, q, k, v, out, lse, scratch, params, dbias=None):
-        spans = self._spans(params)
+        spans = Spans(params)
         if self.backend.backward_sequences is not None and dbias is None:
             grads = self.backend.backward_sequences(dout, q, k, v, out, lse, params, spans)
             if grads is not None:
                 return grads
+        spans = spans.rows
         # Packed sequences cover every key row; seqused_k leaves the keys past each length with zero gradients.
         new = torch.empty_like if params.is_varlen else torch.zeros_like
         dq, dk, dv = torch.empty_like(q), new(k), new(v)

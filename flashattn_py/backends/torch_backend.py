@@ -14,7 +14,7 @@ import torch
 from .. import buffers
 from ..params import AttentionParams
 from ..semantics import masks, positional, score_mods
-from . import torch_fused
+from . import cpu_kernels, torch_fused
 from .interface import Backend
 
 # Scores held at once (elements of a chunk of the score matrix): 2^24 fp32 = 64 MiB.
@@ -178,17 +178,22 @@ def backward(dout, q, k, v, out, lse, scratch, params: AttentionParams, dbias=No
 
 
 def forward_sequences(q, k, v, params: AttentionParams, spans):
-    """A batch with per-sequence lengths straight on the fused kernel, a call per sequence (or run of equal
-    ones) on views (torch_fused.forward_sequences); None: backends/per_sequence.py's groups run it."""
+    """A batch with per-sequence lengths (spans: spans.Spans) read in place: by the CPU kernels when they take
+    it (cpu_kernels.takes: short query runs, decoding), else on torch's fused kernel, a call per sequence (or
+    run of equal ones) on views (torch_fused.forward_sequences); None: backends/per_sequence.py's groups run it."""
+    if cpu_kernels.takes(q, k, v, params, spans):
+        return (*cpu_kernels.forward(q, k, v, params, spans), ())
     if not torch_fused.sequences_expressible(params, q.device):
         return None
-    return (*torch_fused.forward_sequences(q, k, v, params, spans), ())
+    return (*torch_fused.forward_sequences(q, k, v, params, spans.rows), ())
 
 
 def backward_sequences(dout, q, k, v, out, lse, params: AttentionParams, spans):
+    if cpu_kernels.takes(q, k, v, params, spans):
+        return cpu_kernels.backward(dout, q, k, v, out, lse, params, spans)
     if not torch_fused.sequences_expressible(params, q.device):
         return None
-    return torch_fused.backward_sequences(dout, q, k, v, out, lse, params, spans)
+    return torch_fused.backward_sequences(dout, q, k, v, out, lse, params, spans.rows)
 
 
 def encode(x, enc, positions, *, inverse=False, out=None, compute_dtype=None):

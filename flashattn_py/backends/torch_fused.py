@@ -180,7 +180,7 @@ def sequences_expressible(params: AttentionParams, device: torch.device) -> bool
 def _runs(spans: list, packed: bool) -> list[tuple[int, int, int, int, int, int, int]]:
     """(n, q batch entry, first q row, q rows, k batch entry, first k row, k rows) per run: consecutive
     sequences of equal (query, key) lengths whose rows are one block of the tensors (consecutive packed
-    sequences; consecutive batch entries at one offset) run as one call on views. spans: PerSequence._spans."""
+    sequences; consecutive batch entries at one offset) run as one call on views. spans: spans.Spans.rows."""
     runs = []
     for qb, q0, q1, kb, k0, k1 in spans:
         if runs:
@@ -223,7 +223,7 @@ def forward_sequences(q, k, v, params: AttentionParams, spans: list):
     """(out, lse) of a batch with per-sequence lengths (sequences_expressible): one kernel call per run of
     equal-length sequences that are one block of rows (_runs; a decoding batch of all-different lengths:
     one per sequence), on views of q, k, v (keys outside a sequence's span are never read, whatever they
-    hold), the results written into out / lse. spans: backends/per_sequence.py PerSequence._spans."""
+    hold), the results written into out / lse. spans: spans.Spans.rows."""
     packed, g, hkv = params.is_varlen, params.group_size, params.nheads_kv
     runs = _runs(spans, packed)
     windowed = packed_windows.forward(q, k, v, params, spans, len(runs), FLASH)  # many short sequences

@@ -65,6 +65,18 @@ def key_range(q_start: int, q_end: int, seqlen_q: int, seqlen_k: int, window: tu
     return lo, max(lo, hi)
 
 
+def row_key_ranges(rows: torch.Tensor, seqlen_q: torch.Tensor, seqlen_k: torch.Tensor,
+                   window: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """key_range of each single query row, for many rows at once (the CPU kernels' per-row ranges):
+    query rows[n] of a sequence of seqlen_q[n] queries and seqlen_k[n] keys (bottom-right aligned) sees keys
+    [lo[n], hi[n]); lo == hi when it sees none. Integer tensors of one shape; int64 results."""
+    left, right = window
+    offset = seqlen_k - seqlen_q
+    lo = torch.zeros_like(rows) if left == UNBOUNDED else (rows + offset - left).clamp_min(0)
+    hi = seqlen_k if right == UNBOUNDED else torch.minimum(seqlen_k, rows + offset + right + 1)
+    return lo, torch.maximum(lo, hi)
+
+
 def query_range(k_start: int, k_end: int, seqlen_q: int, seqlen_k: int, window: tuple[int, int],
                 offset: int | None = None) -> tuple[int, int]:
     """Half-open range of queries that can see some key in [k_start, k_end) (backward block skipping)."""
