@@ -14,7 +14,7 @@ import sys
 import torch
 
 from . import backends
-from .backends import cuda_backend, cuda_compat
+from .backends import cpu_kernels, cuda_backend, cuda_compat
 
 
 @dataclasses.dataclass
@@ -36,6 +36,7 @@ class Info:
     sass_archs: tuple[str, ...]
     ptx_archs: tuple[str, ...]
     hopper: str | None  # the Hopper (sm_90a) kernels of the build and their opt-in; None without the extension
+    cpu_kernels: str  # the CPU kernels for per-sequence calls (csrc/cpu/): built, instruction set, thread team
     driver_cuda: str | None  # the newest CUDA the installed driver supports; None: unknown or no driver
     driver_release: str | None
     torch: str
@@ -86,6 +87,14 @@ def _hopper(build: dict | None) -> str | None:
             f"{cuda_backend.SM90_ENV}=1 ({state} here) until validated on a GPU")
 
 
+def _cpu_kernels() -> str:
+    if not cpu_kernels.available():
+        return ("not available (the library was not built: see pip's warning; FLASHATTN_BUILD_CPU=0 or "
+                "FLASHATTN_CPU_KERNELS=0 turn it off); per-sequence CPU calls use torch's kernels")
+    team = "torch's OpenMP team" if cpu_kernels.ON_TORCH_TEAM else "a thread pool (torch's OpenMP runtime not found)"
+    return f"built, {cpu_kernels.isa()}, on {team}"
+
+
 def _gpu(index: int, build: dict | None) -> GPU:
     name, capability = cuda_backend.device_facts(index)
     arch = f"sm_{capability[0]}{capability[1]}"
@@ -114,6 +123,7 @@ def collect() -> Info:
         sass_archs=build["sass_archs"] if build else (),
         ptx_archs=build["ptx_archs"] if build else (),
         hopper=_hopper(build),
+        cpu_kernels=_cpu_kernels(),
         driver_cuda=cuda_compat.version_text(driver) if driver else None,
         driver_release=cuda_compat.driver_release(),
         torch=torch.__version__,
@@ -133,6 +143,7 @@ def format_info(info: Info) -> str:
                   f"  Hopper kernels: {info.hopper}"]
     else:
         lines.append(f"CUDA extension: not built ({info.extension_missing})")
+    lines.append(f"CPU kernels (per-sequence calls on CPU tensors): {info.cpu_kernels}")
     driver = "none found / unknown" if info.driver_cuda is None and info.driver_release is None else \
         f"{info.driver_release or 'release unknown'}, supports CUDA up to {info.driver_cuda or 'unknown'}"
     lines += [f"NVIDIA driver: {driver}",

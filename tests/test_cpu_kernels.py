@@ -263,14 +263,22 @@ def test_baseline_instruction_set_copy_matches_reference(request, kernel_calls):
     assert kernel_calls == {"forward": 1, "backward": 1}
 
 
-def test_longer_query_runs_and_other_options_keep_the_torch_paths(kernel_calls):
-    """A sequence of more than MAX_SEQLEN_Q queries, dropout, an encoding or a score modification leave the
-    call to the torch paths (which the suites above this one check)."""
+def test_longer_sequences_and_other_options_keep_the_torch_paths(kernel_calls):
+    """A sequence with more than MAX_DECODE_QUERIES queries and MAX_PAIRS pairs, dropout, an encoding or a
+    score modification leave the call to the torch paths (which the suites above this one check); decoding
+    on a cache longer than MAX_PAIRS keys stays here."""
     gen = torch.Generator().manual_seed(0)
-    long = cpu_kernels.MAX_SEQLEN_Q + 1
-    for lens, options in [([long, 2], {}), ([3, 2], dict(softcap=5.0)), ([3, 2], dict(rotary=fa.Rotary())),
-                          ([3, 2], dict(dropout_p=0.5))]:
-        q, k, v = (torch.randn(sum(lens), 2, 16, generator=gen) for _ in range(3))
-        cu = _cu(lens)
-        flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), backend="torch", **options)
+    long = cpu_kernels.MAX_PAIRS // (cpu_kernels.MAX_DECODE_QUERIES + 1) + 1
+    for lens_q, lens_k, options in [([cpu_kernels.MAX_DECODE_QUERIES + 1, 2], [long, 2], {}),
+                                    ([3, 2], [3, 2], dict(softcap=5.0)), ([3, 2], [3, 2], dict(rotary=fa.Rotary())),
+                                    ([3, 2], [3, 2], dict(dropout_p=0.5))]:
+        q = torch.randn(sum(lens_q), 2, 16, generator=gen)
+        k, v = (torch.randn(sum(lens_k), 2, 16, generator=gen) for _ in range(2))
+        flash_attn_varlen_func(q, k, v, _cu(lens_q), _cu(lens_k), max(lens_q), max(lens_k), backend="torch",
+                               **options)
     assert kernel_calls["forward"] == 0
+    q = torch.randn(2, cpu_kernels.MAX_DECODE_QUERIES, 2, 16, generator=gen)
+    cache = torch.randn(2, 2 * cpu_kernels.MAX_PAIRS, 2, 16, generator=gen)
+    fa.flash_attn_with_kvcache(q, cache, cache, cache_seqlens=torch.tensor([5, cache.shape[1]], dtype=torch.int32),
+                               backend="torch")
+    assert kernel_calls["forward"] == 1

@@ -151,3 +151,15 @@ def test_bench_header_carries_the_summary():
     from flashattn_py.tools.bench import output
 
     assert output.environment(torch.device("cpu"))["flashattn_py"].startswith("flashattn_py ")
+
+
+def test_cpu_kernels_are_reported(monkeypatch):
+    """The CPU kernels' state: built with their instruction set and thread team, or why not."""
+    from flashattn_py.backends import cpu_kernels
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if cpu_kernels.available():
+        assert f"CPU kernels (per-sequence calls on CPU tensors): built, {cpu_kernels.isa()}, on torch's OpenMP team" \
+            in info.format_info(info.collect())
+    monkeypatch.setattr(cpu_kernels, "LIBRARY", None)
+    assert "CPU kernels (per-sequence calls on CPU tensors): not available" in info.format_info(info.collect())

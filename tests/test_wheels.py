@@ -68,15 +68,28 @@ def test_sm80_wheel(tmp_path):
     assert set(ptx) == {"sm_80"}, f"PTX archs in the wheel: {ptx}"
 
 
-def test_pure_python_wheel_keeps_plain_version(tmp_path):
-    """FLASHATTN_BUILD_CUDA=0: no module, no build info, no label, a py3-none-any wheel."""
+def _wheel_without_cuda(tmp_path, **env):
+    """(wheel name, its .so / build-info files) of `pip wheel` with FLASHATTN_BUILD_CUDA=0 and `env`."""
     src, wheels = tmp_path / "src", tmp_path / "wheels"
     src.mkdir()
     copy_sources(src)
-    env = dict(os.environ, FLASHATTN_BUILD_CUDA="0")
+    env = dict(os.environ, FLASHATTN_BUILD_CUDA="0", **env)
     run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-w", wheels], env=env)
     (wheel,) = wheels.glob("flashattn_py-*.whl")
-    assert re.fullmatch(r"flashattn_py-[0-9.]+-py3-none-any\.whl", wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as zf:
-        leftovers = [n for n in zf.namelist() if n.endswith((".so", "_build_info.json"))]
-    assert not leftovers, f"the Triton-only wheel holds {leftovers}"
+        return wheel.name, [n for n in zf.namelist() if n.endswith((".so", "_build_info.json"))]
+
+
+def test_pure_python_wheel_keeps_plain_version(tmp_path):
+    """FLASHATTN_BUILD_CUDA=0 and FLASHATTN_BUILD_CPU=0: no module, no build info, no label, py3-none-any."""
+    name, compiled = _wheel_without_cuda(tmp_path, FLASHATTN_BUILD_CPU="0")
+    assert re.fullmatch(r"flashattn_py-[0-9.]+-py3-none-any\.whl", name), name
+    assert not compiled, f"the Triton-only wheel holds {compiled}"
+
+
+def test_wheel_without_cuda_holds_the_cpu_kernels(tmp_path):
+    """FLASHATTN_BUILD_CUDA=0 alone: the CPU kernels' library and nothing of CUDA, a plain version, a
+    platform tag (the library is machine code)."""
+    name, compiled = _wheel_without_cuda(tmp_path)
+    assert re.fullmatch(r"flashattn_py-[0-9.]+-cp\d+-cp\d+-linux_[a-z0-9_]+\.whl", name), name
+    assert len(compiled) == 1 and re.fullmatch(r"flashattn_py/_cpu_kernels\..*\.so", compiled[0]), compiled

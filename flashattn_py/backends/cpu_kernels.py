@@ -29,10 +29,13 @@ from . import sequence_pool
 from .spans import Spans
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-# Longest query run (per sequence) the kernels take: beyond it torch's blocked kernel, a call per run of
-# sequences, is faster (its matmuls are blocked for cache reuse; these kernels stream keys per row).
-# Measured in docs/design.md (the CPU path), bench/cpu_varlen.py.
-MAX_SEQLEN_Q = 32
+# Which calls the kernels take (measured, docs/design.md "The CPU kernels"): every sequence has at most
+# MAX_DECODE_QUERIES queries (decoding, any cache length: the kernels stream its keys once for the GQA
+# group, against a torch call per sequence), or at most MAX_PAIRS (query, key) pairs (short sequences: the
+# torch calls' fixed cost outweighs their faster blocked products). Longer sequences run faster as a torch
+# call each (e.g. 16 queries on 2048 keys: 10.3 ms there against 11.1 here; 128 on 4096: 99 against 153).
+MAX_DECODE_QUERIES = 8
+MAX_PAIRS = 128 * 128
 
 
 class _Strides(ctypes.Structure):
@@ -112,7 +115,7 @@ def isa() -> str | None:
 def takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionParams, spans: Spans) -> bool:
     """Whether the kernels run this call: the library is there, a CPU batch with per-sequence lengths and
     no score modification, dropout, encoding (the torch paths slice positions per sequence) or paged cache,
-    each head dim contiguous, and no sequence with more than MAX_SEQLEN_Q queries."""
+    each head dim contiguous, and sequences short enough (MAX_DECODE_QUERIES, MAX_PAIRS)."""
     if LIBRARY is None or params.lengths is None or q.device.type != "cpu" or q.dtype not in _DTYPES:
         return False
     if params.has_dropout or params.mods.active or params.encoding is not None or params.paged is not None:
@@ -120,7 +123,8 @@ def takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionPa
     if any(t.stride(-1) != 1 for t in (q, k, v)) or len(spans) == 0:
         return False
     table = spans.table
-    return int((table[:, 2] - table[:, 1]).max()) <= MAX_SEQLEN_Q
+    queries, keys = table[:, 2] - table[:, 1], table[:, 5] - table[:, 4]
+    return int(queries.max()) <= MAX_DECODE_QUERIES or int((queries * keys).max()) <= MAX_PAIRS
 
 
 def _strides(t: torch.Tensor, packed: bool) -> _Strides:
@@ -141,8 +145,9 @@ class _Call:
         table = spans.table
         sq, sk = table[:, 2] - table[:, 1], table[:, 5] - table[:, 4]
         row0 = torch.cumsum(sq, 0) - sq  # each sequence's first row in the key-range arrays
-        rows = torch.arange(int(sq.sum())) - torch.repeat_interleave(row0, sq)
-        key_lo, key_hi = masks.row_key_ranges(rows, torch.repeat_interleave(sq, sq), torch.repeat_interleave(sk, sq),
+        total = int(row0[-1] + sq[-1])
+        sequence = torch.repeat_interleave(torch.arange(len(sq)), sq, output_size=total)  # of each row
+        key_lo, key_hi = masks.row_key_ranges(torch.arange(total) - row0[sequence], sq[sequence], sk[sequence],
                                               params.window)
         self.keep = [table.contiguous(), row0, key_lo.to(torch.int32), key_hi.to(torch.int32)]
         self.packed = params.is_varlen
