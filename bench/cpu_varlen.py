@@ -86,6 +86,7 @@ SCENARIOS = {
     "packed 2048 x 1..16 fwd+bwd": lambda g: packed(2048, 16, 8, g, True),
     "packed 256 x 1..64 fwd": lambda g: packed(256, 64, 8, g, False),
     "packed 256 x 1..64 fwd+bwd": lambda g: packed(256, 64, 8, g, True),
+    "packed 128 x 1..128 fwd+bwd": lambda g: packed(128, 128, 8, g, True),
     "packed 64 x 1..512 fwd": lambda g: packed(64, 512, 8, g, False),
     "packed 64 x 1..512 fwd+bwd": lambda g: packed(64, 512, 8, g, True),
 }

@@ -87,14 +87,15 @@ def _load():
 
 
 def _torch_openmp() -> str | None:
-    """Path of the OpenMP runtime this process has loaded (torch's: torch/lib/libgomp*.so*, or the system's),
-    read from the process's memory map; None where there is none (or no /proc)."""
+    """Path of the OpenMP runtime this process has loaded (torch's: torch/lib/libgomp*.so*, or the system's;
+    Intel's and LLVM's export the same GOMP_parallel), read from the process's memory map; None where there
+    is none (or no /proc)."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "/" in line}
     except OSError:
         return None
-    found = sorted(p for p in paths if Path(p).name.startswith(("libgomp", "libiomp5")))
+    found = sorted(p for p in paths if Path(p).name.startswith(("libgomp", "libiomp5", "libomp")))
     return found[0] if found else None
 
 
