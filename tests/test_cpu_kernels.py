@@ -282,3 +282,16 @@ def test_longer_sequences_and_other_options_keep_the_torch_paths(kernel_calls):
     fa.flash_attn_with_kvcache(q, cache, cache, cache_seqlens=torch.tensor([5, cache.shape[1]], dtype=torch.int32),
                                backend="torch")
     assert kernel_calls["forward"] == 1
+
+
+def test_cpu_varlen_bench_runs(capsys):
+    """bench/cpu_varlen.py (the measurement in docs/design.md and bench/results) still runs: one scenario,
+    one round, its line printed with the ratios."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import cpu_varlen
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert cpu_varlen.main(["--only", "cache64", "--rounds", "1"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("decode b32 cache64") and "ours/dense" in line and "per pair" in line, line
