@@ -124,7 +124,7 @@ def cpu_extensions():
         return []
     cpu = Path("csrc") / "cpu"
     return [Extension("flashattn_py._cpu_kernels", sources=[str(cpu / "attention_cpu.cpp")], include_dirs=[str(cpu)],
-                      depends=[str(cpu / "attention_cpu.h"), str(cpu / "attention_cpu_kernels.inc")],
+                      depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / cpu).glob("*.[hi]*")),
                       # -fno-trapping-math: lets GCC if-convert (so vectorize) exp2's clamp; no result changes.
                       # -Wno-psabi: the baseline copy's 32-byte vectors only ever live in inlined helpers.
                       extra_compile_args=["-std=c++17", "-O3", "-fopenmp-simd", "-fno-trapping-math", "-Wno-psabi"],
