@@ -31,11 +31,12 @@ from .spans import Spans
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # Which calls the kernels take (measured, docs/design.md "The CPU kernels"): every sequence has at most
 # MAX_DECODE_QUERIES queries (decoding, any cache length: the kernels stream its keys once for the GQA
-# group, against a torch call per sequence), or at most MAX_PAIRS (query, key) pairs (short sequences: the
-# torch calls' fixed cost outweighs their faster blocked products). Longer sequences run faster as a torch
-# call each (e.g. 16 queries on 2048 keys: 10.3 ms there against 11.1 here; 128 on 4096: 99 against 153).
+# group, against a torch call per sequence), or at most MAX_PAIRS queries x keys (the torch calls' fixed
+# cost outweighs their faster blocked products). Past it a torch call per sequence is as fast or faster
+# (measured, 2 threads: causal self-attention 64 x 1..512 71 / 249 ms here against 75 / 243 there, fwd /
+# fwd+bwd; 8 x 64 queries on 2048 keys 28.4 here against 26.9; 32 queries on 2048 keys 12.8 against 13.7).
 MAX_DECODE_QUERIES = 8
-MAX_PAIRS = 128 * 128
+MAX_PAIRS = 256 * 256
 
 
 class _Strides(ctypes.Structure):
