@@ -38,13 +38,20 @@ def _backend_cases(request):
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
-    """Counts the calls into torch's fused CPU kernels (backends/torch_fused.py FLASH / FLASH_BACKWARD), so a
-    test can show a call took the fast lane (or at most so many calls). The CPU kernels (cpu_kernels.py),
-    which take short per-sequence calls before that lane, are turned off: these tests are about the lane."""
-    from flashattn_py.backends import cpu_kernels, torch_fused
+def without_cpu_kernels(monkeypatch) -> None:
+    """Turns off the CPU kernels (backends/cpu_kernels.py), which take short per-sequence CPU calls before
+    torch's fused lane and the per-sequence adapter, for tests about those paths."""
+    from flashattn_py.backends import cpu_kernels
 
     monkeypatch.setattr(cpu_kernels, "takes", lambda *args: False)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch, without_cpu_kernels):
+    """Counts the calls into torch's fused CPU kernels (backends/torch_fused.py FLASH / FLASH_BACKWARD), so a
+    test can show a call took the fast lane (or at most so many calls). The CPU kernels are turned off
+    (without_cpu_kernels): these tests are about the lane."""
+    from flashattn_py.backends import torch_fused
 
     calls = {"forward": 0, "backward": 0}
     forward, backward = torch_fused.FLASH, torch_fused.FLASH_BACKWARD

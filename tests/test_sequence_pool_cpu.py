@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import flashattn_py as fa
-from flashattn_py.backends import cpu_kernels, sequence_pool, torch_fused
+from flashattn_py.backends import sequence_pool, torch_fused
 from flashattn_py.varlen import flash_attn_varlen_func
 
 from tolerance import DEVICE, seed_of
@@ -24,10 +24,9 @@ def two_threads():
 
 
 @pytest.fixture
-def kernel_threads(monkeypatch):
+def kernel_threads(monkeypatch, without_cpu_kernels):
     """(name of the calling thread, its torch thread count) per call of torch's fused kernels (the CPU kernels,
     which would take these short calls first, turned off; tests/test_cpu_kernels.py runs them on the pool)."""
-    monkeypatch.setattr(cpu_kernels, "takes", lambda *args: False)
     names = []
     for attr in ("FLASH", "FLASH_BACKWARD"):
         kernel = getattr(torch_fused, attr)

@@ -329,13 +329,12 @@ def test_random_paged_batches_match_reference(case):
 
 
 @pytest.mark.parametrize("options", ["causal_rope", "softcap_alibi", "window"])
-def test_per_sequence_backends_batch_equal_lengths(request, monkeypatch, options):
+def test_per_sequence_backends_batch_equal_lengths(request, monkeypatch, without_cpu_kernels, options):
     """Backends without variable-length kernels (PerSequence) run the sequences of one (query, key) length
     as one dense batch: interleaved repeats of three lengths (one group scattered, one a block, one of a
     single sequence) give each sequence's reference results, in as many calls as distinct lengths."""
-    from flashattn_py.backends import cpu_kernels, torch_backend
+    from flashattn_py.backends import torch_backend
 
-    monkeypatch.setattr(cpu_kernels, "takes", lambda *args: False)  # else the CPU kernels run window's batch
     calls = []
     forward = torch_backend.BACKEND.forward
     counting = dataclasses.replace(torch_backend.BACKEND,

@@ -124,8 +124,7 @@ def takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: AttentionPa
         return False
     if any(t.stride(-1) != 1 for t in (q, k, v)) or len(spans) == 0:
         return False
-    table = spans.table
-    queries, keys = table[:, 2] - table[:, 1], table[:, 5] - table[:, 4]
+    queries, keys = spans.lengths
     return int(queries.max()) <= MAX_DECODE_QUERIES or int((queries * keys).max()) <= MAX_PAIRS
 
 
@@ -144,14 +143,13 @@ class _Call:
     """One call's arguments (kept alive until the kernels return) and its work items split over threads."""
 
     def __init__(self, q, k, v, params: AttentionParams, spans: Spans):
-        table = spans.table
-        sq, sk = table[:, 2] - table[:, 1], table[:, 5] - table[:, 4]
+        sq, sk = spans.lengths
         row0 = torch.cumsum(sq, 0) - sq  # each sequence's first row in the key-range arrays
         total = int(row0[-1] + sq[-1])
         sequence = torch.repeat_interleave(torch.arange(len(sq)), sq, output_size=total)  # of each row
         key_lo, key_hi = masks.row_key_ranges(torch.arange(total) - row0[sequence], sq[sequence], sk[sequence],
                                               params.window)
-        self.keep = [table.contiguous(), row0, key_lo.to(torch.int32), key_hi.to(torch.int32)]
+        self.keep = [spans.table.contiguous(), row0, key_lo.to(torch.int32), key_hi.to(torch.int32)]
         self.packed = params.is_varlen
         self.args = _Args(dtype=_DTYPES[q.dtype], head_dim=params.head_dim, group_size=params.group_size,
                           nheads_kv=params.nheads_kv, softmax_scale=params.softmax_scale, num_sequences=len(spans),
@@ -163,8 +161,7 @@ class _Call:
         cost = torch.repeat_interleave(sq * sk * params.group_size + 64, params.nheads_kv).cumsum(0)
         threads = min(torch.get_num_threads(), len(cost))
         bounds = torch.searchsorted(cost, cost[-1] * torch.arange(1, threads) / threads, right=True).tolist()
-        edges = [0, *bounds, len(cost)]
-        self.ranges = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+        self.edges = list(dict.fromkeys([0, *bounds, len(cost)]))  # chunk c: items edges[c] .. edges[c + 1] - 1
 
     def set(self, **tensors) -> None:
         for name, t in tensors.items():
@@ -181,8 +178,8 @@ class _Call:
 
         if ON_TORCH_TEAM:
             chunks = LIBRARY.flashattn_cpu_backward_chunks if backward else LIBRARY.flashattn_cpu_forward_chunks
-            bounds = torch.tensor([self.ranges[0][0]] + [end for _, end in self.ranges], dtype=torch.int64)
-            if chunks(ctypes.byref(self.args), bounds.data_ptr(), len(self.ranges)) != 0:
+            edges = torch.tensor(self.edges, dtype=torch.int64)
+            if chunks(ctypes.byref(self.args), edges.data_ptr(), len(self.edges) - 1) != 0:
                 raise refused()
             return
         kernel = LIBRARY.flashattn_cpu_backward if backward else LIBRARY.flashattn_cpu_forward
@@ -190,7 +187,7 @@ class _Call:
         def one(item_range):
             if kernel(ctypes.byref(self.args), *item_range) != 0:
                 raise refused()
-        sequence_pool.run(self.ranges, one, lambda _: 1, min_items=2)
+        sequence_pool.run(list(zip(self.edges, self.edges[1:])), one, lambda _: 1, min_items=2)
 
 
 def forward(q, k, v, params: AttentionParams, spans: Spans) -> tuple[torch.Tensor, torch.Tensor]:

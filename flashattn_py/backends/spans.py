@@ -33,5 +33,10 @@ class Spans:
         return self.table.shape[0]
 
     @functools.cached_property
+    def lengths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries, keys) of each sequence, int64 tensors."""
+        return self.table[:, 2] - self.table[:, 1], self.table[:, 5] - self.table[:, 4]
+
+    @functools.cached_property
     def rows(self) -> list[tuple[int, int, int, int, int, int]]:
         return [tuple(span) for span in self.table.tolist()]
