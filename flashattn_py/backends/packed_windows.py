@@ -1,6 +1,7 @@
 """Many short packed self-attention sequences in one fused CPU kernel call (torch_fused.forward_sequences asks
 here first): torch's kernel costs ~10-20 us per call, so a call per sequence makes thousands of short
-sequences cost twice the dense call on the same tokens.
+sequences cost twice the dense call on the same tokens. Where the CPU kernels are built (cpu_kernels.py)
+they take these calls before the torch paths, so this path serves installs without them.
 
 The packed rows are cut into windows of W = m query rows (m: the longest sequence). A query row sees keys of
 its own sequence only, which lie at most m - 1 rows before it and (without a causal mask) m - 1 rows after
